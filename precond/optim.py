@@ -1,0 +1,189 @@
+"""The composed optimizer and the one function that builds it.
+
+A step runs an ordered chain (DESIGN.md §6)::
+
+    p-regularizers → preconditioner → z-regularizers → momentum → p ← p − η d → prox
+
+``build_optimizer`` is the only place that knows "variable p = before the
+preconditioner, variable z = after it". The maths lives in the links
+(:mod:`precond.preconditioners`, :mod:`precond.regularizers`); state lives in
+``optimizer.state[param]`` under namespaced keys (``adam.exp_avg``,
+``momentum.buffer``, ...), so ``state_dict()`` round-trips and LR schedulers
+work as for any ``torch.optim.Optimizer``.
+"""
+from __future__ import annotations
+
+from typing import Callable, Iterable, Optional, Union
+
+import torch
+from torch import Tensor
+
+from precond.chain import Link, StepContext
+from precond.preconditioners import PRECONDITIONERS, Momentum, Preconditioner
+from precond.regularizers import POLICIES, REGULARIZERS, VARIABLES
+
+ParamsT = Union[Iterable[Tensor], Iterable[dict]]
+
+
+class ComposedOptimizer(torch.optim.Optimizer):
+    """A ``torch.optim.Optimizer`` whose step is a chain of links.
+
+    Args:
+        params: tensors or torch param-group dicts.
+        defaults: hyperparameters copied into every param group (``lr``,
+            preconditioner and regularizer settings).
+        preconditioner: the link that computes ``d = M g``.
+        before: links applied to ``g`` before the preconditioner (variable p).
+        after: links applied to ``d`` after it (variable z).
+        momentum: heavy-ball link, or None when the preconditioner has its own.
+        post: links applied to ``p`` after the update (proximal maps).
+    """
+
+    def __init__(
+        self,
+        params: ParamsT,
+        defaults: dict,
+        preconditioner: Preconditioner,
+        before: list[Link] = (),
+        after: list[Link] = (),
+        momentum: Optional[Link] = None,
+        post: list[Link] = (),
+    ):
+        super().__init__(params, defaults)
+        self.preconditioner = preconditioner
+        self.direction_links: list[Link] = [*before, preconditioner, *after, *([momentum] if momentum else [])]
+        self.post_links: list[Link] = list(post)
+        links = self.direction_links + self.post_links
+        self.needs_closure = any(link.needs_closure for link in links)
+        preconditioner.keep_denominator = any(link.needs_precond for link in links)
+
+    def _contexts(self, closure) -> list[StepContext]:
+        ctxs = []
+        for group in self.param_groups:
+            params = [p for p in group["params"] if p.grad is not None]
+            if not params:
+                continue
+            if any(p.grad.is_sparse for p in params):
+                raise RuntimeError("precond optimizers do not support sparse gradients")
+            ctxs.append(
+                StepContext(
+                    group=group,
+                    params=params,
+                    grads=[p.grad for p in params],
+                    states=[self.state[p] for p in params],
+                    closure=closure,
+                )
+            )
+        return ctxs
+
+    @torch.no_grad()
+    def step(self, closure: Optional[Callable[[], Tensor]] = None) -> Optional[Tensor]:
+        """One step. ``closure`` (zero_grad, forward, backward, return loss) is
+        required when a regularizer needs extra gradients."""
+        if closure is None and self.needs_closure:
+            raise RuntimeError(
+                "this optimizer's regularizer needs extra gradients: call "
+                "optimizer.step(closure) with a closure that zeroes grads, runs forward "
+                "and backward, and returns the loss"
+            )
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        ctxs = self._contexts(closure)
+        if not ctxs:
+            return loss
+        directions = [ctx.grads for ctx in ctxs]
+        for link in self.direction_links:
+            directions = link.transform(ctxs, directions)
+        for ctx, d in zip(ctxs, directions):
+            torch._foreach_add_(ctx.params, d, alpha=-ctx.lr)
+        for link in self.post_links:
+            link.after_update(ctxs)
+        return loss
+
+    def preconditioner_denominators(self) -> list[tuple[Tensor, Optional[Tensor]]]:
+        """``(param, D)`` for every parameter, ``M = D⁻¹``, from the current state.
+
+        ``D is None`` means ``P = I``. Used to form ``Pᵀ H P`` at the step of
+        measurement without taking a step.
+        """
+        out = []
+        for group in self.param_groups:
+            for p in group["params"]:
+                out.append((p, self.preconditioner.denominator(group, self.state[p], p)))
+        return out
+
+
+def _check_hyper(preconditioner: str, hyper: dict, allowed: dict) -> None:
+    unknown = sorted(set(hyper) - set(allowed))
+    if unknown:
+        raise TypeError(
+            f"unknown hyperparameter(s) {unknown} for preconditioner '{preconditioner}'; "
+            f"expected some of {sorted(allowed)}"
+        )
+
+
+def build_optimizer(
+    params: ParamsT,
+    preconditioner: str = "adam",
+    lr: float = 1e-3,
+    regularization: str = "none",
+    variable: str = "p",
+    strength: float = 0.0,
+    policy: str = "all",
+    **hyper,
+) -> ComposedOptimizer:
+    """Build the composed optimizer.
+
+    Args:
+        params: iterable of tensors or torch param-group dicts.
+        preconditioner: ``sgd | adagrad | rmsprop | adam`` (DESIGN.md §2).
+        lr: learning rate ``η``.
+        regularization: ``none | l2``.
+        variable: ``p`` (penalty before the preconditioner) or ``z`` (after it).
+        strength: ``λ``; the per-step L2 decay is ``η λ`` (torch convention).
+        policy: ``all`` or ``weights`` (only tensors with ``ndim ≥ 2``).
+        **hyper: torch.optim names: ``betas, eps`` (adam), ``alpha, eps,
+            centered, momentum`` (rmsprop), ``lr_decay, eps,
+            initial_accumulator_value`` (adagrad), ``momentum, dampening,
+            nesterov`` (sgd).
+
+    Example::
+
+        opt = build_optimizer(model.parameters(), "adam", lr=1e-3,
+                              regularization="l2", variable="z", strength=1e-2)  # == AdamW
+    """
+    if preconditioner not in PRECONDITIONERS:
+        raise ValueError(f"unknown preconditioner '{preconditioner}'; expected one of {sorted(PRECONDITIONERS)}")
+    if regularization != "none" and regularization not in REGULARIZERS:
+        raise ValueError(
+            f"unknown regularization '{regularization}'; expected one of {['none', *sorted(REGULARIZERS)]}"
+        )
+    if variable not in VARIABLES:
+        raise ValueError(f"regularization variable must be one of {list(VARIABLES)}, got '{variable}'")
+    if policy not in POLICIES:
+        raise ValueError(f"regularization policy must be one of {list(POLICIES)}, got '{policy}'")
+    if not lr >= 0:
+        raise ValueError(f"lr must be >= 0, got {lr}")
+    if not strength >= 0:
+        raise ValueError(f"regularization strength must be >= 0, got {strength}")
+
+    link_cls, precond_defaults = PRECONDITIONERS[preconditioner]
+    _check_hyper(preconditioner, hyper, precond_defaults)
+    defaults = {"lr": lr, **precond_defaults, **hyper, "strength": strength, "policy": policy}
+    if "betas" in defaults:
+        defaults["betas"] = tuple(defaults["betas"])
+    if defaults.get("nesterov") and (defaults["momentum"] <= 0 or defaults["dampening"] != 0):
+        raise ValueError("nesterov momentum requires momentum > 0 and dampening = 0")
+    if defaults.get("momentum", 0) < 0:
+        raise ValueError(f"momentum must be >= 0, got {defaults['momentum']}")
+
+    before, after = [], []
+    if regularization != "none":
+        link = REGULARIZERS[regularization](variable)
+        (before if variable == "p" else after).append(link)
+    # sgd, rmsprop and adagrad take heavy-ball momentum as a separate link after the
+    # z-regularizers (torch.optim SGD/RMSprop semantics); adam's momentum is its first moment.
+    momentum = Momentum() if "momentum" in precond_defaults else None
+    return ComposedOptimizer(params, defaults, link_cls(), before=before, after=after, momentum=momentum)

@@ -1,0 +1,228 @@
+"""Diagonal preconditioners and the momentum link (DESIGN.md §2).
+
+Gradient descent on intrinsic parameters ``z`` with ``p = P z`` is
+preconditioned gradient descent on ``p`` with ``M = P Pᵀ``::
+
+    p ← p − η M g
+
+Every preconditioner here is element-wise; it writes ``D`` with ``M = D⁻¹`` into
+the step context (``P = D^{-1/2}``). PyTorch's conventions are followed
+exactly (names, ε placement, bias correction) so that each one reproduces
+``torch.optim`` to round-off:
+
+==========  ==========================================  ===============================
+name        state                                        ``D`` (so ``d = D⁻¹ g``)
+==========  ==========================================  ===============================
+sgd         —                                            ``1`` (``P = I``)
+adagrad     ``s ← s + g²``                               ``(√s + ε)(1 + (k−1)·lr_decay)``
+rmsprop     ``v ← αv + (1−α)g²`` (centered: ``v − ḡ²``)  ``√v + ε``
+adam        ``m ← β₁m + (1−β₁)g``, ``v ← β₂v + (1−β₂)g²``  ``√v̂ + ε``, direction ``m̂/D``
+==========  ==========================================  ===============================
+
+``g`` is the incoming direction: the raw gradient plus any p-regularizer term,
+so an L2 penalty on ``p`` enters Adam's moments (torch ``Adam(weight_decay)``).
+"""
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+from precond.chain import Link, StepContext
+
+
+def _zeros_state(state: dict, key: str, like: Tensor, fill: float = 0.0) -> Tensor:
+    if key not in state:
+        state[key] = torch.full_like(like, fill, memory_format=torch.preserve_format)
+    return state[key]
+
+
+def _advance_step(ctx: StepContext, key: str) -> list[int]:
+    """Increment and return each param's step counter (Python ints, like torch's ``step``)."""
+    steps = []
+    for state in ctx.states:
+        state[key] = int(state.get(key, 0)) + 1
+        steps.append(state[key])
+    return steps
+
+
+class Preconditioner(Link):
+    """Base class: a link that turns ``g`` into ``d = M g`` and records ``D``."""
+
+    #: keep ``D`` in the context (set by the build function when a later link reads ``P``)
+    keep_denominator: bool = False
+
+    def denominator(self, group: dict, state: dict, param: Tensor) -> Optional[Tensor]:
+        """``D`` (``M = D⁻¹``) implied by the current state, without stepping.
+
+        Used to measure ``κ(Pᵀ H P)`` with ``P = D^{-1/2}`` at a given step.
+        Returns None for ``P = I``; raises if the state is still empty.
+        """
+        return None
+
+    def _require(self, state: dict, key: str) -> Tensor:
+        if key not in state:
+            raise RuntimeError(
+                f"preconditioner '{self.namespace}' has no state yet: take at least one "
+                "optimizer step before reading P"
+            )
+        return state[key]
+
+
+class SGD(Preconditioner):
+    """``P = I``: the direction is the gradient itself (momentum is a separate link)."""
+
+    namespace = "sgd"
+
+
+class Adagrad(Preconditioner):
+    """AdaGrad: ``s ← s + g²``, ``d = g / ((√s + ε)(1 + (k−1)·lr_decay))`` (torch.optim.Adagrad)."""
+
+    namespace = "adagrad"
+
+    def transform(self, ctxs, directions):
+        out = []
+        for ctx, g in zip(ctxs, directions):
+            group = ctx.group
+            sums = [
+                _zeros_state(s, self.key("sum"), p, group["initial_accumulator_value"])
+                for p, s in zip(ctx.params, ctx.states)
+            ]
+            steps = _advance_step(ctx, self.key("step"))
+            torch._foreach_addcmul_(sums, g, g, value=1.0)
+            denom = torch._foreach_sqrt(sums)
+            torch._foreach_add_(denom, group["eps"])
+            decay = [1.0 + (k - 1) * group["lr_decay"] for k in steps]
+            if any(f != 1.0 for f in decay):
+                torch._foreach_mul_(denom, decay)
+            ctx.denominator = denom
+            out.append(torch._foreach_div(g, denom))
+        return out
+
+    def denominator(self, group, state, param):
+        s = self._require(state, self.key("sum"))
+        k = int(state[self.key("step")])
+        return (s.sqrt() + group["eps"]) * (1.0 + (k - 1) * group["lr_decay"])
+
+
+class RMSprop(Preconditioner):
+    """RMSProp: ``v ← αv + (1−α)g²``; ``d = g / (√v + ε)``; centered uses ``v − ḡ²`` (torch.optim.RMSprop)."""
+
+    namespace = "rmsprop"
+
+    def transform(self, ctxs, directions):
+        out = []
+        for ctx, g in zip(ctxs, directions):
+            group = ctx.group
+            alpha = group["alpha"]
+            sq = [_zeros_state(s, self.key("square_avg"), p) for p, s in zip(ctx.params, ctx.states)]
+            _advance_step(ctx, self.key("step"))
+            torch._foreach_mul_(sq, alpha)
+            torch._foreach_addcmul_(sq, g, g, value=1.0 - alpha)
+            if group["centered"]:
+                gavg = [_zeros_state(s, self.key("grad_avg"), p) for p, s in zip(ctx.params, ctx.states)]
+                torch._foreach_lerp_(gavg, g, 1.0 - alpha)
+                denom = torch._foreach_addcmul(sq, gavg, gavg, value=-1.0)
+                torch._foreach_sqrt_(denom)
+            else:
+                denom = torch._foreach_sqrt(sq)
+            torch._foreach_add_(denom, group["eps"])
+            ctx.denominator = denom
+            out.append(torch._foreach_div(g, denom))
+        return out
+
+    def denominator(self, group, state, param):
+        v = self._require(state, self.key("square_avg"))
+        if group["centered"]:
+            gavg = state[self.key("grad_avg")]
+            v = v - gavg * gavg
+        return v.sqrt() + group["eps"]
+
+
+class Adam(Preconditioner):
+    """Adam: ``m ← β₁m + (1−β₁)g``, ``v ← β₂v + (1−β₂)g²``; ``d = m̂ / (√v̂ + ε)``.
+
+    Hats are bias corrections ``m̂ = m/(1−β₁ᵏ)``, ``v̂ = v/(1−β₂ᵏ)`` (torch.optim.Adam).
+    ``M = (√v̂ + ε)⁻¹`` is applied to the first moment, so Adam is
+    preconditioned *heavy-ball* descent; its momentum lives in ``m``.
+    """
+
+    namespace = "adam"
+
+    def transform(self, ctxs, directions):
+        out = []
+        for ctx, g in zip(ctxs, directions):
+            beta1, beta2 = ctx.group["betas"]
+            eps = ctx.group["eps"]
+            m = [_zeros_state(s, self.key("exp_avg"), p) for p, s in zip(ctx.params, ctx.states)]
+            v = [_zeros_state(s, self.key("exp_avg_sq"), p) for p, s in zip(ctx.params, ctx.states)]
+            steps = _advance_step(ctx, self.key("step"))
+            torch._foreach_lerp_(m, g, 1.0 - beta1)
+            torch._foreach_mul_(v, beta2)
+            torch._foreach_addcmul_(v, g, g, value=1.0 - beta2)
+            bc1 = [1.0 - beta1**k for k in steps]
+            bc2_sqrt = [math.sqrt(1.0 - beta2**k) for k in steps]
+            denom = torch._foreach_sqrt(v)
+            if self.keep_denominator:
+                # D = √v̂ + ε is read by later links; d = (m / bc1) / D
+                torch._foreach_div_(denom, bc2_sqrt)
+                torch._foreach_add_(denom, eps)
+                ctx.denominator = denom
+                d = torch._foreach_div(m, denom)
+                torch._foreach_div_(d, bc1)
+            else:
+                # fold 1/bc1 into the denominator and reuse its memory: d = m / (bc1·D)
+                torch._foreach_mul_(denom, [b1 / b2 for b1, b2 in zip(bc1, bc2_sqrt)])
+                torch._foreach_add_(denom, [eps * b1 for b1 in bc1])
+                torch._foreach_reciprocal_(denom)
+                torch._foreach_mul_(denom, m)
+                d = denom
+            out.append(d)
+        return out
+
+    def denominator(self, group, state, param):
+        v = self._require(state, self.key("exp_avg_sq"))
+        k = int(state[self.key("step")])
+        _, beta2 = group["betas"]
+        return (v / (1.0 - beta2**k)).sqrt() + group["eps"]
+
+
+class Momentum(Link):
+    """Heavy-ball momentum on the (preconditioned, regularized) direction, torch.optim.SGD semantics.
+
+    ``b ← d`` at the first step, then ``b ← μ b + (1 − dampening) d``;
+    the direction becomes ``b`` (or ``d + μ b`` with Nesterov).
+    RMSprop's ``momentum`` is the same link with dampening 0.
+    """
+
+    namespace = "momentum"
+
+    def transform(self, ctxs, directions):
+        out = []
+        for ctx, d in zip(ctxs, directions):
+            mu = ctx.group["momentum"]
+            if mu == 0:
+                out.append(d)
+                continue
+            dampening = ctx.group.get("dampening", 0.0)
+            key = self.key("buffer")
+            bufs = []
+            for di, state in zip(d, ctx.states):
+                if key not in state:
+                    state[key] = torch.clone(di).detach()
+                else:
+                    state[key].mul_(mu).add_(di, alpha=1.0 - dampening)
+                bufs.append(state[key])
+            out.append(torch._foreach_add(d, bufs, alpha=mu) if ctx.group.get("nesterov", False) else bufs)
+        return out
+
+
+#: name → (link class, torch-style hyperparameter defaults)
+PRECONDITIONERS: dict[str, tuple[type[Preconditioner], dict]] = {
+    "sgd": (SGD, {"momentum": 0.0, "dampening": 0.0, "nesterov": False}),
+    "adagrad": (Adagrad, {"lr_decay": 0.0, "eps": 1e-10, "initial_accumulator_value": 0.0, "momentum": 0.0}),
+    "rmsprop": (RMSprop, {"alpha": 0.99, "eps": 1e-8, "centered": False, "momentum": 0.0}),
+    "adam": (Adam, {"betas": (0.9, 0.999), "eps": 1e-8}),
+}
