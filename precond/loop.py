@@ -1,0 +1,177 @@
+"""The training loop: flat, device-resident, honest timing.
+
+``time/train_s`` counts optimizer steps only: evaluation and monitors
+(curvature, sparsity, ...) are excluded, and on CUDA the clock is read after a
+synchronize so asynchronous kernels are charged to the step that queued them.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+import torch
+from torch import Tensor, nn
+from torch.nn import functional as F
+
+from precond.data import BatchSampler, Dataset
+from precond.runlog import RunLog
+
+#: steps between non-finite-loss checks (each check synchronizes with the device)
+DIVERGENCE_CHECK_EVERY = 10
+
+#: a monitor is called at every evaluation with the step number and returns extra metrics
+Monitor = Callable[[int], dict]
+
+
+@dataclass
+class LoopSettings:
+    """Plain settings of one run (the entry point fills them from the config)."""
+
+    steps: int
+    batch_size: int
+    eval_every: int
+    seed: int = 0
+    target_metric: str = "val/loss"
+    target_value: Optional[float] = None
+    eval_batch_size: int = 4096
+    progress: bool = True
+
+
+def loss_function(task: str) -> Callable[[Tensor, Tensor], Tensor]:
+    """MSE for regression (mean over samples and outputs), cross-entropy for classification."""
+    return F.mse_loss if task == "regression" else F.cross_entropy
+
+
+def target_reached(metric: str, value: Optional[float], target: Optional[float]) -> bool:
+    """Loss-like metrics reach the target from above, accuracy-like (``acc``) from below."""
+    if target is None or value is None or not math.isfinite(value):
+        return False
+    return value >= target if "acc" in metric else value <= target
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, loss_fn, x: Tensor, y: Tensor, task: str, batch_size: int) -> dict[str, float]:
+    """Mean loss (and accuracy for classification) over a whole split, in chunks, eval mode."""
+    was_training = model.training
+    model.eval()
+    total, correct = 0.0, 0
+    for start in range(0, x.shape[0], batch_size):
+        out = model(x[start:start + batch_size])
+        yb = y[start:start + batch_size]
+        total += float(loss_fn(out, yb, reduction="sum"))
+        if task == "classification":
+            correct += int((out.argmax(dim=1) == yb).sum())
+    model.train(was_training)
+    n = x.shape[0]
+    if task == "regression":
+        total /= y[0].numel()  # mse_loss(sum) sums over outputs too; report the per-element mean
+    metrics = {"loss": total / n}
+    if task == "classification":
+        metrics["acc"] = correct / n
+    return metrics
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def train(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    data: Dataset,
+    settings: LoopSettings,
+    runlog: RunLog,
+    monitors: tuple[Monitor, ...] = (),
+) -> dict:
+    """Train for ``settings.steps`` minibatch steps; log every ``eval_every`` steps (and at 0 and the end).
+
+    Returns the summary fields of the run: ``status`` (``completed`` or
+    ``diverged`` when the loss becomes NaN/inf), final metrics,
+    ``steps_to_target`` and ``seconds_to_target`` (None when not reached).
+    """
+    device = data.x_train.device
+    loss_fn = loss_function(data.task)
+    sampler = BatchSampler(data.n_train, settings.batch_size, settings.seed, device)
+    train_s, monitor_s, loss_count = 0.0, 0.0, 0
+    loss_sum = torch.zeros((), device=device)  # stays on the device: no sync per step
+    status, steps_to_target, seconds_to_target = "completed", None, None
+    last: dict = {}
+    model.train()
+
+    def log_point(step: int) -> dict:
+        nonlocal monitor_s, steps_to_target, seconds_to_target, loss_sum, loss_count
+        record: dict = {"step": step, "epoch": sampler.epoch, "lr": optimizer.param_groups[0]["lr"]}
+        if loss_count:
+            record["train/loss"] = float(loss_sum) / loss_count
+        loss_sum, loss_count = torch.zeros((), device=device), 0
+        for split, (x, y) in data.splits().items():
+            if split == "test" and step != settings.steps:
+                continue
+            for k, v in evaluate(model, loss_fn, x, y, data.task, settings.eval_batch_size).items():
+                record[f"{split}/{k}"] = v
+        t0 = time.perf_counter()
+        for monitor in monitors:
+            record.update(monitor(step))
+        monitor_s += time.perf_counter() - t0
+        record["time/train_s"] = train_s
+        if monitors:
+            record["time/monitor_s"] = monitor_s
+        if steps_to_target is None and target_reached(
+            settings.target_metric, record.get(settings.target_metric), settings.target_value
+        ):
+            steps_to_target, seconds_to_target = step, train_s
+        runlog.log(record)
+        return record
+
+    last = log_point(0)
+    progress = _progress_bar(settings)
+    step = 0
+    for step in range(1, settings.steps + 1):
+        t0 = time.perf_counter()
+        idx = sampler.next()
+        xb, yb = data.x_train[idx], data.y_train[idx]
+
+        def closure():
+            optimizer.zero_grad(set_to_none=True)
+            batch_loss = loss_fn(model(xb), yb)
+            batch_loss.backward()
+            return batch_loss
+
+        loss = optimizer.step(closure).detach()
+        loss_sum += loss
+        loss_count += 1
+        at_eval = step % settings.eval_every == 0 or step == settings.steps
+        check = at_eval or step % DIVERGENCE_CHECK_EVERY == 0
+        if check:
+            _sync(device)
+        train_s += time.perf_counter() - t0
+        if check and not math.isfinite(float(loss_sum)):
+            status = "diverged"
+            runlog.log({"step": step, "train/loss": float(loss), "time/train_s": train_s, "diverged": True})
+            break
+        if at_eval:
+            last = log_point(step)
+            if progress is not None:
+                progress.set_postfix({k: f"{v:.4g}" for k, v in last.items() if k in ("train/loss", "val/loss")})
+        if progress is not None:
+            progress.update(1)
+    if progress is not None:
+        progress.close()
+    summary = {k: v for k, v in last.items() if "/" in k}
+    summary.update({
+        "status": status, "steps": step, "steps_to_target": steps_to_target,
+        "seconds_to_target": seconds_to_target, "target_metric": settings.target_metric,
+        "target_value": settings.target_value,
+    })
+    return summary
+
+
+def _progress_bar(settings: LoopSettings):
+    if not settings.progress:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=settings.steps, unit="step", leave=False, mininterval=1.0, dynamic_ncols=True)

@@ -1,0 +1,116 @@
+"""Models: linear, MLP, small CNN, CIFAR-style ResNet (18 and 20).
+
+Every factory takes ``in_shape`` (one sample's input shape), ``num_outputs``
+and ``normalization`` (see :mod:`precond.normalization` for where the norm
+layers go: ``Linear/Conv → Norm → act`` on hidden layers only).
+Vector models flatten image inputs.
+"""
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+from torch import nn
+
+from precond.errors import ConfigError
+from precond.normalization import norm_layer
+
+ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh, "gelu": nn.GELU}
+
+
+def _activation(name: str) -> nn.Module:
+    if name not in ACTIVATIONS:
+        raise ConfigError("model.activation", f"one of {sorted(ACTIVATIONS)}", name)
+    return ACTIVATIONS[name]()
+
+
+def linear(in_shape: Sequence[int], num_outputs: int, normalization: str = "none") -> nn.Module:
+    """``f(x) = W x + b``: least squares with MSE, logistic/softmax regression with cross-entropy."""
+    if normalization in ("batchnorm", "layernorm"):
+        raise ConfigError(
+            "normalization", "none or input for model=linear (it has no hidden layer to normalize)",
+            normalization, "use normalization=input, or model=mlp",
+        )
+    return nn.Sequential(nn.Flatten(), nn.Linear(math.prod(in_shape), num_outputs))
+
+
+def mlp(in_shape: Sequence[int], num_outputs: int, normalization: str = "none",
+        widths: Sequence[int] = (64, 64), activation: str = "relu") -> nn.Module:
+    """``Linear → Norm → act`` for each width, then a Linear output layer."""
+    layers: list[nn.Module] = [nn.Flatten()]
+    fan_in = math.prod(in_shape)
+    for width in widths:
+        layers += [nn.Linear(fan_in, width), norm_layer(normalization, width, conv=False), _activation(activation)]
+        fan_in = width
+    layers.append(nn.Linear(fan_in, num_outputs))
+    return nn.Sequential(*layers)
+
+
+def cnn(in_shape: Sequence[int], num_outputs: int, normalization: str = "none",
+        channels: Sequence[int] = (32, 64), activation: str = "relu") -> nn.Module:
+    """``[Conv3×3 → Norm → act → MaxPool2]`` per channel count, global average pool, Linear."""
+    if len(in_shape) != 3:
+        raise ConfigError("model", "image inputs (C×H×W) for model=cnn", f"inputs of shape {tuple(in_shape)}",
+                          "use dataset=digits/mnist/cifar10 or model=mlp")
+    layers: list[nn.Module] = []
+    c_in, size = in_shape[0], min(in_shape[1:])
+    for c in channels:
+        layers += [nn.Conv2d(c_in, c, 3, padding=1), norm_layer(normalization, c, conv=True), _activation(activation)]
+        if size >= 2:
+            layers.append(nn.MaxPool2d(2))
+            size //= 2
+        c_in = c
+    layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(c_in, num_outputs)]
+    return nn.Sequential(*layers)
+
+
+class BasicBlock(nn.Module):
+    """``act(x + Norm(Conv(act(Norm(Conv x)))))`` with a 1×1 projection when the shape changes."""
+
+    def __init__(self, c_in: int, c_out: int, stride: int, normalization: str, activation: str):
+        super().__init__()
+        self.conv1 = nn.Conv2d(c_in, c_out, 3, stride=stride, padding=1, bias=normalization != "batchnorm")
+        self.norm1 = norm_layer(normalization, c_out, conv=True)
+        self.conv2 = nn.Conv2d(c_out, c_out, 3, padding=1, bias=normalization != "batchnorm")
+        self.norm2 = norm_layer(normalization, c_out, conv=True)
+        self.act = _activation(activation)
+        self.shortcut: nn.Module = nn.Identity()
+        if stride != 1 or c_in != c_out:
+            self.shortcut = nn.Sequential(
+                nn.Conv2d(c_in, c_out, 1, stride=stride, bias=normalization != "batchnorm"),
+                norm_layer(normalization, c_out, conv=True),
+            )
+
+    def forward(self, x):
+        out = self.act(self.norm1(self.conv1(x)))
+        return self.act(self.norm2(self.conv2(out)) + self.shortcut(x))
+
+
+#: arch → (blocks per stage, channels per stage)
+RESNETS = {"resnet18": ((2, 2, 2, 2), (64, 128, 256, 512)), "resnet20": ((3, 3, 3), (16, 32, 64))}
+
+
+def resnet(in_shape: Sequence[int], num_outputs: int, normalization: str = "none",
+           arch: str = "resnet20", activation: str = "relu") -> nn.Module:
+    """CIFAR-style ResNet: 3×3 stem (no max-pool), stages of BasicBlocks, global pool, Linear.
+
+    ``resnet18``: 4 stages (64–512 channels, 11.2M parameters for 10 classes);
+    ``resnet20``: 3 stages of 3 blocks (16–64 channels, 0.27M parameters).
+    """
+    if arch not in RESNETS:
+        raise ConfigError("model.arch", f"one of {sorted(RESNETS)}", arch)
+    if len(in_shape) != 3:
+        raise ConfigError("model", "image inputs (C×H×W) for model=resnet", f"inputs of shape {tuple(in_shape)}")
+    blocks, widths = RESNETS[arch]
+    layers: list[nn.Module] = [
+        nn.Conv2d(in_shape[0], widths[0], 3, padding=1, bias=normalization != "batchnorm"),
+        norm_layer(normalization, widths[0], conv=True),
+        _activation(activation),
+    ]
+    c_in = widths[0]
+    for stage, (n, c) in enumerate(zip(blocks, widths)):
+        for i in range(n):
+            layers.append(BasicBlock(c_in, c, 2 if (i == 0 and stage > 0) else 1, normalization, activation))
+            c_in = c
+    layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(c_in, num_outputs)]
+    return nn.Sequential(*layers)

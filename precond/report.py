@@ -1,0 +1,178 @@
+"""Compare the runs of a sweep: a table (mean ± std over seeds) and a loss-vs-step plot.
+
+Runs are grouped by their overrides with ``seed`` removed, so ``-m
+preconditioner=sgd,adam seed=0,1,2`` gives two groups of three runs.
+``precond-report SWEEP_DIR`` (or the automatic report at the end of a
+multirun) writes ``comparison.md`` and ``comparison.png`` into the sweep dir.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import statistics
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+#: override keys that do not define a group (seeds are averaged; the experiment is the whole sweep)
+IGNORED_KEYS = ("seed", "experiment")
+
+
+@dataclass
+class RunRecord:
+    """One finished (or failed) run: its summary and its metric records."""
+
+    path: Path
+    summary: dict
+    metrics: list[dict] = field(default_factory=list)
+
+    @property
+    def label(self) -> str:
+        keep = [o for o in self.summary.get("overrides", []) if o.split("=")[0].lstrip("+~") not in IGNORED_KEYS]
+        return ",".join(keep) or "default"
+
+    def series(self, metric: str) -> tuple[list[int], list[float]]:
+        pts = [(r["step"], r[metric]) for r in self.metrics if r.get(metric) is not None]
+        return [p[0] for p in pts], [p[1] for p in pts]
+
+
+def load_runs(sweep_dir: str | Path) -> list[RunRecord]:
+    """Every run directory (holding summary.json) below ``sweep_dir``, in job order."""
+    runs = []
+    for summary_path in sorted(Path(sweep_dir).rglob("summary.json"), key=lambda p: _job_key(p.parent)):
+        summary = json.loads(summary_path.read_text())
+        metrics_path = summary_path.parent / "metrics.jsonl"
+        metrics = []
+        if metrics_path.exists():
+            metrics = [json.loads(line) for line in metrics_path.read_text().splitlines() if line.strip()]
+        runs.append(RunRecord(summary_path.parent, summary, metrics))
+    return runs
+
+
+def _job_key(path: Path):
+    return (0, int(path.name), "") if path.name.isdigit() else (1, 0, str(path))
+
+
+@dataclass
+class Row:
+    label: str
+    runs: int
+    completed: int
+    final_mean: Optional[float]
+    final_std: Optional[float]
+    reached: int
+    steps_to_target: Optional[float]
+    seconds_to_target: Optional[float]
+
+
+def _mean_std(values: list[float]) -> tuple[Optional[float], Optional[float]]:
+    values = [v for v in values if v is not None and math.isfinite(v)]
+    if not values:
+        return None, None
+    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+
+
+def summarize(runs: list[RunRecord], metric: str) -> list[Row]:
+    """One row per group: final ``metric`` mean ± std over completed runs, steps/seconds-to-target."""
+    groups: dict[str, list[RunRecord]] = {}
+    for run in runs:
+        groups.setdefault(run.label, []).append(run)
+    rows = []
+    for label, members in groups.items():
+        done = [r for r in members if r.summary.get("status") == "completed"]
+        mean, std = _mean_std([r.summary.get(metric) for r in done])
+        hit = [r for r in done if r.summary.get("steps_to_target") is not None]
+        rows.append(Row(
+            label=label, runs=len(members), completed=len(done), final_mean=mean, final_std=std,
+            reached=len(hit),
+            steps_to_target=statistics.fmean(r.summary["steps_to_target"] for r in hit) if hit else None,
+            seconds_to_target=statistics.fmean(r.summary["seconds_to_target"] for r in hit) if hit else None,
+        ))
+    return rows
+
+
+def _fmt(value: Optional[float], spec: str = ".4g") -> str:
+    return "—" if value is None else format(value, spec)
+
+
+def format_table(rows: list[Row], metric: str, target: str) -> str:
+    """A Markdown table; steps/seconds-to-target average the runs that reached the target."""
+    lines = [
+        f"| run | completed | final {metric} (mean ± std) | reached {target} | steps to target | seconds to target |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        final = "—" if r.final_mean is None else f"{r.final_mean:.4g} ± {r.final_std:.2g}"
+        lines.append(f"| {r.label} | {r.completed}/{r.runs} | {final} | {r.reached}/{r.completed} | "
+                     f"{_fmt(r.steps_to_target, '.0f')} | {_fmt(r.seconds_to_target, '.3f')} |")
+    return "\n".join(lines)
+
+
+def plot(runs: list[RunRecord], metric: str, path: str | Path, title: str = "") -> Path:
+    """``metric`` vs step per group: mean line and min–max band over seeds, log y for losses."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    groups: dict[str, list[RunRecord]] = {}
+    for run in runs:
+        groups.setdefault(run.label, []).append(run)
+    for label, members in groups.items():
+        curves = [run.series(metric) for run in members if run.series(metric)[0]]
+        if not curves:
+            continue
+        steps = sorted(set.intersection(*(set(s) for s, _ in curves)))
+        if not steps:
+            continue
+        values = [[dict(zip(s, v))[t] for t in steps] for s, v in curves]
+        mean = [statistics.fmean(col) for col in zip(*values)]
+        line, = ax.plot(steps, mean, label=f"{label} (n={len(curves)})")
+        if len(curves) > 1:
+            ax.fill_between(steps, [min(c) for c in zip(*values)], [max(c) for c in zip(*values)],
+                            color=line.get_color(), alpha=0.2)
+    if "loss" in metric:
+        ax.set_yscale("log")
+    ax.set_xlabel("step")
+    ax.set_ylabel(metric)
+    ax.set_title(title or f"{metric} vs step (mean, band = min–max over seeds)")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def compare(sweep_dir: str | Path, metric: Optional[str] = None, quiet: bool = False) -> str:
+    """Write ``comparison.md`` and ``comparison.png`` in ``sweep_dir``; print and return the table."""
+    sweep_dir = Path(sweep_dir)
+    runs = load_runs(sweep_dir)
+    if not runs:
+        raise FileNotFoundError(f"no run directories with summary.json under {sweep_dir}")
+    first = runs[0].summary
+    metric = metric or ("val/loss" if any("val/loss" in r.summary for r in runs) else "train/loss")
+    target_metric = first.get("target_metric", "?")
+    target = f"{target_metric} {'≥' if 'acc' in target_metric else '≤'} {first.get('target_value')}"
+    table = format_table(summarize(runs, metric), metric, target)
+    (sweep_dir / "comparison.md").write_text(f"# {sweep_dir.name}\n\n{table}\n", encoding="utf-8")
+    plot(runs, metric, sweep_dir / "comparison.png", title=f"{sweep_dir.name}: {metric}")
+    if not quiet:
+        print(table)
+        print(f"\nwrote {sweep_dir / 'comparison.md'} and {sweep_dir / 'comparison.png'}")
+    return table
+
+
+def main(argv: Optional[list[str]] = None) -> None:
+    parser = argparse.ArgumentParser(prog="precond-report", description=__doc__.split("\n")[0])
+    parser.add_argument("sweep_dir", help="a Hydra sweep directory (outputs/sweeps/...)")
+    parser.add_argument("--metric", default=None, help="metric to compare (default val/loss)")
+    args = parser.parse_args(argv)
+    compare(args.sweep_dir, args.metric)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,150 @@
+"""Run records: plain files in the run directory, and optionally Weights & Biases.
+
+Files every run leaves (DESIGN.md §6):
+
+* ``config.yaml`` — the resolved configuration (written by the entry point);
+* ``metrics.jsonl`` — one JSON object per logged step (``step``, ``train/loss``,
+  ``val/loss``, ``val/acc``, ``lr``, ``time/train_s``, ...), flushed per line so
+  a crash loses nothing already logged;
+* ``summary.json`` — final metrics and ``status: completed | diverged | failed``.
+
+This is the only module that imports ``wandb``, and only when a W&B sink is
+requested. Without an API key, ``online`` falls back to ``offline`` (said once
+per process). The W&B run is finished also when training raises.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import netrc
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+log = logging.getLogger(__name__)
+
+WANDB_MODES = ("online", "offline", "disabled")
+_said_offline = False
+
+
+@dataclass
+class WandbSettings:
+    """Where and how to log to W&B; ``mode`` is ``online | offline | disabled``."""
+
+    mode: str = "offline"
+    project: str = "precond"
+    entity: Optional[str] = None
+    group: Optional[str] = None
+    name: Optional[str] = None
+    tags: list[str] = field(default_factory=list)
+    job_type: str = "train"
+
+
+def _jsonable(value: Any) -> Any:
+    """Plain JSON values; non-finite floats become None (JSON has no NaN)."""
+    if hasattr(value, "item") and callable(value.item):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def has_wandb_credentials() -> bool:
+    """True when an API key is in ``WANDB_API_KEY`` or ``~/.netrc`` for api.wandb.ai."""
+    if os.environ.get("WANDB_API_KEY"):
+        return True
+    try:
+        return netrc.netrc().authenticators("api.wandb.ai") is not None
+    except (FileNotFoundError, netrc.NetrcParseError, OSError):
+        return False
+
+
+def resolve_wandb_mode(mode: str) -> str:
+    """``online`` without credentials becomes ``offline``, announced once per process."""
+    global _said_offline
+    if mode not in WANDB_MODES:
+        raise ValueError(f"logger.mode must be one of {list(WANDB_MODES)}, got '{mode}'")
+    if mode == "online" and not has_wandb_credentials():
+        if not _said_offline:
+            log.warning("no W&B API key found (WANDB_API_KEY or ~/.netrc): logging offline; "
+                        "upload later with `wandb sync <run_dir>/wandb/offline-run-*`")
+            _said_offline = True
+        return "offline"
+    return mode
+
+
+def write_summary(run_dir: str | Path, summary: dict[str, Any]) -> dict[str, Any]:
+    """Write ``run_dir/summary.json`` atomically (NaN/inf → null); returns what was written."""
+    clean = json.loads(json.dumps(summary, default=str), parse_constant=lambda _: None)
+    clean = {k: _jsonable(v) for k, v in clean.items()}
+    path = Path(run_dir) / "summary.json"
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(clean, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    tmp.replace(path)
+    return clean
+
+
+class RunLog:
+    """Writes ``metrics.jsonl`` and ``summary.json`` in ``run_dir``; mirrors to W&B when asked.
+
+    Use as a context manager: leaving it with an exception writes a ``failed``
+    summary (unless one was written) and finishes the W&B run with exit code 1.
+    """
+
+    def __init__(self, run_dir: str | Path, config: dict, wandb_settings: Optional[WandbSettings] = None):
+        self.run_dir = Path(run_dir)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.metrics_path = self.run_dir / "metrics.jsonl"
+        self.summary_path = self.run_dir / "summary.json"
+        self._metrics = open(self.metrics_path, "a", encoding="utf-8")
+        self._summary_written = False
+        self._wandb_run = None
+        if wandb_settings is not None and wandb_settings.mode != "disabled":
+            self._wandb_run = self._start_wandb(config, wandb_settings)
+
+    def _start_wandb(self, config: dict, s: WandbSettings):
+        import wandb
+
+        mode = resolve_wandb_mode(s.mode)
+        return wandb.init(
+            project=s.project, entity=s.entity, group=s.group, name=s.name, tags=list(s.tags),
+            job_type=s.job_type, config=config, dir=str(self.run_dir), mode=mode, reinit="finish_previous",
+        )
+
+    @property
+    def wandb_dir(self) -> Optional[Path]:
+        return Path(self._wandb_run.dir).parent if self._wandb_run is not None else None
+
+    def log(self, metrics: dict[str, Any]) -> None:
+        """Append one record (must contain ``step``) to metrics.jsonl and W&B."""
+        record = {k: _jsonable(v) for k, v in metrics.items()}
+        self._metrics.write(json.dumps(record) + "\n")
+        self._metrics.flush()
+        if self._wandb_run is not None:
+            self._wandb_run.log({k: v for k, v in record.items() if k != "step" and v is not None},
+                                step=int(record["step"]))
+
+    def write_summary(self, summary: dict[str, Any]) -> None:
+        """Write summary.json (atomically) and the W&B run summary."""
+        clean = write_summary(self.run_dir, summary)
+        self._summary_written = True
+        if self._wandb_run is not None:
+            for k, v in clean.items():
+                if isinstance(v, (int, float, str, bool)) or v is None:
+                    self._wandb_run.summary[k] = v
+
+    def close(self, exit_code: int = 0) -> None:
+        self._metrics.close()
+        if self._wandb_run is not None:
+            self._wandb_run.finish(exit_code=exit_code)
+            self._wandb_run = None
+
+    def __enter__(self) -> "RunLog":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc is not None and not self._summary_written:
+            self.write_summary({"status": "failed", "error": f"{exc_type.__name__}: {exc}"})
+        self.close(exit_code=1 if exc is not None else 0)
