@@ -27,10 +27,12 @@ class RunRecord:
     summary: dict
     metrics: list[dict] = field(default_factory=list)
 
+    label: str = ""
+
     @property
-    def label(self) -> str:
-        keep = [o for o in self.summary.get("overrides", []) if o.split("=")[0].lstrip("+~") not in IGNORED_KEYS]
-        return ",".join(keep) or "default"
+    def overrides(self) -> dict[str, str]:
+        pairs = (o.split("=", 1) for o in self.summary.get("overrides", []) if "=" in o)
+        return {k.lstrip("+~"): v for k, v in pairs if k.lstrip("+~") not in IGNORED_KEYS}
 
     def series(self, metric: str) -> tuple[list[int], list[float]]:
         pts = [(r["step"], r[metric]) for r in self.metrics if r.get(metric) is not None]
@@ -47,7 +49,18 @@ def load_runs(sweep_dir: str | Path) -> list[RunRecord]:
         if metrics_path.exists():
             metrics = [json.loads(line) for line in metrics_path.read_text().splitlines() if line.strip()]
         runs.append(RunRecord(summary_path.parent, summary, metrics))
+    _label(runs)
     return runs
+
+
+def _label(runs: list[RunRecord]) -> None:
+    """Label each run by the overrides that vary across the sweep (seeds excluded)."""
+    keys: list[str] = []
+    for run in runs:
+        keys += [k for k in run.overrides if k not in keys]
+    varying = [k for k in keys if len({run.overrides.get(k) for run in runs}) > 1]
+    for run in runs:
+        run.label = ",".join(f"{k}={run.overrides.get(k, '-')}" for k in varying) or "all runs"
 
 
 def _job_key(path: Path):

@@ -1,0 +1,42 @@
+"""Shared helpers: run the CLI as a user would, and write small datasets in real on-disk formats."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+# the tests never talk to W&B servers
+os.environ.setdefault("WANDB_SILENT", "true")
+os.environ.setdefault("WANDB_DISABLE_GIT", "true")
+
+
+def run_cli(tmp_path: Path, *overrides: str, multirun: bool = False, env: dict | None = None,
+            check: bool = True) -> subprocess.CompletedProcess:
+    """``python -m precond.train`` with run/sweep dirs under ``tmp_path`` (cwd = the repo)."""
+    args = [sys.executable, "-m", "precond.train"]
+    if multirun:
+        args.append("-m")
+    args += [f"hydra.run.dir={tmp_path}/run", f"hydra.sweep.dir={tmp_path}/sweep", "progress=false", *overrides]
+    full_env = {**os.environ, "WANDB_MODE": "", "WANDB_API_KEY": "", "HOME": str(tmp_path), **(env or {})}
+    full_env = {k: v for k, v in full_env.items() if v != ""}
+    proc = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, env=full_env, timeout=300)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"CLI failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+def read_summary(run_dir: Path) -> dict:
+    return json.loads((run_dir / "summary.json").read_text())
+
+
+def read_metrics(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.fixture
+def cli(tmp_path):
+    return lambda *o, **kw: run_cli(tmp_path, *o, **kw)

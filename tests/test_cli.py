@@ -1,0 +1,103 @@
+"""The entry point as a user runs it: files of a run, sweeps, divergence, bad input, W&B offline."""
+import subprocess
+import sys
+
+import pytest
+import torch
+import yaml
+
+from tests.conftest import read_metrics, read_summary
+
+FAST = ("steps=60", "eval_every=20")
+
+
+def test_single_run_leaves_config_metrics_summary(cli, tmp_path):
+    cli(*FAST, "preconditioner=rmsprop", "lr=0.01", "seed=3")
+    run = tmp_path / "run"
+    config = yaml.safe_load((run / "config.yaml").read_text())
+    assert config["lr"] == 0.01 and config["preconditioner"]["name"] == "rmsprop"  # resolved
+    records = read_metrics(run)
+    assert [r["step"] for r in records] == [0, 20, 40, 60]
+    for key in ("train/loss", "val/loss", "lr", "time/train_s"):
+        assert key in records[-1]
+    assert records[-1]["time/train_s"] >= records[1]["time/train_s"] > 0
+    assert "test/loss" in records[-1] and "test/loss" not in records[1]
+    summary = read_summary(run)
+    assert summary["status"] == "completed" and summary["seed"] == 3
+    for key in ("steps_to_target", "seconds_to_target", "device", "torch", "git_commit", "val/loss"):
+        assert key in summary
+    assert summary["torch"] == torch.__version__
+    assert summary["val/loss"] == pytest.approx(records[-1]["val/loss"])
+
+
+def test_classification_logs_accuracy_and_target_in_accuracy(cli, tmp_path):
+    cli(*FAST, "dataset=digits", "model=mlp", "target.metric=val/acc", "target.value=0.5")
+    summary = read_summary(tmp_path / "run")
+    assert 0.5 <= summary["val/acc"] <= 1.0
+    assert summary["steps_to_target"] is not None and summary["steps_to_target"] <= 60
+
+
+def test_multirun_survives_a_diverging_job_and_writes_the_comparison(cli, tmp_path):
+    cli("steps=40", "eval_every=20", "preconditioner=sgd", "lr=1000,0.1", multirun=True)
+    sweep = tmp_path / "sweep"
+    diverged, ok = read_summary(sweep / "0"), read_summary(sweep / "1")
+    assert diverged["status"] == "diverged" and diverged["steps"] <= 20
+    assert ok["status"] == "completed"
+    table = (sweep / "comparison.md").read_text()
+    assert "lr=1000" in table and "lr=0.1" in table
+    assert (sweep / "comparison.png").stat().st_size > 1000
+
+
+def test_compare_preconditioners_experiment_smoke(cli, tmp_path):
+    proc = cli("experiment=compare_preconditioners", "steps=20", "eval_every=10")
+    sweep = tmp_path / "sweep"
+    summaries = [read_summary(sweep / str(i)) for i in range(12)]
+    assert {s["choices"]["preconditioner"] for s in summaries} == {"sgd", "adagrad", "rmsprop", "adam"}
+    assert {s["seed"] for s in summaries} == {0, 1, 2}
+    assert "| preconditioner=adam | 3/3 |" in proc.stdout
+
+
+@pytest.mark.parametrize("override,key", [
+    (("regularization=l2", "regularization.variable=q"), "regularization.variable"),
+    (("lr=-1",), "lr"),
+    (("batch_size=100000",), "batch_size"),
+])
+def test_bad_values_fail_with_one_line_naming_the_key(cli, tmp_path, override, key):
+    proc = cli(*override, check=False)
+    assert proc.returncode == 2
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and errors[0].startswith(f"error: {key}:"), proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert read_summary(tmp_path / "run")["status"] == "failed"
+
+
+def test_unknown_group_option_lists_the_choices(cli):
+    proc = cli("preconditioner=lbfgs", check=False)
+    assert proc.returncode != 0
+    assert "preconditioner" in proc.stderr and "adam" in proc.stderr and "rmsprop" in proc.stderr
+
+
+def test_wandb_online_without_key_falls_back_to_offline_and_syncs(cli, tmp_path):
+    proc = cli(*FAST, "logger=wandb", "logger.mode=online")
+    assert proc.stdout.count("no W&B API key found") + proc.stderr.count("no W&B API key found") == 1
+    offline = list((tmp_path / "run" / "wandb").glob("offline-run-*"))
+    assert len(offline) == 1
+    assert list(offline[0].glob("*.wandb")), "the offline run must hold its data file"
+    wandb_cli = [sys.executable, "-c", "import sys; from wandb.cli.cli import cli; sys.exit(cli())"]
+    sync = subprocess.run([*wandb_cli, "sync", "--dry-run", str(offline[0])], capture_output=True, text=True,
+                          env={"HOME": str(tmp_path), "PATH": "/usr/bin:/bin"}, timeout=120)
+    assert sync.returncode == 0, sync.stderr
+    assert offline[0].name in sync.stdout + sync.stderr
+
+
+def test_logger_none_does_not_import_wandb(tmp_path):
+    code = (
+        "import sys; sys.argv=['precond-train', 'steps=5', 'eval_every=5', 'progress=false', "
+        f"'hydra.run.dir={tmp_path}/run']\n"
+        "from precond.train import main\n"
+        "try:\n    main()\nexcept SystemExit:\n    pass\n"
+        "assert 'wandb' not in sys.modules, 'wandb was imported'\n"
+        "print('ok')\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and "ok" in proc.stdout, proc.stderr

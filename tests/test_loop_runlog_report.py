@@ -1,0 +1,105 @@
+"""Training loop, run files and the sweep report, in-process."""
+import json
+import math
+import statistics
+import time
+
+import pytest
+import torch
+
+from precond import build_optimizer
+from precond.data import synthetic
+from precond.loop import LoopSettings, evaluate, target_reached, train
+from precond.models import linear
+from precond.report import compare, load_runs, summarize
+from precond.runlog import RunLog, write_summary
+
+
+def _fit(tmp_path, lr=0.1, precond="adam", monitors=(), steps=40, target=None):
+    data = synthetic(n_train=256, n_val=64, n_test=64, features=8)
+    torch.manual_seed(0)
+    model = linear(data.in_shape, 1)
+    opt = build_optimizer(model.parameters(), precond, lr=lr)
+    settings = LoopSettings(steps=steps, batch_size=32, eval_every=10, progress=False, target_value=target)
+    with RunLog(tmp_path, {}) as log:
+        summary = train(model, opt, data, settings, log, monitors=monitors)
+        log.write_summary(summary)
+    return summary, [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_loss_decreases_and_target_is_found(tmp_path):
+    summary, records = _fit(tmp_path, target=0.5)
+    assert records[-1]["val/loss"] < records[0]["val/loss"] / 1.5
+    first_hit = next(r["step"] for r in records if r["val/loss"] <= 0.5)
+    assert summary["steps_to_target"] == first_hit
+    assert summary["seconds_to_target"] == next(r["time/train_s"] for r in records if r["step"] == first_hit)
+
+
+def test_divergence_ends_the_run_with_status_diverged(tmp_path):
+    summary, records = _fit(tmp_path, lr=1e6, precond="sgd", steps=200)
+    assert summary["status"] == "diverged" and summary["steps"] < 200
+    assert records[-1]["diverged"] is True
+
+
+def test_monitor_time_is_excluded_from_train_time(tmp_path):
+    def slow_monitor(step):
+        time.sleep(0.05)
+        return {"monitor/step": step}
+
+    summary, records = _fit(tmp_path, monitors=(slow_monitor,))
+    assert records[-1]["monitor/step"] == 40
+    assert records[-1]["time/monitor_s"] >= 0.25
+    assert records[-1]["time/train_s"] < records[-1]["time/monitor_s"]
+
+
+def test_evaluate_matches_direct_loss_and_accuracy():
+    data = synthetic(task="classification", n_train=100, n_val=50)
+    model = linear(data.in_shape, data.num_outputs)
+    got = evaluate(model, torch.nn.functional.cross_entropy, data.x_val, data.y_val, "classification", 7)
+    with torch.no_grad():
+        out = model(data.x_val)
+    assert got["loss"] == pytest.approx(float(torch.nn.functional.cross_entropy(out, data.y_val)), rel=1e-5)
+    assert got["acc"] == pytest.approx(float((out.argmax(1) == data.y_val).float().mean()))
+
+
+def test_target_direction_follows_the_metric():
+    assert target_reached("val/loss", 0.1, 0.2) and not target_reached("val/loss", 0.3, 0.2)
+    assert target_reached("val/acc", 0.9, 0.8) and not target_reached("val/acc", 0.7, 0.8)
+    assert not target_reached("val/loss", float("nan"), 0.2)
+
+
+def test_runlog_writes_failed_summary_on_error_and_keeps_metrics(tmp_path):
+    with pytest.raises(RuntimeError):
+        with RunLog(tmp_path, {}) as log:
+            log.log({"step": 0, "train/loss": 1.0})
+            raise RuntimeError("boom")
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["status"] == "failed" and "boom" in summary["error"]
+    assert json.loads((tmp_path / "metrics.jsonl").read_text())["train/loss"] == 1.0
+
+
+def test_summary_turns_non_finite_values_into_null(tmp_path):
+    written = write_summary(tmp_path, {"val/loss": float("nan"), "x": float("inf"), "ok": 1.5})
+    on_disk = json.loads((tmp_path / "summary.json").read_text())
+    assert on_disk == written == {"val/loss": None, "x": None, "ok": 1.5}
+
+
+def test_report_groups_by_varying_overrides_and_averages_seeds(tmp_path):
+    finals = {("adam", 0): 0.1, ("adam", 1): 0.3, ("sgd", 0): 0.5, ("sgd", 1): 0.7}
+    for i, ((name, seed), final) in enumerate(finals.items()):
+        run = tmp_path / str(i)
+        run.mkdir()
+        write_summary(run, {"status": "completed", "val/loss": final, "overrides": [f"preconditioner={name}",
+                            f"seed={seed}", "steps=10"], "steps_to_target": 10 * (i + 1),
+                            "seconds_to_target": 0.1, "target_metric": "val/loss", "target_value": 1.0})
+        (run / "metrics.jsonl").write_text("\n".join(json.dumps({"step": s, "val/loss": final + 1 / (s + 1)})
+                                                     for s in range(3)))
+    runs = load_runs(tmp_path)
+    assert [r.label for r in runs] == ["preconditioner=adam"] * 2 + ["preconditioner=sgd"] * 2
+    rows = {r.label: r for r in summarize(runs, "val/loss")}
+    assert rows["preconditioner=adam"].final_mean == pytest.approx(0.2)
+    assert rows["preconditioner=adam"].final_std == pytest.approx(statistics.stdev([0.1, 0.3]))
+    assert rows["preconditioner=sgd"].steps_to_target == pytest.approx(35)
+    table = compare(tmp_path, quiet=True)
+    assert "| preconditioner=adam | 2/2 | 0.2 ± 0.14 |" in table
+    assert (tmp_path / "comparison.png").exists()
