@@ -13,6 +13,7 @@ work as for any ``torch.optim.Optimizer``.
 """
 from __future__ import annotations
 
+import contextlib
 from typing import Callable, Iterable, Optional, Union
 
 import torch
@@ -20,7 +21,7 @@ from torch import Tensor
 
 from precond.chain import Link, StepContext
 from precond.preconditioners import PRECONDITIONERS, Momentum, Preconditioner
-from precond.regularizers import POLICIES, REGULARIZERS, VARIABLES
+from precond.regularizers import POLICIES, REGULARIZERS, VARIABLES, Penalty, backward_creates_graph, make_penalty
 
 ParamsT = Union[Iterable[Tensor], Iterable[dict]]
 
@@ -54,7 +55,9 @@ class ComposedOptimizer(torch.optim.Optimizer):
         self.direction_links: list[Link] = [*before, preconditioner, *after, *([momentum] if momentum else [])]
         self.post_links: list[Link] = list(post)
         links = self.direction_links + self.post_links
+        self.penalty: Optional[Penalty] = next((link for link in links if isinstance(link, Penalty)), None)
         self.needs_closure = any(link.needs_closure for link in links)
+        self.needs_graph = any(getattr(link, "needs_graph", False) for link in links)
         preconditioner.keep_denominator = any(link.needs_precond for link in links)
 
     def _contexts(self, closure) -> list[StepContext]:
@@ -88,11 +91,14 @@ class ComposedOptimizer(torch.optim.Optimizer):
             )
         loss = None
         if closure is not None:
-            with torch.enable_grad():
+            with torch.enable_grad(), (backward_creates_graph() if self.needs_graph else contextlib.nullcontext()):
                 loss = closure()
+        graph_grads = self._detach_graph_grads() if self.needs_graph else None
         ctxs = self._contexts(closure)
         if not ctxs:
             return loss
+        for ctx in ctxs:
+            ctx.extras["graph_grads"] = graph_grads
         directions = [ctx.grads for ctx in ctxs]
         for link in self.direction_links:
             directions = link.transform(ctxs, directions)
@@ -101,6 +107,41 @@ class ComposedOptimizer(torch.optim.Optimizer):
         for link in self.post_links:
             link.after_update(ctxs)
         return loss
+
+    def _detach_graph_grads(self) -> dict[Tensor, Tensor]:
+        """Keep the differentiable gradients for Hessian-vector products; leave ``p.grad`` plain."""
+        graph_grads = {}
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.grad is not None:
+                    graph_grads[p] = p.grad
+                    p.grad = p.grad.detach()
+        if graph_grads and not any(g.requires_grad for g in graph_grads.values()):
+            raise RuntimeError(
+                "gradnorm backend 'double_backward' found no graph on the gradients: the closure must "
+                "compute them with loss.backward(); otherwise use backend='finite_difference'"
+            )
+        return graph_grads
+
+    @torch.no_grad()
+    def regularization_metrics(self) -> dict[str, float]:
+        """``reg/penalty`` (on p; the last ``½‖g‖²`` or ``½gᵀMg`` for gradnorm) and ``reg/sparsity``
+        (fraction of exactly-zero entries among the penalized tensors)."""
+        if self.penalty is None:
+            return {}
+        params = [p for g in self.param_groups for p in g["params"]
+                  if g["strength"] > 0 and (g["policy"] == "all" or p.ndim >= 2)]
+        if not params:
+            return {}
+        strength = next(g["strength"] for g in self.param_groups if g["strength"] > 0)
+        value = self.penalty.value(params, strength)
+        if value is None:
+            value = getattr(self.penalty, "last_penalty", None)
+        zeros = sum(int((p == 0).sum()) for p in params)
+        out = {"reg/sparsity": zeros / sum(p.numel() for p in params)}
+        if value is not None:
+            out["reg/penalty"] = value
+        return out
 
     def preconditioner_denominators(self) -> list[tuple[Tensor, Optional[Tensor]]]:
         """``(param, D)`` for every parameter, ``M = D⁻¹``, from the current state.
@@ -132,6 +173,10 @@ def build_optimizer(
     variable: str = "p",
     strength: float = 0.0,
     policy: str = "all",
+    form: Optional[str] = None,
+    backend: Optional[str] = None,
+    r: Optional[float] = None,
+    buffers: Iterable[Tensor] = (),
     **hyper,
 ) -> ComposedOptimizer:
     """Build the composed optimizer.
@@ -140,10 +185,16 @@ def build_optimizer(
         params: iterable of tensors or torch param-group dicts.
         preconditioner: ``sgd | adagrad | rmsprop | adam`` (DESIGN.md §2).
         lr: learning rate ``η``.
-        regularization: ``none | l2``.
+        regularization: ``none | l2 | l1 | gradnorm`` (DESIGN.md §3).
         variable: ``p`` (penalty before the preconditioner) or ``z`` (after it).
         strength: ``λ``; the per-step L2 decay is ``η λ`` (torch convention).
         policy: ``all`` or ``weights`` (only tensors with ``ndim ≥ 2``).
+        form: L1 only: ``prox`` (default; exact zeros) or ``subgradient``.
+        backend: gradnorm only: ``finite_difference`` (default; one extra
+            forward/backward) or ``double_backward`` (graph kept in the step's backward).
+        r: gradnorm finite-difference step (default ``λ``).
+        buffers: gradnorm finite difference: tensors restored after the extra
+            pass (pass ``model.buffers()`` to protect BatchNorm running statistics).
         **hyper: torch.optim names: ``betas, eps`` (adam), ``alpha, eps,
             centered, momentum`` (rmsprop), ``lr_decay, eps,
             initial_accumulator_value`` (adagrad), ``momentum, dampening,
@@ -153,9 +204,15 @@ def build_optimizer(
 
         opt = build_optimizer(model.parameters(), "adam", lr=1e-3,
                               regularization="l2", variable="z", strength=1e-2)  # == AdamW
+        opt = build_optimizer(model.parameters(), "adam", lr=1e-3, regularization="gradnorm",
+                              variable="p", strength=1e-2, backend="finite_difference",
+                              buffers=model.buffers())
+        opt.step(closure)   # gradnorm needs the closure (zero_grad, forward, backward, return loss)
     """
     if preconditioner not in PRECONDITIONERS:
         raise ValueError(f"unknown preconditioner '{preconditioner}'; expected one of {sorted(PRECONDITIONERS)}")
+    if regularization == "none" and (form or backend or r is not None):
+        raise ValueError("form/backend/r are settings of a regularization; regularization is 'none'")
     if regularization != "none" and regularization not in REGULARIZERS:
         raise ValueError(
             f"unknown regularization '{regularization}'; expected one of {['none', *sorted(REGULARIZERS)]}"
@@ -179,11 +236,15 @@ def build_optimizer(
     if defaults.get("momentum", 0) < 0:
         raise ValueError(f"momentum must be >= 0, got {defaults['momentum']}")
 
-    before, after = [], []
+    before, after, post = [], [], []
     if regularization != "none":
-        link = REGULARIZERS[regularization](variable)
-        (before if variable == "p" else after).append(link)
+        link = make_penalty(regularization, variable, form=form, backend=backend, r=r, buffers=buffers)
+        if type(link).after_update is not Link.after_update:
+            post.append(link)  # proximal maps act on p after the update, in either variable
+        else:
+            (before if variable == "p" else after).append(link)
     # sgd, rmsprop and adagrad take heavy-ball momentum as a separate link after the
     # z-regularizers (torch.optim SGD/RMSprop semantics); adam's momentum is its first moment.
     momentum = Momentum() if "momentum" in precond_defaults else None
-    return ComposedOptimizer(params, defaults, link_cls(), before=before, after=after, momentum=momentum)
+    return ComposedOptimizer(params, defaults, link_cls(), before=before, after=after, momentum=momentum,
+                             post=post)

@@ -1,19 +1,37 @@
 """Regularization in the chosen variable, ``p`` or ``z = P⁻¹ p`` (DESIGN.md §3).
 
-Let ``u = p − η M g`` be the unregularized step, ``λ`` the strength
-(``group["strength"]``), ``η`` the learning rate. A penalty on ``p`` adds its
-gradient *before* the preconditioner (so it enters Adam's moments); a penalty
-on ``z`` is differentiated in ``z`` and mapped back through ``P``, i.e. it is
-added *after* the preconditioner and before momentum::
+Let ``g`` be the gradient, ``M = P Pᵀ = D⁻¹`` the preconditioner at this step,
+``d`` the preconditioned direction (``M g``, or ``M m̂`` for Adam), ``η`` the
+learning rate and ``λ`` the strength (``group["strength"]``). A penalty on
+``p`` adds its gradient *before* the preconditioner, so it enters the moments
+(Adam's ``m, v``, AdaGrad's sum, RMSProp's average) and SGD's momentum buffer.
+A penalty on ``z`` is differentiated in ``z`` and mapped back through ``P``:
+its term is added *after* the preconditioner and *before* heavy-ball momentum
+(so SGD/RMSProp momentum carries it, Adam's moments never see it). Proximal
+maps act on the parameters after the whole update, outside any momentum.
 
-    L2, variable p:   p ← p − η M (g + λ p)            (torch Adam(weight_decay=λ))
-    L2, variable z:   p ← (1 − ηλ) p − η M g           (torch AdamW(weight_decay=λ))
+===============  ================================  ==================================
+penalty          variable ``p``                    variable ``z``
+===============  ================================  ==================================
+L2 ``λ/2‖·‖²``    ``p ← p − ηM(g + λp)``             ``p ← p − η(Mg + λp)`` (AdamW)
+L1 subgradient   ``p ← p − ηM(g + λ sign p)``        ``p ← p − η(Mg + λ P sign p)``
+L1 prox          ``p ← S(u, ηλM)``                   ``p ← S(u, ηλP)``
+gradnorm         ``p ← p − ηM(g + λHg)``             ``p ← p − ηM(g + λHMg)``
+===============  ================================  ==================================
 
-The strength follows torch's convention: the decay per step is ``η λ``.
-Which tensors are penalized is the *policy*: ``all`` or ``weights``
-(tensors with ``ndim ≥ 2``), the same for every preconditioner.
+``u = p − η d`` is the unregularized update, ``S(x, t) = sign(x) max(|x| − t, 0)``.
+The z rows are literal steps on ``z = P⁻¹p`` mapped back: e.g. L1-prox in z is
+``P·S(P⁻¹u, ηλ) = S(u, ηλP)``; the z-gradnorm penalty is ``½ gᵀMg`` with ``M``
+held fixed, whose ``z``-gradient ``PᵀHMg`` maps back to ``MHMg``.
+
+Strength follows torch: the L2 decay per step is ``ηλ``. Which tensors are
+penalized is the *policy*: ``all`` or ``weights`` (tensors with ``ndim ≥ 2``).
 """
 from __future__ import annotations
+
+import contextlib
+import warnings
+from typing import Iterable, Optional
 
 import torch
 from torch import Tensor
@@ -21,6 +39,9 @@ from torch import Tensor
 from precond.chain import Link, StepContext
 
 POLICIES = ("all", "weights")
+VARIABLES = ("p", "z")
+L1_FORMS = ("subgradient", "prox")
+HVP_BACKENDS = ("double_backward", "finite_difference")
 
 
 def regularized_indices(ctx: StepContext) -> list[int]:
@@ -46,19 +67,25 @@ def _add_scaled(ctx: StepContext, d: list[Tensor], idx: list[int], terms: list[T
     return out
 
 
-class L2(Link):
-    """Penalty ``λ/2 ‖·‖²`` on ``p`` or on ``z``; both add ``λ p`` to the direction.
-
-    Placed before the preconditioner (variable ``p``) the term is
-    preconditioned: ``p ← p − η M (g + λ p)``. Placed after it (variable ``z``)
-    it is decoupled decay ``p ← (1 − ηλ) p − η M g``: ``∇_z λ/2‖z‖²`` mapped
-    back through ``P`` is ``P z = p``. The build function chooses the place.
-    """
-
-    namespace = "l2"
+class Penalty(Link):
+    """A penalty placed before (``variable="p"``) or after (``"z"``) the preconditioner."""
 
     def __init__(self, variable: str):
         self.variable = variable
+
+    def value(self, params: list[Tensor], strength: float) -> Optional[float]:
+        """The penalty evaluated on ``p`` (for logging), or None when it has no closed form here."""
+        return None
+
+
+class L2(Penalty):
+    """``λ/2 ‖·‖²``; both variables add ``λ p`` to the direction.
+
+    Before the preconditioner (p) the term is preconditioned: ``p ← p − ηM(g + λp)``.
+    After it (z) it is decoupled decay: ``∇_z λ/2‖z‖² = λz`` maps back to ``Pλz = λp``.
+    """
+
+    namespace = "l2"
 
     def transform(self, ctxs, directions):
         out = []
@@ -67,7 +94,216 @@ class L2(Link):
             out.append(_add_scaled(ctx, d, idx, [ctx.params[i] for i in idx], ctx.group["strength"]) if idx else d)
         return out
 
+    def value(self, params, strength):
+        return 0.5 * strength * sum(float(p.detach().pow(2).sum()) for p in params)
 
-#: penalty name → link class; every class takes ``variable`` ("p" or "z")
-REGULARIZERS: dict[str, type[Link]] = {"l2": L2}
-VARIABLES = ("p", "z")
+
+class L1Subgradient(Penalty):
+    """``λ‖·‖₁`` by subgradient: adds ``λ sign p`` (p) or ``λ P sign p`` (z). No exact zeros.
+
+    In z: ``∇_z λ‖z‖₁ = λ sign z = λ sign p`` (``P`` is positive diagonal), mapped back by ``P``.
+    """
+
+    namespace = "l1"
+
+    @property
+    def needs_precond(self) -> bool:
+        return self.variable == "z"
+
+    def transform(self, ctxs, directions):
+        out = []
+        for ctx, d in zip(ctxs, directions):
+            idx = regularized_indices(ctx)
+            if not idx:
+                out.append(d)
+                continue
+            signs = torch._foreach_sign([ctx.params[i] for i in idx])
+            if self.variable == "z" and ctx.denominator is not None:
+                torch._foreach_mul_(signs, ctx.precond_sqrt(idx))
+            out.append(_add_scaled(ctx, d, idx, signs, ctx.group["strength"]))
+        return out
+
+    def value(self, params, strength):
+        return strength * sum(float(p.detach().abs().sum()) for p in params)
+
+
+class L1Prox(Penalty):
+    """``λ‖·‖₁`` by its proximal map after the update: ``p ← S(u, ηλM)`` (p) or ``S(u, ηλP)`` (z).
+
+    Produces exact zeros. With ``P = I`` both are ``S(u, ηλ)``.
+    """
+
+    namespace = "l1"
+    needs_precond = True
+
+    def after_update(self, ctxs):
+        for ctx in ctxs:
+            idx = regularized_indices(ctx)
+            if not idx:
+                continue
+            params = [ctx.params[i] for i in idx]
+            scale = ctx.lr * ctx.group["strength"]
+            if ctx.denominator is None:
+                thresholds = [torch.full_like(p, scale) for p in params]
+            else:
+                thresholds = ctx.precond_full(idx) if self.variable == "p" else ctx.precond_sqrt(idx)
+                torch._foreach_mul_(thresholds, scale)
+            for p, t in zip(params, thresholds):
+                soft_threshold_(p, t)
+
+    def value(self, params, strength):
+        return strength * sum(float(p.detach().abs().sum()) for p in params)
+
+
+def soft_threshold_(x: Tensor, t: Tensor) -> Tensor:
+    """In place ``x ← sign(x)·max(|x| − t, 0)`` element-wise (exact zeros inside ``[−t, t]``)."""
+    shrunk = x.abs().sub_(t).clamp_(min=0)
+    return x.copy_(shrunk.mul_(x.sign()))
+
+
+@contextlib.contextmanager
+def backward_creates_graph():
+    """Make ``Tensor.backward`` keep the graph (``create_graph=True``) inside a standard closure.
+
+    Lets the double-backward backend differentiate the gradient again without
+    asking users for a special closure. Only ``loss.backward()`` is covered;
+    the optimizer checks that the gradients really carry a graph afterwards.
+    """
+    original = torch.Tensor.backward
+
+    def backward(self, gradient=None, retain_graph=None, create_graph=False, inputs=None):
+        return original(self, gradient, retain_graph, True, inputs)
+
+    torch.Tensor.backward = backward
+    try:
+        with warnings.catch_warnings():
+            # the optimizer replaces p.grad by a detached copy right after, which breaks the cycle
+            warnings.filterwarnings("ignore", message="Using backward\\(\\) with create_graph=True")
+            yield
+    finally:
+        torch.Tensor.backward = original
+
+
+class GradNorm(Penalty):
+    """Gradient-norm penalty: ``½‖∇f‖²`` (p) or ``½ gᵀMg`` with ``M`` fixed (z).
+
+    p: ``g ← g + λ H g`` before the preconditioner (enters the moments).
+    z: ``d ← d + λ M H (M g)`` after it, ``M`` from this step's preconditioner,
+    ``g`` the raw minibatch gradient (not Adam's ``m̂``).
+
+    Hessian-vector products on the same minibatch, by
+
+    * ``double_backward``: the step's closure runs once with
+      ``create_graph=True`` and ``Hv = ∇ₚ[gᵀ stopgrad(v)]`` (no extra forward);
+    * ``finite_difference``: ``λHv ≈ (λ/r)(∇f(p + r v) − ∇f(p))``, one extra
+      closure call at the perturbed point, ``r = λ`` unless set, so that in the
+      p variable ``g + λHg ≈ ∇f(p + λg)`` (SAM-like). The error is ``O(r)``.
+      The parameters are restored by copy (bit-exact), ``p.grad`` is restored
+      to the unperturbed gradient, and the tensors in ``buffers`` (give
+      ``model.buffers()``: BatchNorm running mean/var and batch counters) are
+      snapshotted before and restored after the extra pass, so running
+      statistics only ever see the unperturbed forward.
+    """
+
+    namespace = "gradnorm"
+    needs_closure = True
+
+    def __init__(self, variable: str, backend: str, r: Optional[float] = None,
+                 buffers: Iterable[Tensor] = ()):
+        super().__init__(variable)
+        self.backend = backend
+        self.r = r
+        self.buffers = list(buffers)
+        self.needs_graph = backend == "double_backward"
+        self.last_penalty: Optional[float] = None
+
+    @property
+    def needs_precond(self) -> bool:
+        return self.variable == "z"
+
+    def transform(self, ctxs, directions):
+        picks = [(c, i) for c, ctx in enumerate(ctxs) for i in regularized_indices(ctx)]
+        if not picks:
+            return directions
+        strength = ctxs[picks[0][0]].group["strength"]
+        params = [ctxs[c].params[i] for c, i in picks]
+        grads = [ctxs[c].grads[i] for c, i in picks]
+        if self.variable == "p":
+            v = grads
+            self.last_penalty = 0.5 * sum(float(g.pow(2).sum()) for g in grads)
+        else:
+            m = [self._m(ctxs[c], i) for c, i in picks]
+            v = [g if mi is None else g * mi for g, mi in zip(grads, m)]
+            self.last_penalty = 0.5 * sum(float((g * vi).sum()) for g, vi in zip(grads, v))
+        lam_hv = self.scaled_hvp(ctxs, params, grads, v, strength)
+        if self.variable == "z":
+            lam_hv = [h if mi is None else h * mi for h, mi in zip(lam_hv, m)]
+        out = [list(d) for d in directions]
+        for c in range(len(ctxs)):
+            idx = [i for cc, i in picks if cc == c]
+            terms = [h for (cc, _), h in zip(picks, lam_hv) if cc == c]
+            if idx:
+                out[c] = _add_scaled(ctxs[c], out[c], idx, terms, 1.0)
+        return out
+
+    @staticmethod
+    def _m(ctx: StepContext, i: int) -> Optional[Tensor]:
+        return None if ctx.denominator is None else ctx.denominator[i].reciprocal()
+
+    def scaled_hvp(self, ctxs, params, grads, v, strength) -> list[Tensor]:
+        """``λ H v`` for the listed parameters, by the configured backend."""
+        if self.backend == "double_backward":
+            graph_grads = [ctxs[0].extras["graph_grads"][p] for p in params]
+            with torch.enable_grad():
+                hv = torch.autograd.grad(graph_grads, params, grad_outputs=v, allow_unused=True)
+            return [torch.zeros_like(p) if h is None else h.mul_(strength) for p, h in zip(params, hv)]
+        return self._finite_difference(ctxs, params, grads, v, strength)
+
+    def _finite_difference(self, ctxs, params, grads, v, strength) -> list[Tensor]:
+        r = self.r if self.r is not None else strength
+        all_params = [p for ctx in ctxs for p in ctx.params]
+        saved_grads = [p.grad for p in all_params]
+        saved_params = [p.detach().clone() for p in params]
+        saved_buffers = [b.detach().clone() for b in self.buffers]
+        try:
+            torch._foreach_add_(params, v, alpha=r)
+            with torch.enable_grad():
+                ctxs[0].closure()
+            perturbed = [torch.zeros_like(p) if p.grad is None else p.grad.detach() for p in params]
+        finally:
+            torch._foreach_copy_(params, saved_params)
+            for b, saved in zip(self.buffers, saved_buffers):
+                b.copy_(saved)
+            for p, g in zip(all_params, saved_grads):
+                p.grad = g
+        diff = torch._foreach_sub(perturbed, grads)
+        torch._foreach_mul_(diff, strength / r)
+        return diff
+
+
+#: penalty name → link class (L1 picks its class by form)
+REGULARIZERS = ("l2", "l1", "gradnorm")
+
+
+def make_penalty(name: str, variable: str, form: Optional[str] = None, backend: Optional[str] = None,
+                 r: Optional[float] = None, buffers: Iterable[Tensor] = ()) -> Penalty:
+    """The link for ``name`` in ``variable``; ``form`` is for L1, ``backend``/``r`` for gradnorm."""
+    if form is not None and name != "l1":
+        raise ValueError(f"'form' applies to regularization 'l1' only, not '{name}'")
+    if (backend is not None or r is not None) and name != "gradnorm":
+        raise ValueError(f"'backend' and 'r' apply to regularization 'gradnorm' only, not '{name}'")
+    if name == "l2":
+        return L2(variable)
+    if name == "l1":
+        form = form or "prox"
+        if form not in L1_FORMS:
+            raise ValueError(f"l1 form must be one of {list(L1_FORMS)}, got '{form}'")
+        return (L1Prox if form == "prox" else L1Subgradient)(variable)
+    if name == "gradnorm":
+        backend = backend or "finite_difference"
+        if backend not in HVP_BACKENDS:
+            raise ValueError(f"gradnorm backend must be one of {list(HVP_BACKENDS)}, got '{backend}'")
+        if r is not None and not r > 0:
+            raise ValueError(f"gradnorm finite-difference step r must be > 0, got {r}")
+        return GradNorm(variable, backend, r, buffers)
+    raise ValueError(f"unknown regularization '{name}'; expected one of {['none', *REGULARIZERS]}")

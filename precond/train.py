@@ -33,7 +33,7 @@ from precond.data import Dataset
 from precond.errors import ConfigError
 from precond.loop import LoopSettings, train
 from precond.normalization import NORMALIZATIONS, standardize_inputs
-from precond.regularizers import POLICIES, VARIABLES
+from precond.regularizers import HVP_BACKENDS, L1_FORMS, POLICIES, VARIABLES
 from precond.runlog import WANDB_MODES, RunLog, WandbSettings, write_summary
 
 log = logging.getLogger("precond")
@@ -76,6 +76,14 @@ def validate(cfg: DictConfig) -> None:
             raise ConfigError("regularization.strength", "a number >= 0", reg.strength)
         if reg.policy not in POLICIES:
             raise ConfigError("regularization.policy", f"one of {list(POLICIES)}", reg.policy)
+        if reg.name == "l1" and reg.form not in L1_FORMS:
+            raise ConfigError("regularization.form", f"one of {list(L1_FORMS)}", reg.form,
+                              "prox gives exact zeros, subgradient does not")
+        if reg.name == "gradnorm":
+            if reg.backend not in HVP_BACKENDS:
+                raise ConfigError("regularization.backend", f"one of {list(HVP_BACKENDS)}", reg.backend)
+            if reg.r is not None and not reg.r > 0:
+                raise ConfigError("regularization.r", "null (= strength) or a number > 0", reg.r)
     if cfg.normalization.name not in NORMALIZATIONS:
         raise ConfigError("normalization.name", f"one of {list(NORMALIZATIONS)}", cfg.normalization.name)
     if cfg.normalization.name == "batchnorm" and cfg.batch_size < 2:
@@ -112,6 +120,8 @@ def build_optimizer_from_config(cfg: DictConfig, model: torch.nn.Module) -> torc
     hyper.pop("lr", None)
     reg = OmegaConf.to_container(cfg.regularization, resolve=True)
     reg_name = reg.pop("name")
+    if reg_name == "gradnorm":
+        reg["buffers"] = list(model.buffers())  # BatchNorm statistics never see the perturbed pass
     try:
         return build_optimizer(model.parameters(), name, lr=float(cfg.lr), regularization=reg_name, **reg, **hyper)
     except (TypeError, ValueError) as err:
@@ -184,7 +194,8 @@ def run(cfg: DictConfig) -> dict:
             base["parameters"] = sum(p.numel() for p in model.parameters())
             log.info("%s | %s params on %s | %s", ",".join(base["overrides"]) or "defaults",
                      base["parameters"], device, run_dir)
-            summary = {**base, **train(model, optimizer, data, settings, runlog)}
+            monitors = [lambda step: optimizer.regularization_metrics()] if cfg.regularization.name != "none" else []
+            summary = {**base, **train(model, optimizer, data, settings, runlog, monitors=tuple(monitors))}
         except ConfigError as err:
             runlog.write_summary({**base, "status": "failed", "error": str(err)})
             raise

@@ -1,0 +1,269 @@
+"""L1 and gradient-norm penalties in p or z against literal references written from DESIGN.md §3 (float64)."""
+import pytest
+import torch
+from torch.func import functional_call, hessian
+
+from precond import build_optimizer
+
+LR, STEPS = 0.05, 8
+HYPER = {"sgd": dict(momentum=0.9), "adagrad": {}, "rmsprop": {}, "adam": {}}
+PENALTIES = [("l2", None), ("l1", "subgradient"), ("l1", "prox"), ("gradnorm", None)]
+
+
+def _setup(seed=0):
+    g = torch.Generator().manual_seed(seed)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.Tanh(), torch.nn.Linear(3, 2)).double()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(torch.randn(p.shape, generator=g, dtype=torch.float64) * 0.7)
+    x = torch.randn(24, 4, generator=g, dtype=torch.float64) * torch.tensor([1.0, 0.3, 0.1, 0.03], dtype=torch.float64)
+    y = torch.randn(24, 2, generator=g, dtype=torch.float64)
+    return model, x, y
+
+
+def _batch(x, y, k):
+    idx = slice((k * 6) % 24, (k * 6) % 24 + 6)
+    return x[idx], y[idx]
+
+
+def run_ours(precond, penalty, form, variable, strength, backend="double_backward", steps=STEPS, r=None):
+    model, x, y = _setup()
+    kw = dict(form=form) if penalty == "l1" else {}
+    if penalty == "gradnorm":
+        kw.update(backend=backend, r=r)
+    opt = build_optimizer(model.parameters(), precond, lr=LR, regularization=penalty, variable=variable,
+                          strength=strength, **kw, **HYPER[precond])
+    traj = []
+    for k in range(steps):
+        xb, yb = _batch(x, y, k)
+
+        def closure():
+            opt.zero_grad()
+            loss = torch.nn.functional.mse_loss(model(xb), yb)
+            loss.backward()
+            return loss
+
+        opt.step(closure)
+        traj.append(torch.cat([p.detach().flatten().clone() for p in model.parameters()]))
+    return torch.stack(traj)
+
+
+def _flat_loss(model, names, shapes):
+    def loss(theta, xb, yb):
+        params, start = {}, 0
+        for n, s in zip(names, shapes):
+            size = int(torch.tensor(s).prod()) if len(s) else 1
+            params[n] = theta[start:start + size].view(s)
+            start += size
+        return torch.nn.functional.mse_loss(functional_call(model, params, (xb,)), yb)
+    return loss
+
+
+def soft(x, t):
+    return torch.sign(x) * torch.clamp(x.abs() - t, min=0)
+
+
+def run_reference(precond, penalty, form, variable, lam, steps=STEPS):
+    """Literal DESIGN.md §2–3: moments on g (+ p-penalty); z rows as steps on z = P⁻¹p mapped back."""
+    model, x, y = _setup()
+    names = [n for n, _ in model.named_parameters()]
+    shapes = [p.shape for p in model.parameters()]
+    loss = _flat_loss(model, names, shapes)
+    theta = torch.cat([p.detach().flatten() for p in model.parameters()])
+    s = torch.zeros_like(theta)
+    m, v, buf = torch.zeros_like(theta), torch.zeros_like(theta), None
+    traj = []
+    for k in range(1, steps + 1):
+        xb, yb = _batch(x, y, k - 1)
+        g = torch.func.grad(loss)(theta, xb, yb)
+        H = hessian(loss)(theta, xb, yb)
+        g_in = g
+        if variable == "p":
+            g_in = {"l2": g + lam * theta, "gradnorm": g + lam * H @ g, "l1": g}[penalty]
+            if penalty == "l1" and form == "subgradient":
+                g_in = g + lam * torch.sign(theta)
+        # preconditioner: D with M = 1/D, and the unregularized direction
+        if precond == "sgd":
+            D, direction = torch.ones_like(theta), g_in
+        elif precond == "adagrad":
+            s = s + g_in**2
+            D = s.sqrt() + 1e-10
+            direction = g_in / D
+        elif precond == "rmsprop":
+            v = 0.99 * v + 0.01 * g_in**2
+            D = v.sqrt() + 1e-8
+            direction = g_in / D
+        else:
+            m = 0.9 * m + 0.1 * g_in
+            v = 0.999 * v + 0.001 * g_in**2
+            D = (v / (1 - 0.999**k)).sqrt() + 1e-8
+            direction = (m / (1 - 0.9**k)) / D
+        P, M = D.rsqrt(), 1.0 / D
+        if variable == "z":
+            z = theta / P
+            dz = direction / P  # P⁻¹ M (·) = P (·): the unregularized step in z
+            if penalty == "l2":
+                dz = dz + lam * z
+            elif penalty == "l1" and form == "subgradient":
+                dz = dz + lam * torch.sign(z)
+            elif penalty == "gradnorm":
+                dz = dz + lam * P * (H @ (M * g))  # ∇_z ½ g(Pz)ᵀ M g(Pz) = Pᵀ H M g
+            if precond == "sgd":  # heavy ball (P = I, so z = p)
+                buf = dz.clone() if buf is None else 0.9 * buf + dz
+                dz = buf
+            z_new = z - LR * dz
+            if penalty == "l1" and form == "prox":
+                z_new = soft(z_new, LR * lam)
+            theta = P * z_new
+        else:
+            if precond == "sgd":
+                buf = direction.clone() if buf is None else 0.9 * buf + direction
+                direction = buf
+            theta = theta - LR * direction
+            if penalty == "l1" and form == "prox":
+                theta = soft(theta, LR * lam * M)
+        traj.append(theta.clone())
+    return torch.stack(traj)
+
+
+@pytest.mark.parametrize("variable", ["p", "z"])
+@pytest.mark.parametrize("penalty,form", PENALTIES, ids=[f"{p}-{f}" if f else p for p, f in PENALTIES])
+@pytest.mark.parametrize("precond", list(HYPER))
+def test_composed_step_equals_literal_reference(precond, penalty, form, variable):
+    lam = 0.05
+    ours = run_ours(precond, penalty, form, variable, lam)
+    ref = run_reference(precond, penalty, form, variable, lam)
+    plain = run_reference(precond, "l2", None, variable, 0.0)
+    assert (ref[-1] - plain[-1]).abs().max() > 1e-6, "the penalty must change the trajectory"
+    torch.testing.assert_close(ours, ref, rtol=1e-9, atol=1e-11)
+
+
+@pytest.mark.parametrize("variable", ["p", "z"])
+@pytest.mark.parametrize("precond", ["sgd", "adam"])
+def test_prox_gives_exact_zeros_where_the_reference_does(precond, variable):
+    lam = 2.0 if precond == "sgd" else 0.5
+    ours = run_ours(precond, "l1", "prox", variable, lam)
+    ref = run_reference(precond, "l1", "prox", variable, lam)
+    assert (ref[-1] == 0).sum() >= 3
+    assert torch.equal(ours[-1] == 0, ref[-1] == 0)
+    sub = run_ours(precond, "l1", "subgradient", variable, lam)
+    assert (sub[-1] == 0).sum() == 0, "the subgradient form does not produce exact zeros"
+
+
+@pytest.mark.parametrize("penalty,form,backend", [
+    ("l2", None, None), ("l1", "subgradient", None), ("l1", "prox", None),
+    ("gradnorm", None, "double_backward"), ("gradnorm", None, "finite_difference"),
+])
+def test_sgd_p_and_z_trajectories_are_identical(penalty, form, backend):
+    kw = dict(backend=backend) if backend else {}
+    p = run_ours("sgd", penalty, form, "p", 0.05, **kw)
+    z = run_ours("sgd", penalty, form, "z", 0.05, **kw)
+    torch.testing.assert_close(p, z, rtol=1e-13, atol=1e-14)
+
+
+@pytest.mark.parametrize("variable", ["p", "z"])
+def test_finite_difference_agrees_with_double_backward_to_order_r(variable):
+    exact = run_ours("adam", "gradnorm", None, variable, 0.5, backend="double_backward", steps=1)
+    errors = []
+    for r in (1e-2, 1e-3, 1e-4):
+        fd = run_ours("adam", "gradnorm", None, variable, 0.5, backend="finite_difference", steps=1, r=r)
+        errors.append(float((fd - exact).abs().max()))
+    assert errors[0] > 0
+    assert 5 < errors[0] / errors[1] < 20 and 5 < errors[1] / errors[2] < 20  # first order in r
+
+
+def test_default_r_is_the_strength_giving_the_sam_like_gradient():
+    """With r = λ in the p variable, the penalized gradient is exactly ∇f(p + λg)."""
+    model, x, y = _setup()
+    lam = 0.01
+    opt = build_optimizer(model.parameters(), "sgd", lr=LR, regularization="gradnorm", variable="p",
+                          strength=lam, backend="finite_difference")
+    theta0 = [p.detach().clone() for p in model.parameters()]
+    closure = _closure(model, opt, x, y)
+    closure()
+    g = [p.grad.clone() for p in model.parameters()]
+    with torch.no_grad():
+        for p, gi in zip(model.parameters(), g):
+            p.add_(gi, alpha=lam)
+    closure()
+    sam = [p.grad.clone() for p in model.parameters()]
+    with torch.no_grad():
+        for p, t in zip(model.parameters(), theta0):
+            p.copy_(t)
+    opt.step(closure)
+    for p, t, s_ in zip(model.parameters(), theta0, sam):
+        torch.testing.assert_close(p.detach(), t - LR * s_, rtol=1e-12, atol=1e-14)
+
+
+def _closure(model, opt, x, y):
+    def closure():
+        opt.zero_grad()
+        loss = torch.nn.functional.mse_loss(model(x), y)
+        loss.backward()
+        return loss
+    return closure
+
+
+def test_finite_difference_protects_batchnorm_statistics_and_restores_grads():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.BatchNorm1d(4), torch.nn.ReLU(),
+                                torch.nn.Linear(4, 1)).double()
+    twin = __import__("copy").deepcopy(model)
+    x, y = torch.randn(16, 3, dtype=torch.float64), torch.randn(16, 1, dtype=torch.float64)
+    opt = build_optimizer(model.parameters(), "adam", lr=0.1, regularization="gradnorm", variable="p",
+                          strength=0.1, buffers=model.buffers())
+    opt.step(_closure(model, opt, x, y))
+    twin_opt = torch.optim.SGD(twin.parameters(), lr=0.0)
+    _closure(twin, twin_opt, x, y)()  # one unperturbed forward/backward at the same starting point
+    bn, bn_twin = model[1], twin[1]
+    torch.testing.assert_close(bn.running_mean, bn_twin.running_mean, rtol=0, atol=0)
+    torch.testing.assert_close(bn.running_var, bn_twin.running_var, rtol=0, atol=0)
+    assert int(bn.num_batches_tracked) == 1
+    for p, q in zip(model.parameters(), twin.parameters()):
+        torch.testing.assert_close(p.grad, q.grad, rtol=0, atol=0)  # p.grad is the unperturbed gradient
+
+
+def test_gradnorm_without_closure_is_a_clear_error():
+    model, x, y = _setup()
+    opt = build_optimizer(model.parameters(), "adam", regularization="gradnorm", strength=0.1)
+    torch.nn.functional.mse_loss(model(x), y).backward()
+    with pytest.raises(RuntimeError, match=r"optimizer.step\(closure\)"):
+        opt.step()
+
+
+def test_double_backward_with_a_closure_that_keeps_no_graph_is_a_clear_error():
+    model, x, y = _setup()
+    opt = build_optimizer(model.parameters(), "adam", regularization="gradnorm", strength=0.1,
+                          backend="double_backward")
+
+    def closure():
+        opt.zero_grad()
+        loss = torch.nn.functional.mse_loss(model(x), y)
+        grads = torch.autograd.grad(loss, list(model.parameters()))
+        for p, g in zip(model.parameters(), grads):
+            p.grad = g
+        return loss
+
+    with pytest.raises(RuntimeError, match="finite_difference"):
+        opt.step(closure)
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    (dict(regularization="l1", form="lasso"), "l1 form must be one of"),
+    (dict(regularization="l2", form="prox"), "'form' applies to regularization 'l1' only"),
+    (dict(regularization="gradnorm", backend="forward"), "gradnorm backend must be one of"),
+    (dict(regularization="gradnorm", r=-1.0), "must be > 0"),
+    (dict(regularization="l1", backend="double_backward"), "apply to regularization 'gradnorm' only"),
+])
+def test_bad_combinations_fail_clearly(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        build_optimizer([torch.zeros(2, 2, requires_grad=True)], "adam", strength=0.1, **kwargs)
+
+
+def test_regularization_metrics_report_sparsity_and_penalty():
+    w = torch.tensor([[0.0, 2.0], [-1.0, 0.0]], requires_grad=True)
+    b = torch.tensor([3.0], requires_grad=True)
+    opt = build_optimizer([w, b], "sgd", regularization="l1", strength=0.5, policy="weights")
+    metrics = opt.regularization_metrics()
+    assert metrics["reg/sparsity"] == 0.5  # the bias is not penalized under policy=weights
+    assert metrics["reg/penalty"] == pytest.approx(0.5 * 3.0)
