@@ -67,6 +67,11 @@ def _job_key(path: Path):
     return (0, int(path.name), "") if path.name.isdigit() else (1, 0, str(path))
 
 
+#: summary keys shown as extra columns (mean ± std) when any run has them
+EXTRA_COLUMNS = ("val/acc", "test/acc", "reg/sparsity", "curv/p/kappa", "curv/z/kappa",
+                 "curv/p/lam_max", "curv/z/lam_max")
+
+
 @dataclass
 class Row:
     label: str
@@ -77,6 +82,7 @@ class Row:
     reached: int
     steps_to_target: Optional[float]
     seconds_to_target: Optional[float]
+    extras: dict = field(default_factory=dict)
 
 
 def _mean_std(values: list[float]) -> tuple[Optional[float], Optional[float]]:
@@ -86,7 +92,7 @@ def _mean_std(values: list[float]) -> tuple[Optional[float], Optional[float]]:
     return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
 
 
-def summarize(runs: list[RunRecord], metric: str) -> list[Row]:
+def summarize(runs: list[RunRecord], metric: str, extra_columns: tuple[str, ...] = ()) -> list[Row]:
     """One row per group: final ``metric`` mean ± std over completed runs, steps/seconds-to-target."""
     groups: dict[str, list[RunRecord]] = {}
     for run in runs:
@@ -101,6 +107,7 @@ def summarize(runs: list[RunRecord], metric: str) -> list[Row]:
             reached=len(hit),
             steps_to_target=statistics.fmean(r.summary["steps_to_target"] for r in hit) if hit else None,
             seconds_to_target=statistics.fmean(r.summary["seconds_to_target"] for r in hit) if hit else None,
+            extras={key: _mean_std([r.summary.get(key) for r in done]) for key in extra_columns},
         ))
     return rows
 
@@ -109,16 +116,23 @@ def _fmt(value: Optional[float], spec: str = ".4g") -> str:
     return "—" if value is None else format(value, spec)
 
 
+def _pm(mean_std: tuple[Optional[float], Optional[float]]) -> str:
+    mean, std = mean_std
+    return "—" if mean is None else f"{mean:.4g} ± {std:.2g}"
+
+
 def format_table(rows: list[Row], metric: str, target: str) -> str:
     """A Markdown table; steps/seconds-to-target average the runs that reached the target."""
+    extras = list(rows[0].extras) if rows else []
     lines = [
-        f"| run | completed | final {metric} (mean ± std) | reached {target} | steps to target | seconds to target |",
-        "|---|---|---|---|---|---|",
+        f"| run | completed | final {metric} (mean ± std) | reached {target} | steps to target | "
+        f"seconds to target |" + "".join(f" {k} |" for k in extras),
+        "|---|---|---|---|---|---|" + "---|" * len(extras),
     ]
     for r in rows:
-        final = "—" if r.final_mean is None else f"{r.final_mean:.4g} ± {r.final_std:.2g}"
-        lines.append(f"| {r.label} | {r.completed}/{r.runs} | {final} | {r.reached}/{r.completed} | "
-                     f"{_fmt(r.steps_to_target, '.0f')} | {_fmt(r.seconds_to_target, '.3f')} |")
+        lines.append(f"| {r.label} | {r.completed}/{r.runs} | {_pm((r.final_mean, r.final_std))} | "
+                     f"{r.reached}/{r.completed} | {_fmt(r.steps_to_target, '.0f')} | "
+                     f"{_fmt(r.seconds_to_target, '.3f')} |" + "".join(f" {_pm(r.extras[k])} |" for k in extras))
     return "\n".join(lines)
 
 
@@ -170,7 +184,8 @@ def compare(sweep_dir: str | Path, metric: Optional[str] = None, quiet: bool = F
     metric = metric or ("val/loss" if any("val/loss" in r.summary for r in runs) else "train/loss")
     target_metric = first.get("target_metric", "?")
     target = f"{target_metric} {'≥' if 'acc' in target_metric else '≤'} {first.get('target_value')}"
-    table = format_table(summarize(runs, metric), metric, target)
+    extra = tuple(k for k in EXTRA_COLUMNS if k != metric and any(r.summary.get(k) is not None for r in runs))
+    table = format_table(summarize(runs, metric, extra), metric, target)
     (sweep_dir / "comparison.md").write_text(f"# {sweep_dir.name}\n\n{table}\n", encoding="utf-8")
     plot(runs, metric, sweep_dir / "comparison.png", title=f"{sweep_dir.name}: {metric}")
     if not quiet:

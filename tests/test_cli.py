@@ -101,3 +101,18 @@ def test_logger_none_does_not_import_wandb(tmp_path):
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0 and "ok" in proc.stdout, proc.stderr
+
+
+@pytest.mark.parametrize("overrides", [
+    ("regularization=l1", "regularization.variable=z", "regularization.form=prox", "regularization.strength=0.05",
+     "regularization.policy=all"),
+    ("regularization=gradnorm", "regularization.variable=z", "regularization.backend=double_backward",
+     "model=mlp", "normalization=batchnorm"),
+])
+def test_penalties_run_from_the_cli_and_log_their_metrics(cli, tmp_path, overrides):
+    cli(*FAST, *overrides)
+    last = read_metrics(tmp_path / "run")[-1]
+    assert last["reg/penalty"] > 0 and 0.0 <= last["reg/sparsity"] <= 1.0
+    if "regularization.form=prox" in overrides:
+        assert last["reg/sparsity"] > 0, "a strong prox penalty zeroes some weights exactly"
+    assert read_summary(tmp_path / "run")["status"] == "completed"

@@ -108,6 +108,9 @@ def test_launcher_configs_point_at_installed_plugins(launcher):
     (["device=tpu"], "device"),
     (["model=mlp", "normalization=batchnorm", "batch_size=1"], "batch_size"),
     (["logger=wandb", "logger.mode=sometimes"], "logger.mode"),
+    (["regularization=l1", "regularization.form=lasso"], "regularization.form"),
+    (["regularization=gradnorm", "regularization.backend=forward"], "regularization.backend"),
+    (["regularization=gradnorm", "regularization.r=-1"], "regularization.r"),
 ])
 def test_validate_names_the_bad_key(overrides, key):
     with pytest.raises(ConfigError) as err:
