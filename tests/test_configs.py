@@ -73,10 +73,15 @@ def test_every_option_composes_validates_and_builds(group, fake_vision_root, mon
         data = build_data(cfg, torch.device("cpu"))
         model = build_model(cfg, data, torch.device("cpu"))
         optimizer = build_optimizer_from_config(cfg, model)
-        out = model(data.x_train[:8])
-        assert out.shape == (8, data.num_outputs)
-        out.float().pow(2).mean().backward()
-        optimizer.step()
+        assert model(data.x_train[:8]).shape == (8, data.num_outputs)
+
+        def closure():
+            optimizer.zero_grad()
+            loss = model(data.x_train[:8]).float().pow(2).mean()
+            loss.backward()
+            return loss
+
+        optimizer.step(closure)
 
 
 def test_each_preconditioner_file_sets_a_learning_rate():
