@@ -1,0 +1,154 @@
+"""Curvature: HVPs, Lanczos and the dense path against closed forms and eigvalsh (float64)."""
+import pytest
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from precond import build_optimizer
+from precond.curvature import (HessianOperator, dense_hessian, hidden_matrix_kappas, kappa_of,
+                               lanczos_extremes, measure_curvature)
+
+
+def _data(n=64, d=5, seed=0, scales=(1.0, 0.5, 0.1, 0.05, 0.01)):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, d, generator=g, dtype=torch.float64) * torch.tensor(scales, dtype=torch.float64)
+    y = torch.randn(n, 1, generator=g, dtype=torch.float64)
+    return x, y
+
+
+def _mlp(seed=0):
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Linear(5, 6), nn.Tanh(), nn.Linear(6, 2)).double()
+
+
+@pytest.mark.parametrize("hvp_mode", ["double_backward", "forward_over_reverse"])
+def test_hvp_equals_dense_hessian_times_vector(hvp_mode):
+    model = _mlp()
+    x, _ = _data()
+    y = torch.randn(64, 2, dtype=torch.float64)
+    batches = [(x[:32], y[:32]), (x[32:], y[32:])]
+    h = dense_hessian(model, F.mse_loss, batches)
+    op = HessianOperator(model, F.mse_loss, batches, hvp_mode=hvp_mode)
+    v = torch.randn(op.n, dtype=torch.float64)
+    torch.testing.assert_close(op.matvec(v), h @ v, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("method", ["lanczos", "dense"])
+def test_least_squares_matches_closed_form(method):
+    x, y = _data()
+    model = nn.Linear(5, 1).double()
+    xh = torch.cat([x, torch.ones(64, 1, dtype=torch.float64)], 1)
+    eig = torch.linalg.eigvalsh(2 * xh.T @ xh / 64)  # mse_loss = mean (Xw + b − y)²  ⇒  H = 2 X̂ᵀX̂/N
+    res = measure_curvature(model, F.mse_loss, [(x, y)], method=method, tol=1e-10)
+    assert res.converged and res.method == method
+    assert res.lam_max == pytest.approx(float(eig[-1]), rel=1e-8)
+    assert res.lam_min == pytest.approx(float(eig[0]), rel=1e-6)
+    assert res.kappa == pytest.approx(float(eig[-1] / eig[0]), rel=1e-6) and res.flag is None
+
+
+def test_logistic_regression_matches_xdx():
+    x, _ = _data()
+    y = (x[:, :1] + 0.3 * torch.randn(64, 1, dtype=torch.float64) > 0).double()
+    model = nn.Linear(5, 1).double()
+    with torch.no_grad():
+        model.weight.copy_(torch.tensor([[1.0, -2.0, 0.5, 3.0, 0.0]]))
+    xh = torch.cat([x, torch.ones(64, 1, dtype=torch.float64)], 1)
+    s = torch.sigmoid(model(x)).squeeze(1).detach()
+    eig = torch.linalg.eigvalsh(xh.T @ torch.diag(s * (1 - s)) @ xh / 64)
+    res = measure_curvature(model, F.binary_cross_entropy_with_logits, [(x, y)], method="lanczos", tol=1e-10)
+    assert res.lam_max == pytest.approx(float(eig[-1]), rel=1e-8)
+    assert res.lam_min == pytest.approx(float(eig[0]), rel=1e-6)
+
+
+def test_lanczos_matches_eigvalsh_on_a_small_nonconvex_model():
+    model = _mlp()
+    x, _ = _data()
+    y = torch.randn(64, 2, dtype=torch.float64)
+    eig = torch.linalg.eigvalsh(dense_hessian(model, F.mse_loss, [(x, y)]))
+    res = measure_curvature(model, F.mse_loss, [(x, y)], method="lanczos", tol=1e-10)
+    assert res.converged
+    assert res.lam_max == pytest.approx(float(eig[-1]), rel=1e-6)
+    assert res.lam_min == pytest.approx(float(eig[0]), rel=1e-6)
+    assert float(eig[0]) < 0 and res.kappa is None and res.flag == "indefinite"
+
+
+def test_preconditioned_operator_matches_dense_product_for_adam_state():
+    model = _mlp()
+    x, _ = _data()
+    y = torch.randn(64, 2, dtype=torch.float64)
+    opt = build_optimizer(model.parameters(), "adam", lr=0.01)
+    for _ in range(5):
+        opt.zero_grad()
+        F.mse_loss(model(x), y).backward()
+        opt.step()
+    v_hat = [opt.state[p]["adam.exp_avg_sq"] / (1 - 0.999**5) for p in model.parameters()]
+    p_diag = torch.cat([(v.sqrt() + 1e-8).rsqrt().reshape(-1) for v in v_hat])
+    h = dense_hessian(model, F.mse_loss, [(x, y)])
+    eig = torch.linalg.eigvalsh(p_diag[:, None] * h * p_diag[None, :])
+    for method in ("lanczos", "dense"):
+        res = measure_curvature(model, F.mse_loss, [(x, y)], optimizer=opt, space="z", method=method, tol=1e-10)
+        assert res.lam_max == pytest.approx(float(eig[-1]), rel=1e-6)
+        assert res.lam_min == pytest.approx(float(eig[0]), rel=1e-6)
+
+
+def test_z_space_needs_a_precond_optimizer():
+    model = _mlp()
+    x, y = _data()
+    with pytest.raises(ValueError, match="space='z' needs"):
+        measure_curvature(model, F.mse_loss, [(x, y)], space="z")
+
+
+class FreshBatches:
+    """An iterable that draws new data every pass: the operator changes between products."""
+
+    def __iter__(self):
+        yield torch.randn(16, 5, dtype=torch.float64), torch.randn(16, 1, dtype=torch.float64)
+
+
+def test_determinism_check_catches_train_mode_batchnorm_with_varying_batches():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(5, 4), nn.BatchNorm1d(4), nn.Tanh(), nn.Linear(4, 1)).double()
+    with pytest.raises(RuntimeError, match="not deterministic"):
+        measure_curvature(model, F.mse_loss, FreshBatches(), method="lanczos", bn_mode="train")
+    x, y = _data(n=16)
+    fixed = measure_curvature(model, F.mse_loss, [(x, y)], method="lanczos", bn_mode="train", tol=1e-8)
+    again = measure_curvature(model, F.mse_loss, [(x, y)], method="lanczos", bn_mode="train", tol=1e-8)
+    assert fixed.lam_max == again.lam_max and fixed.bn_mode == "train"
+
+
+def test_measurement_leaves_batchnorm_state_and_mode_untouched():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(5, 4), nn.BatchNorm1d(4), nn.Tanh(), nn.Linear(4, 1)).double()
+    model.train()
+    before = [b.clone() for b in model.buffers()]
+    x, y = _data(n=16)
+    train_mode = measure_curvature(model, F.mse_loss, [(x, y)], method="dense", bn_mode="train")
+    eval_mode = measure_curvature(model, F.mse_loss, [(x, y)], method="dense", bn_mode="eval")
+    assert train_mode.lam_max != pytest.approx(eval_mode.lam_max)
+    assert model.training and all(torch.equal(a, b) for a, b in zip(before, model.buffers()))
+
+
+def test_kappa_is_never_clipped():
+    assert kappa_of(4.0, 2.0) == (2.0, None)
+    assert kappa_of(4.0, -1e-3) == (None, "indefinite")
+    assert kappa_of(4.0, 0.0) == (None, "singular")
+
+
+def test_lanczos_reports_non_convergence_within_budget():
+    d = torch.logspace(0, -6, 400, dtype=torch.float64)
+    lam_max, lam_min, matvecs, converged, _ = lanczos_extremes(lambda v: d * v, 400, "cpu", tol=1e-8,
+                                                              max_matvecs=10)
+    assert matvecs == 10 and not converged
+    assert lam_max == pytest.approx(1.0, rel=1e-3) and lam_min > 1e-6
+
+
+def test_hidden_matrix_kappas_and_layernorm_null_vector():
+    torch.manual_seed(0)
+    x, _ = _data(n=200)
+    model = nn.Sequential(nn.Linear(5, 8), nn.LayerNorm(8, elementwise_affine=False), nn.Linear(8, 1)).double()
+    got = hidden_matrix_kappas(model, x)
+    xh = torch.cat([x, torch.ones(200, 1, dtype=torch.float64)], 1)
+    eig = torch.linalg.eigvalsh(xh.T @ xh / 200)
+    assert got["0"]["kappa_hidden"] == pytest.approx(float(eig[-1] / eig[0]), rel=1e-8)
+    # rows after LayerNorm are centred: [1; 0] is a null vector of Ĥ, κ is undefined but κ⁺ is finite
+    assert got["2"]["kappa_hidden"] is None and 1 <= got["2"]["kappa_hidden_plus"] < 1e6
