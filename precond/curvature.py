@@ -30,7 +30,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Callable, Iterable, Optional, Sequence
 
 import torch
@@ -59,6 +59,8 @@ class CurvatureResult:
     method: str
     bn_mode: str
     n_params: int
+    #: all eigenvalues (dense) or the final Ritz values (Lanczos), ascending; not logged
+    eigenvalues: Optional[Tensor] = field(default=None, repr=False, compare=False)
 
     def as_metrics(self, prefix: str = "curv") -> dict:
         p = f"{prefix}/{self.space}"
@@ -66,7 +68,7 @@ class CurvatureResult:
                 f"{p}/matvecs": self.matvecs, f"{p}/converged": self.converged}
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        return {k: v for k, v in asdict(self).items() if k != "eigenvalues"}
 
 
 def kappa_of(lam_max: float, lam_min: float) -> tuple[Optional[float], Optional[str]]:
@@ -109,6 +111,8 @@ class HessianOperator:
     """``v ↦ H v`` (optionally ``P H P v``) for the mean loss over fixed batches, on flat vectors.
 
     ``scale`` is the diagonal ``P`` as a flat vector (None: ``P = I``).
+    Use it inside :func:`measurement_mode` (as :func:`measure_curvature` does) so that
+    BatchNorm's mode is explicit and its running statistics are left alone.
     """
 
     def __init__(self, model: nn.Module, loss_fn: Callable[[Tensor, Tensor], Tensor], batches: Iterable[Batch],
@@ -310,19 +314,21 @@ def measure_curvature(
                 h = s[:, None] * h * s[None, :]
             eig = torch.linalg.eigvalsh(h)
             lam_max, lam_min, matvecs, converged = float(eig[-1]), float(eig[0]), n, True
+            ritz = eig.cpu()
         else:
             op = HessianOperator(model, loss_fn, batches, scale=scale, hvp_mode=hvp_mode)
             if check_determinism:
                 op.check_determinism()
             big = n * min(max_matvecs, n) * 8 > 2 * 1024**3  # keep the Krylov basis under ~2 GiB
-            lam_max, lam_min, matvecs, converged, _ = lanczos_extremes(
+            lam_max, lam_min, matvecs, converged, ritz = lanczos_extremes(
                 op.matvec, n, params[0].device, tol=tol, max_matvecs=max_matvecs,
                 dtype=torch.float32 if big else torch.float64)
             matvecs = op.matvecs
     kappa, flag = kappa_of(lam_max, lam_min)
     return CurvatureResult(space=space, lam_max=lam_max, lam_min=lam_min, kappa=kappa, flag=flag,
                            matvecs=matvecs, converged=converged, seconds=time.perf_counter() - t0,
-                           method="dense" if use_dense else "lanczos", bn_mode=bn_mode, n_params=n)
+                           method="dense" if use_dense else "lanczos", bn_mode=bn_mode, n_params=n,
+                           eigenvalues=ritz)
 
 
 def hidden_matrix_kappas(model: nn.Module, inputs: Tensor, rel_tol: float = 1e-10,
@@ -355,3 +361,63 @@ def hidden_matrix_kappas(model: nn.Module, inputs: Tensor, rel_tol: float = 1e-1
         kappa = lam_max / float(eig[0]) if float(eig[0]) > rel_tol * lam_max else None
         out[name] = {"kappa_hidden": kappa, "kappa_hidden_plus": lam_max / float(positive[0])}
     return out
+
+
+@dataclass
+class CurvatureSettings:
+    """When and how to measure during training (the ``hessian`` config group)."""
+
+    method: str = "lanczos"
+    every: int = 500
+    batches: int = 4
+    batch_size: Optional[int] = None
+    spaces: tuple[str, ...] = ("p", "z")
+    tol: float = 1e-3
+    max_matvecs: int = 100
+    bn_mode: str = "train"
+    hvp_mode: str = "double_backward"
+    layers: bool = True
+
+
+class CurvatureMonitor:
+    """A training monitor: every ``settings.every`` steps, κ in each space and per-layer κ(ĤᵀĤ).
+
+    The batches are fixed once (the first ``batches × batch_size`` samples of a
+    seeded permutation of the training split), so measurements at different
+    steps see the same operator up to the change in parameters. Logs
+    ``curv/<space>/{lam_max, lam_min, kappa, matvecs, converged}``,
+    ``curv/layer/<name>/kappa_hidden[_plus]`` and the cumulative ``time/curv_s``.
+    ``z`` is skipped until the optimizer has state (``P`` undefined before step 1).
+    """
+
+    def __init__(self, model: nn.Module, loss_fn, x_train: Tensor, y_train: Tensor, optimizer,
+                 settings: CurvatureSettings, default_batch_size: int, seed: int = 0):
+        self.model, self.loss_fn, self.optimizer, self.settings = model, loss_fn, optimizer, settings
+        size = settings.batch_size or default_batch_size
+        n = min(x_train.shape[0], size * settings.batches)
+        perm = torch.randperm(x_train.shape[0], generator=torch.Generator().manual_seed(seed))[:n]
+        perm = perm.to(x_train.device)
+        xs, ys = x_train[perm], y_train[perm]
+        self.batches = [(xs[i:i + size], ys[i:i + size]) for i in range(0, n, size)]
+        self.seconds = 0.0
+
+    def __call__(self, step: int) -> dict:
+        if step % self.settings.every != 0:
+            return {}
+        t0 = time.perf_counter()
+        metrics: dict = {}
+        s = self.settings
+        for space in s.spaces:
+            if space == "z" and not self.optimizer.state:
+                continue
+            res = measure_curvature(self.model, self.loss_fn, self.batches, optimizer=self.optimizer, space=space,
+                                    tol=s.tol, max_matvecs=s.max_matvecs, method=s.method, bn_mode=s.bn_mode,
+                                    hvp_mode=s.hvp_mode)
+            metrics.update(res.as_metrics())
+        if s.layers:
+            for name, values in hidden_matrix_kappas(self.model, self.batches[0][0], bn_mode=s.bn_mode).items():
+                for key, value in values.items():
+                    metrics[f"curv/layer/{name}/{key}"] = value
+        self.seconds += time.perf_counter() - t0
+        metrics["time/curv_s"] = self.seconds
+        return metrics

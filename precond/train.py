@@ -29,9 +29,10 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from precond import build_optimizer
+from precond.curvature import BN_MODES, HVP_MODES, METHODS, SPACES, CurvatureMonitor, CurvatureSettings
 from precond.data import Dataset
 from precond.errors import ConfigError
-from precond.loop import LoopSettings, train
+from precond.loop import LoopSettings, loss_function, train
 from precond.normalization import NORMALIZATIONS, standardize_inputs
 from precond.regularizers import HVP_BACKENDS, L1_FORMS, POLICIES, VARIABLES
 from precond.runlog import WANDB_MODES, RunLog, WandbSettings, write_summary
@@ -92,6 +93,19 @@ def validate(cfg: DictConfig) -> None:
                           "use normalization=none with preconditioner=bnp, or batch_size>=2")
     if cfg.logger.name == "wandb" and cfg.logger.mode not in WANDB_MODES:
         raise ConfigError("logger.mode", f"one of {list(WANDB_MODES)}", cfg.logger.mode)
+    hess = cfg.hessian
+    if hess.name != "off":
+        if not isinstance(hess.every, int) or hess.every < 1 or hess.every % cfg.eval_every:
+            raise ConfigError("hessian.every", f"a positive multiple of eval_every={cfg.eval_every}", hess.every,
+                              "curvature is measured at evaluation steps")
+        if hess.method not in METHODS:
+            raise ConfigError("hessian.method", f"one of {list(METHODS)}", hess.method)
+        if not set(hess.spaces) <= set(SPACES) or not hess.spaces:
+            raise ConfigError("hessian.spaces", f"a non-empty subset of {list(SPACES)}", list(hess.spaces))
+        if hess.bn_mode not in BN_MODES:
+            raise ConfigError("hessian.bn_mode", f"one of {list(BN_MODES)}", hess.bn_mode)
+        if hess.hvp_mode not in HVP_MODES:
+            raise ConfigError("hessian.hvp_mode", f"one of {list(HVP_MODES)}", hess.hvp_mode)
     resolve_device(cfg.device)
 
 
@@ -128,6 +142,20 @@ def build_optimizer_from_config(cfg: DictConfig, model: torch.nn.Module) -> torc
         if isinstance(err, ConfigError):
             raise
         raise ConfigError("preconditioner/regularization", "settings build_optimizer accepts", None, str(err)) from err
+
+
+def build_monitors(cfg: DictConfig, model, optimizer, data: Dataset) -> list:
+    """Extra metrics at each evaluation: penalty/sparsity, curvature (their time is not train time)."""
+    monitors = []
+    if cfg.regularization.name != "none":
+        monitors.append(lambda step: optimizer.regularization_metrics())
+    if cfg.hessian.name != "off":
+        settings = OmegaConf.to_container(cfg.hessian, resolve=True)
+        settings.pop("name")
+        settings["spaces"] = tuple(settings["spaces"])
+        monitors.append(CurvatureMonitor(model, loss_function(data.task), data.x_train, data.y_train, optimizer,
+                                         CurvatureSettings(**settings), cfg.batch_size, seed=cfg.seed))
+    return monitors
 
 
 def _git_commit() -> Optional[str]:
@@ -194,7 +222,7 @@ def run(cfg: DictConfig) -> dict:
             base["parameters"] = sum(p.numel() for p in model.parameters())
             log.info("%s | %s params on %s | %s", ",".join(base["overrides"]) or "defaults",
                      base["parameters"], device, run_dir)
-            monitors = [lambda step: optimizer.regularization_metrics()] if cfg.regularization.name != "none" else []
+            monitors = build_monitors(cfg, model, optimizer, data)
             summary = {**base, **train(model, optimizer, data, settings, runlog, monitors=tuple(monitors))}
         except ConfigError as err:
             runlog.write_summary({**base, "status": "failed", "error": str(err)})

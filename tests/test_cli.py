@@ -1,6 +1,7 @@
 """The entry point as a user runs it: files of a run, sweeps, divergence, bad input, W&B offline."""
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -116,3 +117,30 @@ def test_penalties_run_from_the_cli_and_log_their_metrics(cli, tmp_path, overrid
     if "regularization.form=prox" in overrides:
         assert last["reg/sparsity"] > 0, "a strong prox penalty zeroes some weights exactly"
     assert read_summary(tmp_path / "run")["status"] == "completed"
+
+
+def test_adam_lowers_kappa_in_z_and_input_normalization_lowers_it_in_p(tmp_path):
+    from tests.conftest import run_cli
+
+    common = ("preconditioner=adam", "hessian=lanczos", "steps=500", "eval_every=100", "hessian.every=500")
+    run_cli(tmp_path / "raw", *common)
+    run_cli(tmp_path / "std", *common, "normalization=input")
+    raw = read_metrics(tmp_path / "raw" / "run")
+    std = read_metrics(tmp_path / "std" / "run")
+    first, last = raw[0], raw[-1]
+    assert "curv/z/kappa" not in first and first["curv/p/kappa"] > 1e3  # no P before the first step
+    assert last["curv/p/converged"] and last["curv/z/converged"]
+    assert last["curv/z/kappa"] < last["curv/p/kappa"] / 10
+    assert std[-1]["curv/p/kappa"] < last["curv/p/kappa"] / 100
+    assert last["time/curv_s"] > 0 and "curv/layer/1/kappa_hidden" in last
+    assert read_summary(tmp_path / "raw" / "run")["curv/z/kappa"] == last["curv/z/kappa"]
+
+
+def test_analyze_curvature_script_reads_a_finished_run(cli, tmp_path):
+    cli("steps=100", "eval_every=50")
+    proc = subprocess.run([sys.executable, "scripts/analyze_curvature.py", str(tmp_path / "run")],
+                          capture_output=True, text=True, timeout=300, cwd=Path(__file__).resolve().parent.parent)
+    assert proc.returncode == 0, proc.stderr
+    rows = {line.split()[0]: line.split() for line in proc.stdout.splitlines() if line[:2] in ("p ", "z ")}
+    assert float(rows["z"][3]) < float(rows["p"][3])  # κ in z below κ in p after Adam steps
+    assert (tmp_path / "run" / "curvature.png").stat().st_size > 1000

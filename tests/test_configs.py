@@ -10,7 +10,7 @@ from hydra.utils import get_class
 from precond.errors import ConfigError
 from precond.train import CONF_DIR, build_data, build_model, build_optimizer_from_config, validate
 
-GROUPS = ["model", "dataset", "preconditioner", "regularization", "normalization", "logger"]
+GROUPS = ["model", "dataset", "preconditioner", "regularization", "normalization", "logger", "hessian"]
 IMAGE_MODELS = {"cnn", "resnet", "resnet18"}
 VISION_FILES = {"mnist", "fashion_mnist", "cifar10"}
 
@@ -116,6 +116,9 @@ def test_launcher_configs_point_at_installed_plugins(launcher):
     (["regularization=l1", "regularization.form=lasso"], "regularization.form"),
     (["regularization=gradnorm", "regularization.backend=forward"], "regularization.backend"),
     (["regularization=gradnorm", "regularization.r=-1"], "regularization.r"),
+    (["hessian=lanczos", "hessian.every=150"], "hessian.every"),
+    (["hessian=lanczos", "hessian.spaces=[q]"], "hessian.spaces"),
+    (["hessian=dense", "hessian.bn_mode=both"], "hessian.bn_mode"),
 ])
 def test_validate_names_the_bad_key(overrides, key):
     with pytest.raises(ConfigError) as err:

@@ -1,0 +1,85 @@
+"""Spectrum extremes of a finished run's final state, in p (H) and in z (PᵀHP).
+
+Loads <run_dir>/config.yaml, model.pt and optimizer.pt, rebuilds the model,
+data and optimizer exactly as the run did, measures both spaces on fixed
+training batches, prints a table and writes <run_dir>/curvature.png (all
+eigenvalues for small models, Ritz values otherwise).
+
+    python scripts/analyze_curvature.py outputs/runs/<date>/<time>_<name> [--method auto] [--batches 4]
+"""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import torch
+from omegaconf import OmegaConf
+
+from precond.curvature import measure_curvature
+from precond.loop import loss_function
+from precond.train import build_data, build_model, build_optimizer_from_config, resolve_device
+
+
+def load_run(run_dir: Path, device: str):
+    cfg = OmegaConf.load(run_dir / "config.yaml")
+    dev = resolve_device(device)
+    data = build_data(cfg, dev)
+    model = build_model(cfg, data, dev)
+    model.load_state_dict(torch.load(run_dir / "model.pt", map_location=dev))
+    optimizer = build_optimizer_from_config(cfg, model)
+    optimizer.load_state_dict(torch.load(run_dir / "optimizer.pt", map_location=dev))
+    return cfg, data, model, optimizer
+
+
+def plot_spectra(results, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for res in results:
+        eig = res.eigenvalues.double().abs().clamp_min(1e-30).numpy()
+        label = f"{res.space}: κ={'—' if res.kappa is None else f'{res.kappa:.3g}'} ({res.method})"
+        ax.plot(range(len(eig)), sorted(eig), marker=".", linestyle="-", label=label)
+    ax.set_yscale("log")
+    ax.set_xlabel("index (sorted)")
+    ax.set_ylabel("|eigenvalue|")
+    ax.set_title("spectrum of H (p) and PᵀHP (z) at the final step")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("run_dir", type=Path)
+    parser.add_argument("--method", default="auto", choices=["auto", "lanczos", "dense"])
+    parser.add_argument("--batches", type=int, default=4)
+    parser.add_argument("--bn-mode", default="train", choices=["train", "eval"])
+    parser.add_argument("--max-matvecs", type=int, default=200)
+    parser.add_argument("--device", default="auto")
+    args = parser.parse_args()
+    cfg, data, model, optimizer = load_run(args.run_dir, args.device)
+    size = cfg.batch_size
+    n = min(data.n_train, size * args.batches)
+    batches = [(data.x_train[i:i + size], data.y_train[i:i + size]) for i in range(0, n, size)]
+    results = [measure_curvature(model, loss_function(data.task), batches, optimizer=optimizer, space=space,
+                                 method=args.method, bn_mode=args.bn_mode, max_matvecs=args.max_matvecs)
+               for space in ("p", "z")]
+    print(f"{args.run_dir}  ({results[0].n_params} parameters, {len(batches)} batches of {size}, "
+          f"bn_mode={args.bn_mode})")
+    print(f"{'space':6s} {'lam_max':>12s} {'lam_min':>12s} {'kappa':>12s} {'method':>8s} {'matvecs':>8s} "
+          f"{'converged':>9s} {'seconds':>8s}")
+    for r in results:
+        kappa = "—" if r.kappa is None else f"{r.kappa:.4g}"
+        print(f"{r.space:6s} {r.lam_max:12.4g} {r.lam_min:12.4g} {kappa:>12s} {r.method:>8s} {r.matvecs:8d} "
+              f"{str(r.converged):>9s} {r.seconds:8.2f}" + (f"  ({r.flag})" if r.flag else ""))
+    plot_spectra(results, args.run_dir / "curvature.png")
+    print(f"wrote {args.run_dir / 'curvature.png'}")
+
+
+if __name__ == "__main__":
+    main()
