@@ -82,5 +82,8 @@ class Link:
     def after_update(self, ctxs: list[StepContext]) -> None:
         """Act on the parameters after ``p ← p − η d`` (proximal maps)."""
 
+    def begin_step(self, optimizer) -> None:
+        """Called once per step, after the closure and before any transform (BNP commits statistics)."""
+
     def key(self, name: str) -> str:
         return f"{self.namespace}.{name}"

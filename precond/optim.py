@@ -19,6 +19,7 @@ from typing import Callable, Iterable, Optional, Union
 import torch
 from torch import Tensor
 
+from precond.bnp import BNPTransform, check_model_for_bnp
 from precond.chain import Link, StepContext
 from precond.preconditioners import PRECONDITIONERS, Momentum, Preconditioner
 from precond.regularizers import POLICIES, REGULARIZERS, VARIABLES, Penalty, backward_creates_graph, make_penalty
@@ -94,6 +95,8 @@ class ComposedOptimizer(torch.optim.Optimizer):
             with torch.enable_grad(), (backward_creates_graph() if self.needs_graph else contextlib.nullcontext()):
                 loss = closure()
         graph_grads = self._detach_graph_grads() if self.needs_graph else None
+        for link in self.direction_links + self.post_links:
+            link.begin_step(self)
         ctxs = self._contexts(closure)
         if not ctxs:
             return loss
@@ -149,6 +152,11 @@ class ComposedOptimizer(torch.optim.Optimizer):
         ``D is None`` means ``P = I``. Used to form ``Pᵀ H P`` at the step of
         measurement without taking a step.
         """
+        if any(isinstance(link, BNPTransform) for link in self.direction_links):
+            raise NotImplementedError(
+                "BNP's preconditioner is block-diagonal per neuron ([w_i, b_i]), not diagonal: "
+                "z-space curvature is not implemented for it; measure space='p'"
+            )
         out = []
         for group in self.param_groups:
             for p in group["params"]:
@@ -177,6 +185,7 @@ def build_optimizer(
     backend: Optional[str] = None,
     r: Optional[float] = None,
     buffers: Iterable[Tensor] = (),
+    model: Optional[torch.nn.Module] = None,
     **hyper,
 ) -> ComposedOptimizer:
     """Build the composed optimizer.
@@ -195,6 +204,10 @@ def build_optimizer(
         r: gradnorm finite-difference step (default ``λ``).
         buffers: gradnorm finite difference: tensors restored after the extra
             pass (pass ``model.buffers()`` to protect BatchNorm running statistics).
+        model: required by ``preconditioner="bnp"`` (its Linear/Conv2d layers get
+            forward hooks). BNP's own keys: ``base`` (``sgd | adagrad | rmsprop |
+            adam``, default sgd), ``rho`` (0.01), ``bnp_eps`` (1e-3), ``bnp_warmup`` (100),
+            ``allow_batchnorm`` (False); other ``hyper`` go to the base step.
         **hyper: torch.optim names: ``betas, eps`` (adam), ``alpha, eps,
             centered, momentum`` (rmsprop), ``lr_decay, eps,
             initial_accumulator_value`` (adagrad), ``momentum, dampening,
@@ -209,8 +222,14 @@ def build_optimizer(
                               buffers=model.buffers())
         opt.step(closure)   # gradnorm needs the closure (zero_grad, forward, backward, return loss)
     """
+    bnp_link, bnp_defaults = None, {}
+    if preconditioner == "bnp":
+        bnp_link, bnp_defaults, preconditioner = _bnp_setup(model, regularization, variable, form, hyper)
+    elif model is not None:
+        raise ValueError("the 'model' argument is only used by preconditioner 'bnp'")
     if preconditioner not in PRECONDITIONERS:
-        raise ValueError(f"unknown preconditioner '{preconditioner}'; expected one of {sorted(PRECONDITIONERS)}")
+        raise ValueError(f"unknown preconditioner '{preconditioner}'; expected one of "
+                         f"{sorted([*PRECONDITIONERS, 'bnp'])}")
     if regularization == "none" and (form or backend or r is not None):
         raise ValueError("form/backend/r are settings of a regularization; regularization is 'none'")
     if regularization != "none" and regularization not in REGULARIZERS:
@@ -228,7 +247,7 @@ def build_optimizer(
 
     link_cls, precond_defaults = PRECONDITIONERS[preconditioner]
     _check_hyper(preconditioner, hyper, precond_defaults)
-    defaults = {"lr": lr, **precond_defaults, **hyper, "strength": strength, "policy": policy}
+    defaults = {"lr": lr, **precond_defaults, **hyper, **bnp_defaults, "strength": strength, "policy": policy}
     if "betas" in defaults:
         defaults["betas"] = tuple(defaults["betas"])
     if defaults.get("nesterov") and (defaults["momentum"] <= 0 or defaults["dampening"] != 0):
@@ -246,5 +265,31 @@ def build_optimizer(
     # sgd, rmsprop and adagrad take heavy-ball momentum as a separate link after the
     # z-regularizers (torch.optim SGD/RMSprop semantics); adam's momentum is its first moment.
     momentum = Momentum() if "momentum" in precond_defaults else None
+    if bnp_link is not None:
+        before.append(bnp_link)  # after the p-penalties, before the base preconditioner
     return ComposedOptimizer(params, defaults, link_cls(), before=before, after=after, momentum=momentum,
                              post=post)
+
+
+BNP_DEFAULTS = {"rho": 0.01, "bnp_eps": 1e-3, "bnp_warmup": 100}
+
+
+def _bnp_setup(model, regularization: str, variable: str, form: Optional[str], hyper: dict):
+    """Pop BNP's keys from ``hyper``; check the model and the penalty; return (link, defaults, base name)."""
+    if model is None:
+        raise ValueError("preconditioner 'bnp' needs build_optimizer(..., model=model) to hook its layers")
+    base = hyper.pop("base", "sgd")
+    if base == "bnp" or base not in PRECONDITIONERS:
+        raise ValueError(f"bnp base must be one of {sorted(PRECONDITIONERS)}, got '{base}'")
+    bnp_defaults = {k: hyper.pop(k, v) for k, v in BNP_DEFAULTS.items()}
+    if not 0 < bnp_defaults["rho"] <= 1:
+        raise ValueError(f"bnp rho must be in (0, 1], got {bnp_defaults['rho']}")
+    if not bnp_defaults["bnp_eps"] > 0:
+        raise ValueError(f"bnp_eps must be > 0, got {bnp_defaults['bnp_eps']}")
+    check_model_for_bnp(model, hyper.pop("allow_batchnorm", False))
+    if regularization != "none" and (variable == "z" or form == "prox" or (regularization == "l1" and form is None)):
+        raise ValueError(
+            "preconditioner 'bnp' supports penalties in variable p only (l2, l1 form=subgradient, gradnorm): "
+            "z = P⁻¹p and the L1 prox threshold need a diagonal P, and BNP's P is block-diagonal per neuron"
+        )
+    return BNPTransform(model), bnp_defaults, base

@@ -93,6 +93,18 @@ def validate(cfg: DictConfig) -> None:
                           "use normalization=none with preconditioner=bnp, or batch_size>=2")
     if cfg.logger.name == "wandb" and cfg.logger.mode not in WANDB_MODES:
         raise ConfigError("logger.mode", f"one of {list(WANDB_MODES)}", cfg.logger.mode)
+    if cfg.preconditioner.name == "bnp":
+        if reg.name != "none" and (reg.variable == "z" or reg.get("form") == "prox"):
+            raise ConfigError("regularization.variable" if reg.variable == "z" else "regularization.form",
+                              "variable=p (and form=subgradient for l1) with preconditioner=bnp",
+                              reg.variable if reg.variable == "z" else reg.form,
+                              "BNP's P is block-diagonal per neuron, so z = P⁻¹p and the L1 prox are not defined")
+        if cfg.normalization.name in ("batchnorm",) and not cfg.preconditioner.allow_batchnorm:
+            raise ConfigError("normalization", "none (or input/layernorm) with preconditioner=bnp, which replaces "
+                              "BatchNorm", cfg.normalization.name, "or set preconditioner.allow_batchnorm=true")
+        if cfg.hessian.name != "off" and "z" in cfg.hessian.spaces:
+            raise ConfigError("hessian.spaces", "[p] with preconditioner=bnp (its P is not diagonal)",
+                              list(cfg.hessian.spaces), "set hessian.spaces=[p]")
     hess = cfg.hessian
     if hess.name != "off":
         if not isinstance(hess.every, int) or hess.every < 1 or hess.every % cfg.eval_every:
@@ -132,6 +144,9 @@ def build_optimizer_from_config(cfg: DictConfig, model: torch.nn.Module) -> torc
     hyper = OmegaConf.to_container(cfg.preconditioner, resolve=True)
     name = hyper.pop("name")
     hyper.pop("lr", None)
+    hyper.update(hyper.pop("base_hyper", None) or {})  # bnp: the base step's own hyperparameters
+    if name == "bnp":
+        hyper["model"] = model
     reg = OmegaConf.to_container(cfg.regularization, resolve=True)
     reg_name = reg.pop("name")
     if reg_name == "gradnorm":

@@ -144,3 +144,20 @@ def test_analyze_curvature_script_reads_a_finished_run(cli, tmp_path):
     rows = {line.split()[0]: line.split() for line in proc.stdout.splitlines() if line[:2] in ("p ", "z ")}
     assert float(rows["z"][3]) < float(rows["p"][3])  # κ in z below κ in p after Adam steps
     assert (tmp_path / "run" / "curvature.png").stat().st_size > 1000
+
+
+def test_bnp_at_batch_size_one_trains_the_mlp_on_the_default_data(cli, tmp_path):
+    cli("preconditioner=bnp", "batch_size=1", "model=mlp", "steps=600", "eval_every=200")
+    records = read_metrics(tmp_path / "run")
+    assert read_summary(tmp_path / "run")["status"] == "completed"
+    assert records[-1]["val/loss"] < 0.5 * records[0]["val/loss"]
+
+
+@pytest.mark.parametrize("overrides,key", [
+    (("model=mlp", "normalization=batchnorm", "batch_size=1"), "batch_size"),
+    (("preconditioner=bnp", "model=mlp", "normalization=batchnorm"), "normalization"),
+    (("preconditioner=bnp", "regularization=l2", "regularization.variable=z"), "regularization.variable"),
+])
+def test_normalization_and_bnp_misuse_fails_before_training(cli, tmp_path, overrides, key):
+    proc = cli(*overrides, check=False)
+    assert proc.returncode == 2 and f"error: {key}:" in proc.stderr, proc.stderr

@@ -1,0 +1,156 @@
+"""BNP: batch-normalization preconditioning (DESIGN.md §4).
+
+No normalization layer in the model. For every ``nn.Linear`` and ``nn.Conv2d``
+(``groups=1``) layer ``u = W h + b``, running statistics of the layer *input*
+``h`` are kept per input feature (Linear) or per input channel over batch ×
+positions (Conv2d):
+
+    m₁ ← (1−ρ) m₁ + ρ·mean(h),   m₂ ← (1−ρ) m₂ + ρ·mean(h²),   k ← k + 1
+    μ = m₁ / (1 − (1−ρ)ᵏ),       σ² = max(m₂ / (1 − (1−ρ)ᵏ) − μ², 0)
+
+and the gradients are transformed before the base step::
+
+    G̃_W = (G_W − g_b μᵀ) · diag(σ² + ε)⁻¹         (Conv2d: per input channel, every kernel position)
+    g̃_b = g_b − G̃_W μ                             (Conv2d: sum over channels and kernel positions)
+
+With frozen ``μ, σ`` this is exactly a gradient step on the BatchNorm
+reparametrization ``u = W̃ (h − μ)/σ + b̃`` (``W = W̃/σ``, ``b = b̃ − W̃ μ/σ``,
+``σ = √(σ² + ε)``) mapped back to ``(W, b)``: the transform is ``J Jᵀ`` of that
+reparametrization, so it is a positive semi-definite preconditioner. For
+Conv2d with zero padding the correspondence is exact away from the borders
+(BatchNorm would pad the *normalized* input with zeros, i.e. ``h`` with ``μ``).
+
+Because ``μ, σ²`` are running averages across steps, BNP works at batch size 1.
+The transformed gradient then goes through the base step (SGD with momentum by
+default, or adagrad/rmsprop/adam). Parameters of other layers, layers without
+bias (only the ``diag(σ² + ε)⁻¹`` scaling is applied), grouped convolutions
+and layers without statistics yet are left to the base step unchanged.
+
+Statistics come from forward hooks: every training-mode forward records its
+batch moments as *pending*, and each optimizer step first commits the latest
+pending moments — those of the forward whose gradient is being applied. Extra
+forwards (curvature measurements, the gradnorm finite-difference pass,
+evaluation in eval mode) therefore never enter the running averages twice.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import Tensor, nn
+
+from precond.chain import Link
+
+SUPPORTED = (nn.Linear, nn.Conv2d)
+
+
+def bnp_layers(model: nn.Module) -> list[nn.Module]:
+    """The Linear and (ungrouped) Conv2d layers BNP transforms."""
+    return [m for m in model.modules()
+            if isinstance(m, nn.Linear) or (isinstance(m, nn.Conv2d) and m.groups == 1)]
+
+
+def batch_moments(module: nn.Module, h: Tensor) -> tuple[Tensor, Tensor]:
+    """Per input feature (Linear) or channel over batch × positions (Conv2d): ``mean(h)``, ``mean(h²)``."""
+    h = h.detach()
+    if isinstance(module, nn.Conv2d):
+        dims = (0, 2, 3)
+    else:
+        h = h.reshape(-1, h.shape[-1])
+        dims = (0,)
+    return h.mean(dim=dims), (h * h).mean(dim=dims)
+
+
+def transform_layer_grads(module: nn.Module, g_w: Tensor, g_b: Optional[Tensor], mean: Tensor, var: Tensor,
+                          eps: float) -> tuple[Tensor, Optional[Tensor]]:
+    """``(G̃_W, g̃_b)`` from ``(G_W, g_b)`` and the input statistics ``μ, σ²`` (see the module docstring)."""
+    conv = isinstance(module, nn.Conv2d)
+    shape = (1, -1, 1, 1) if conv else (1, -1)
+    inv = (var + eps).reciprocal().view(shape)
+    if g_b is None:
+        return g_w * inv, None
+    mu = mean.view(shape)
+    g_w_new = (g_w - g_b.view((-1,) + (1,) * (g_w.ndim - 1)) * mu) * inv
+    g_b_new = g_b - (g_w_new * mu).sum(dim=tuple(range(1, g_w.ndim)))
+    return g_w_new, g_b_new
+
+
+class BNPTransform(Link):
+    """The BNP gradient transform, placed after the p-regularizers and before the base preconditioner.
+
+    Hyperparameters (per param group): ``rho`` (rate of the running averages),
+    ``bnp_eps`` (ε) and ``bnp_warmup`` (steps that only collect statistics: the
+    first estimates come from a handful of samples at small batch sizes, and an
+    underestimated ``σ²`` makes a huge step). State per layer weight: ``bnp.m1``, ``bnp.m2``,
+    ``bnp.count`` (raw) and ``bnp.mean``, ``bnp.var`` (bias-corrected).
+    """
+
+    namespace = "bnp"
+
+    def __init__(self, model: nn.Module):
+        self.layers = bnp_layers(model)
+        self._pending: dict[nn.Module, tuple[Tensor, Tensor]] = {}
+        self._hooks = [layer.register_forward_pre_hook(self._record) for layer in self.layers]
+        self._by_weight = {id(layer.weight): layer for layer in self.layers}
+
+    def _record(self, module: nn.Module, args) -> None:
+        if module.training:
+            self._pending[module] = batch_moments(module, args[0])
+
+    def begin_step(self, optimizer) -> None:
+        """Commit the latest pending batch moments of each layer into its running statistics."""
+        groups = {id(p): g for g in optimizer.param_groups for p in g["params"]}
+        for layer, (m1_batch, m2_batch) in self._pending.items():
+            group = groups.get(id(layer.weight))
+            if group is None:
+                continue
+            state = optimizer.state[layer.weight]
+            rho = group["rho"]
+            if self.key("m1") not in state:
+                state[self.key("m1")] = torch.zeros_like(m1_batch)
+                state[self.key("m2")] = torch.zeros_like(m2_batch)
+                state[self.key("count")] = 0
+            m1, m2 = state[self.key("m1")], state[self.key("m2")]
+            m1.mul_(1 - rho).add_(m1_batch, alpha=rho)
+            m2.mul_(1 - rho).add_(m2_batch, alpha=rho)
+            state[self.key("count")] += 1
+            correction = 1 - (1 - rho) ** state[self.key("count")]
+            state[self.key("mean")] = m1 / correction
+            state[self.key("var")] = (m2 / correction - state[self.key("mean")] ** 2).clamp_(min=0)
+        self._pending.clear()
+
+    def transform(self, ctxs, directions):
+        out = [list(d) for d in directions]
+        where = {id(p): (c, i) for c, ctx in enumerate(ctxs) for i, p in enumerate(ctx.params)}
+        for layer in self.layers:
+            w_at = where.get(id(layer.weight))
+            if w_at is None:
+                continue
+            c, i = w_at
+            state = ctxs[c].states[i]
+            if self.key("mean") not in state or state[self.key("count")] < ctxs[c].group["bnp_warmup"]:
+                continue
+            b_at = where.get(id(layer.bias)) if layer.bias is not None else None
+            g_b = out[b_at[0]][b_at[1]] if b_at is not None else None
+            g_w, g_b = transform_layer_grads(layer, out[c][i], g_b, state[self.key("mean")],
+                                             state[self.key("var")], ctxs[c].group["bnp_eps"])
+            out[c][i] = g_w
+            if b_at is not None:
+                out[b_at[0]][b_at[1]] = g_b
+        return out
+
+    def remove_hooks(self) -> None:
+        for h in self._hooks:
+            h.remove()
+
+
+def check_model_for_bnp(model: nn.Module, allow_batchnorm: bool) -> None:
+    """BNP replaces BatchNorm: refuse a model that already has BatchNorm layers unless allowed."""
+    has_bn = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
+    if has_bn and not allow_batchnorm:
+        raise ValueError(
+            "preconditioner 'bnp' with a model that has BatchNorm layers: BNP replaces BatchNorm. "
+            "Use normalization=none (or set allow_batchnorm=true to combine them)"
+        )
+    if not bnp_layers(model):
+        raise ValueError("preconditioner 'bnp' found no Linear or Conv2d layer to precondition")
