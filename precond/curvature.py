@@ -379,12 +379,17 @@ class CurvatureSettings:
     layers: bool = True
 
 
+#: samples of the fixed training subset on which the per-layer κ(ĤᵀĤ) is computed
+LAYER_SAMPLES = 1024
+
+
 class CurvatureMonitor:
     """A training monitor: every ``settings.every`` steps, κ in each space and per-layer κ(ĤᵀĤ).
 
     The batches are fixed once (the first ``batches × batch_size`` samples of a
     seeded permutation of the training split), so measurements at different
-    steps see the same operator up to the change in parameters. Logs
+    steps see the same operator up to the change in parameters. Per-layer
+    ``κ(ĤᵀĤ)`` uses a fixed subset of up to ``LAYER_SAMPLES`` training inputs. Logs
     ``curv/<space>/{lam_max, lam_min, kappa, matvecs, converged}``,
     ``curv/layer/<name>/kappa_hidden[_plus]`` and the cumulative ``time/curv_s``.
     ``z`` is skipped until the optimizer has state (``P`` undefined before step 1).
@@ -399,6 +404,9 @@ class CurvatureMonitor:
         perm = perm.to(x_train.device)
         xs, ys = x_train[perm], y_train[perm]
         self.batches = [(xs[i:i + size], ys[i:i + size]) for i in range(0, n, size)]
+        # κ(ĤᵀĤ) needs more samples than features, whatever the training batch size
+        diag = torch.randperm(x_train.shape[0], generator=torch.Generator().manual_seed(seed))
+        self.layer_inputs = x_train[diag[:min(x_train.shape[0], LAYER_SAMPLES)].to(x_train.device)]
         self.seconds = 0.0
 
     def __call__(self, step: int) -> dict:
@@ -415,7 +423,7 @@ class CurvatureMonitor:
                                     hvp_mode=s.hvp_mode)
             metrics.update(res.as_metrics())
         if s.layers:
-            for name, values in hidden_matrix_kappas(self.model, self.batches[0][0], bn_mode=s.bn_mode).items():
+            for name, values in hidden_matrix_kappas(self.model, self.layer_inputs, bn_mode=s.bn_mode).items():
                 for key, value in values.items():
                     metrics[f"curv/layer/{name}/{key}"] = value
         self.seconds += time.perf_counter() - t0

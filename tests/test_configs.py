@@ -120,7 +120,7 @@ def test_launcher_configs_point_at_installed_plugins(launcher):
     (["hessian=lanczos", "hessian.spaces=[q]"], "hessian.spaces"),
     (["hessian=dense", "hessian.bn_mode=both"], "hessian.bn_mode"),
     (["preconditioner=bnp", "hessian=lanczos"], "hessian.spaces"),
-    (["preconditioner=bnp", "regularization=l1"], "regularization.form"),
+    (["preconditioner=bnp", "regularization=l1", "regularization.variable=p"], "regularization.form"),
 ])
 def test_validate_names_the_bad_key(overrides, key):
     with pytest.raises(ConfigError) as err:
