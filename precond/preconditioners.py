@@ -208,13 +208,16 @@ class Momentum(Link):
                 continue
             dampening = ctx.group.get("dampening", 0.0)
             key = self.key("buffer")
-            bufs = []
-            for di, state in zip(d, ctx.states):
-                if key not in state:
-                    state[key] = torch.clone(di).detach()
-                else:
-                    state[key].mul_(mu).add_(di, alpha=1.0 - dampening)
-                bufs.append(state[key])
+            fresh = [i for i, state in enumerate(ctx.states) if key not in state]
+            for i in fresh:
+                ctx.states[i][key] = torch.clone(d[i]).detach()
+            seen = set(fresh)
+            old = [i for i in range(len(ctx.states)) if i not in seen]
+            if old:
+                olds = [ctx.states[i][key] for i in old]
+                torch._foreach_mul_(olds, mu)
+                torch._foreach_add_(olds, [d[i] for i in old], alpha=1.0 - dampening)
+            bufs = [state[key] for state in ctx.states]
             out.append(torch._foreach_add(d, bufs, alpha=mu) if ctx.group.get("nesterov", False) else bufs)
         return out
 

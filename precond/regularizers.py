@@ -144,21 +144,26 @@ class L1Prox(Penalty):
             params = [ctx.params[i] for i in idx]
             scale = ctx.lr * ctx.group["strength"]
             if ctx.denominator is None:
-                thresholds = [torch.full_like(p, scale) for p in params]
+                soft_threshold_(params, scale)
             else:
                 thresholds = ctx.precond_full(idx) if self.variable == "p" else ctx.precond_sqrt(idx)
                 torch._foreach_mul_(thresholds, scale)
-            for p, t in zip(params, thresholds):
-                soft_threshold_(p, t)
+                soft_threshold_(params, thresholds)
 
     def value(self, params, strength):
         return strength * sum(float(p.detach().abs().sum()) for p in params)
 
 
-def soft_threshold_(x: Tensor, t: Tensor) -> Tensor:
-    """In place ``x ← sign(x)·max(|x| − t, 0)`` element-wise (exact zeros inside ``[−t, t]``)."""
-    shrunk = x.abs().sub_(t).clamp_(min=0)
-    return x.copy_(shrunk.mul_(x.sign()))
+def soft_threshold_(xs: list[Tensor], t) -> None:
+    """In place ``x ← sign(x)·max(|x| − t, 0)`` element-wise over a list of tensors (exact zeros in ``[−t, t]``).
+
+    ``t`` is one scalar or a list of per-coordinate thresholds shaped like ``xs``.
+    """
+    shrunk = torch._foreach_abs(xs)
+    torch._foreach_sub_(shrunk, t)
+    torch._foreach_clamp_min_(shrunk, 0.0)
+    torch._foreach_mul_(shrunk, torch._foreach_sign(xs))
+    torch._foreach_copy_(xs, shrunk)
 
 
 @contextlib.contextmanager
