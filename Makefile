@@ -29,8 +29,11 @@ test-slow: install
 test-gpu: install
 	$(BIN)/python -m pytest -q -m gpu
 
+# Benchmarks print tables with the baseline measured in the same run (add ARGS="--device cuda" on a GPU)
 bench: install
-	$(BIN)/python scripts/bench_optimizer.py
+	$(BIN)/python scripts/bench_optimizer.py $(ARGS)
+	$(BIN)/python scripts/bench_curvature.py $(ARGS)
+	$(BIN)/python scripts/bench_bnp.py $(ARGS)
 
 clean:
 	rm -rf outputs/runs outputs/sweeps .pytest_cache

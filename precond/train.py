@@ -56,7 +56,18 @@ def resolve_device(name: str) -> torch.device:
 
 
 def validate(cfg: DictConfig) -> None:
-    """Check the scalar settings before anything is built; each error names its key."""
+    """Check the settings before anything is built; each error names its key."""
+    _validate_run(cfg)
+    _validate_regularization(cfg.regularization)
+    _validate_normalization(cfg)
+    if cfg.preconditioner.name == "bnp":
+        _validate_bnp(cfg)
+    if cfg.hessian.name != "off":
+        _validate_hessian(cfg.hessian, cfg.eval_every)
+    resolve_device(cfg.device)
+
+
+def _validate_run(cfg: DictConfig) -> None:
     def positive_int(key: str) -> None:
         value = OmegaConf.select(cfg, key)
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
@@ -68,7 +79,11 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError("lr", "a positive number", cfg.lr, "e.g. lr=0.01")
     if cfg.dtype not in DTYPES:
         raise ConfigError("dtype", f"one of {sorted(DTYPES)}", cfg.dtype)
-    reg = cfg.regularization
+    if cfg.logger.name == "wandb" and cfg.logger.mode not in WANDB_MODES:
+        raise ConfigError("logger.mode", f"one of {list(WANDB_MODES)}", cfg.logger.mode)
+
+
+def _validate_regularization(reg: DictConfig) -> None:
     if reg.name != "none":
         if reg.variable not in VARIABLES:
             raise ConfigError("regularization.variable", f"one of {list(VARIABLES)}", reg.variable,
@@ -85,40 +100,44 @@ def validate(cfg: DictConfig) -> None:
                 raise ConfigError("regularization.backend", f"one of {list(HVP_BACKENDS)}", reg.backend)
             if reg.r is not None and not reg.r > 0:
                 raise ConfigError("regularization.r", "null (= strength) or a number > 0", reg.r)
+
+
+def _validate_normalization(cfg: DictConfig) -> None:
     if cfg.normalization.name not in NORMALIZATIONS:
         raise ConfigError("normalization.name", f"one of {list(NORMALIZATIONS)}", cfg.normalization.name)
     if cfg.normalization.name == "batchnorm" and cfg.batch_size < 2:
         raise ConfigError("batch_size", "at least 2 with normalization=batchnorm (train-mode BatchNorm "
                           "needs more than one sample per channel)", cfg.batch_size,
                           "use normalization=none with preconditioner=bnp, or batch_size>=2")
-    if cfg.logger.name == "wandb" and cfg.logger.mode not in WANDB_MODES:
-        raise ConfigError("logger.mode", f"one of {list(WANDB_MODES)}", cfg.logger.mode)
-    if cfg.preconditioner.name == "bnp":
-        if reg.name != "none" and (reg.variable == "z" or reg.get("form") == "prox"):
-            raise ConfigError("regularization.variable" if reg.variable == "z" else "regularization.form",
-                              "variable=p (and form=subgradient for l1) with preconditioner=bnp",
-                              reg.variable if reg.variable == "z" else reg.form,
-                              "BNP's P is block-diagonal per neuron, so z = P⁻¹p and the L1 prox are not defined")
-        if cfg.normalization.name in ("batchnorm",) and not cfg.preconditioner.allow_batchnorm:
-            raise ConfigError("normalization", "none (or input/layernorm) with preconditioner=bnp, which replaces "
-                              "BatchNorm", cfg.normalization.name, "or set preconditioner.allow_batchnorm=true")
-        if cfg.hessian.name != "off" and "z" in cfg.hessian.spaces:
-            raise ConfigError("hessian.spaces", "[p] with preconditioner=bnp (its P is not diagonal)",
-                              list(cfg.hessian.spaces), "set hessian.spaces=[p]")
-    hess = cfg.hessian
-    if hess.name != "off":
-        if not isinstance(hess.every, int) or hess.every < 1 or hess.every % cfg.eval_every:
-            raise ConfigError("hessian.every", f"a positive multiple of eval_every={cfg.eval_every}", hess.every,
-                              "curvature is measured at evaluation steps")
-        if hess.method not in METHODS:
-            raise ConfigError("hessian.method", f"one of {list(METHODS)}", hess.method)
-        if not set(hess.spaces) <= set(SPACES) or not hess.spaces:
-            raise ConfigError("hessian.spaces", f"a non-empty subset of {list(SPACES)}", list(hess.spaces))
-        if hess.bn_mode not in BN_MODES:
-            raise ConfigError("hessian.bn_mode", f"one of {list(BN_MODES)}", hess.bn_mode)
-        if hess.hvp_mode not in HVP_MODES:
-            raise ConfigError("hessian.hvp_mode", f"one of {list(HVP_MODES)}", hess.hvp_mode)
-    resolve_device(cfg.device)
+
+
+def _validate_bnp(cfg: DictConfig) -> None:
+    reg = cfg.regularization
+    if reg.name != "none" and (reg.variable == "z" or reg.get("form") == "prox"):
+        raise ConfigError("regularization.variable" if reg.variable == "z" else "regularization.form",
+                          "variable=p (and form=subgradient for l1) with preconditioner=bnp",
+                          reg.variable if reg.variable == "z" else reg.form,
+                          "BNP's P is block-diagonal per neuron, so z = P⁻¹p and the L1 prox are not defined")
+    if cfg.normalization.name == "batchnorm" and not cfg.preconditioner.allow_batchnorm:
+        raise ConfigError("normalization", "none (or input/layernorm) with preconditioner=bnp, which replaces "
+                          "BatchNorm", cfg.normalization.name, "or set preconditioner.allow_batchnorm=true")
+    if cfg.hessian.name != "off" and "z" in cfg.hessian.spaces:
+        raise ConfigError("hessian.spaces", "[p] with preconditioner=bnp (its P is not diagonal)",
+                          list(cfg.hessian.spaces), "set hessian.spaces=[p]")
+
+
+def _validate_hessian(hess: DictConfig, eval_every: int) -> None:
+    if not isinstance(hess.every, int) or hess.every < 1 or hess.every % eval_every:
+        raise ConfigError("hessian.every", f"a positive multiple of eval_every={eval_every}", hess.every,
+                          "curvature is measured at evaluation steps")
+    if hess.method not in METHODS:
+        raise ConfigError("hessian.method", f"one of {list(METHODS)}", hess.method)
+    if not hess.spaces or not set(hess.spaces) <= set(SPACES):
+        raise ConfigError("hessian.spaces", f"a non-empty subset of {list(SPACES)}", list(hess.spaces))
+    if hess.bn_mode not in BN_MODES:
+        raise ConfigError("hessian.bn_mode", f"one of {list(BN_MODES)}", hess.bn_mode)
+    if hess.hvp_mode not in HVP_MODES:
+        raise ConfigError("hessian.hvp_mode", f"one of {list(HVP_MODES)}", hess.hvp_mode)
 
 
 def _instantiate(node: DictConfig, **kwargs) -> Any:
