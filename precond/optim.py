@@ -128,7 +128,7 @@ class ComposedOptimizer(torch.optim.Optimizer):
 
     @torch.no_grad()
     def regularization_metrics(self) -> dict[str, float]:
-        """``reg/penalty`` (on p; the last ``½‖g‖²`` or ``½gᵀMg`` for gradnorm) and ``reg/sparsity``
+        """``reg/penalty`` (on p; the last ``λ½‖g‖²`` or ``λ½gᵀMg`` for gradnorm) and ``reg/sparsity``
         (fraction of exactly-zero entries among the penalized tensors)."""
         if self.penalty is None:
             return {}
@@ -138,8 +138,6 @@ class ComposedOptimizer(torch.optim.Optimizer):
             return {}
         strength = next(g["strength"] for g in self.param_groups if g["strength"] > 0)
         value = self.penalty.value(params, strength)
-        if value is None:
-            value = getattr(self.penalty, "last_penalty", None)
         zeros = sum(int((p == 0).sum()) for p in params)
         out = {"reg/sparsity": zeros / sum(p.numel() for p in params)}
         if value is not None:

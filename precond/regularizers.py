@@ -201,7 +201,8 @@ class GradNorm(Penalty):
     * ``double_backward``: the step's closure runs once with
       ``create_graph=True`` and ``Hv = ∇ₚ[gᵀ stopgrad(v)]`` (no extra forward);
     * ``finite_difference``: ``λHv ≈ (λ/r)(∇f(p + r v) − ∇f(p))``, one extra
-      closure call at the perturbed point, ``r = λ`` unless set, so that in the
+      closure call at the perturbed point, ``r = λ`` (of the first penalized
+      group) unless set, so that in the
       p variable ``g + λHg ≈ ∇f(p + λg)`` (SAM-like). The error is ``O(r)``.
       The parameters are restored by copy (bit-exact), ``p.grad`` is restored
       to the unperturbed gradient, and the tensors in ``buffers`` (give
@@ -227,45 +228,43 @@ class GradNorm(Penalty):
         return self.variable == "z"
 
     def transform(self, ctxs, directions):
-        picks = [(c, i) for c, ctx in enumerate(ctxs) for i in regularized_indices(ctx)]
-        if not picks:
+        selected = [regularized_indices(ctx) for ctx in ctxs]
+        if not any(selected):
             return directions
-        strength = ctxs[picks[0][0]].group["strength"]
-        params = [ctxs[c].params[i] for c, i in picks]
-        grads = [ctxs[c].grads[i] for c, i in picks]
-        if self.variable == "p":
-            v = grads
-            self.last_penalty = 0.5 * sum(float(g.pow(2).sum()) for g in grads)
-        else:
-            m = [self._m(ctxs[c], i) for c, i in picks]
-            v = [g if mi is None else g * mi for g, mi in zip(grads, m)]
-            self.last_penalty = 0.5 * sum(float((g * vi).sum()) for g, vi in zip(grads, v))
-        lam_hv = self.scaled_hvp(ctxs, params, grads, v, strength)
-        if self.variable == "z":
-            lam_hv = [h if mi is None else h * mi for h, mi in zip(lam_hv, m)]
-        out = [list(d) for d in directions]
-        for c in range(len(ctxs)):
-            idx = [i for cc, i in picks if cc == c]
-            terms = [h for (cc, _), h in zip(picks, lam_hv) if cc == c]
-            if idx:
-                out[c] = _add_scaled(ctxs[c], out[c], idx, terms, 1.0)
+        # per group: M on the penalized params (z only), v = g (p) or M g (z)
+        ms = [ctx.precond_full(idx) if self.variable == "z" and idx else None for ctx, idx in zip(ctxs, selected)]
+        grads = [[ctx.grads[i] for i in idx] for ctx, idx in zip(ctxs, selected)]
+        vs = [g if m is None else torch._foreach_mul(g, m) for g, m in zip(grads, ms)]
+        self.last_penalty = sum(0.5 * ctx.group["strength"] * torch.stack([(a * b).sum() for a, b in zip(g, v)]).sum()
+                                for ctx, g, v in zip(ctxs, grads, vs) if g)
+        params = [ctx.params[i] for ctx, idx in zip(ctxs, selected) for i in idx]
+        hv = self.hvp(ctxs, params, [t for g in grads for t in g], [t for v in vs for t in v])
+        out, start = [list(d) for d in directions], 0
+        for c, (ctx, idx, m) in enumerate(zip(ctxs, selected, ms)):
+            terms, start = hv[start:start + len(idx)], start + len(idx)
+            if not idx:
+                continue
+            if m is not None:
+                torch._foreach_mul_(terms, m)  # z: M H (M g)
+            out[c] = _add_scaled(ctx, out[c], idx, terms, ctx.group["strength"])
         return out
 
-    @staticmethod
-    def _m(ctx: StepContext, i: int) -> Optional[Tensor]:
-        return None if ctx.denominator is None else ctx.denominator[i].reciprocal()
+    def value(self, params, strength):
+        """The penalty at the last step: ``λ ½‖g‖²`` (p) or ``λ ½ gᵀMg`` (z)."""
+        return None if self.last_penalty is None else float(self.last_penalty)
 
-    def scaled_hvp(self, ctxs, params, grads, v, strength) -> list[Tensor]:
-        """``λ H v`` for the listed parameters, by the configured backend."""
+    def hvp(self, ctxs, params, grads, v) -> list[Tensor]:
+        """``H v`` for the listed parameters (rows and columns restricted to them), by the backend."""
         if self.backend == "double_backward":
             graph_grads = [ctxs[0].extras["graph_grads"][p] for p in params]
             with torch.enable_grad():
                 hv = torch.autograd.grad(graph_grads, params, grad_outputs=v, allow_unused=True)
-            return [torch.zeros_like(p) if h is None else h.mul_(strength) for p, h in zip(params, hv)]
-        return self._finite_difference(ctxs, params, grads, v, strength)
+            return [torch.zeros_like(p) if h is None else h for p, h in zip(params, hv)]
+        r = self.r if self.r is not None else next(ctx.group["strength"] for ctx in ctxs if ctx.group["strength"] > 0)
+        return self._finite_difference(ctxs, params, grads, v, r)
 
-    def _finite_difference(self, ctxs, params, grads, v, strength) -> list[Tensor]:
-        r = self.r if self.r is not None else strength
+    def _finite_difference(self, ctxs, params, grads, v, r: float) -> list[Tensor]:
+        """``Hv ≈ (∇f(p + r v) − ∇f(p)) / r`` with one extra closure call; everything restored after."""
         all_params = [p for ctx in ctxs for p in ctx.params]
         saved_grads = [p.grad for p in all_params]
         saved_params = [p.detach().clone() for p in params]
@@ -282,7 +281,7 @@ class GradNorm(Penalty):
             for p, g in zip(all_params, saved_grads):
                 p.grad = g
         diff = torch._foreach_sub(perturbed, grads)
-        torch._foreach_mul_(diff, strength / r)
+        torch._foreach_div_(diff, r)
         return diff
 
 

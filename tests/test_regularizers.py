@@ -267,3 +267,29 @@ def test_regularization_metrics_report_sparsity_and_penalty():
     metrics = opt.regularization_metrics()
     assert metrics["reg/sparsity"] == 0.5  # the bias is not penalized under policy=weights
     assert metrics["reg/penalty"] == pytest.approx(0.5 * 3.0)
+
+
+@pytest.mark.parametrize("backend", ["double_backward", "finite_difference"])
+def test_gradnorm_uses_each_groups_strength(backend):
+    """Two groups with λ₁ ≠ λ₂: p ← p − η(g + Λ H g) with Λ the per-parameter strength (SGD, one step)."""
+    model, x, y = _setup()
+    names = [n for n, _ in model.named_parameters()]
+    shapes = [p.shape for p in model.parameters()]
+    loss = _flat_loss(model, names, shapes)
+    theta = torch.cat([p.detach().flatten() for p in model.parameters()])
+    g = torch.func.grad(loss)(theta, x, y)
+    H = hessian(loss)(theta, x, y)
+    params = list(model.parameters())
+    lams = [0.02, 0.02, 0.005, 0.005]
+    lam = torch.cat([torch.full((p.numel(),), l, dtype=torch.float64) for p, l in zip(params, lams)])
+    expected = theta - LR * (g + lam * (H @ g))
+    opt = build_optimizer([{"params": params[:2], "strength": 0.02}, {"params": params[2:], "strength": 0.005}],
+                          "sgd", lr=LR, regularization="gradnorm", variable="p", strength=0.02, backend=backend,
+                          r=1e-7 if backend == "finite_difference" else None)
+    opt.step(_closure(model, opt, x, y))
+    got = torch.cat([p.detach().flatten() for p in model.parameters()])
+    torch.testing.assert_close(got, expected, rtol=1e-6 if backend == "finite_difference" else 1e-12, atol=1e-9)
+    metrics = opt.regularization_metrics()
+    g_parts = torch.split(g, [p.numel() for p in params])
+    want = sum(0.5 * l * float(gp.pow(2).sum()) for gp, l in zip(g_parts, lams))
+    assert metrics["reg/penalty"] == pytest.approx(want, rel=1e-10)
