@@ -36,6 +36,7 @@ class LoopSettings:
     target_metric: str = "val/loss"
     target_value: Optional[float] = None
     eval_batch_size: int = 4096
+    eval_train_samples: int = 10_000
     progress: bool = True
 
 
@@ -88,6 +89,10 @@ def train(
 ) -> dict:
     """Train for ``settings.steps`` minibatch steps; log every ``eval_every`` steps (and at 0 and the end).
 
+    Each record has ``train/batch_loss`` (mean minibatch loss since the last
+    record), ``train/loss`` (eval-mode loss on the first ``eval_train_samples``
+    training samples), ``val/*`` (whole split), ``test/*`` (last record only).
+
     Returns the summary fields of the run: ``status`` (``completed`` or
     ``diverged`` when the loss becomes NaN/inf), final metrics,
     ``steps_to_target`` and ``seconds_to_target`` (None when not reached).
@@ -105,11 +110,13 @@ def train(
         nonlocal monitor_s, steps_to_target, seconds_to_target, loss_sum, loss_count
         record: dict = {"step": step, "epoch": sampler.epoch, "lr": optimizer.param_groups[0]["lr"]}
         if loss_count:
-            record["train/loss"] = float(loss_sum) / loss_count
+            record["train/batch_loss"] = float(loss_sum) / loss_count
         loss_sum, loss_count = torch.zeros((), device=device), 0
         for split, (x, y) in data.splits().items():
             if split == "test" and step != settings.steps:
                 continue
+            if split == "train":  # a fixed subset keeps evaluation cheap on large datasets
+                x, y = x[:settings.eval_train_samples], y[:settings.eval_train_samples]
             for k, v in evaluate(model, loss_fn, x, y, data.task, settings.eval_batch_size).items():
                 record[f"{split}/{k}"] = v
         t0 = time.perf_counter()
@@ -150,12 +157,12 @@ def train(
         train_s += time.perf_counter() - t0
         if check and not math.isfinite(float(loss_sum)):
             status = "diverged"
-            runlog.log({"step": step, "train/loss": float(loss), "time/train_s": train_s, "diverged": True})
+            runlog.log({"step": step, "train/batch_loss": float(loss), "time/train_s": train_s, "diverged": True})
             break
         if at_eval:
             last = log_point(step)
             if progress is not None:
-                progress.set_postfix({k: f"{v:.4g}" for k, v in last.items() if k in ("train/loss", "val/loss")})
+                progress.set_postfix({k: f"{v:.4g}" for k, v in last.items() if k in ("train/batch_loss", "val/loss")})
         if progress is not None:
             progress.update(1)
     if progress is not None:

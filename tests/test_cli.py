@@ -19,8 +19,9 @@ def test_single_run_leaves_config_metrics_summary(cli, tmp_path):
     assert config["lr"] == 0.01 and config["preconditioner"]["name"] == "rmsprop"  # resolved
     records = read_metrics(run)
     assert [r["step"] for r in records] == [0, 20, 40, 60]
-    for key in ("train/loss", "val/loss", "lr", "time/train_s"):
+    for key in ("train/loss", "train/batch_loss", "val/loss", "lr", "time/train_s"):
         assert key in records[-1]
+    assert "train/batch_loss" not in records[0]  # no step taken yet
     assert records[-1]["time/train_s"] >= records[1]["time/train_s"] > 0
     assert "test/loss" in records[-1] and "test/loss" not in records[1]
     summary = read_summary(run)

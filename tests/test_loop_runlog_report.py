@@ -38,7 +38,7 @@ def test_loss_decreases_and_target_is_found(tmp_path):
 def test_divergence_ends_the_run_with_status_diverged(tmp_path):
     summary, records = _fit(tmp_path, lr=1e6, precond="sgd", steps=200)
     assert summary["status"] == "diverged" and summary["steps"] < 200
-    assert records[-1]["diverged"] is True
+    assert records[-1]["diverged"] is True and records[-1]["train/batch_loss"] is None  # non-finite -> null
 
 
 def test_monitor_time_is_excluded_from_train_time(tmp_path):
@@ -50,6 +50,15 @@ def test_monitor_time_is_excluded_from_train_time(tmp_path):
     assert records[-1]["monitor/step"] == 40
     assert records[-1]["time/monitor_s"] >= 0.25
     assert records[-1]["time/train_s"] < records[-1]["time/monitor_s"]
+
+
+def test_train_loss_is_the_eval_loss_on_a_fixed_training_subset(tmp_path):
+    summary, records = _fit(tmp_path)
+    data = synthetic(n_train=256, n_val=64, n_test=64, features=8)
+    torch.manual_seed(0)
+    initial = torch.nn.functional.mse_loss(linear(data.in_shape, 1)(data.x_train), data.y_train)
+    assert records[0]["train/loss"] == pytest.approx(float(initial), rel=1e-5) and "train/batch_loss" in records[1]
+    assert summary["train/loss"] == records[-1]["train/loss"]
 
 
 def test_evaluate_matches_direct_loss_and_accuracy():
