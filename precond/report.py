@@ -136,37 +136,68 @@ def format_table(rows: list[Row], metric: str, target: str) -> str:
     return "\n".join(lines)
 
 
+def _facet(label: str) -> tuple[str, str]:
+    """Split ``k1=v1,k2=v2,...`` into the panel (``k1=v1``) and the line label (the rest)."""
+    head, _, rest = label.partition(",")
+    return (head, rest) if rest else ("", label)
+
+
+def _mean_curve(members: list[RunRecord], metric: str):
+    """Steps common to all seeds, and the mean, min and max over seeds at those steps."""
+    curves = [run.series(metric) for run in members if run.series(metric)[0]]
+    if not curves:
+        return None
+    steps = sorted(set.intersection(*(set(s) for s, _ in curves)))
+    if not steps:
+        return None
+    values = [[dict(zip(s, v))[t] for t in steps] for s, v in curves]
+    cols = list(zip(*values))
+    return steps, [statistics.fmean(c) for c in cols], [min(c) for c in cols], [max(c) for c in cols], len(curves)
+
+
 def plot(runs: list[RunRecord], metric: str, path: str | Path, title: str = "") -> Path:
-    """``metric`` vs step per group: mean line and min–max band over seeds, log y for losses."""
+    """``metric`` vs step per group: mean line and min–max band over seeds, log y for losses.
+
+    With two or more varying overrides and at most 6 values of the first one, one panel per
+    value of the first override (shared axes), one line per value of the others.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4.5))
     groups: dict[str, list[RunRecord]] = {}
     for run in runs:
         groups.setdefault(run.label, []).append(run)
-    for label, members in groups.items():
-        curves = [run.series(metric) for run in members if run.series(metric)[0]]
-        if not curves:
-            continue
-        steps = sorted(set.intersection(*(set(s) for s, _ in curves)))
-        if not steps:
-            continue
-        values = [[dict(zip(s, v))[t] for t in steps] for s, v in curves]
-        mean = [statistics.fmean(col) for col in zip(*values)]
-        line, = ax.plot(steps, mean, label=f"{label} (n={len(curves)})")
-        if len(curves) > 1:
-            ax.fill_between(steps, [min(c) for c in zip(*values)], [max(c) for c in zip(*values)],
-                            color=line.get_color(), alpha=0.2)
-    if "loss" in metric:
-        ax.set_yscale("log")
-    ax.set_xlabel("step")
-    ax.set_ylabel(metric)
-    ax.set_title(title or f"{metric} vs step (mean, band = min–max over seeds)")
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=8)
+    panels: dict[str, list[str]] = {}
+    for label in groups:
+        panels.setdefault(_facet(label)[0], []).append(label)
+    if len(panels) > 6:
+        panels = {"": list(groups)}
+    n = len(panels)
+    fig, axes = plt.subplots(1, n, figsize=(4.2 * n + 1.5 if n > 1 else 7, 4.5), sharey=True, squeeze=False)
+    line_names = list(dict.fromkeys(_facet(label)[1] if panel else label
+                                    for panel, labels in panels.items() for label in labels))
+    palette = plt.get_cmap("tab10" if len(line_names) <= 10 else "tab20").colors
+    color = {name: palette[k % len(palette)] for k, name in enumerate(line_names)}  # same line, same color
+    for ax, (panel, labels) in zip(axes[0], panels.items()):
+        for label in labels:
+            curve = _mean_curve(groups[label], metric)
+            if curve is None:
+                continue
+            steps, mean, low, high, count = curve
+            name = _facet(label)[1] if panel else label
+            ax.plot(steps, mean, color=color[name], label=f"{name} (n={count})")
+            if count > 1:
+                ax.fill_between(steps, low, high, color=color[name], alpha=0.2)
+        if "loss" in metric:
+            ax.set_yscale("log")
+        ax.set_xlabel("step")
+        ax.set_title(panel, fontsize=10)
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=7)
+    axes[0][0].set_ylabel(metric)
+    fig.suptitle(title or f"{metric} vs step (mean, band = min–max over seeds)", fontsize=11)
     fig.tight_layout()
     path = Path(path)
     fig.savefig(path, dpi=120)
