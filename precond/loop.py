@@ -37,6 +37,7 @@ class LoopSettings:
     target_value: Optional[float] = None
     eval_batch_size: int = 4096
     eval_train_samples: int = 10_000
+    divergence_factor: float = 1e6
     progress: bool = True
 
 
@@ -94,7 +95,8 @@ def train(
     training samples), ``val/*`` (whole split), ``test/*`` (last record only).
 
     Returns the summary fields of the run: ``status`` (``completed`` or
-    ``diverged`` when the loss becomes NaN/inf), final metrics,
+    ``diverged`` when the minibatch loss becomes NaN/inf or exceeds
+    ``divergence_factor`` × the initial training loss), final metrics,
     ``steps_to_target`` and ``seconds_to_target`` (None when not reached).
     """
     device = data.x_train.device
@@ -134,6 +136,8 @@ def train(
         return record
 
     last = log_point(0)
+    # a run has diverged when its loss is non-finite or this far above the initial training loss
+    diverge_above = settings.divergence_factor * max(last["train/loss"], 1e-12)
     progress = _progress_bar(settings)
     step = 0
     for step in range(1, settings.steps + 1):
@@ -155,7 +159,7 @@ def train(
         if check:
             _sync(device)
         train_s += time.perf_counter() - t0
-        if check and not math.isfinite(float(loss_sum)):
+        if check and not float(loss_sum) / loss_count <= diverge_above:  # also catches NaN
             status = "diverged"
             runlog.log({"step": step, "train/batch_loss": float(loss), "time/train_s": train_s, "diverged": True})
             break

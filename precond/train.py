@@ -251,7 +251,8 @@ def run(cfg: DictConfig) -> dict:
             settings = LoopSettings(
                 steps=cfg.steps, batch_size=cfg.batch_size, eval_every=cfg.eval_every, seed=cfg.seed,
                 target_metric=cfg.target.metric, target_value=cfg.target.value,
-                eval_batch_size=cfg.eval_batch_size, progress=cfg.progress and sys.stderr.isatty(),
+                eval_batch_size=cfg.eval_batch_size, divergence_factor=cfg.divergence_factor,
+                progress=cfg.progress and sys.stderr.isatty(),
             )
             base["parameters"] = sum(p.numel() for p in model.parameters())
             log.info("%s | %s params on %s | %s", ",".join(base["overrides"]) or "defaults",

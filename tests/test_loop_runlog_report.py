@@ -15,12 +15,13 @@ from precond.report import compare, load_runs, summarize
 from precond.runlog import RunLog, write_summary
 
 
-def _fit(tmp_path, lr=0.1, precond="adam", monitors=(), steps=40, target=None):
+def _fit(tmp_path, lr=0.1, precond="adam", monitors=(), steps=40, target=None, divergence_factor=1e6):
     data = synthetic(n_train=256, n_val=64, n_test=64, features=8)
     torch.manual_seed(0)
     model = linear(data.in_shape, 1)
     opt = build_optimizer(model.parameters(), precond, lr=lr)
-    settings = LoopSettings(steps=steps, batch_size=32, eval_every=10, progress=False, target_value=target)
+    settings = LoopSettings(steps=steps, batch_size=32, eval_every=10, progress=False, target_value=target,
+                            divergence_factor=divergence_factor)
     with RunLog(tmp_path, {}) as log:
         summary = train(model, opt, data, settings, log, monitors=monitors)
         log.write_summary(summary)
@@ -39,6 +40,12 @@ def test_divergence_ends_the_run_with_status_diverged(tmp_path):
     summary, records = _fit(tmp_path, lr=1e6, precond="sgd", steps=200)
     assert summary["status"] == "diverged" and summary["steps"] < 200
     assert records[-1]["diverged"] is True and records[-1]["train/batch_loss"] is None  # non-finite -> null
+
+
+def test_a_finite_but_exploding_loss_also_counts_as_diverged(tmp_path):
+    summary, records = _fit(tmp_path, divergence_factor=1e-9)  # any loss is "far above" 1e-9 × initial
+    assert summary["status"] == "diverged" and summary["steps"] == 10
+    assert records[-1]["diverged"] is True and records[-1]["train/batch_loss"] > 0
 
 
 def test_monitor_time_is_excluded_from_train_time(tmp_path):
