@@ -11,6 +11,7 @@ import argparse
 import json
 import math
 import statistics
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
@@ -83,6 +84,7 @@ class Row:
     steps_to_target: Optional[float]
     seconds_to_target: Optional[float]
     extras: dict = field(default_factory=dict)
+    statuses: dict = field(default_factory=dict)
 
 
 def _mean_std(values: list[float]) -> tuple[Optional[float], Optional[float]]:
@@ -108,6 +110,7 @@ def summarize(runs: list[RunRecord], metric: str, extra_columns: tuple[str, ...]
             steps_to_target=statistics.fmean(r.summary["steps_to_target"] for r in hit) if hit else None,
             seconds_to_target=statistics.fmean(r.summary["seconds_to_target"] for r in hit) if hit else None,
             extras={key: _mean_std([r.summary.get(key) for r in done]) for key in extra_columns},
+            statuses=dict(Counter(r.summary.get("status", "?") for r in members if r not in done)),
         ))
     return rows
 
@@ -130,7 +133,8 @@ def format_table(rows: list[Row], metric: str, target: str) -> str:
         "|---|---|---|---|---|---|" + "---|" * len(extras),
     ]
     for r in rows:
-        lines.append(f"| {r.label} | {r.completed}/{r.runs} | {_pm((r.final_mean, r.final_std))} | "
+        others = "".join(f" ({n} {status})" for status, n in r.statuses.items())
+        lines.append(f"| {r.label} | {r.completed}/{r.runs}{others} | {_pm((r.final_mean, r.final_std))} | "
                      f"{r.reached}/{r.completed} | {_fmt(r.steps_to_target, '.0f')} | "
                      f"{_fmt(r.seconds_to_target, '.3f')} |" + "".join(f" {_pm(r.extras[k])} |" for k in extras))
     return "\n".join(lines)
