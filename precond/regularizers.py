@@ -285,7 +285,7 @@ class GradNorm(Penalty):
         return diff
 
 
-#: penalty name → link class (L1 picks its class by form)
+#: penalty names make_penalty knows (L1 picks its link by form, gradnorm takes a backend)
 REGULARIZERS = ("l2", "l1", "gradnorm")
 
 
