@@ -24,6 +24,7 @@ from typing import Any, Optional
 import hydra
 import torch
 from hydra.core.hydra_config import HydraConfig
+from hydra.errors import InstantiationException
 from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
@@ -141,8 +142,17 @@ def _validate_hessian(hess: DictConfig, eval_every: int) -> None:
 
 
 def _instantiate(node: DictConfig, **kwargs) -> Any:
-    """The single place that calls ``hydra.utils.instantiate`` (dataset and model factories)."""
-    return hydra.utils.instantiate(node, **kwargs, _convert_="all")
+    """The single place that calls ``hydra.utils.instantiate`` (dataset and model factories).
+
+    A ConfigError raised by the factory is passed on as itself (Hydra would wrap it), so the
+    user sees the one-line message naming the key.
+    """
+    try:
+        return hydra.utils.instantiate(node, **kwargs, _convert_="all")
+    except InstantiationException as err:
+        if isinstance(err.__cause__, ConfigError):
+            raise err.__cause__ from None
+        raise
 
 
 def build_data(cfg: DictConfig, device: torch.device) -> Dataset:

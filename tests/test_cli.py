@@ -63,6 +63,8 @@ def test_compare_preconditioners_experiment_smoke(cli, tmp_path):
     (("regularization=l2", "regularization.variable=q"), "regularization.variable"),
     (("lr=-1",), "lr"),
     (("batch_size=100000",), "batch_size"),
+    (("dataset=mnist", "model=cnn", "dataset.root=/nonexistent"), "dataset.root"),
+    (("model=linear", "normalization=layernorm"), "normalization"),
 ])
 def test_bad_values_fail_with_one_line_naming_the_key(cli, tmp_path, override, key):
     proc = cli(*override, check=False)
