@@ -16,7 +16,9 @@ def test_experiment_runs_end_to_end(cli, tmp_path, experiment):
     extra = ["hessian.every=2"] if "override /hessian" in text else []
     proc = cli(f"experiment={experiment}", "steps=4", "eval_every=2", *extra)
     summaries = [read_summary(p.parent) for p in (tmp_path / "sweep").glob("*/summary.json")]
-    assert summaries and all(s["status"] in ("completed", "failed") for s in summaries)
+    # diverged is a legitimate outcome (gradnorm in z at large λ is one of the findings)
+    assert summaries and all(s["status"] in ("completed", "failed", "diverged") for s in summaries)
+    assert any(s["status"] == "completed" for s in summaries)
     failed = [s for s in summaries if s["status"] == "failed"]
     # the only expected failures: BatchNorm at batch size 1, refused before training
     assert all("batch_size" in s["error"] for s in failed), failed
