@@ -15,7 +15,7 @@ z-regularizers can read ``P`` at the step they run. ``D is None`` means
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable, Optional
 
 import torch
@@ -33,6 +33,8 @@ class StepContext:
         states: ``optimizer.state[p]`` for each param (namespaced keys).
         closure: the user's closure, or None.
         denominator: ``D`` with ``M = D⁻¹`` element-wise; None means ``M = I``.
+        graph_grads: param → gradient that still carries its graph (double-backward
+            Hessian-vector products), or None.
     """
 
     group: dict
@@ -41,7 +43,7 @@ class StepContext:
     states: list[dict]
     closure: Optional[Callable[[], Tensor]] = None
     denominator: Optional[list[Tensor]] = None
-    extras: dict = field(default_factory=dict)
+    graph_grads: Optional[dict] = None
 
     @property
     def lr(self) -> float:

@@ -55,13 +55,13 @@ class ComposedOptimizer(torch.optim.Optimizer):
         self.preconditioner = preconditioner
         self.direction_links: list[Link] = [*before, preconditioner, *after, *([momentum] if momentum else [])]
         self.post_links: list[Link] = list(post)
-        links = self.direction_links + self.post_links
+        self.links = links = self.direction_links + self.post_links
         self.penalty: Optional[Penalty] = next((link for link in links if isinstance(link, Penalty)), None)
         self.needs_closure = any(link.needs_closure for link in links)
         self.needs_graph = any(getattr(link, "needs_graph", False) for link in links)
         preconditioner.keep_denominator = any(link.needs_precond for link in links)
 
-    def _contexts(self, closure) -> list[StepContext]:
+    def _contexts(self, closure, graph_grads) -> list[StepContext]:
         ctxs = []
         for group in self.param_groups:
             params = [p for p in group["params"] if p.grad is not None]
@@ -76,6 +76,7 @@ class ComposedOptimizer(torch.optim.Optimizer):
                     grads=[p.grad for p in params],
                     states=[self.state[p] for p in params],
                     closure=closure,
+                    graph_grads=graph_grads,
                 )
             )
         return ctxs
@@ -95,13 +96,11 @@ class ComposedOptimizer(torch.optim.Optimizer):
             with torch.enable_grad(), (backward_creates_graph() if self.needs_graph else contextlib.nullcontext()):
                 loss = closure()
         graph_grads = self._detach_graph_grads() if self.needs_graph else None
-        for link in self.direction_links + self.post_links:
+        for link in self.links:
             link.begin_step(self)
-        ctxs = self._contexts(closure)
+        ctxs = self._contexts(closure, graph_grads)
         if not ctxs:
             return loss
-        for ctx in ctxs:
-            ctx.extras["graph_grads"] = graph_grads
         directions = [ctx.grads for ctx in ctxs]
         for link in self.direction_links:
             directions = link.transform(ctxs, directions)

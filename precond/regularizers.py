@@ -256,7 +256,7 @@ class GradNorm(Penalty):
     def hvp(self, ctxs, params, grads, v) -> list[Tensor]:
         """``H v`` for the listed parameters (rows and columns restricted to them), by the backend."""
         if self.backend == "double_backward":
-            graph_grads = [ctxs[0].extras["graph_grads"][p] for p in params]
+            graph_grads = [ctxs[0].graph_grads[p] for p in params]
             with torch.enable_grad():
                 hv = torch.autograd.grad(graph_grads, params, grad_outputs=v, allow_unused=True)
             return [torch.zeros_like(p) if h is None else h for p, h in zip(params, hv)]

@@ -8,19 +8,13 @@ included) on the MLP and the CNN, interleaved rounds, medians, ratio to SGD.
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 
 import torch
 from torch.nn import functional as F
 
 from precond import build_optimizer
 from precond.models import cnn, mlp
-
-
-def _sync(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize()
+from timing import interleaved_medians
 
 
 def compare(name, make_model, x, y, device, rounds):
@@ -45,23 +39,14 @@ def compare(name, make_model, x, y, device, rounds):
 
         opt.step(closure)
 
-    times = {label: [] for label in setups}
-    for label in setups:
-        for _ in range(3):
-            step(label)
-    for _ in range(rounds):
-        for label in setups:
-            _sync(device)
-            t0 = time.perf_counter()
-            step(label)
-            _sync(device)
-            times[label].append(time.perf_counter() - t0)
-    base = statistics.median(times["sgd momentum"])
+    times = interleaved_medians({label: (lambda label=label: step(label)) for label in setups}, device, rounds,
+                                warmup=3)
+    base = times["sgd momentum"]
     n = sum(p.numel() for p in setups["sgd momentum"][0].parameters())
     print(f"\n{name} ({n:,} params, batch {x.shape[0]})")
     print(f"{'optimizer':28s} {'median ms/step':>15s} {'× sgd':>7s}")
     for label in setups:
-        t = statistics.median(times[label])
+        t = times[label]
         print(f"{label:28s} {t * 1e3:15.3f} {t / base:7.2f}")
 
 

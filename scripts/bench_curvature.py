@@ -12,8 +12,6 @@ wall time of a full κ measurement (p and z, Lanczos, tol 1e-3, ≤100 matvecs,
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 
 import torch
 from torch.nn import functional as F
@@ -22,11 +20,7 @@ from precond import build_optimizer
 from precond.curvature import HessianOperator, measure_curvature, measurement_mode
 from precond.data import digits
 from precond.models import mlp, resnet
-
-
-def _sync(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize()
+from timing import interleaved_medians
 
 
 def hvp_costs(name, model, x, y, device, rounds):
@@ -43,22 +37,13 @@ def hvp_costs(name, model, x, y, device, rounds):
     jobs = {"gradient (forward+backward)": gradient,
             "HVP double backward": lambda: ops["double_backward"].matvec(v),
             "HVP forward-over-reverse": lambda: ops["forward_over_reverse"].matvec(v)}
-    times = {k: [] for k in jobs}
     with measurement_mode(model, "train"):  # batch statistics, running statistics untouched
-        for job in jobs.values():
-            job()
-        for _ in range(rounds):
-            for k, job in jobs.items():
-                _sync(device)
-                t0 = time.perf_counter()
-                job()
-                _sync(device)
-                times[k].append(time.perf_counter() - t0)
-    base = statistics.median(times["gradient (forward+backward)"])
+        times = interleaved_medians(jobs, device, rounds)
+    base = times["gradient (forward+backward)"]
     print(f"\n{name} ({sum(p.numel() for p in params):,} params, batch {x.shape[0]})")
     print(f"{'operation':32s} {'median ms':>10s} {'× gradient':>11s}")
     for k in jobs:
-        t = statistics.median(times[k])
+        t = times[k]
         print(f"{k:32s} {t * 1e3:10.2f} {t / base:11.2f}")
 
 

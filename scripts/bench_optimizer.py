@@ -19,6 +19,7 @@ import torch
 
 from precond import build_optimizer
 from precond.models import mlp, resnet
+from timing import interleaved_medians, sync
 
 
 def _params(device: torch.device) -> list[torch.Tensor]:
@@ -31,24 +32,19 @@ def _params(device: torch.device) -> list[torch.Tensor]:
     return params
 
 
-def _sync(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-
-
 def time_steps(make, device, rounds: int, steps_per_round: int = 5) -> list[float]:
     """Per-round mean step time (s) for an optimizer built by ``make(params)``."""
     params = _params(device)
     opt = make(params)
     for _ in range(3):
         opt.step()
-    _sync(device)
+    sync(device)
     times = []
     for _ in range(rounds):
         t0 = time.perf_counter()
         for _ in range(steps_per_round):
             opt.step()
-        _sync(device)
+        sync(device)
         times.append((time.perf_counter() - t0) / steps_per_round)
     return times
 
@@ -97,7 +93,6 @@ def _training_step_cases(lam=1e-2):
 def time_training_steps(model_name, make_model, x, y, device, rounds):
     """Median seconds of a gradient, a plain step and each gradnorm step, interleaved."""
     base, rows = _training_step_cases()
-    results = {name: [] for name, _ in rows}
     setups = {}
     for name, reg in rows:
         torch.manual_seed(0)
@@ -120,21 +115,12 @@ def time_training_steps(model_name, make_model, x, y, device, rounds):
         else:
             opt.step(closure)
 
-    for name, _ in rows:  # warm-up
-        one(name)
-    for _ in range(rounds):
-        for name, _ in rows:
-            _sync(device)
-            t0 = time.perf_counter()
-            one(name)
-            _sync(device)
-            results[name].append(time.perf_counter() - t0)
-    grad_t = statistics.median(results[rows[0][0]])
-    step_t = statistics.median(results[rows[1][0]])
+    results = interleaved_medians({name: (lambda name=name: one(name)) for name, _ in rows}, device, rounds)
+    grad_t, step_t = results[rows[0][0]], results[rows[1][0]]
     print(f"\n{model_name}: training step incl. closure, batch {x.shape[0]}")
     print(f"{'step':44s} {'median ms':>10s} {'× gradient':>11s} {'× adam step':>12s}")
     for name, _ in rows:
-        t = statistics.median(results[name])
+        t = results[name]
         print(f"{name:44s} {t * 1e3:10.2f} {t / grad_t:11.2f} {t / step_t:12.2f}")
 
 

@@ -1,6 +1,5 @@
 """Training loop, run files and the sweep report, in-process."""
 import json
-import math
 import statistics
 import time
 
