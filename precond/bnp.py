@@ -90,7 +90,8 @@ class BNPTransform(Link):
     def __init__(self, model: nn.Module):
         self.layers = bnp_layers(model)
         self._pending: dict[nn.Module, tuple[Tensor, Tensor]] = {}
-        self._hooks = [layer.register_forward_pre_hook(self._record) for layer in self.layers]
+        for layer in self.layers:  # the hooks live as long as the model
+            layer.register_forward_pre_hook(self._record)
         self._by_weight = {id(layer.weight): layer for layer in self.layers}
 
     def _record(self, module: nn.Module, args) -> None:
@@ -138,10 +139,6 @@ class BNPTransform(Link):
             if b_at is not None:
                 out[b_at[0]][b_at[1]] = g_b
         return out
-
-    def remove_hooks(self) -> None:
-        for h in self._hooks:
-            h.remove()
 
 
 def check_model_for_bnp(model: nn.Module, allow_batchnorm: bool) -> None:

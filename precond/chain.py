@@ -49,13 +49,13 @@ class StepContext:
     def lr(self) -> float:
         return float(self.group["lr"])
 
-    def precond_sqrt(self, indices: list[int]) -> Optional[list[Tensor]]:
+    def P(self, indices: list[int]) -> Optional[list[Tensor]]:
         """``P = D^{-1/2}`` for the params at ``indices`` (None when ``P = I``)."""
         if self.denominator is None:
             return None
         return torch._foreach_rsqrt([self.denominator[i] for i in indices])
 
-    def precond_full(self, indices: list[int]) -> Optional[list[Tensor]]:
+    def M(self, indices: list[int]) -> Optional[list[Tensor]]:
         """``M = D⁻¹`` for the params at ``indices`` (None when ``M = I``)."""
         if self.denominator is None:
             return None

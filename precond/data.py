@@ -99,26 +99,27 @@ def synthetic(
     labels are ``argmax(Z W* + noise·Gumbel)``.
     """
     if task not in TASKS:
-        raise ConfigError("dataset.task", f"one of {list(TASKS)}", task)
+        raise ConfigError("task", f"one of {list(TASKS)}", task)
     if not 0.0 <= correlation < 1.0:
-        raise ConfigError("dataset.correlation", "a value in [0, 1)", correlation)
+        raise ConfigError("correlation", "a value in [0, 1)", correlation)
     if min(n_train, n_val, features) < 1:
-        raise ConfigError("dataset.n_train/n_val/features", "positive sizes", (n_train, n_val, features))
+        raise ConfigError("n_train, n_val, features", "positive sizes", (n_train, n_val, features))
     g = torch.Generator().manual_seed(data_seed)
+    f32 = torch.float32  # explicit: the data must not depend on torch's global default dtype
     n = n_train + n_val + n_test
-    z = math.sqrt(1.0 - correlation) * torch.randn(n, features, generator=g)
-    z += math.sqrt(correlation) * torch.randn(n, 1, generator=g)
-    exponents = torch.linspace(0.0, -scale_decades, features) if features > 1 else torch.zeros(1)
+    z = math.sqrt(1.0 - correlation) * torch.randn(n, features, generator=g, dtype=f32)
+    z += math.sqrt(correlation) * torch.randn(n, 1, generator=g, dtype=f32)
+    exponents = torch.linspace(0.0, -scale_decades, features, dtype=f32) if features > 1 else torch.zeros(1, dtype=f32)
     x = (z + mean_offset) * 10.0**exponents
     if task == "regression":
-        w = torch.randn(features, outputs, generator=g)
-        y = z @ w / math.sqrt(features) + noise * torch.randn(n, outputs, generator=g)
+        w = torch.randn(features, outputs, generator=g, dtype=f32)
+        y = z @ w / math.sqrt(features) + noise * torch.randn(n, outputs, generator=g, dtype=f32)
         num_outputs = outputs
     else:
         if classes < 2:
-            raise ConfigError("dataset.classes", "at least 2 classes", classes)
-        w = torch.randn(features, classes, generator=g)
-        gumbel = -torch.log(-torch.log(torch.rand(n, classes, generator=g).clamp_min(1e-12)))
+            raise ConfigError("classes", "at least 2 classes", classes)
+        w = torch.randn(features, classes, generator=g, dtype=f32)
+        gumbel = -torch.log(-torch.log(torch.rand(n, classes, generator=g, dtype=f32).clamp_min(1e-12)))
         y = (z @ w + noise * gumbel).argmax(dim=1)
         num_outputs = classes
     a, b = n_train, n_train + n_val
@@ -133,7 +134,7 @@ def _split(name: str, x: Tensor, y: Tensor, val_fraction: float, test_fraction: 
            x_test: Optional[Tensor] = None, y_test: Optional[Tensor] = None) -> Dataset:
     """Random train/val(/test) split with a fixed seed; ``test_fraction`` only when no test split exists."""
     if not 0.0 < val_fraction < 1.0:
-        raise ConfigError("dataset.val_fraction", "a value in (0, 1)", val_fraction)
+        raise ConfigError("val_fraction", "a value in (0, 1)", val_fraction)
     perm = torch.randperm(x.shape[0], generator=torch.Generator().manual_seed(data_seed))
     n_val = max(1, int(round(val_fraction * x.shape[0])))
     n_test = 0 if x_test is not None else int(round(test_fraction * x.shape[0]))
@@ -177,7 +178,7 @@ def torchvision_dataset(
     import torchvision
 
     if name not in _TORCHVISION:
-        raise ConfigError("dataset.name", f"one of {sorted(_TORCHVISION)}", name)
+        raise ConfigError("name", f"one of {sorted(_TORCHVISION)}", name)
     cls_name, subdir = _TORCHVISION[name]
     cls = getattr(torchvision.datasets, cls_name)
     try:
@@ -214,7 +215,7 @@ class BatchSampler:
 
     def __init__(self, n: int, batch_size: int, seed: int, device: torch.device | str):
         if batch_size > n:
-            raise ConfigError("batch_size", f"at most the training-set size {n}", batch_size,
+            raise ConfigError("/batch_size", f"at most the training-set size {n}", batch_size,
                               "lower batch_size or use more training data")
         self.n, self.batch_size, self.device = n, batch_size, device
         self.generator = torch.Generator().manual_seed(seed)

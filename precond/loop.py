@@ -15,14 +15,14 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from precond.errors import ConfigError
 from precond.data import BatchSampler, Dataset
+from precond.monitors import Monitor
 from precond.runlog import RunLog
 
 #: steps between non-finite-loss checks (each check synchronizes with the device)
 DIVERGENCE_CHECK_EVERY = 10
 
-#: a monitor is called at every evaluation with the step number and returns extra metrics
-Monitor = Callable[[int], dict]
 
 
 @dataclass
@@ -39,6 +39,21 @@ class LoopSettings:
     eval_train_samples: int = 10_000
     divergence_factor: float = 1e6
     progress: bool = True
+
+    def __post_init__(self) -> None:
+        for key in ("steps", "batch_size", "eval_every", "eval_batch_size", "eval_train_samples"):
+            value = getattr(self, key)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ConfigError(key, "a positive integer", value)
+        if not isinstance(self.seed, int) or isinstance(self.seed, bool) or self.seed < 0:
+            raise ConfigError("seed", "a non-negative integer", self.seed)
+        if self.target_value is not None and (isinstance(self.target_value, bool) or not isinstance(
+                self.target_value, (int, float)) or not math.isfinite(self.target_value)):
+            raise ConfigError("target.value", "a finite number or null", self.target_value)
+        if isinstance(self.divergence_factor, bool) or not isinstance(self.divergence_factor, (int, float)) \
+                or not 1 < self.divergence_factor <= float("inf"):
+            raise ConfigError("divergence_factor", "a number > 1", self.divergence_factor,
+                              "a run is diverged when its loss exceeds this many times the initial loss")
 
 
 def loss_function(task: str) -> Callable[[Tensor, Tensor], Tensor]:
@@ -80,6 +95,30 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def evaluate_splits(model: nn.Module, data: Dataset, settings: LoopSettings, final: bool) -> dict[str, float]:
+    """``train/*`` on the first ``eval_train_samples`` training samples (a fixed subset keeps
+    evaluation cheap on large datasets), ``val/*`` on the whole split, ``test/*`` only when ``final``."""
+    loss_fn = loss_function(data.task)
+    record = {}
+    for split, (x, y) in data.splits().items():
+        if split == "test" and not final:
+            continue
+        if split == "train":
+            x, y = x[:settings.eval_train_samples], y[:settings.eval_train_samples]
+        for k, v in evaluate(model, loss_fn, x, y, data.task, settings.eval_batch_size).items():
+            record[f"{split}/{k}"] = v
+    return record
+
+
+def run_monitors(monitors: tuple[Monitor, ...], step: int, final: bool) -> tuple[dict, float]:
+    """The monitors' metrics at this step and the seconds they took (kept out of train time)."""
+    t0 = time.perf_counter()
+    metrics: dict = {}
+    for monitor in monitors:
+        metrics.update(monitor(step, final))
+    return metrics, time.perf_counter() - t0
+
+
 def train(
     model: nn.Module,
     optimizer: torch.optim.Optimizer,
@@ -87,12 +126,15 @@ def train(
     settings: LoopSettings,
     runlog: RunLog,
     monitors: tuple[Monitor, ...] = (),
+    scheduler: Optional[torch.optim.lr_scheduler.LRScheduler] = None,
 ) -> dict:
     """Train for ``settings.steps`` minibatch steps; log every ``eval_every`` steps (and at 0 and the end).
 
-    Each record has ``train/batch_loss`` (mean minibatch loss since the last
-    record), ``train/loss`` (eval-mode loss on the first ``eval_train_samples``
-    training samples), ``val/*`` (whole split), ``test/*`` (last record only).
+    Each record has ``lr`` (the learning rate of the next step, after the ``scheduler``,
+    which is stepped once per optimizer step), ``train/batch_loss`` (mean minibatch loss
+    since the last record), ``train/loss`` (eval-mode loss on the first
+    ``eval_train_samples`` training samples), ``val/*`` (whole split), ``test/*`` (last
+    record only), and the monitors' metrics.
 
     Returns the summary fields of the run: ``status`` (``completed`` or
     ``diverged`` when the minibatch loss becomes NaN/inf or exceeds
@@ -102,40 +144,24 @@ def train(
     device = data.x_train.device
     loss_fn = loss_function(data.task)
     sampler = BatchSampler(data.n_train, settings.batch_size, settings.seed, device)
-    train_s, monitor_s, loss_count = 0.0, 0.0, 0
-    loss_sum = torch.zeros((), device=device)  # stays on the device: no sync per step
+    train_s, monitor_s = 0.0, 0.0
+    loss_sum, loss_count = torch.zeros((), device=device), 0  # stays on the device: no sync per step
     status, steps_to_target, seconds_to_target = "completed", None, None
-    last: dict = {}
     model.train()
 
-    def log_point(step: int) -> dict:
-        nonlocal monitor_s, steps_to_target, seconds_to_target, loss_sum, loss_count
-        record: dict = {"step": step, "epoch": sampler.epoch, "lr": optimizer.param_groups[0]["lr"]}
-        if loss_count:
-            record["train/batch_loss"] = float(loss_sum) / loss_count
-        loss_sum, loss_count = torch.zeros((), device=device), 0
-        for split, (x, y) in data.splits().items():
-            if split == "test" and step != settings.steps:
-                continue
-            if split == "train":  # a fixed subset keeps evaluation cheap on large datasets
-                x, y = x[:settings.eval_train_samples], y[:settings.eval_train_samples]
-            for k, v in evaluate(model, loss_fn, x, y, data.task, settings.eval_batch_size).items():
-                record[f"{split}/{k}"] = v
-        t0 = time.perf_counter()
-        for monitor in monitors:
-            record.update(monitor(step))
-        monitor_s += time.perf_counter() - t0
-        record["time/train_s"] = train_s
-        if monitors:
-            record["time/monitor_s"] = monitor_s
-        if steps_to_target is None and target_reached(
-            settings.target_metric, record.get(settings.target_metric), settings.target_value
-        ):
-            steps_to_target, seconds_to_target = step, train_s
-        runlog.log(record)
+    def record_at(step: int, final: bool) -> dict:
+        """The evaluation record at ``step`` (``train/batch_loss`` is added by the caller)."""
+        record = {"step": step, "epoch": sampler.epoch, "lr": optimizer.param_groups[0]["lr"]}
+        record.update(evaluate_splits(model, data, settings, final))
         return record
 
-    last = log_point(0)
+    last = record_at(0, final=settings.steps == 0)
+    metrics, seconds = run_monitors(monitors, 0, final=False)
+    monitor_s += seconds
+    last.update(metrics, **{"time/train_s": 0.0}, **({"time/monitor_s": monitor_s} if monitors else {}))
+    if target_reached(settings.target_metric, last.get(settings.target_metric), settings.target_value):
+        steps_to_target, seconds_to_target = 0, 0.0
+    runlog.log(last)
     # a run has diverged when its loss is non-finite or this far above the initial training loss
     diverge_above = settings.divergence_factor * max(last["train/loss"], 1e-12)
     progress = _progress_bar(settings)
@@ -152,9 +178,12 @@ def train(
             return batch_loss
 
         loss = optimizer.step(closure).detach()
+        if scheduler is not None:
+            scheduler.step()
         loss_sum += loss
         loss_count += 1
-        at_eval = step % settings.eval_every == 0 or step == settings.steps
+        final = step == settings.steps
+        at_eval = step % settings.eval_every == 0 or final
         check = at_eval or step % DIVERGENCE_CHECK_EVERY == 0
         if check:
             _sync(device)
@@ -163,11 +192,27 @@ def train(
             status = "diverged"
             runlog.log({"step": step, "train/batch_loss": float(loss), "time/train_s": train_s, "diverged": True})
             break
-        if at_eval:
-            last = log_point(step)
+        if not at_eval:
             if progress is not None:
-                progress.set_postfix({k: f"{v:.4g}" for k, v in last.items() if k in ("train/batch_loss", "val/loss")})
+                progress.update(1)
+            continue
+        # evaluation: the record, then target bookkeeping (evaluation time is not train time)
+        last = record_at(step, final)
+        last["train/batch_loss"] = float(loss_sum) / loss_count
+        loss_sum, loss_count = torch.zeros((), device=device), 0
+        metrics, seconds = run_monitors(monitors, step, final)
+        monitor_s += seconds
+        last.update(metrics)
+        last["time/train_s"] = train_s
+        if monitors:
+            last["time/monitor_s"] = monitor_s
+        if steps_to_target is None and target_reached(
+            settings.target_metric, last.get(settings.target_metric), settings.target_value
+        ):
+            steps_to_target, seconds_to_target = step, train_s
+        runlog.log(last)
         if progress is not None:
+            progress.set_postfix({k: f"{v:.4g}" for k, v in last.items() if k in ("train/batch_loss", "val/loss")})
             progress.update(1)
     if progress is not None:
         progress.close()

@@ -20,7 +20,7 @@ ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh, "gelu": nn.GELU}
 
 def _activation(name: str) -> nn.Module:
     if name not in ACTIVATIONS:
-        raise ConfigError("model.activation", f"one of {sorted(ACTIVATIONS)}", name)
+        raise ConfigError("activation", f"one of {sorted(ACTIVATIONS)}", name)
     return ACTIVATIONS[name]()
 
 
@@ -28,7 +28,7 @@ def linear(in_shape: Sequence[int], num_outputs: int, normalization: str = "none
     """``f(x) = W x + b``: least squares with MSE, logistic/softmax regression with cross-entropy."""
     if normalization in ("batchnorm", "layernorm"):
         raise ConfigError(
-            "normalization", "none or input for model=linear (it has no hidden layer to normalize)",
+            "/normalization", "none or input for model=linear (it has no hidden layer to normalize)",
             normalization, "use normalization=input, or model=mlp",
         )
     return nn.Sequential(nn.Flatten(), nn.Linear(math.prod(in_shape), num_outputs))
@@ -50,7 +50,7 @@ def cnn(in_shape: Sequence[int], num_outputs: int, normalization: str = "none",
         channels: Sequence[int] = (32, 64), activation: str = "relu") -> nn.Module:
     """``[Conv3×3 → Norm → act → MaxPool2]`` per channel count, global average pool, Linear."""
     if len(in_shape) != 3:
-        raise ConfigError("model", "image inputs (C×H×W) for model=cnn", f"inputs of shape {tuple(in_shape)}",
+        raise ConfigError("/model", "image inputs (C×H×W) for model=cnn", f"inputs of shape {tuple(in_shape)}",
                           "use dataset=digits/mnist/cifar10 or model=mlp")
     layers: list[nn.Module] = []
     c_in, size = in_shape[0], min(in_shape[1:])
@@ -98,9 +98,9 @@ def resnet(in_shape: Sequence[int], num_outputs: int, normalization: str = "none
     ``resnet20``: 3 stages of 3 blocks (16–64 channels, 0.27M parameters).
     """
     if arch not in RESNETS:
-        raise ConfigError("model.arch", f"one of {sorted(RESNETS)}", arch)
+        raise ConfigError("arch", f"one of {sorted(RESNETS)}", arch)
     if len(in_shape) != 3:
-        raise ConfigError("model", "image inputs (C×H×W) for model=resnet", f"inputs of shape {tuple(in_shape)}")
+        raise ConfigError("/model", "image inputs (C×H×W) for model=resnet", f"inputs of shape {tuple(in_shape)}")
     blocks, widths = RESNETS[arch]
     layers: list[nn.Module] = [
         nn.Conv2d(in_shape[0], widths[0], 3, padding=1, bias=normalization != "batchnorm"),

@@ -13,17 +13,42 @@ turns ``ĤᵀĤ/N`` into ``diag(corr(h), 1)``:
 
 Placement (models.py): every hidden Linear/Conv is followed by the norm layer,
 then the activation: ``Linear → Norm → act``. The output layer has none.
+
+Measuring the effect: :func:`hidden_matrix_kappas` gives ``κ(ĤᵀĤ)`` of every
+Linear layer's extended input, and ``κ⁺ = λmax/λmin⁺`` over the non-null
+spectrum (LayerNorm makes ``[1; 0]`` a null vector of the next layer's ``Ĥ``).
 """
 from __future__ import annotations
 
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 from precond.data import Dataset
+from precond.errors import ConfigError
+from precond.hessian import measurement_mode
 
 NORMALIZATIONS = ("none", "input", "batchnorm", "layernorm")
+
+
+@dataclass(frozen=True)
+class Normalization:
+    """The ``normalization`` config group: ``name`` is one of ``NORMALIZATIONS``."""
+
+    name: str = "none"
+
+    def __post_init__(self) -> None:
+        if self.name not in NORMALIZATIONS:
+            raise ConfigError("name", f"one of {list(NORMALIZATIONS)}", self.name)
+
+    @property
+    def standardizes_inputs(self) -> bool:
+        return self.name == "input"
+
+    @property
+    def has_layers(self) -> bool:
+        return self.name in ("batchnorm", "layernorm")
 
 
 def standardize_inputs(data: Dataset, eps: float = 1e-8) -> Dataset:
@@ -51,3 +76,35 @@ def norm_layer(kind: str, channels: int, conv: bool) -> nn.Module:
         # GroupNorm with one group normalizes each sample over C×H×W: LayerNorm for feature maps
         return nn.GroupNorm(1, channels) if conv else nn.LayerNorm(channels)
     raise ValueError(f"normalization must be one of {list(NORMALIZATIONS)}, got '{kind}'")
+
+
+def hidden_matrix_kappas(model: nn.Module, inputs: Tensor, rel_tol: float = 1e-10,
+                         max_features: int = 4096, bn_mode: str = "train") -> dict[str, dict]:
+    """``κ(ĤᵀĤ)`` and ``κ⁺`` of ``Ĥ = [h 1]`` for the input ``h`` of every Linear layer.
+
+    ``h`` is flattened to ``N × d``; eigenvalues of ``ĤᵀĤ/N`` in float64. ``κ⁺`` uses the
+    smallest eigenvalue above ``rel_tol·λmax`` (a null vector, e.g. ``[1; 0]`` when the rows
+    of ``h`` are centred, is left out). Layers wider than ``max_features`` are skipped.
+    """
+    captured: dict[str, Tensor] = {}
+    hooks = []
+    for name, module in model.named_modules():
+        if isinstance(module, nn.Linear) and module.in_features <= max_features:
+            hooks.append(module.register_forward_hook(
+                lambda m, args, out, name=name: captured.__setitem__(name, args[0].detach())))
+    try:
+        with torch.no_grad(), measurement_mode(model, bn_mode):
+            model(inputs)
+    finally:
+        for h in hooks:
+            h.remove()
+    out = {}
+    for name, h in captured.items():
+        h = h.reshape(h.shape[0], -1).double()
+        ext = torch.cat([h, torch.ones(h.shape[0], 1, dtype=h.dtype, device=h.device)], dim=1)
+        eig = torch.linalg.eigvalsh(ext.T @ ext / h.shape[0])
+        lam_max = float(eig[-1])
+        positive = eig[eig > rel_tol * lam_max]
+        kappa = lam_max / float(eig[0]) if float(eig[0]) > rel_tol * lam_max else None
+        out[name] = {"kappa_hidden": kappa, "kappa_hidden_plus": lam_max / float(positive[0])}
+    return out

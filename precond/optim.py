@@ -14,6 +14,7 @@ work as for any ``torch.optim.Optimizer``.
 from __future__ import annotations
 
 import contextlib
+from dataclasses import dataclass, field
 from typing import Callable, Iterable, Optional, Union
 
 import torch
@@ -22,7 +23,7 @@ from torch import Tensor
 from precond.bnp import BNPTransform, check_model_for_bnp
 from precond.chain import Link, StepContext
 from precond.preconditioners import PRECONDITIONERS, Momentum, Preconditioner
-from precond.regularizers import POLICIES, REGULARIZERS, VARIABLES, Penalty, backward_creates_graph, make_penalty
+from precond.regularizers import POLICIES, REGULARIZERS, VARIABLES, Penalty, BackwardCreatesGraph, make_penalty
 
 ParamsT = Union[Iterable[Tensor], Iterable[dict]]
 
@@ -93,7 +94,7 @@ class ComposedOptimizer(torch.optim.Optimizer):
             )
         loss = None
         if closure is not None:
-            with torch.enable_grad(), (backward_creates_graph() if self.needs_graph else contextlib.nullcontext()):
+            with torch.enable_grad(), (BackwardCreatesGraph() if self.needs_graph else contextlib.nullcontext()):
                 loss = closure()
         graph_grads = self._detach_graph_grads() if self.needs_graph else None
         for link in self.links:
@@ -131,14 +132,15 @@ class ComposedOptimizer(torch.optim.Optimizer):
         (fraction of exactly-zero entries among the penalized tensors)."""
         if self.penalty is None:
             return {}
-        params = [p for g in self.param_groups for p in g["params"]
-                  if g["strength"] > 0 and (g["policy"] == "all" or p.ndim >= 2)]
-        if not params:
+        groups = [(g["strength"], [p for p in g["params"] if g["policy"] == "all" or p.ndim >= 2])
+                  for g in self.param_groups if g["strength"] > 0]
+        groups = [(strength, params) for strength, params in groups if params]
+        if not groups:
             return {}
-        strength = next(g["strength"] for g in self.param_groups if g["strength"] > 0)
-        value = self.penalty.value(params, strength)
+        params = [p for _, ps in groups for p in ps]
         zeros = sum(int((p == 0).sum()) for p in params)
         out = {"reg/sparsity": zeros / sum(p.numel() for p in params)}
+        value = self.penalty.value(groups)
         if value is not None:
             out["reg/penalty"] = value
         return out
@@ -290,3 +292,26 @@ def _bnp_setup(model, regularization: str, variable: str, form: Optional[str], h
             "z = P⁻¹p and the L1 prox threshold need a diagonal P, and BNP's P is block-diagonal per neuron"
         )
     return BNPTransform(model), bnp_defaults, base
+
+
+@dataclass(frozen=True)
+class PreconditionerSpec:
+    """A preconditioner by name with its hyperparameters (torch.optim names).
+
+    ``lr`` is the preconditioner's default ``η`` (the config's top-level ``lr`` starts
+    from it). ``hyper`` is passed to :func:`build_optimizer` unchanged, which owns every rule
+    about these values.
+    """
+
+    name: str
+    lr: float
+    hyper: dict = field(default_factory=dict)
+
+
+def preconditioner_spec(name: str, lr: float, base_hyper: Optional[dict] = None, **hyper) -> PreconditionerSpec:
+    """Factory for the ``preconditioner`` config group: ``name``, ``lr`` and torch.optim hyperparameters.
+
+    ``base_hyper`` (BNP only) holds the base step's own hyperparameters; they are merged
+    into ``hyper`` (BNP's keys and the base step's keys do not overlap).
+    """
+    return PreconditionerSpec(name=name, lr=lr, hyper={**hyper, **(base_hyper or {})})

@@ -29,14 +29,16 @@ penalized is the *policy*: ``all`` or ``weights`` (tensors with ``ndim ≥ 2``).
 """
 from __future__ import annotations
 
-import contextlib
 import warnings
+from dataclasses import dataclass
 from typing import Iterable, Optional
 
 import torch
 from torch import Tensor
+from torch.overrides import TorchFunctionMode
 
 from precond.chain import Link, StepContext
+from precond.errors import ConfigError
 
 POLICIES = ("all", "weights")
 VARIABLES = ("p", "z")
@@ -73,8 +75,9 @@ class Penalty(Link):
     def __init__(self, variable: str):
         self.variable = variable
 
-    def value(self, params: list[Tensor], strength: float) -> Optional[float]:
-        """The penalty evaluated on ``p`` (for logging), or None when it has no closed form here."""
+    def value(self, groups: list[tuple[float, list[Tensor]]]) -> Optional[float]:
+        """The penalty on ``p`` summed over ``(strength λ, penalized tensors)`` groups (for logging),
+        or None when it has no closed form here."""
         return None
 
 
@@ -94,8 +97,8 @@ class L2(Penalty):
             out.append(_add_scaled(ctx, d, idx, [ctx.params[i] for i in idx], ctx.group["strength"]) if idx else d)
         return out
 
-    def value(self, params, strength):
-        return 0.5 * strength * sum(float(p.detach().pow(2).sum()) for p in params)
+    def value(self, groups):
+        return sum(0.5 * strength * sum(float(p.detach().pow(2).sum()) for p in params) for strength, params in groups)
 
 
 class L1Subgradient(Penalty):
@@ -119,12 +122,12 @@ class L1Subgradient(Penalty):
                 continue
             signs = torch._foreach_sign([ctx.params[i] for i in idx])
             if self.variable == "z" and ctx.denominator is not None:
-                torch._foreach_mul_(signs, ctx.precond_sqrt(idx))
+                torch._foreach_mul_(signs, ctx.P(idx))
             out.append(_add_scaled(ctx, d, idx, signs, ctx.group["strength"]))
         return out
 
-    def value(self, params, strength):
-        return strength * sum(float(p.detach().abs().sum()) for p in params)
+    def value(self, groups):
+        return sum(strength * sum(float(p.detach().abs().sum()) for p in params) for strength, params in groups)
 
 
 class L1Prox(Penalty):
@@ -146,12 +149,12 @@ class L1Prox(Penalty):
             if ctx.denominator is None:
                 soft_threshold_(params, scale)
             else:
-                thresholds = ctx.precond_full(idx) if self.variable == "p" else ctx.precond_sqrt(idx)
+                thresholds = ctx.M(idx) if self.variable == "p" else ctx.P(idx)
                 torch._foreach_mul_(thresholds, scale)
                 soft_threshold_(params, thresholds)
 
-    def value(self, params, strength):
-        return strength * sum(float(p.detach().abs().sum()) for p in params)
+    def value(self, groups):
+        return sum(strength * sum(float(p.detach().abs().sum()) for p in params) for strength, params in groups)
 
 
 def soft_threshold_(xs: list[Tensor], t) -> None:
@@ -166,27 +169,27 @@ def soft_threshold_(xs: list[Tensor], t) -> None:
     torch._foreach_copy_(xs, shrunk)
 
 
-@contextlib.contextmanager
-def backward_creates_graph():
-    """Make ``Tensor.backward`` keep the graph (``create_graph=True``) inside a standard closure.
+class BackwardCreatesGraph(TorchFunctionMode):
+    """Inside this mode, ``loss.backward(...)`` runs as ``loss.backward(..., create_graph=True)``.
 
-    Lets the double-backward backend differentiate the gradient again without
-    asking users for a special closure. Only ``loss.backward()`` is covered;
-    the optimizer checks that the gradients really carry a graph afterwards.
+    The contract of the double-backward gradnorm backend: the step's closure computes the
+    gradients with ``Tensor.backward`` (the standard closure). The optimizer enters this
+    mode only around its own call of the closure, so the change is scoped to that call and
+    to the current thread — nothing outside the step sees it (a ``TorchFunctionMode`` is a
+    context on torch's per-thread mode stack, not a patch of ``torch.Tensor``).
+    ``torch.autograd.backward``/``grad`` are left alone; the optimizer checks afterwards
+    that the gradients carry a graph and says how to fix the closure when they do not.
     """
-    original = torch.Tensor.backward
 
-    def backward(self, gradient=None, retain_graph=None, create_graph=False, inputs=None):
-        return original(self, gradient, retain_graph, True, inputs)
-
-    torch.Tensor.backward = backward
-    try:
-        with warnings.catch_warnings():
-            # the optimizer replaces p.grad by a detached copy right after, which breaks the cycle
-            warnings.filterwarnings("ignore", message="Using backward\\(\\) with create_graph=True")
-            yield
-    finally:
-        torch.Tensor.backward = original
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = dict(kwargs or {})
+        if func is torch.Tensor.backward:
+            kwargs["create_graph"] = True
+            with warnings.catch_warnings():
+                # the optimizer replaces p.grad by a detached copy right after, which breaks the cycle
+                warnings.filterwarnings("ignore", message="Using backward\\(\\) with create_graph=True")
+                return func(*args, **kwargs)
+        return func(*args, **kwargs)
 
 
 class GradNorm(Penalty):
@@ -232,7 +235,7 @@ class GradNorm(Penalty):
         if not any(selected):
             return directions
         # per group: M on the penalized params (z only), v = g (p) or M g (z)
-        ms = [ctx.precond_full(idx) if self.variable == "z" and idx else None for ctx, idx in zip(ctxs, selected)]
+        ms = [ctx.M(idx) if self.variable == "z" and idx else None for ctx, idx in zip(ctxs, selected)]
         grads = [[ctx.grads[i] for i in idx] for ctx, idx in zip(ctxs, selected)]
         vs = [g if m is None else torch._foreach_mul(g, m) for g, m in zip(grads, ms)]
         self.last_penalty = sum(0.5 * ctx.group["strength"] * torch.stack([(a * b).sum() for a, b in zip(g, v)]).sum()
@@ -249,7 +252,7 @@ class GradNorm(Penalty):
             out[c] = _add_scaled(ctx, out[c], idx, terms, ctx.group["strength"])
         return out
 
-    def value(self, params, strength):
+    def value(self, groups):
         """The penalty at the last step: ``λ ½‖g‖²`` (p) or ``λ ½ gᵀMg`` (z)."""
         return None if self.last_penalty is None else float(self.last_penalty)
 
@@ -311,3 +314,53 @@ def make_penalty(name: str, variable: str, form: Optional[str] = None, backend: 
             raise ValueError(f"gradnorm finite-difference step r must be > 0, got {r}")
         return GradNorm(variable, backend, r, buffers)
     raise ValueError(f"unknown regularization '{name}'; expected one of {['none', *REGULARIZERS]}")
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+@dataclass(frozen=True)
+class RegularizationSpec:
+    """The ``regularization`` config group: which penalty, in which variable, how strong.
+
+    ``name`` is ``none | l2 | l1 | gradnorm``; ``form`` is for l1, ``backend``/``r`` for
+    gradnorm (None elsewhere). Every rule about these values lives in ``__post_init__``
+    (keys relative to the group; the entry point adds ``regularization.``).
+    """
+
+    name: str = "none"
+    variable: str = "p"
+    strength: float = 0.0
+    policy: str = "all"
+    form: Optional[str] = None
+    backend: Optional[str] = None
+    r: Optional[float] = None
+
+    def __post_init__(self) -> None:
+        if self.name != "none" and self.name not in REGULARIZERS:
+            raise ConfigError("name", f"one of {['none', *REGULARIZERS]}", self.name)
+        if self.variable not in VARIABLES:
+            raise ConfigError("variable", f"one of {list(VARIABLES)}", self.variable,
+                              "p penalizes the model parameters, z the intrinsic ones (p = P z)")
+        if not _is_number(self.strength) or not 0 <= self.strength < float("inf"):
+            raise ConfigError("strength", "a finite number >= 0", self.strength)
+        if self.policy not in POLICIES:
+            raise ConfigError("policy", f"one of {list(POLICIES)}", self.policy)
+        if self.form is not None and (self.name != "l1" or self.form not in L1_FORMS):
+            raise ConfigError("form", f"one of {list(L1_FORMS)} (l1 only)", self.form,
+                              "prox gives exact zeros, subgradient does not")
+        if self.backend is not None and (self.name != "gradnorm" or self.backend not in HVP_BACKENDS):
+            raise ConfigError("backend", f"one of {list(HVP_BACKENDS)} (gradnorm only)", self.backend)
+        if self.r is not None and (self.name != "gradnorm" or not _is_number(self.r) or not 0 < self.r < float("inf")):
+            raise ConfigError("r", "null (= strength) or a finite number > 0 (gradnorm only)", self.r)
+
+    def optimizer_kwargs(self) -> dict:
+        """The keyword arguments of :func:`precond.build_optimizer` for this penalty."""
+        if self.name == "none":
+            return {"regularization": "none"}
+        kwargs = {"regularization": self.name, "variable": self.variable, "strength": self.strength,
+                  "policy": self.policy}
+        kwargs.update({k: v for k, v in (("form", self.form), ("backend", self.backend), ("r", self.r))
+                       if v is not None})
+        return kwargs

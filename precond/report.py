@@ -16,8 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
-#: override keys that do not define a group (seeds are averaged; the experiment is the whole sweep)
-IGNORED_KEYS = ("seed", "experiment")
+from precond.runlog import identifying_overrides
+
 
 
 @dataclass
@@ -32,8 +32,8 @@ class RunRecord:
 
     @property
     def overrides(self) -> dict[str, str]:
-        pairs = (o.split("=", 1) for o in self.summary.get("overrides", []) if "=" in o)
-        return {k.lstrip("+~"): v for k, v in pairs if k.lstrip("+~") not in IGNORED_KEYS}
+        pairs = (o.split("=", 1) for o in identifying_overrides(self.summary.get("overrides", [])) if "=" in o)
+        return {k.lstrip("+~"): v for k, v in pairs}
 
     def series(self, metric: str) -> tuple[list[int], list[float]]:
         pts = [(r["step"], r[metric]) for r in self.metrics if r.get(metric) is not None]
@@ -69,8 +69,8 @@ def _job_key(path: Path):
 
 
 #: summary keys shown as extra columns (mean ± std) when any run has them
-EXTRA_COLUMNS = ("val/acc", "test/acc", "reg/sparsity", "curv/p/kappa", "curv/z/kappa",
-                 "curv/p/lam_max", "curv/z/lam_max")
+EXTRA_COLUMNS = ("val/acc", "test/acc", "reg/sparsity", "curvature/p/kappa", "curvature/z/kappa",
+                 "curvature/p/lam_max", "curvature/z/lam_max")
 
 
 @dataclass

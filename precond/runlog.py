@@ -8,6 +8,9 @@ Files every run leaves (DESIGN.md §6):
   a crash loses nothing already logged;
 * ``summary.json`` — final metrics and ``status: completed | diverged | failed``.
 
+It also owns a run's provenance (git commit, versions, device) and the one list
+of override keys that do not identify a run.
+
 This is the only module that imports ``wandb``, and only when a W&B sink is
 requested. Without an API key, ``online`` falls back to ``offline`` (said once
 per process). The W&B run is finished also when training raises.
@@ -19,9 +22,13 @@ import logging
 import math
 import netrc
 import os
+import platform
+import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
+
+from precond.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +38,12 @@ _said_offline = False
 
 @dataclass
 class WandbSettings:
-    """Where and how to log to W&B; ``mode`` is ``online | offline | disabled``."""
+    """The ``logger`` config group: where and how to log to W&B.
+
+    ``mode`` is ``online | offline | disabled``; ``logger=none`` is ``disabled`` (plain
+    files only, wandb never imported). ``group``, ``name`` and ``tags`` of a run are
+    filled in by the entry point.
+    """
 
     mode: str = "offline"
     project: str = "precond"
@@ -40,6 +52,15 @@ class WandbSettings:
     name: Optional[str] = None
     tags: list[str] = field(default_factory=list)
     job_type: str = "train"
+
+    def __post_init__(self) -> None:
+        if self.mode not in WANDB_MODES:
+            raise ConfigError("mode", f"one of {list(WANDB_MODES)}", self.mode,
+                              "offline needs no account; logger=none logs plain files only")
+        if not isinstance(self.project, str) or not self.project:
+            raise ConfigError("project", "a non-empty W&B project name", self.project)
+        if not isinstance(self.tags, (list, tuple)) or not all(isinstance(t, str) for t in self.tags):
+            raise ConfigError("tags", "a list of strings", self.tags)
 
 
 def _jsonable(value: Any) -> Any:
@@ -113,10 +134,6 @@ class RunLog:
             job_type=s.job_type, config=config, dir=str(self.run_dir), mode=mode, reinit="finish_previous",
         )
 
-    @property
-    def wandb_dir(self) -> Optional[Path]:
-        return Path(self._wandb_run.dir).parent if self._wandb_run is not None else None
-
     def log(self, metrics: dict[str, Any]) -> None:
         """Append one record (must contain ``step``) to metrics.jsonl and W&B."""
         record = {k: _jsonable(v) for k, v in metrics.items()}
@@ -148,3 +165,46 @@ class RunLog:
         if exc is not None and not self._summary_written:
             self.write_summary({"status": "failed", "error": f"{exc_type.__name__}: {exc}"})
         self.close(exit_code=1 if exc is not None else 0)
+
+
+# --- provenance: what a run's summary records about where and how it ran -----------------------
+
+#: override keys that do not identify a run: seeds are averaged over, the experiment is the whole
+#: sweep, and logging/progress change no result. The one list used by the sweep report's labels
+#: and by the W&B run names.
+NON_IDENTIFYING_KEYS = ("seed", "experiment", "logger", "progress")
+
+
+def identifying_overrides(overrides: list[str]) -> list[str]:
+    """``key=value`` overrides minus ``hydra.*`` and :data:`NON_IDENTIFYING_KEYS` (and their sub-keys)."""
+    out = []
+    for override in overrides:
+        key = override.split("=", 1)[0].lstrip("+~")
+        root = key.split(".", 1)[0].split("/", 1)[0]
+        if root != "hydra" and root not in NON_IDENTIFYING_KEYS:
+            out.append(override)
+    return out
+
+
+def git_commit(cwd: str | Path) -> Optional[str]:
+    """The commit of the checkout at ``cwd`` (``-dirty`` when tracked files changed), or None."""
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, timeout=5)
+        if commit.returncode != 0:
+            return None
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=cwd,
+                               capture_output=True, text=True, timeout=5).stdout.strip()
+        return commit.stdout.strip() + ("-dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError, ValueError):
+        return None
+
+
+def environment(device, cwd: str | Path) -> dict:
+    """Device, library versions and code version of a run (part of every summary)."""
+    import torch
+
+    env = {"device": str(device), "torch": torch.__version__, "python": platform.python_version(),
+           "git_commit": git_commit(cwd)}
+    if getattr(device, "type", None) == "cuda":
+        env["gpu"] = torch.cuda.get_device_name(device)
+    return env

@@ -17,16 +17,18 @@ from omegaconf import OmegaConf
 
 from precond.curvature import measure_curvature
 from precond.loop import loss_function
-from precond.train import build_data, build_model, build_optimizer_from_config, resolve_device
+from precond.config import build_data, build_model, build_optimizer_from_settings, settings_from_config
 
 
 def load_run(run_dir: Path, device: str):
     cfg = OmegaConf.load(run_dir / "config.yaml")
-    dev = resolve_device(device)
-    data = build_data(cfg, dev)
-    model = build_model(cfg, data, dev)
+    cfg.device = device
+    settings = settings_from_config(cfg)
+    dev = settings.device
+    data = build_data(cfg, settings)
+    model = build_model(cfg, settings, data)
     model.load_state_dict(torch.load(run_dir / "model.pt", map_location=dev))
-    optimizer = build_optimizer_from_config(cfg, model)
+    optimizer = build_optimizer_from_settings(settings, model)
     optimizer.load_state_dict(torch.load(run_dir / "optimizer.pt", map_location=dev))
     return cfg, data, model, optimizer
 

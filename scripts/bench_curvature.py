@@ -17,7 +17,8 @@ import torch
 from torch.nn import functional as F
 
 from precond import build_optimizer
-from precond.curvature import HessianOperator, measure_curvature, measurement_mode
+from precond.curvature import measure_curvature
+from precond.hessian import HessianOperator, measurement_mode
 from precond.data import digits
 from precond.models import mlp, resnet
 from timing import interleaved_medians

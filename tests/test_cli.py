@@ -125,18 +125,18 @@ def test_penalties_run_from_the_cli_and_log_their_metrics(cli, tmp_path, overrid
 def test_adam_lowers_kappa_in_z_and_input_normalization_lowers_it_in_p(tmp_path):
     from tests.conftest import run_cli
 
-    common = ("preconditioner=adam", "hessian=lanczos", "steps=500", "eval_every=100", "hessian.every=500")
+    common = ("preconditioner=adam", "curvature=lanczos", "steps=500", "eval_every=100", "curvature.every=500")
     run_cli(tmp_path / "raw", *common)
     run_cli(tmp_path / "std", *common, "normalization=input")
     raw = read_metrics(tmp_path / "raw" / "run")
     std = read_metrics(tmp_path / "std" / "run")
     first, last = raw[0], raw[-1]
-    assert "curv/z/kappa" not in first and first["curv/p/kappa"] > 1e3  # no P before the first step
-    assert last["curv/p/converged"] and last["curv/z/converged"]
-    assert last["curv/z/kappa"] < last["curv/p/kappa"] / 10
-    assert std[-1]["curv/p/kappa"] < last["curv/p/kappa"] / 100
-    assert last["time/curv_s"] > 0 and "curv/layer/1/kappa_hidden" in last
-    assert read_summary(tmp_path / "raw" / "run")["curv/z/kappa"] == last["curv/z/kappa"]
+    assert "curvature/z/kappa" not in first and first["curvature/p/kappa"] > 1e3  # no P before the first step
+    assert last["curvature/p/converged"] and last["curvature/z/converged"]
+    assert last["curvature/z/kappa"] < last["curvature/p/kappa"] / 10
+    assert std[-1]["curvature/p/kappa"] < last["curvature/p/kappa"] / 100
+    assert last["time/curvature_s"] > 0 and "curvature/layer/1/kappa_hidden" in last
+    assert read_summary(tmp_path / "raw" / "run")["curvature/z/kappa"] == last["curvature/z/kappa"]
 
 
 def test_analyze_curvature_script_reads_a_finished_run(cli, tmp_path):

@@ -7,10 +7,14 @@ import torch
 from hydra import compose, initialize_config_dir
 from hydra.utils import get_class
 
+from precond.config import (build_data, build_model, build_monitors, build_optimizer_from_settings, build_schedule,
+                            settings_from_config)
 from precond.errors import ConfigError
-from precond.train import CONF_DIR, build_data, build_model, build_optimizer_from_config, validate
+from precond.runlog import RunLog
+from precond.train import CONF_DIR
 
-GROUPS = ["model", "dataset", "preconditioner", "regularization", "normalization", "logger", "hessian"]
+GROUPS = ["model", "dataset", "preconditioner", "regularization", "normalization", "normalization_arm",
+          "schedule", "logger", "curvature"]
 IMAGE_MODELS = {"cnn", "resnet", "resnet18"}
 VISION_FILES = {"mnist", "fashion_mnist", "cifar10"}
 
@@ -51,49 +55,59 @@ def fake_vision_root(tmp_path_factory):
     return root
 
 
+def _overrides_for(group: str, option: str, fake_vision_root) -> list[str]:
+    overrides = [f"{group}={option}", "batch_size=8", "steps=4", "eval_every=2", "lr=1e-3", "progress=false"]
+    if group == "model" and option in IMAGE_MODELS:
+        overrides.append("dataset=digits")
+    if group == "dataset" and option in VISION_FILES:
+        overrides += [f"dataset.root={fake_vision_root}", "model=cnn"]
+    if group == "dataset" and option == "digits":
+        overrides.append("model=cnn")
+    if group in ("normalization", "normalization_arm") and option in ("batchnorm", "layernorm"):
+        overrides.append("model=mlp")
+    if group == "normalization_arm" and option == "bnp":
+        overrides.append("preconditioner.bnp_warmup=1")
+    if group == "curvature":
+        overrides += ["model=mlp", "model.widths=[4]", "curvature.every=2", "curvature.max_matvecs=5"]
+    if group == "schedule":
+        overrides += {"warmup": ["schedule.warmup_steps=1"], "cosine": ["schedule.warmup_steps=1"],
+                      "step": ["schedule.step_size=1"], "constant": []}[option]
+    return overrides
+
+
 @pytest.mark.parametrize("group", GROUPS)
-def test_every_option_composes_validates_and_builds(group, fake_vision_root, monkeypatch):
+def test_every_option_composes_builds_and_steps(group, fake_vision_root, monkeypatch, tmp_path):
+    """Each option is built exactly as a run builds it, and two steps plus the monitors run."""
     import torchvision
+
+    from precond.loop import train
 
     monkeypatch.setattr(torchvision.datasets.cifar, "check_integrity", lambda p, md5=None: Path(p).is_file())
     options = _options(group)
     assert len(options) >= 2
     for option in options:
-        overrides = [f"{group}={option}", "batch_size=8"]
-        if group == "model" and option in IMAGE_MODELS:
-            overrides.append("dataset=digits")
-        if group == "dataset" and option in VISION_FILES:
-            overrides += [f"dataset.root={fake_vision_root}", "model=cnn"]
-        if group == "dataset" and option == "digits":
-            overrides.append("model=cnn")
-        if group == "normalization" and option in ("batchnorm", "layernorm"):
-            overrides.append("model=mlp")
-        cfg = _compose(*overrides)
-        validate(cfg)
-        data = build_data(cfg, torch.device("cpu"))
-        model = build_model(cfg, data, torch.device("cpu"))
-        optimizer = build_optimizer_from_config(cfg, model)
+        cfg = _compose(*_overrides_for(group, option, fake_vision_root), "device=cpu")
+        settings = settings_from_config(cfg)
+        data = build_data(cfg, settings)
+        model = build_model(cfg, settings, data)
+        optimizer = build_optimizer_from_settings(settings, model)
+        scheduler = build_schedule(cfg, optimizer, settings.loop.steps)
+        monitors = build_monitors(settings, model, optimizer, data)
         assert model(data.x_train[:8]).shape == (8, data.num_outputs)
-
-        def closure():
-            optimizer.zero_grad()
-            loss = model(data.x_train[:8]).float().pow(2).mean()
-            loss.backward()
-            return loss
-
-        optimizer.step(closure)
-
-
-def test_each_preconditioner_file_sets_a_learning_rate():
-    for option in _options("preconditioner"):
-        cfg = _compose(f"preconditioner={option}")
-        assert cfg.lr == cfg.preconditioner.lr > 0
+        before = [p.detach().clone() for p in model.parameters()]
+        logger = settings.logger
+        with RunLog(tmp_path / f"{group}-{option}", {}, logger if logger.mode != "online" else None) as runlog:
+            summary = train(model, optimizer, data, settings.loop, runlog, monitors=monitors, scheduler=scheduler)
+        assert summary["status"] == "completed" and summary["steps"] == 4, (group, option)
+        assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters())), (group, option)
+        if group == "curvature":
+            assert summary["curvature/p/lam_max"] > 0, option
 
 
 @pytest.mark.parametrize("experiment", _options("experiment"))
 def test_every_experiment_composes_and_validates(experiment):
     cfg = _compose(f"experiment={experiment}")
-    validate(cfg)
+    settings_from_config(cfg)
     assert cfg.name == experiment
 
 
@@ -116,19 +130,26 @@ def test_launcher_configs_point_at_installed_plugins(launcher):
     (["regularization=l1", "regularization.form=lasso"], "regularization.form"),
     (["regularization=gradnorm", "regularization.backend=forward"], "regularization.backend"),
     (["regularization=gradnorm", "regularization.r=-1"], "regularization.r"),
-    (["hessian=lanczos", "hessian.every=150"], "hessian.every"),
-    (["hessian=lanczos", "hessian.spaces=[q]"], "hessian.spaces"),
-    (["hessian=dense", "hessian.bn_mode=both"], "hessian.bn_mode"),
-    (["preconditioner=bnp", "hessian=lanczos"], "hessian.spaces"),
+    (["curvature=lanczos", "curvature.every=150"], "curvature.every"),
+    (["curvature=lanczos", "curvature.spaces=[q]"], "curvature.spaces"),
+    (["curvature=dense", "curvature.bn_mode=both"], "curvature.bn_mode"),
+    (["preconditioner=bnp", "curvature=lanczos"], "curvature.spaces"),
+    (["normalization.name=groupnorm"], "normalization.name"),
+    (["schedule=step", "schedule.gamma=2"], "schedule.gamma"),
+    (["schedule=cosine", "schedule.warmup_steps=5000"], "schedule.warmup_steps"),
     (["preconditioner=bnp", "regularization=l1", "regularization.variable=p"], "regularization.form"),
 ])
 def test_validate_names_the_bad_key(overrides, key):
     with pytest.raises(ConfigError) as err:
-        validate(_compose(*overrides))
+        cfg = _compose(*overrides)
+        settings = settings_from_config(cfg)
+        if overrides[0].startswith("schedule"):  # the schedule needs the optimizer
+            model = torch.nn.Linear(2, 1)
+            build_schedule(cfg, build_optimizer_from_settings(settings, model), settings.loop.steps)
     assert str(err.value).startswith(f"{key}:")
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a GPU")
 def test_device_cuda_without_gpu_is_a_config_error():
     with pytest.raises(ConfigError, match="device: expected a CUDA GPU"):
-        validate(_compose("device=cuda"))
+        settings_from_config(_compose("device=cuda"))

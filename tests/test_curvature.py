@@ -5,8 +5,9 @@ from torch import nn
 from torch.nn import functional as F
 
 from precond import build_optimizer
-from precond.curvature import (HessianOperator, dense_hessian, hidden_matrix_kappas, kappa_of,
-                               lanczos_extremes, measure_curvature)
+from precond.curvature import kappa_of, measure_curvature
+from precond.hessian import HessianOperator, dense_hessian, lanczos_extremes
+from precond.normalization import hidden_matrix_kappas
 
 
 def _data(n=64, d=5, seed=0, scales=(1.0, 0.5, 0.1, 0.05, 0.01)):

@@ -13,7 +13,7 @@ EXPERIMENTS = sorted(p.stem for p in (Path(CONF_DIR) / "experiment").glob("*.yam
 @pytest.mark.parametrize("experiment", EXPERIMENTS)
 def test_experiment_runs_end_to_end(cli, tmp_path, experiment):
     text = (Path(CONF_DIR) / "experiment" / f"{experiment}.yaml").read_text()
-    extra = ["hessian.every=2"] if "override /hessian" in text else []
+    extra = ["curvature.every=2"] if "override /curvature" in text else []
     proc = cli(f"experiment={experiment}", "steps=4", "eval_every=2", *extra)
     summaries = [read_summary(p.parent) for p in (tmp_path / "sweep").glob("*/summary.json")]
     # diverged is a legitimate outcome (gradnorm in z at large λ is one of the findings)

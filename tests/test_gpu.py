@@ -59,7 +59,7 @@ def test_curvature_on_cuda_matches_cpu():
 
 
 @pytest.mark.parametrize("overrides", [
-    ("preconditioner=adam", "hessian=lanczos"),
+    ("preconditioner=adam", "curvature=lanczos"),
     ("model=cnn", "dataset=digits", "preconditioner=bnp", "batch_size=1"),
     ("model=resnet", "dataset=digits", "normalization=batchnorm", "regularization=gradnorm"),
 ])

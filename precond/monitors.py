@@ -1,0 +1,80 @@
+"""Training monitors: extra metrics computed at evaluation steps, their time kept out of train time.
+
+A monitor is called as ``monitor(step, final)`` at every evaluation (``final`` is
+True at the last step of the run, whatever its number) and returns a dict of
+metrics to add to that step's record (empty when it has nothing to say).
+"""
+from __future__ import annotations
+
+import time
+from typing import Protocol
+
+import torch
+from torch import Tensor, nn
+
+from precond.curvature import CurvatureSettings, measure_curvature
+from precond.normalization import hidden_matrix_kappas
+
+
+class Monitor(Protocol):
+    def __call__(self, step: int, final: bool) -> dict: ...
+
+
+class RegularizationMonitor:
+    """``reg/penalty`` and ``reg/sparsity`` of the optimizer's penalty at every evaluation."""
+
+    def __init__(self, optimizer):
+        self.optimizer = optimizer
+
+    def __call__(self, step: int, final: bool) -> dict:
+        return self.optimizer.regularization_metrics()
+
+
+#: samples of the fixed training subset on which the per-layer κ(ĤᵀĤ) is computed
+LAYER_SAMPLES = 1024
+
+
+class CurvatureMonitor:
+    """Every ``settings.every`` steps and at the last step: κ in each space and per-layer κ(ĤᵀĤ).
+
+    The batches are fixed once (the first ``batches × batch_size`` samples of a
+    seeded permutation of the training split), so measurements at different
+    steps see the same operator up to the change in parameters. Per-layer
+    ``κ(ĤᵀĤ)`` uses a fixed subset of up to ``LAYER_SAMPLES`` training inputs. Logs
+    ``curvature/<space>/{lam_max, lam_min, kappa, matvecs, converged}``,
+    ``curvature/layer/<name>/kappa_hidden[_plus]`` and the cumulative ``time/curvature_s``.
+    ``z`` is skipped until the optimizer has state (``P`` undefined before step 1).
+    """
+
+    def __init__(self, model: nn.Module, loss_fn, x_train: Tensor, y_train: Tensor, optimizer,
+                 settings: CurvatureSettings, default_batch_size: int, seed: int = 0):
+        self.model, self.loss_fn, self.optimizer, self.settings = model, loss_fn, optimizer, settings
+        size = settings.batch_size or default_batch_size
+        n = min(x_train.shape[0], size * settings.batches)
+        perm = torch.randperm(x_train.shape[0], generator=torch.Generator().manual_seed(seed)).to(x_train.device)
+        xs, ys = x_train[perm[:n]], y_train[perm[:n]]
+        self.batches = [(xs[i:i + size], ys[i:i + size]) for i in range(0, n, size)]
+        # κ(ĤᵀĤ) needs more samples than features, whatever the training batch size
+        self.layer_inputs = x_train[perm[:min(x_train.shape[0], LAYER_SAMPLES)]]
+        self.seconds = 0.0
+
+    def __call__(self, step: int, final: bool) -> dict:
+        if step % self.settings.every != 0 and not final:
+            return {}
+        t0 = time.perf_counter()
+        metrics: dict = {}
+        s = self.settings
+        for space in s.spaces:
+            if space == "z" and not self.optimizer.state:
+                continue
+            res = measure_curvature(self.model, self.loss_fn, self.batches, optimizer=self.optimizer, space=space,
+                                    tol=s.tol, max_matvecs=s.max_matvecs, method=s.method, bn_mode=s.bn_mode,
+                                    hvp_mode=s.hvp_mode)
+            metrics.update(res.as_metrics())
+        if s.layers:
+            for name, values in hidden_matrix_kappas(self.model, self.layer_inputs, bn_mode=s.bn_mode).items():
+                for key, value in values.items():
+                    metrics[f"curvature/layer/{name}/{key}"] = value
+        self.seconds += time.perf_counter() - t0
+        metrics["time/curvature_s"] = self.seconds
+        return metrics
