@@ -5,9 +5,12 @@ BIN     := $(VENV)/bin
 # torch 2.14.1 / torchvision 0.29.1 lie on this kind of machine's disk; the code runs on torch >= 2.9.
 TORCH   ?= torch==2.14.1 torchvision==0.29.1
 
-.PHONY: install run test test-slow test-gpu bench clean
+.PHONY: help install run test test-slow test-gpu lint bench clean
 
-install: $(BIN)/precond-train
+help:  ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 12
+
+install: $(BIN)/precond-train  ## create .venv with torch and precond (editable) and its dev/cluster extras
 
 $(BIN)/precond-train: pyproject.toml
 	test -d $(VENV) || $(PY) -m venv $(VENV)
@@ -16,24 +19,25 @@ $(BIN)/precond-train: pyproject.toml
 	$(BIN)/pip install -q -e '.[dev,cluster]'
 	touch $@
 
-# Main job: SGD vs AdaGrad vs RMSProp vs Adam (3 seeds) on the embedded ill-conditioned problem.
-run: install
+run: install  ## main job: SGD vs AdaGrad vs RMSProp vs Adam (3 seeds) on the embedded ill-conditioned problem
 	$(BIN)/precond-train experiment=compare_preconditioners
 
-test: install
+test: install  ## fast tests (slow and GPU tests excluded)
 	$(BIN)/python -m pytest -q
 
-test-slow: install
+test-slow: install  ## every experiment end to end (marker slow)
 	$(BIN)/python -m pytest -q -m slow
 
-test-gpu: install
+test-gpu: install  ## CUDA tests (marker gpu)
 	$(BIN)/python -m pytest -q -m gpu
 
-# Benchmarks print tables with the baseline measured in the same run (add ARGS="--device cuda" on a GPU)
-bench: install
+lint: install  ## ruff: lint and import order (config in pyproject.toml)
+	$(BIN)/ruff check .
+
+bench: install  ## benchmarks: tables with the baseline in the same run (ARGS="--device cuda" on a GPU)
 	$(BIN)/python scripts/bench_optimizer.py $(ARGS)
 	$(BIN)/python scripts/bench_curvature.py $(ARGS)
 	$(BIN)/python scripts/bench_bnp.py $(ARGS)
 
-clean:
-	rm -rf outputs/runs outputs/sweeps .pytest_cache
+clean:  ## remove run/sweep outputs and caches
+	rm -rf outputs/runs outputs/sweeps .pytest_cache .ruff_cache

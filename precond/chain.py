@@ -15,8 +15,9 @@ z-regularizers can read ``P`` at the step they run. ``D is None`` means
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable, Optional
+from typing import Optional
 
 import torch
 from torch import Tensor

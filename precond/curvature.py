@@ -11,15 +11,23 @@ Non-convex Hessians have ``λmin < 0``: ``kappa`` is reported only when
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Callable, Iterable, Optional, Sequence
+from typing import Optional
 
 import torch
 from torch import Tensor, nn
 
 from precond.errors import ConfigError
-from precond.hessian import (BN_MODES, HVP_MODES, Batch, HessianOperator, dense_hessian, lanczos_extremes,
-                             measurement_mode)
+from precond.hessian import (
+    BN_MODES,
+    HVP_MODES,
+    Batch,
+    HessianOperator,
+    dense_hessian,
+    lanczos_extremes,
+    measurement_mode,
+)
 
 SPACES = ("p", "z")
 METHODS = ("auto", "lanczos", "dense")

@@ -58,7 +58,7 @@ class Dataset:
             out["test"] = (self.x_test, self.y_test)
         return out
 
-    def to(self, device: torch.device | str, dtype: torch.dtype = torch.float32) -> "Dataset":
+    def to(self, device: torch.device | str, dtype: torch.dtype = torch.float32) -> Dataset:
         """Move every split to ``device`` once; inputs (and regression targets) to ``dtype``."""
 
         def move_x(x):
@@ -187,7 +187,7 @@ def torchvision_dataset(
     except RuntimeError as err:
         where = Path(root).resolve() / subdir
         raise ConfigError(
-            "dataset.root", f"the {name} files under {where}", None,
+            "root", f"the {name} files under {where}", None,
             f"torchvision said: {err}. Set dataset.download=true (needs network) or point "
             f"dataset.root at a folder holding {subdir}/",
         ) from err

@@ -24,7 +24,7 @@ class ConfigError(ValueError):
             msg += f" — {fix}"
         super().__init__(msg)
 
-    def within(self, node: str) -> "ConfigError":
+    def within(self, node: str) -> ConfigError:
         """The same error with its key placed under config node ``node`` (absolute keys unchanged)."""
         key = self.key[1:] if self.key.startswith("/") else f"{node}.{self.key}"
         return ConfigError(key, self.expected, self.got, self.fix)

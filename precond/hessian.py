@@ -28,7 +28,8 @@ from __future__ import annotations
 
 import contextlib
 import copy
-from typing import Callable, Iterable, Optional
+from collections.abc import Callable, Iterable
+from typing import Optional
 
 import torch
 from torch import Tensor, nn

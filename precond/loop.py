@@ -8,15 +8,16 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable, Optional
+from typing import Optional
 
 import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from precond.errors import ConfigError
 from precond.data import BatchSampler, Dataset
+from precond.errors import ConfigError
 from precond.monitors import Monitor
 from precond.runlog import RunLog
 

@@ -8,7 +8,7 @@ Vector models flatten image inputs.
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 from torch import nn
 

@@ -14,8 +14,9 @@ work as for any ``torch.optim.Optimizer``.
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Callable, Iterable, Optional, Union
+from typing import Optional, Union
 
 import torch
 from torch import Tensor
@@ -23,7 +24,7 @@ from torch import Tensor
 from precond.bnp import BNPTransform, check_model_for_bnp
 from precond.chain import Link, StepContext
 from precond.preconditioners import PRECONDITIONERS, Momentum, Preconditioner
-from precond.regularizers import POLICIES, REGULARIZERS, VARIABLES, Penalty, BackwardCreatesGraph, make_penalty
+from precond.regularizers import POLICIES, REGULARIZERS, VARIABLES, BackwardCreatesGraph, Penalty, make_penalty
 
 ParamsT = Union[Iterable[Tensor], Iterable[dict]]
 

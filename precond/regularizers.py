@@ -30,8 +30,9 @@ penalized is the *policy*: ``all`` or ``weights`` (tensors with ``ndim ≥ 2``).
 from __future__ import annotations
 
 import warnings
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Iterable, Optional
+from typing import Optional
 
 import torch
 from torch import Tensor

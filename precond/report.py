@@ -19,7 +19,6 @@ from typing import Optional
 from precond.runlog import identifying_overrides
 
 
-
 @dataclass
 class RunRecord:
     """One finished (or failed) run: its summary and its metric records."""

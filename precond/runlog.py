@@ -158,7 +158,7 @@ class RunLog:
             self._wandb_run.finish(exit_code=exit_code)
             self._wandb_run = None
 
-    def __enter__(self) -> "RunLog":
+    def __enter__(self) -> RunLog:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:

@@ -26,8 +26,16 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from precond.config import (RunSettings, build_data, build_model, build_monitors, build_optimizer_from_settings,
-                            build_schedule, settings_from_config, to_plain)
+from precond.config import (
+    RunSettings,
+    build_data,
+    build_model,
+    build_monitors,
+    build_optimizer_from_settings,
+    build_schedule,
+    settings_from_config,
+    to_plain,
+)
 from precond.errors import ConfigError
 from precond.loop import train
 from precond.runlog import RunLog, environment, identifying_overrides, write_summary
@@ -110,7 +118,7 @@ def hydra_main(cfg: DictConfig) -> Optional[float]:
         print(f"error: {err}", file=sys.stderr)
         if HydraConfig.get().mode == RunMode.MULTIRUN:
             return None
-        raise SystemExit(2)
+        raise SystemExit(2) from None
     value = summary.get("val/loss")
     return value if summary["status"] == "completed" else None
 

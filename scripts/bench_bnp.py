@@ -10,11 +10,11 @@ from __future__ import annotations
 import argparse
 
 import torch
+from timing import interleaved_medians
 from torch.nn import functional as F
 
 from precond import build_optimizer
 from precond.models import cnn, mlp
-from timing import interleaved_medians
 
 
 def compare(name, make_model, x, y, device, rounds):

@@ -14,14 +14,14 @@ from __future__ import annotations
 import argparse
 
 import torch
+from timing import interleaved_medians
 from torch.nn import functional as F
 
 from precond import build_optimizer
 from precond.curvature import measure_curvature
-from precond.hessian import HessianOperator, measurement_mode
 from precond.data import digits
+from precond.hessian import HessianOperator, measurement_mode
 from precond.models import mlp, resnet
-from timing import interleaved_medians
 
 
 def hvp_costs(name, model, x, y, device, rounds):
@@ -61,7 +61,8 @@ def kappa_timing(device):
     batches = [(data.x_train[i:i + 64], data.y_train[i:i + 64]) for i in range(0, 256, 64)]
     print(f"\nκ measurement on the MLP ({sum(p.numel() for p in model.parameters()):,} params), "
           "Lanczos, tol 1e-3, max 100 matvecs, 4 batches of 64")
-    print(f"{'space':6s} {'seconds':>8s} {'matvecs':>8s} {'converged':>9s} {'lam_max':>10s} {'lam_min':>11s} {'kappa':>8s}")
+    print(f"{'space':6s} {'seconds':>8s} {'matvecs':>8s} {'converged':>9s} {'lam_max':>10s} "
+          f"{'lam_min':>11s} {'kappa':>8s}")
     for space in ("p", "z"):
         r = measure_curvature(model, F.cross_entropy, batches, optimizer=opt, space=space, method="lanczos",
                               max_matvecs=100)

@@ -16,10 +16,10 @@ import statistics
 import time
 
 import torch
+from timing import interleaved_medians, sync
 
 from precond import build_optimizer
 from precond.models import mlp, resnet
-from timing import interleaved_medians, sync
 
 
 def _params(device: torch.device) -> list[torch.Tensor]:

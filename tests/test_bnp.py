@@ -122,7 +122,8 @@ def test_batch_moments_for_conv_average_over_batch_and_positions():
 
 def test_state_dict_round_trips_and_continues_identically():
     torch.manual_seed(0)
-    make = lambda: nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 1)).double()
+    def make():
+        return nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 1)).double()
     model = make()
     x, y = torch.randn(16, 3, dtype=torch.float64), torch.randn(16, 1, dtype=torch.float64)
     opt = build_optimizer(model.parameters(), "bnp", lr=0.05, model=model, momentum=0.9)

@@ -7,8 +7,14 @@ import torch
 from hydra import compose, initialize_config_dir
 from hydra.utils import get_class
 
-from precond.config import (build_data, build_model, build_monitors, build_optimizer_from_settings, build_schedule,
-                            settings_from_config)
+from precond.config import (
+    build_data,
+    build_model,
+    build_monitors,
+    build_optimizer_from_settings,
+    build_schedule,
+    settings_from_config,
+)
 from precond.errors import ConfigError
 from precond.runlog import RunLog
 from precond.train import CONF_DIR

@@ -153,3 +153,101 @@ def test_hidden_matrix_kappas_and_layernorm_null_vector():
     assert got["0"]["kappa_hidden"] == pytest.approx(float(eig[-1] / eig[0]), rel=1e-8)
     # rows after LayerNorm are centred: [1; 0] is a null vector of Ĥ, κ is undefined but κ⁺ is finite
     assert got["2"]["kappa_hidden"] is None and 1 <= got["2"]["kappa_hidden_plus"] < 1e6
+
+
+def _bn_model(seed=0):
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Linear(5, 4), nn.BatchNorm1d(4), nn.Tanh(), nn.Linear(4, 1)).double()
+
+
+def _finite_difference_hessian(model, x, y, r=1e-5):
+    """Central differences of the double-precision gradient, column by column (no autograd of second order)."""
+    from precond.hessian import measurement_mode
+
+    params = list(model.parameters())
+    flat = torch.cat([p.detach().reshape(-1) for p in params])
+
+    def grad_at(theta):
+        with torch.no_grad():
+            torch._foreach_copy_(params, [t.view_as(p) for t, p in zip(torch.split(theta, [p.numel() for p in params]),
+                                                                          params)])
+        with torch.enable_grad():
+            loss = F.mse_loss(model(x), y)
+            return torch.cat([g.reshape(-1) for g in torch.autograd.grad(loss, params)])
+
+    with measurement_mode(model, "train"):
+        cols = [(grad_at(flat + r * e) - grad_at(flat - r * e)) / (2 * r) for e in torch.eye(flat.numel(),
+                                                                                            dtype=torch.float64)]
+        grad_at(flat)
+    h = torch.stack(cols, dim=1)
+    return (h + h.T) / 2
+
+
+def test_dense_hessian_of_train_mode_batchnorm_matches_finite_differences_and_lanczos():
+    """torch.func.hessian is wrong here (asymmetric); the dense path must give the true values."""
+    model = _bn_model()
+    x, y = _data(n=32)
+    reference = _finite_difference_hessian(model, x, y)
+    from precond.hessian import measurement_mode
+
+    with measurement_mode(model, "train"):
+        dense = dense_hessian(model, F.mse_loss, [(x, y)])
+    torch.testing.assert_close(dense, reference, rtol=1e-6, atol=1e-7)
+    eig = torch.linalg.eigvalsh(reference)
+    by_dense = measure_curvature(model, F.mse_loss, [(x, y)], method="dense", bn_mode="train")
+    by_lanczos = measure_curvature(model, F.mse_loss, [(x, y)], method="lanczos", bn_mode="train", tol=1e-10)
+    for res in (by_dense, by_lanczos):
+        assert res.lam_max == pytest.approx(float(eig[-1]), rel=1e-6)
+        assert res.lam_min == pytest.approx(float(eig[0]), rel=1e-5, abs=1e-8)
+
+
+def test_z_space_curvature_of_batchnorm_under_adam_matches_finite_differences():
+    """P from Adam's state can be ~1e4 on biases before BN: errors in H are amplified in PᵀHP."""
+    model = _bn_model(seed=1)
+    x, y = _data(n=32, seed=1)
+    opt = build_optimizer(model.parameters(), "adam", lr=1e-3)
+    for _ in range(3):
+        opt.zero_grad()
+        F.mse_loss(model(x), y).backward()
+        opt.step()
+    reference = _finite_difference_hessian(model, x, y)
+    p = torch.cat([d.reshape(-1).rsqrt() for _, d in opt.preconditioner_denominators()])
+    eig = torch.linalg.eigvalsh(p[:, None] * reference * p[None, :])
+    for method in ("dense", "lanczos"):
+        res = measure_curvature(model, F.mse_loss, [(x, y)], optimizer=opt, space="z", method=method,
+                                bn_mode="train", tol=1e-10)
+        assert res.lam_max == pytest.approx(float(eig[-1]), rel=1e-5), method
+        assert res.lam_min == pytest.approx(float(eig[0]), rel=1e-4), method
+
+
+def test_forward_over_reverse_matches_double_backward_on_batchnorm():
+    model = _bn_model()
+    x, y = _data(n=32)
+    from precond.hessian import measurement_mode
+
+    with measurement_mode(model, "train"):
+        fwd = HessianOperator(model, F.mse_loss, [(x, y)], hvp_mode="forward_over_reverse")
+        ref = HessianOperator(model, F.mse_loss, [(x, y)])
+        v = torch.randn(ref.n, dtype=torch.float64)
+        torch.testing.assert_close(fwd.matvec(v), ref.matvec(v), rtol=1e-10, atol=1e-12)
+        fwd.check_against_double_backward()  # agrees: no error
+
+
+def test_forward_over_reverse_is_refused_when_it_disagrees(monkeypatch):
+    model = _mlp()
+    x, y = _data()
+    y = torch.randn(64, 2, dtype=torch.float64)
+    right = HessianOperator._forward_over_reverse
+    monkeypatch.setattr(HessianOperator, "_forward_over_reverse",
+                        lambda self, *a: [1.01 * h for h in right(self, *a)])  # a 1% wrong transform
+    with pytest.raises(RuntimeError, match="disagree with double backward"):
+        measure_curvature(model, F.mse_loss, [(x, y)], method="lanczos", hvp_mode="forward_over_reverse")
+
+
+def test_dense_is_refused_for_a_model_too_large_for_memory():
+    from precond.errors import ConfigError
+
+    model = nn.Linear(20_000, 1).double()
+    x = torch.randn(4, 20_000, dtype=torch.float64)
+    with pytest.raises(ConfigError, match="use method lanczos"):
+        measure_curvature(model, F.mse_loss, [(x, torch.zeros(4, 1, dtype=torch.float64))], method="dense")

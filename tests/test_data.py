@@ -52,7 +52,7 @@ def test_mean_offset_is_removed_by_input_standardization():
 
 
 def test_bad_synthetic_values_name_the_key():
-    with pytest.raises(ConfigError, match="dataset.task"):
+    with pytest.raises(ConfigError, match="^task:"):
         synthetic(task="ranking")
 
 
@@ -108,7 +108,7 @@ def test_missing_torchvision_files_say_where_and_how(tmp_path):
     with pytest.raises(ConfigError) as err:
         torchvision_dataset("mnist", root=str(tmp_path / "nowhere"))
     msg = str(err.value)
-    assert "dataset.root" in msg and str(tmp_path / "nowhere") in msg and "dataset.download=true" in msg
+    assert msg.startswith("root:") and str(tmp_path / "nowhere") in msg and "dataset.download=true" in msg
 
 
 def test_batch_sampler_covers_each_epoch_once_and_is_seeded():
@@ -119,3 +119,17 @@ def test_batch_sampler_covers_each_epoch_once_and_is_seeded():
     assert torch.equal(torch.cat([s2.next(), s2.next()]), epoch)
     with pytest.raises(ConfigError, match="batch_size"):
         BatchSampler(10, 11, seed=0, device="cpu")
+
+
+@pytest.mark.parametrize("task", ["regression", "classification"])
+def test_synthetic_data_do_not_depend_on_the_global_default_dtype(task):
+    reference = synthetic(task=task)
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        under_float64 = synthetic(task=task)
+    finally:
+        torch.set_default_dtype(previous)
+    for name in ("x_train", "y_train", "x_val", "y_val", "x_test", "y_test"):
+        a, b = getattr(reference, name), getattr(under_float64, name)
+        assert a.dtype == b.dtype and torch.equal(a, b), name

@@ -1,5 +1,6 @@
 """Training loop, run files and the sweep report, in-process."""
 import json
+import math
 import statistics
 import time
 
@@ -42,13 +43,15 @@ def test_divergence_ends_the_run_with_status_diverged(tmp_path):
 
 
 def test_a_finite_but_exploding_loss_also_counts_as_diverged(tmp_path):
-    summary, records = _fit(tmp_path, divergence_factor=1e-9)  # any loss is "far above" 1e-9 × initial
+    # SGD above its stable step: the loss grows geometrically but stays finite for 10 steps
+    summary, records = _fit(tmp_path, precond="sgd", lr=3.0, divergence_factor=10.0)
     assert summary["status"] == "diverged" and summary["steps"] == 10
-    assert records[-1]["diverged"] is True and records[-1]["train/batch_loss"] > 0
+    assert records[-1]["diverged"] is True
+    assert 10 * records[0]["train/loss"] < records[-1]["train/batch_loss"] < float("inf")
 
 
 def test_monitor_time_is_excluded_from_train_time(tmp_path):
-    def slow_monitor(step):
+    def slow_monitor(step, final):
         time.sleep(0.05)
         return {"monitor/step": step}
 
@@ -118,3 +121,48 @@ def test_report_groups_by_varying_overrides_and_averages_seeds(tmp_path):
     table = compare(tmp_path, quiet=True)
     assert "| preconditioner=adam | 2/2 | 0.2 ± 0.14 |" in table
     assert (tmp_path / "comparison.png").exists()
+
+
+def test_curvature_is_measured_at_the_last_step_when_steps_is_not_a_multiple_of_every(tmp_path):
+    """steps=30 with every=500: step 0 and the final state (the one users read) are both measured."""
+    from precond.curvature import CurvatureSettings
+    from precond.loop import loss_function
+    from precond.monitors import CurvatureMonitor
+
+    data = synthetic(n_train=256, n_val=64, n_test=0, features=4)
+    torch.manual_seed(0)
+    model = linear(data.in_shape, data.num_outputs)
+    opt = build_optimizer(model.parameters(), "adam", lr=0.01)
+    monitor = CurvatureMonitor(model, loss_function(data.task), data.x_train, data.y_train, opt,
+                               CurvatureSettings(method="dense", every=500, layers=False), 32)
+    settings = LoopSettings(steps=30, batch_size=32, eval_every=10, progress=False)
+    with RunLog(tmp_path, {}) as runlog:
+        summary = train(model, opt, data, settings, runlog, monitors=(monitor,))
+    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    measured = [r["step"] for r in records if "curvature/p/lam_max" in r]
+    assert measured == [0, 30]
+    assert "curvature/z/kappa" in records[-1] and summary["curvature/p/kappa"] == records[-1]["curvature/p/kappa"]
+
+
+@pytest.mark.parametrize("schedule,kwargs,expected", [
+    # closed forms of η_k (base η = 0.1, T = 20 steps)
+    ("warmup", dict(warmup_steps=5, start_factor=0.2), lambda k: 0.1 * (0.2 + 0.8 * min(k, 5) / 5)),
+    ("cosine", dict(warmup_steps=0, min_factor=0.1),
+     lambda k: 0.01 + (0.1 - 0.01) * (1 + math.cos(math.pi * k / 20)) / 2),
+    ("step", dict(step_size=7, gamma=0.5), lambda k: 0.1 * 0.5 ** (k // 7)),
+    ("constant", dict(), lambda k: 0.1),
+])
+def test_schedules_log_the_closed_form_learning_rate(tmp_path, schedule, kwargs, expected):
+    from precond import schedules
+
+    data = synthetic(n_train=256, n_val=64, n_test=0, features=4)
+    model = linear(data.in_shape, data.num_outputs)
+    opt = build_optimizer(model.parameters(), "sgd", lr=0.1)
+    scheduler = getattr(schedules, schedule)(opt, 20, **kwargs)
+    settings = LoopSettings(steps=20, batch_size=32, eval_every=1, progress=False)
+    with RunLog(tmp_path, {}) as runlog:
+        train(model, opt, data, settings, runlog, scheduler=scheduler)
+    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert len(records) == 21
+    for r in records:
+        assert r["lr"] == pytest.approx(expected(r["step"]), rel=1e-12, abs=1e-15), r["step"]

@@ -293,3 +293,41 @@ def test_gradnorm_uses_each_groups_strength(backend):
     g_parts = torch.split(g, [p.numel() for p in params])
     want = sum(0.5 * l * float(gp.pow(2).sum()) for gp, l in zip(g_parts, lams))
     assert metrics["reg/penalty"] == pytest.approx(want, rel=1e-10)
+
+
+@pytest.mark.parametrize("penalty,closed_form", [
+    ("l2", lambda ps, lam: 0.5 * lam * sum(float(p.pow(2).sum()) for p in ps)),
+    ("l1", lambda ps, lam: lam * sum(float(p.abs().sum()) for p in ps)),
+])
+def test_regularization_metrics_use_each_groups_strength(penalty, closed_form):
+    """Groups of strength 1.0 and 0.1: the penalty is Σ_groups of each group's own λ (not the first group's)."""
+    a = torch.tensor([[1.0, -1.0], [1.0, 1.0]], dtype=torch.float64, requires_grad=True)
+    b = torch.tensor([[2.0, 0.0], [0.0, 2.0]], dtype=torch.float64, requires_grad=True)
+    opt = build_optimizer([{"params": [a], "strength": 1.0}, {"params": [b], "strength": 0.1}], "adam",
+                          regularization=penalty, strength=1.0, variable="z")
+    want = closed_form([a.detach()], 1.0) + closed_form([b.detach()], 0.1)
+    assert opt.regularization_metrics()["reg/penalty"] == pytest.approx(want, rel=1e-12)
+
+
+def test_double_backward_keeps_tensor_backward_untouched_outside_its_closure():
+    """The create_graph switch is scoped to the optimizer's call of the closure (no process-wide patch)."""
+    original = torch.Tensor.backward
+    model, x, y = _setup()
+    opt = build_optimizer(model.parameters(), "sgd", lr=LR, regularization="gradnorm", strength=0.01,
+                          backend="double_backward")
+    seen = {}
+
+    def closure():
+        seen["backward_is_original"] = torch.Tensor.backward is original
+        opt.zero_grad()
+        loss = torch.nn.functional.mse_loss(model(x), y)
+        loss.backward()
+        seen["graph"] = next(model.parameters()).grad.requires_grad
+        return loss
+
+    opt.step(closure)
+    assert seen == {"backward_is_original": True, "graph": True}
+    assert torch.Tensor.backward is original
+    opt.zero_grad()
+    torch.nn.functional.mse_loss(model(x), y).backward()  # outside the step: a plain backward
+    assert not next(model.parameters()).grad.requires_grad
