@@ -171,8 +171,11 @@ def build_monitors(settings: RunSettings, model, optimizer, data: Dataset) -> tu
     if settings.regularization.name != "none":
         monitors.append(RegularizationMonitor(optimizer))
     if settings.curvature is not None:
-        monitors.append(CurvatureMonitor(model, loss_function(data.task), data.x_train, data.y_train, optimizer,
-                                         settings.curvature, settings.loop.batch_size, seed=settings.loop.seed))
+        try:
+            monitors.append(CurvatureMonitor(model, loss_function(data.task), data.x_train, data.y_train, optimizer,
+                                             settings.curvature, settings.loop.batch_size, seed=settings.loop.seed))
+        except ConfigError as err:
+            raise err.within("curvature") from None
     return tuple(monitors)
 
 

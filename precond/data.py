@@ -135,6 +135,11 @@ def _split(name: str, x: Tensor, y: Tensor, val_fraction: float, test_fraction: 
     """Random train/val(/test) split with a fixed seed; ``test_fraction`` only when no test split exists."""
     if not 0.0 < val_fraction < 1.0:
         raise ConfigError("val_fraction", "a value in (0, 1)", val_fraction)
+    if x_test is None and not 0.0 <= test_fraction < 1.0:
+        raise ConfigError("test_fraction", "a value in [0, 1)", test_fraction)
+    if x_test is None and val_fraction + test_fraction >= 1.0:
+        raise ConfigError("val_fraction, test_fraction", "fractions that leave training data (sum < 1)",
+                          (val_fraction, test_fraction))
     perm = torch.randperm(x.shape[0], generator=torch.Generator().manual_seed(data_seed))
     n_val = max(1, int(round(val_fraction * x.shape[0])))
     n_test = 0 if x_test is not None else int(round(test_fraction * x.shape[0]))

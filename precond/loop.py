@@ -57,6 +57,19 @@ class LoopSettings:
                               "a run is diverged when its loss exceeds this many times the initial loss")
 
 
+def target_metrics(task: str) -> list[str]:
+    """The metrics logged at every evaluation, so the ones a target can be set on."""
+    names = ["train/loss", "val/loss", "train/batch_loss"]
+    return names + (["train/acc", "val/acc"] if task == "classification" else [])
+
+
+def check_target(settings: LoopSettings, task: str) -> None:
+    """``target.metric`` must be one this run logs at every evaluation (a typo would never be reached)."""
+    if settings.target_metric not in target_metrics(task):
+        raise ConfigError("target.metric", f"one of {target_metrics(task)} for a {task} dataset",
+                          settings.target_metric)
+
+
 def loss_function(task: str) -> Callable[[Tensor, Tensor], Tensor]:
     """MSE for regression (mean over samples and outputs), cross-entropy for classification."""
     return F.mse_loss if task == "regression" else F.cross_entropy
@@ -128,6 +141,7 @@ def train(
     runlog: RunLog,
     monitors: tuple[Monitor, ...] = (),
     scheduler: Optional[torch.optim.lr_scheduler.LRScheduler] = None,
+    should_stop: Optional[Callable[[], bool]] = None,
 ) -> dict:
     """Train for ``settings.steps`` minibatch steps; log every ``eval_every`` steps (and at 0 and the end).
 
@@ -137,9 +151,12 @@ def train(
     ``eval_train_samples`` training samples), ``val/*`` (whole split), ``test/*`` (last
     record only), and the monitors' metrics.
 
-    Returns the summary fields of the run: ``status`` (``completed`` or
-    ``diverged`` when the minibatch loss becomes NaN/inf or exceeds
-    ``divergence_factor`` × the initial training loss), final metrics,
+    ``should_stop`` is polled before every step (e.g. a :class:`precond.interrupts.StopRequest`).
+
+    Returns the summary fields of the run: ``status`` (``completed``; ``diverged``
+    when the minibatch loss becomes NaN/inf or exceeds ``divergence_factor`` × the
+    initial training loss; ``interrupted`` when ``should_stop`` said so), the metrics
+    of the last evaluation (``last_eval_step``), ``steps`` (the steps taken),
     ``steps_to_target`` and ``seconds_to_target`` (None when not reached).
     """
     device = data.x_train.device
@@ -168,6 +185,9 @@ def train(
     progress = _progress_bar(settings)
     step = 0
     for step in range(1, settings.steps + 1):
+        if should_stop is not None and should_stop():
+            status, step = "interrupted", step - 1
+            break
         t0 = time.perf_counter()
         idx = sampler.next()
         xb, yb = data.x_train[idx], data.y_train[idx]
@@ -219,7 +239,7 @@ def train(
         progress.close()
     summary = {k: v for k, v in last.items() if "/" in k}
     summary.update({
-        "status": status, "steps": step, "steps_to_target": steps_to_target,
+        "status": status, "steps": step, "last_eval_step": last["step"], "steps_to_target": steps_to_target,
         "seconds_to_target": seconds_to_target, "target_metric": settings.target_metric,
         "target_value": settings.target_value,
     })

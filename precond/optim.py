@@ -14,6 +14,7 @@ work as for any ``torch.optim.Optimizer``.
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Optional, Union
@@ -23,6 +24,7 @@ from torch import Tensor
 
 from precond.bnp import BNPTransform, check_model_for_bnp
 from precond.chain import Link, StepContext
+from precond.errors import ConfigError
 from precond.preconditioners import PRECONDITIONERS, Momentum, Preconditioner
 from precond.regularizers import POLICIES, REGULARIZERS, VARIABLES, BackwardCreatesGraph, Penalty, make_penalty
 
@@ -173,6 +175,32 @@ def _check_hyper(preconditioner: str, hyper: dict, allowed: dict) -> None:
         )
 
 
+def _number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def check_hyperparameters(hyper: dict) -> None:
+    """The ranges torch.optim itself enforces (and a few it does not), one rule per key.
+
+    Raises :class:`ConfigError` keyed by the hyperparameter's name (the entry point adds
+    ``preconditioner.``); ``ConfigError`` is a ``ValueError`` for Python callers.
+    """
+    for key in ("eps", "lr_decay", "initial_accumulator_value", "momentum", "dampening", "alpha"):
+        if key in hyper and (not _number(hyper[key]) or hyper[key] < 0):
+            raise ConfigError(key, "a finite number >= 0", hyper[key])
+    for key in ("momentum", "dampening", "alpha"):
+        if key in hyper and hyper[key] > 1:
+            raise ConfigError(key, "a number in [0, 1]", hyper[key])
+    if "betas" in hyper:
+        betas = hyper["betas"]
+        if not isinstance(betas, (list, tuple)) or len(betas) != 2 or not all(
+                _number(b) and 0 <= b < 1 for b in betas):
+            raise ConfigError("betas", "two numbers in [0, 1), e.g. [0.9, 0.999]", betas)
+    for key in ("nesterov", "centered"):
+        if key in hyper and not isinstance(hyper[key], bool):
+            raise ConfigError(key, "true or false", hyper[key])
+
+
 def build_optimizer(
     params: ParamsT,
     preconditioner: str = "adam",
@@ -247,6 +275,10 @@ def build_optimizer(
 
     link_cls, precond_defaults = PRECONDITIONERS[preconditioner]
     _check_hyper(preconditioner, hyper, precond_defaults)
+    check_hyperparameters(hyper)
+    if not math.isfinite(lr):
+        raise ConfigError("/lr", "a finite number >= 0", lr)
+    params = _refuse_unknown_group_keys(params, {"lr", *precond_defaults, *bnp_defaults, "strength", "policy"})
     defaults = {"lr": lr, **precond_defaults, **hyper, **bnp_defaults, "strength": strength, "policy": policy}
     if "betas" in defaults:
         defaults["betas"] = tuple(defaults["betas"])
@@ -269,6 +301,20 @@ def build_optimizer(
         before.append(bnp_link)  # after the p-penalties, before the base preconditioner
     return ComposedOptimizer(params, defaults, link_cls(), before=before, after=after, momentum=momentum,
                              post=post)
+
+
+def _refuse_unknown_group_keys(params: ParamsT, known: set) -> list:
+    """Param-group dicts may override the optimizer's own hyperparameters, nothing else
+    (torch's ``weight_decay`` is ``regularization="l2"`` here: it must not be silently ignored)."""
+    params = list(params)
+    for i, group in enumerate(params):
+        if isinstance(group, dict):
+            unknown = sorted(set(group) - known - {"params"})
+            if unknown:
+                hint = " (use regularization='l2' with a per-group 'strength')" if "weight_decay" in unknown else ""
+                raise ValueError(f"param group {i} has key(s) {unknown} this optimizer does not use; "
+                                 f"expected some of {sorted(known)}{hint}")
+    return params
 
 
 BNP_DEFAULTS = {"rho": 0.01, "bnp_eps": 1e-3, "bnp_warmup": 100}

@@ -11,12 +11,23 @@ import argparse
 import json
 import math
 import statistics
+import sys
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
 from precond.runlog import identifying_overrides
+
+
+class ReportError(ValueError):
+    """Nothing to report (no readable runs) or a metric the runs do not have: one line for the user."""
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    tmp.replace(path)
 
 
 @dataclass
@@ -39,15 +50,46 @@ class RunRecord:
         return [p[0] for p in pts], [p[1] for p in pts]
 
 
-def load_runs(sweep_dir: str | Path) -> list[RunRecord]:
-    """Every run directory (holding summary.json) below ``sweep_dir``, in job order."""
+def _read_metrics(path: Path) -> tuple[list[dict], int]:
+    """The records of a metrics.jsonl and the number of lines that did not parse (a truncated write)."""
+    records, bad = [], 0
+    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            bad += 1
+            continue
+        if isinstance(record, dict) and "step" in record:
+            records.append(record)
+        else:
+            bad += 1
+    return records, bad
+
+
+def load_runs(sweep_dir: str | Path, problems: Optional[list[str]] = None) -> list[RunRecord]:
+    """Every run directory (holding summary.json) below ``sweep_dir``, in job order.
+
+    A run whose summary.json cannot be read is skipped; unreadable metrics lines (a write cut
+    short by a full disk or a kill) are dropped. Each is described in ``problems`` when given.
+    """
     runs = []
     for summary_path in sorted(Path(sweep_dir).rglob("summary.json"), key=lambda p: _job_key(p.parent)):
-        summary = json.loads(summary_path.read_text())
+        try:
+            summary = json.loads(summary_path.read_text(encoding="utf-8"))
+            if not isinstance(summary, dict):
+                raise ValueError("not a JSON object")
+        except (OSError, UnicodeDecodeError, ValueError) as err:
+            if problems is not None:
+                problems.append(f"{summary_path.parent}: skipped, unreadable summary.json ({err})")
+            continue
         metrics_path = summary_path.parent / "metrics.jsonl"
-        metrics = []
+        metrics: list[dict] = []
         if metrics_path.exists():
-            metrics = [json.loads(line) for line in metrics_path.read_text().splitlines() if line.strip()]
+            metrics, bad = _read_metrics(metrics_path)
+            if bad and problems is not None:
+                problems.append(f"{summary_path.parent}: dropped {bad} unreadable line(s) of metrics.jsonl")
         runs.append(RunRecord(summary_path.parent, summary, metrics))
     _label(runs)
     return runs
@@ -203,27 +245,37 @@ def plot(runs: list[RunRecord], metric: str, path: str | Path, title: str = "") 
     fig.suptitle(title or f"{metric} vs step (mean, band = min–max over seeds)", fontsize=11)
     fig.tight_layout()
     path = Path(path)
-    fig.savefig(path, dpi=120)
+    tmp = path.with_name(path.name + ".tmp")
+    fig.savefig(tmp, dpi=120, format="png")
     plt.close(fig)
+    tmp.replace(path)
     return path
 
 
 def compare(sweep_dir: str | Path, metric: Optional[str] = None, quiet: bool = False) -> str:
     """Write ``comparison.md`` and ``comparison.png`` in ``sweep_dir``; print and return the table."""
     sweep_dir = Path(sweep_dir)
-    runs = load_runs(sweep_dir)
+    problems: list[str] = []
+    runs = load_runs(sweep_dir, problems)
     if not runs:
-        raise FileNotFoundError(f"no run directories with summary.json under {sweep_dir}")
+        raise ReportError(f"no readable run directories (with summary.json) under {sweep_dir}")
     first = runs[0].summary
     metric = metric or ("val/loss" if any("val/loss" in r.summary for r in runs) else "train/loss")
+    known = sorted({k for r in runs for k, v in r.summary.items() if "/" in k and isinstance(v, (int, float))})
+    if metric not in known:
+        raise ReportError(f"--metric {metric!r} is not in these runs' summaries; expected one of {known}")
     target_metric = first.get("target_metric", "?")
     target = f"{target_metric} {'≥' if 'acc' in target_metric else '≤'} {first.get('target_value')}"
     extra = tuple(k for k in EXTRA_COLUMNS if k != metric and any(r.summary.get(k) is not None for r in runs))
     table = format_table(summarize(runs, metric, extra), metric, target)
-    (sweep_dir / "comparison.md").write_text(f"# {sweep_dir.name}\n\n{table}\n", encoding="utf-8")
+    notes = "".join(f"\n- {p}" for p in problems)
+    text = f"# {sweep_dir.name}\n\n{table}\n" + (f"\nNot in the table:{notes}\n" if problems else "")
+    _write_atomically(sweep_dir / "comparison.md", text)
     plot(runs, metric, sweep_dir / "comparison.png", title=f"{sweep_dir.name}: {metric}")
     if not quiet:
         print(table)
+        for problem in problems:
+            print(f"warning: {problem}", file=sys.stderr)
         print(f"\nwrote {sweep_dir / 'comparison.md'} and {sweep_dir / 'comparison.png'}")
     return table
 
@@ -233,7 +285,11 @@ def main(argv: Optional[list[str]] = None) -> None:
     parser.add_argument("sweep_dir", help="a Hydra sweep directory (outputs/sweeps/...)")
     parser.add_argument("--metric", default=None, help="metric to compare (default val/loss)")
     args = parser.parse_args(argv)
-    compare(args.sweep_dir, args.metric)
+    try:
+        compare(args.sweep_dir, args.metric)
+    except ReportError as err:
+        print(f"error: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
 
 
 if __name__ == "__main__":

@@ -121,6 +121,8 @@ class RunLog:
         self.summary_path = self.run_dir / "summary.json"
         self._metrics = open(self.metrics_path, "a", encoding="utf-8")
         self._summary_written = False
+        #: the W&B exit code when the context ends without an exception (1: the run did not complete)
+        self.exit_code = 0
         self._wandb_run = None
         if wandb_settings is not None and wandb_settings.mode != "disabled":
             self._wandb_run = self._start_wandb(config, wandb_settings)
@@ -164,7 +166,7 @@ class RunLog:
     def __exit__(self, exc_type, exc, tb) -> None:
         if exc is not None and not self._summary_written:
             self.write_summary({"status": "failed", "error": f"{exc_type.__name__}: {exc}"})
-        self.close(exit_code=1 if exc is not None else 0)
+        self.close(exit_code=1 if exc is not None else self.exit_code)
 
 
 # --- provenance: what a run's summary records about where and how it ran -----------------------
@@ -208,3 +210,91 @@ def environment(device, cwd: str | Path) -> dict:
     if getattr(device, "type", None) == "cuda":
         env["gpu"] = torch.cuda.get_device_name(device)
     return env
+
+
+# --- the run directory: never shared, never appended to by another run -------------------------
+
+#: config keys that may differ between two attempts of the same run (they change no result)
+RUN_DIR_FREE_KEYS = ("logger", "progress")
+
+
+class RunDirInUse(ConfigError):
+    """The run directory belongs to another run (different config, or a live process holds it)."""
+
+
+def _config_differences(old: dict, new: dict) -> list[str]:
+    keys = sorted((set(old) | set(new)) - set(RUN_DIR_FREE_KEYS))
+    return [k for k in keys if old.get(k) != new.get(k)]
+
+
+class RunDirectory:
+    """Claim ``run_dir`` for one run of ``config`` (a plain resolved dict) for the life of the context.
+
+    * another live process holding the dir (an advisory ``flock`` on ``run_dir/.lock``,
+      released by the kernel when that process dies) → :class:`RunDirInUse`;
+    * a ``config.yaml`` with a different config → :class:`RunDirInUse`, naming the keys;
+    * the same config with a ``completed`` summary → :attr:`completed` holds that summary
+      (the caller reports it and does not redo the run);
+    * the same config, unfinished (failed, interrupted, killed) → its ``metrics.jsonl`` and
+      ``summary.json`` are kept as ``*.attempt<N>`` beside the new ones; nothing is appended
+      to a file of another attempt.
+    """
+
+    def __init__(self, run_dir: str | Path, config: dict):
+        self.path, self.config = Path(run_dir), config
+        self.completed: Optional[dict] = None
+        self._lock = None
+
+    def __enter__(self) -> RunDirectory:
+        import fcntl
+
+        self.path.mkdir(parents=True, exist_ok=True)
+        self._lock = open(self.path / ".lock", "a+")
+        try:
+            fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self._lock.close()
+            raise RunDirInUse("hydra.run.dir", "a directory no other live run is using", str(self.path),
+                              "another process is training in it; pick another hydra.run.dir") from None
+        try:
+            self._check_existing()
+        except BaseException:
+            self.__exit__()
+            raise
+        return self
+
+    def _check_existing(self) -> None:
+        import yaml
+
+        config_path = self.path / "config.yaml"
+        if not config_path.exists():
+            return
+        try:
+            old = yaml.safe_load(config_path.read_text(encoding="utf-8")) or {}
+        except (OSError, yaml.YAMLError):
+            old = None
+        if not isinstance(old, dict) or _config_differences(old, self.config):
+            keys = _config_differences(old, self.config) if isinstance(old, dict) else ["config.yaml unreadable"]
+            raise RunDirInUse("hydra.run.dir", "a new directory or one holding this same run", str(self.path),
+                              f"it holds a run whose config differs at {keys}; pick another hydra.run.dir")
+        summary = self._read_summary()
+        if summary is not None and summary.get("status") == "completed":
+            self.completed = summary
+            return
+        earlier = [p.name.rsplit(".attempt", 1)[1] for p in self.path.glob("*.attempt*")]
+        attempt = 1 + max((int(n) for n in earlier if n.isdigit()), default=0)
+        for name in ("metrics.jsonl", "summary.json"):
+            if (self.path / name).exists():
+                (self.path / name).replace(self.path / f"{name}.attempt{attempt}")
+
+    def _read_summary(self) -> Optional[dict]:
+        try:
+            summary = json.loads((self.path / "summary.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return None
+        return summary if isinstance(summary, dict) else None
+
+    def __exit__(self, *exc) -> None:
+        if self._lock is not None:
+            self._lock.close()  # closing the file releases the flock
+            self._lock = None

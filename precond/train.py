@@ -16,7 +16,10 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
+import secrets
 import sys
+import traceback
 from pathlib import Path
 from typing import Optional
 
@@ -26,6 +29,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
+from precond.callbacks import write_sweep_report
 from precond.config import (
     RunSettings,
     build_data,
@@ -37,12 +41,18 @@ from precond.config import (
     to_plain,
 )
 from precond.errors import ConfigError
-from precond.loop import train
-from precond.runlog import RunLog, environment, identifying_overrides, write_summary
+from precond.interrupts import StopRequest
+from precond.loop import check_target, train
+from precond.runlog import RunDirectory, RunDirInUse, RunLog, environment, identifying_overrides, write_summary
 
 log = logging.getLogger("precond")
 
 CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
+
+# ${run_id:} in conf/train.yaml's default run dir: pid + random, so two runs started in the same
+# second never share a directory (cached: one value per process, the same at every resolution)
+if not OmegaConf.has_resolver("run_id"):
+    OmegaConf.register_new_resolver("run_id", lambda: f"{os.getpid()}{secrets.token_hex(2)}", use_cache=True)
 
 
 def _task_overrides() -> list[str]:
@@ -63,18 +73,30 @@ def _wandb_settings(cfg: DictConfig, settings: RunSettings):
     )
 
 
-def run(cfg: DictConfig) -> dict:
-    """Validate, build, train; always leaves config.yaml and summary.json in the run dir."""
+def run(cfg: DictConfig, should_stop=None) -> dict:
+    """Validate, build, train; leaves config.yaml and summary.json in the run dir (status
+    completed | diverged | failed | interrupted). A dir that holds this same completed run is
+    reported, not redone; one that holds another run is refused (:class:`RunDirInUse`)."""
     hc = HydraConfig.get()
     run_dir = Path(hc.runtime.output_dir)
-    OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
+    config = to_plain(cfg)
     base = {"seed": cfg.seed, "name": cfg.name, "overrides": _task_overrides(),
             "choices": {k: v for k, v in hc.runtime.choices.items() if not k.startswith("hydra")}}
-    settings = settings_from_config(cfg)
-    base.update(environment(settings.device, hc.runtime.cwd))
+    with RunDirectory(run_dir, config) as directory:
+        if directory.completed is not None:
+            log.info("%s already holds this completed run: not redone", run_dir)
+            return directory.completed
+        OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
+        settings = settings_from_config(cfg)
+        base.update(environment(settings.device, hc.runtime.cwd))
+        return _train_in(run_dir, cfg, settings, base, should_stop)
+
+
+def _train_in(run_dir: Path, cfg: DictConfig, settings: RunSettings, base: dict, should_stop) -> dict:
     with RunLog(run_dir, to_plain(cfg), _wandb_settings(cfg, settings)) as runlog:
         try:
             data = build_data(cfg, settings)
+            check_target(settings.loop, data.task)
             model = build_model(cfg, settings, data)
             optimizer = build_optimizer_from_settings(settings, model)
             scheduler = build_schedule(cfg, optimizer, settings.loop.steps)
@@ -85,14 +107,19 @@ def run(cfg: DictConfig) -> dict:
             base["parameters"] = sum(p.numel() for p in model.parameters())
             log.info("%s | %s params on %s | %s", ",".join(base["overrides"]) or "defaults",
                      base["parameters"], settings.device, run_dir)
-            summary = {**base, **train(model, optimizer, data, loop, runlog, monitors=monitors, scheduler=scheduler)}
+            summary = {**base, **train(model, optimizer, data, loop, runlog, monitors=monitors, scheduler=scheduler,
+                                       should_stop=should_stop)}
         except Exception as err:
-            runlog.write_summary({**base, "status": "failed", "error": f"{type(err).__name__}: {err}"
-                                  if not isinstance(err, ConfigError) else str(err)})
+            error = str(err) if isinstance(err, ConfigError) else f"{type(err).__name__}: {err}"
+            runlog.write_summary({**base, "status": "failed", "error": error})
+            if not isinstance(err, ConfigError):
+                (run_dir / "error.txt").write_text(traceback.format_exc(), encoding="utf-8")
             raise
+        torch.save(model.state_dict(), run_dir / "model.pt")
+        torch.save(optimizer.state_dict(), run_dir / "optimizer.pt")
         runlog.write_summary(summary)
-    torch.save(model.state_dict(), run_dir / "model.pt")
-    torch.save(optimizer.state_dict(), run_dir / "optimizer.pt")
+        if summary["status"] == "interrupted":
+            runlog.exit_code = 1  # the W&B run ends with an exit record that says it did not complete
     _log_result(summary)
     return summary
 
@@ -108,23 +135,58 @@ def _log_result(summary: dict) -> None:
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="train")
 def hydra_main(cfg: DictConfig) -> Optional[float]:
-    """Hydra task: one job. Config errors print one line; in a sweep they fail only this job."""
-    try:
-        summary = run(cfg)
-    except ConfigError as err:
-        run_dir = Path(HydraConfig.get().runtime.output_dir)
-        if not (run_dir / "summary.json").exists():
-            write_summary(run_dir, {"status": "failed", "error": str(err), "overrides": _task_overrides()})
-        print(f"error: {err}", file=sys.stderr)
-        if HydraConfig.get().mode == RunMode.MULTIRUN:
+    """Hydra task: one job; returns ``val/loss`` of a completed run (None otherwise).
+
+    Single run: a config error prints one line and exits 2; an interrupt writes the run's
+    files and exits 128 + signal. In a sweep, any failure (config error or exception) fails
+    only that job (its summary.json and error.txt say why) and the sweep goes on; an
+    interrupt writes the comparison table of the jobs so far and ends the sweep.
+    """
+    hc = HydraConfig.get()
+    multirun = hc.mode == RunMode.MULTIRUN
+    run_dir = Path(hc.runtime.output_dir)
+    with StopRequest() as stop:
+        try:
+            summary = run(cfg, should_stop=stop)
+        except RunDirInUse as err:  # nothing is written into another run's directory
+            print(f"error: {err}", file=sys.stderr)
+            if multirun:
+                return None
+            raise SystemExit(2) from None
+        except ConfigError as err:
+            if not (run_dir / "summary.json").exists():
+                write_summary(run_dir, {"status": "failed", "error": str(err), "overrides": _task_overrides()})
+            print(f"error: {err}", file=sys.stderr)
+            if multirun:
+                return None
+            raise SystemExit(2) from None
+        except Exception as err:
+            if not multirun:
+                raise
+            if not (run_dir / "summary.json").exists():
+                write_summary(run_dir, {"status": "failed", "error": f"{type(err).__name__}: {err}",
+                                        "overrides": _task_overrides()})
+            log.error("job %s failed: %s: %s (traceback in %s)", hc.job.num, type(err).__name__, err,
+                      run_dir / "error.txt")
+            if not (run_dir / "error.txt").exists():
+                (run_dir / "error.txt").write_text(traceback.format_exc(), encoding="utf-8")
             return None
-        raise SystemExit(2) from None
+    if summary["status"] == "interrupted":
+        print(f"interrupted at step {summary['steps']}: files written to {run_dir}; re-run the same command "
+              f"with hydra.run.dir={run_dir} to train it again", file=sys.stderr)
+        if multirun:
+            write_sweep_report(Path(hc.sweep.dir))
+        raise SystemExit(stop.exit_code)
     value = summary.get("val/loss")
     return value if summary["status"] == "completed" else None
 
 
 def main() -> None:
-    hydra_main()
+    try:
+        hydra_main()
+    except KeyboardInterrupt:  # Ctrl-C outside a run's step loop (e.g. between jobs): no traceback
+        print("interrupted", file=sys.stderr)
+        raise SystemExit(130) from None
 
 
 if __name__ == "__main__":
