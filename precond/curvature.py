@@ -86,6 +86,14 @@ def dense_bytes(n_params: int) -> int:
     return 2 * 8 * n_params * n_params
 
 
+def require_dense_fits(n_params: int) -> None:
+    """Refuse the dense Hessian of a model whose ``H`` would exceed ``DENSE_MAX_BYTES``."""
+    if dense_bytes(n_params) > DENSE_MAX_BYTES:
+        raise ConfigError("method", f"a model small enough for the dense Hessian (needs "
+                          f"{dense_bytes(n_params) / 1024**3:.1f} GiB for {n_params} parameters, limit "
+                          f"{DENSE_MAX_BYTES / 1024**3:.0f} GiB)", "dense", "use method lanczos")
+
+
 def measure_curvature(
     model: nn.Module,
     loss_fn: Callable[[Tensor, Tensor], Tensor],
@@ -123,10 +131,8 @@ def measure_curvature(
     n = sum(p.numel() for p in params)
     scale = _flat_P(optimizer, params) if space == "z" else None
     use_dense = method == "dense" or (method == "auto" and n <= dense_threshold)
-    if use_dense and dense_bytes(n) > DENSE_MAX_BYTES:
-        raise ConfigError("method", f"a model small enough for the dense Hessian (needs "
-                          f"{dense_bytes(n) / 1024**3:.1f} GiB for {n} parameters, limit "
-                          f"{DENSE_MAX_BYTES / 1024**3:.0f} GiB)", method, "use method lanczos")
+    if use_dense:
+        require_dense_fits(n)
     with measurement_mode(model, bn_mode):
         if use_dense:
             h = dense_hessian(model, loss_fn, batches)

@@ -12,8 +12,7 @@ from typing import Protocol
 import torch
 from torch import Tensor, nn
 
-from precond.curvature import DENSE_MAX_BYTES, CurvatureSettings, dense_bytes, measure_curvature
-from precond.errors import ConfigError
+from precond.curvature import CurvatureSettings, measure_curvature, require_dense_fits
 from precond.normalization import hidden_matrix_kappas
 
 
@@ -50,11 +49,8 @@ class CurvatureMonitor:
     def __init__(self, model: nn.Module, loss_fn, x_train: Tensor, y_train: Tensor, optimizer,
                  settings: CurvatureSettings, default_batch_size: int, seed: int = 0):
         self.model, self.loss_fn, self.optimizer, self.settings = model, loss_fn, optimizer, settings
-        n_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
-        if settings.method == "dense" and dense_bytes(n_params) > DENSE_MAX_BYTES:  # refuse before training
-            raise ConfigError("method", f"a model small enough for the dense Hessian (needs "
-                              f"{dense_bytes(n_params) / 1024**3:.1f} GiB for {n_params} parameters, limit "
-                              f"{DENSE_MAX_BYTES / 1024**3:.0f} GiB)", "dense", "use curvature=lanczos")
+        if settings.method == "dense":  # refuse before training, not at the first measurement
+            require_dense_fits(sum(p.numel() for p in model.parameters() if p.requires_grad))
         size = settings.batch_size or default_batch_size
         n = min(x_train.shape[0], size * settings.batches)
         perm = torch.randperm(x_train.shape[0], generator=torch.Generator().manual_seed(seed)).to(x_train.device)
