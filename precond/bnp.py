@@ -40,6 +40,7 @@ import torch
 from torch import Tensor, nn
 
 from precond.chain import Link
+from precond.errors import ConfigError
 
 SUPPORTED = (nn.Linear, nn.Conv2d)
 
@@ -145,9 +146,8 @@ def check_model_for_bnp(model: nn.Module, allow_batchnorm: bool) -> None:
     """BNP replaces BatchNorm: refuse a model that already has BatchNorm layers unless allowed."""
     has_bn = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
     if has_bn and not allow_batchnorm:
-        raise ValueError(
-            "preconditioner 'bnp' with a model that has BatchNorm layers: BNP replaces BatchNorm. "
-            "Use normalization=none (or set allow_batchnorm=true to combine them)"
-        )
+        raise ConfigError("/normalization", "a model without BatchNorm layers with preconditioner=bnp, which "
+                          "replaces BatchNorm", "a model that has BatchNorm layers",
+                          "use normalization=none (or set preconditioner.allow_batchnorm=true to combine them)")
     if not bnp_layers(model):
         raise ValueError("preconditioner 'bnp' found no Linear or Conv2d layer to precondition")

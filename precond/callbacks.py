@@ -14,9 +14,13 @@ log = logging.getLogger("precond")
 def write_sweep_report(sweep_dir: Path) -> list[str]:
     """Write the comparison table and plot of ``sweep_dir``; return the statuses of its runs."""
     from precond.report import compare, load_runs
+    from precond.tuned_report import SELECTION, tuned_report
 
     try:
-        compare(sweep_dir)
+        if (sweep_dir / SELECTION).exists():  # a tuned experiment (hydra/sweeper=tuned)
+            tuned_report(sweep_dir)
+        else:
+            compare(sweep_dir)
     except Exception as err:  # a report problem must not hide the runs' own results
         log.warning("could not write the comparison report for %s: %s", sweep_dir, err)
     return [run.summary.get("status", "?") for run in load_runs(sweep_dir)]
@@ -27,9 +31,30 @@ class ReportOnMultirunEnd(Callback):
     job did not complete (failed or interrupted; diverged is a result, not an error)."""
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        statuses = write_sweep_report(Path(config.hydra.sweep.dir))
+        sweep_dir = Path(config.hydra.sweep.dir)
+        statuses = write_sweep_report(sweep_dir)
+        _log_tuned_summary_to_wandb(config, sweep_dir)
         bad = [s for s in statuses if s in ("failed", "interrupted")]
         if bad:
             log.error("%d of %d jobs did not complete (see the table and their summary.json)", len(bad),
                       len(statuses))
             raise SystemExit(1)
+
+
+def _log_tuned_summary_to_wandb(config: DictConfig, sweep_dir: Path) -> None:
+    """With a W&B logger, a tuned sweep also gets one summary run: selection and verdict tables, plots."""
+    from precond.tuned_report import REPORT_IMAGES, SELECTION, VERDICTS, summary_tables
+
+    if config.get("logger") is None or config.logger.get("mode", "disabled") == "disabled":
+        return
+    if not (sweep_dir / SELECTION).exists() or not (sweep_dir / VERDICTS).exists():
+        return
+    from precond.config import instantiate
+    from precond.runlog import log_sweep_summary
+
+    try:
+        run_id = log_sweep_summary(instantiate(config, "logger"), sweep_dir, summary_tables(sweep_dir),
+                                   {name: sweep_dir / file for name, file in REPORT_IMAGES.items()})
+        log.info("W&B summary run %s holds the selection and verdict tables", run_id)
+    except Exception as err:  # W&B trouble must not hide the report already written
+        log.warning("could not log the W&B summary run: %s", err)

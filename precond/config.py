@@ -89,7 +89,7 @@ def settings_from_config(cfg: DictConfig) -> RunSettings:
         steps=cfg.steps, batch_size=cfg.batch_size, eval_every=cfg.eval_every, seed=cfg.seed,
         target_metric=cfg.target.metric, target_value=cfg.target.value,
         eval_batch_size=cfg.eval_batch_size, divergence_factor=cfg.divergence_factor,
-        progress=bool(cfg.progress),
+        progress=bool(cfg.progress), checkpoint_every=cfg.checkpoint_every,
     )
     curvature = instantiate(cfg, "curvature") if cfg.get("curvature") is not None else None
     if curvature is not None:
@@ -112,17 +112,8 @@ def _check_combinations(s: RunSettings) -> None:
         raise ConfigError("batch_size", "at least 2 with normalization=batchnorm (train-mode BatchNorm "
                           "needs more than one sample per channel)", s.loop.batch_size,
                           "use normalization=none with preconditioner=bnp, or batch_size>=2")
+    # BNP's own rules (penalties in p only, no BatchNorm in the model) live in build_optimizer
     if s.preconditioner.name == "bnp":
-        reg = s.regularization
-        if reg.name != "none" and (reg.variable == "z" or (reg.name == "l1" and reg.form != "subgradient")):
-            key = "regularization.variable" if reg.variable == "z" else "regularization.form"
-            raise ConfigError(key, "variable=p (and form=subgradient for l1) with preconditioner=bnp",
-                              reg.variable if reg.variable == "z" else reg.form,
-                              "BNP's P is block-diagonal per neuron, so z = P⁻¹p and the L1 prox are not defined")
-        if s.normalization.name == "batchnorm" and not s.preconditioner.hyper.get("allow_batchnorm"):
-            raise ConfigError("normalization", "none (or input/layernorm) with preconditioner=bnp, which "
-                              "replaces BatchNorm", s.normalization.name,
-                              "or set preconditioner.allow_batchnorm=true")
         if s.curvature is not None and "z" in s.curvature.spaces:
             raise ConfigError("curvature.spaces", "[p] with preconditioner=bnp (its P is not diagonal)",
                               list(s.curvature.spaces), "set curvature.spaces=[p]")

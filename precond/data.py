@@ -234,3 +234,14 @@ class BatchSampler:
         idx = self._perm[self._pos:self._pos + self.batch_size]
         self._pos += self.batch_size
         return idx
+
+    def state_dict(self) -> dict:
+        """The position in the sample stream: generator state, current permutation, offset, epoch."""
+        return {"generator": self.generator.get_state(), "perm": None if self._perm is None else self._perm.cpu(),
+                "pos": self._pos, "epoch": self.epoch}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Continue the stream exactly where :meth:`state_dict` left it."""
+        self.generator.set_state(state["generator"])
+        self._perm = None if state["perm"] is None else state["perm"].to(self.device)
+        self._pos, self.epoch = int(state["pos"]), int(state["epoch"])

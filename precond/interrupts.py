@@ -1,10 +1,14 @@
-"""Graceful stops: SIGTERM (preemption, ``scancel``, SLURM requeue) and SIGINT (Ctrl-C).
+"""Graceful stops: SIGTERM (preemption, ``scancel``), SIGINT (Ctrl-C) and SIGUSR2 (the signal
+SLURM sends ahead of a time limit with ``--signal=USR2@<s>``, and submitit's preemption signal).
 
 While a :class:`StopRequest` is active, the first signal only records itself; the
 training loop polls the request at every step boundary, stops there, and the entry
-point writes the run's files with ``status: interrupted``. A second signal stops at
-once (``KeyboardInterrupt``), for a user who does not want to wait for the step.
-Handlers can only be installed from the main thread; elsewhere the request is inert.
+point writes the checkpoint and the run's files with ``status: interrupted``. Then
+:meth:`StopRequest.forward` hands the signal to the handler that was installed before
+(submitit's USR2 handler requeues the job, which then resumes from the checkpoint).
+A second signal stops at once (``KeyboardInterrupt``), for a user who does not want
+to wait for the step. Handlers can only be installed from the main thread; elsewhere
+the request is inert.
 """
 from __future__ import annotations
 
@@ -15,7 +19,10 @@ from typing import Optional
 
 log = logging.getLogger("precond")
 
-SIGNALS = (signal.SIGTERM, signal.SIGINT)
+SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR2)
+
+#: handlers that must not be called again after a graceful stop (they would only kill or ignore)
+_NOT_FORWARDED = (signal.SIG_DFL, signal.SIG_IGN, signal.default_int_handler, None)
 
 
 class StopRequest:
@@ -49,4 +56,10 @@ class StopRequest:
     def __exit__(self, *exc) -> None:
         for s, handler in self._previous.items():
             signal.signal(s, handler)
-        self._previous.clear()
+
+    def forward(self) -> None:
+        """Call the handler that was installed before this request for the signal received, once the
+        run's files are written (e.g. submitit's requeue); default handlers are not called."""
+        previous = self._previous.get(self.signum)
+        if self.signum is not None and previous not in _NOT_FORWARDED and callable(previous):
+            previous(self.signum, None)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field, fields
 from typing import Optional
 
 import torch
@@ -40,12 +40,18 @@ class LoopSettings:
     eval_train_samples: int = 10_000
     divergence_factor: float = 1e6
     progress: bool = True
+    #: None: a checkpoint at every evaluation; N > 0: every N steps; 0: only on interrupt
+    checkpoint_every: Optional[int] = None
 
     def __post_init__(self) -> None:
         for key in ("steps", "batch_size", "eval_every", "eval_batch_size", "eval_train_samples"):
             value = getattr(self, key)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ConfigError(key, "a positive integer", value)
+        if self.checkpoint_every is not None and (not isinstance(self.checkpoint_every, int) or isinstance(
+                self.checkpoint_every, bool) or self.checkpoint_every < 0):
+            raise ConfigError("checkpoint_every", "null (at every evaluation) or an integer >= 0 (0: only on "
+                              "interrupt)", self.checkpoint_every)
         if not isinstance(self.seed, int) or isinstance(self.seed, bool) or self.seed < 0:
             raise ConfigError("seed", "a non-negative integer", self.seed)
         if self.target_value is not None and (isinstance(self.target_value, bool) or not isinstance(
@@ -133,6 +139,49 @@ def run_monitors(monitors: tuple[Monitor, ...], step: int, final: bool) -> tuple
     return metrics, time.perf_counter() - t0
 
 
+@dataclass
+class LoopState:
+    """The loop's bookkeeping between two steps: with the model, optimizer, scheduler, monitors
+    and RNG states, all a run needs to continue exactly where it stopped.
+
+    ``loss_sum``/``loss_count`` accumulate the minibatch losses since the last record (the sum
+    stays on the device: no host sync per step); ``diverge_above`` is ``divergence_factor`` × the
+    initial training loss; ``last`` is the last evaluation record; ``resumed_at`` lists the steps
+    the run was resumed from.
+    """
+
+    step: int
+    last: dict
+    diverge_above: float
+    loss_sum: Tensor
+    loss_count: int = 0
+    train_s: float = 0.0
+    monitor_s: float = 0.0
+    checkpoint_s: float = 0.0
+    steps_to_target: Optional[int] = None
+    seconds_to_target: Optional[float] = None
+    resumed_at: list = field(default_factory=list)
+
+    def state_dict(self, sampler: BatchSampler) -> dict:
+        return {**{f.name: getattr(self, f.name) for f in fields(self)}, "sampler": sampler.state_dict()}
+
+    @classmethod
+    def from_state_dict(cls, state: dict, sampler: BatchSampler, device: torch.device) -> LoopState:
+        sampler.load_state_dict(state["sampler"])
+        values = {f.name: state[f.name] for f in fields(cls) if f.name in state}
+        values["loss_sum"] = values["loss_sum"].to(device)
+        loop = cls(**values)
+        loop.resumed_at = [*loop.resumed_at, loop.step]
+        return loop
+
+
+def checkpoint_due(settings: LoopSettings, step: int, at_eval: bool) -> bool:
+    """``checkpoint_every``: None → at every evaluation; N > 0 → every N steps; 0 → only on interrupt."""
+    if settings.checkpoint_every is None:
+        return at_eval
+    return settings.checkpoint_every > 0 and step % settings.checkpoint_every == 0
+
+
 def train(
     model: nn.Module,
     optimizer: torch.optim.Optimizer,
@@ -142,6 +191,8 @@ def train(
     monitors: tuple[Monitor, ...] = (),
     scheduler: Optional[torch.optim.lr_scheduler.LRScheduler] = None,
     should_stop: Optional[Callable[[], bool]] = None,
+    checkpoint: Optional[Callable[[dict], None]] = None,
+    resume: Optional[dict] = None,
 ) -> dict:
     """Train for ``settings.steps`` minibatch steps; log every ``eval_every`` steps (and at 0 and the end).
 
@@ -152,6 +203,10 @@ def train(
     record only), and the monitors' metrics.
 
     ``should_stop`` is polled before every step (e.g. a :class:`precond.interrupts.StopRequest`).
+    ``checkpoint`` is called with the loop's state (:meth:`LoopState.state_dict`) when
+    :func:`checkpoint_due` says so and when the run is interrupted; ``resume`` is such a state:
+    the loop continues from its step without re-evaluating it (the caller restores the model,
+    optimizer, scheduler, monitors and RNG states saved with it).
 
     Returns the summary fields of the run: ``status`` (``completed``; ``diverged``
     when the minibatch loss becomes NaN/inf or exceeds ``divergence_factor`` × the
@@ -162,9 +217,6 @@ def train(
     device = data.x_train.device
     loss_fn = loss_function(data.task)
     sampler = BatchSampler(data.n_train, settings.batch_size, settings.seed, device)
-    train_s, monitor_s = 0.0, 0.0
-    loss_sum, loss_count = torch.zeros((), device=device), 0  # stays on the device: no sync per step
-    status, steps_to_target, seconds_to_target = "completed", None, None
     model.train()
 
     def record_at(step: int, final: bool) -> dict:
@@ -173,20 +225,22 @@ def train(
         record.update(evaluate_splits(model, data, settings, final))
         return record
 
-    last = record_at(0, final=settings.steps == 0)
-    metrics, seconds = run_monitors(monitors, 0, final=False)
-    monitor_s += seconds
-    last.update(metrics, **{"time/train_s": 0.0}, **({"time/monitor_s": monitor_s} if monitors else {}))
-    if target_reached(settings.target_metric, last.get(settings.target_metric), settings.target_value):
-        steps_to_target, seconds_to_target = 0, 0.0
-    runlog.log(last)
-    # a run has diverged when its loss is non-finite or this far above the initial training loss
-    diverge_above = settings.divergence_factor * max(last["train/loss"], 1e-12)
-    progress = _progress_bar(settings)
-    step = 0
-    for step in range(1, settings.steps + 1):
+    def save(state: LoopState) -> None:
+        if checkpoint is not None:
+            t0 = time.perf_counter()
+            checkpoint(state.state_dict(sampler))
+            state.checkpoint_s += time.perf_counter() - t0
+
+    if resume is not None:
+        state = LoopState.from_state_dict(resume, sampler, device)
+    else:
+        state = _start(record_at, monitors, settings, runlog, device)
+    status = "completed"
+    progress = _progress_bar(settings, initial=state.step)
+    for step in range(state.step + 1, settings.steps + 1):
         if should_stop is not None and should_stop():
-            status, step = "interrupted", step - 1
+            status = "interrupted"
+            save(state)
             break
         t0 = time.perf_counter()
         idx = sampler.next()
@@ -201,54 +255,80 @@ def train(
         loss = optimizer.step(closure).detach()
         if scheduler is not None:
             scheduler.step()
-        loss_sum += loss
-        loss_count += 1
+        state.loss_sum += loss
+        state.loss_count += 1
+        state.step = step
         final = step == settings.steps
         at_eval = step % settings.eval_every == 0 or final
         check = at_eval or step % DIVERGENCE_CHECK_EVERY == 0
         if check:
             _sync(device)
-        train_s += time.perf_counter() - t0
-        if check and not float(loss_sum) / loss_count <= diverge_above:  # also catches NaN
+        state.train_s += time.perf_counter() - t0
+        if check and not float(state.loss_sum) / state.loss_count <= state.diverge_above:  # also catches NaN
             status = "diverged"
-            runlog.log({"step": step, "train/batch_loss": float(loss), "time/train_s": train_s, "diverged": True})
+            runlog.log({"step": step, "train/batch_loss": float(loss), "time/train_s": state.train_s,
+                        "diverged": True})
             break
-        if not at_eval:
-            if progress is not None:
-                progress.update(1)
-            continue
-        # evaluation: the record, then target bookkeeping (evaluation time is not train time)
-        last = record_at(step, final)
-        last["train/batch_loss"] = float(loss_sum) / loss_count
-        loss_sum, loss_count = torch.zeros((), device=device), 0
-        metrics, seconds = run_monitors(monitors, step, final)
-        monitor_s += seconds
-        last.update(metrics)
-        last["time/train_s"] = train_s
-        if monitors:
-            last["time/monitor_s"] = monitor_s
-        if steps_to_target is None and target_reached(
-            settings.target_metric, last.get(settings.target_metric), settings.target_value
-        ):
-            steps_to_target, seconds_to_target = step, train_s
-        runlog.log(last)
+        if at_eval:
+            _evaluate_into(state, record_at, monitors, settings, final)
+            runlog.log(state.last)
+        if not final and checkpoint_due(settings, step, at_eval):
+            save(state)
         if progress is not None:
-            progress.set_postfix({k: f"{v:.4g}" for k, v in last.items() if k in ("train/batch_loss", "val/loss")})
+            if at_eval:
+                progress.set_postfix({k: f"{v:.4g}" for k, v in state.last.items()
+                                      if k in ("train/batch_loss", "val/loss")})
             progress.update(1)
     if progress is not None:
         progress.close()
-    summary = {k: v for k, v in last.items() if "/" in k}
+    summary = {k: v for k, v in state.last.items() if "/" in k}
     summary.update({
-        "status": status, "steps": step, "last_eval_step": last["step"], "steps_to_target": steps_to_target,
-        "seconds_to_target": seconds_to_target, "target_metric": settings.target_metric,
-        "target_value": settings.target_value,
+        "status": status, "steps": state.step, "last_eval_step": state.last["step"],
+        "steps_to_target": state.steps_to_target, "seconds_to_target": state.seconds_to_target,
+        "target_metric": settings.target_metric, "target_value": settings.target_value,
+        "time/checkpoint_s": state.checkpoint_s,
     })
+    if state.resumed_at:
+        summary["resumed_at"] = state.resumed_at
     return summary
 
 
-def _progress_bar(settings: LoopSettings):
+def _start(record_at, monitors, settings: LoopSettings, runlog: RunLog, device) -> LoopState:
+    """The step-0 record (logged) and the state of a run that has taken no step."""
+    last = record_at(0, final=settings.steps == 0)
+    metrics, monitor_s = run_monitors(monitors, 0, final=False)
+    last.update(metrics, **{"time/train_s": 0.0}, **({"time/monitor_s": monitor_s} if monitors else {}))
+    runlog.log(last)
+    # a run has diverged when its loss is non-finite or this far above the initial training loss
+    state = LoopState(step=0, last=last, diverge_above=settings.divergence_factor * max(last["train/loss"], 1e-12),
+                      loss_sum=torch.zeros((), device=device), monitor_s=monitor_s)
+    if target_reached(settings.target_metric, last.get(settings.target_metric), settings.target_value):
+        state.steps_to_target, state.seconds_to_target = 0, 0.0
+    return state
+
+
+def _evaluate_into(state: LoopState, record_at, monitors, settings: LoopSettings, final: bool) -> None:
+    """Evaluate at ``state.step`` into ``state.last``, then the target bookkeeping (not train time)."""
+    last = record_at(state.step, final)
+    last["train/batch_loss"] = float(state.loss_sum) / state.loss_count
+    state.loss_sum, state.loss_count = torch.zeros_like(state.loss_sum), 0
+    metrics, seconds = run_monitors(monitors, state.step, final)
+    state.monitor_s += seconds
+    last.update(metrics)
+    last["time/train_s"] = state.train_s
+    if monitors:
+        last["time/monitor_s"] = state.monitor_s
+    if state.steps_to_target is None and target_reached(
+        settings.target_metric, last.get(settings.target_metric), settings.target_value
+    ):
+        state.steps_to_target, state.seconds_to_target = state.step, state.train_s
+    state.last = last
+
+
+def _progress_bar(settings: LoopSettings, initial: int = 0):
     if not settings.progress:
         return None
     from tqdm.auto import tqdm
 
-    return tqdm(total=settings.steps, unit="step", leave=False, mininterval=1.0, dynamic_ncols=True)
+    return tqdm(total=settings.steps, initial=initial, unit="step", leave=False, mininterval=1.0,
+                dynamic_ncols=True)

@@ -2,7 +2,9 @@
 
 A monitor is called as ``monitor(step, final)`` at every evaluation (``final`` is
 True at the last step of the run, whatever its number) and returns a dict of
-metrics to add to that step's record (empty when it has nothing to say).
+metrics to add to that step's record (empty when it has nothing to say). Its
+``state_dict()`` goes into the run's checkpoint, so a resumed run continues its
+cumulative values.
 """
 from __future__ import annotations
 
@@ -19,6 +21,10 @@ from precond.normalization import hidden_matrix_kappas
 class Monitor(Protocol):
     def __call__(self, step: int, final: bool) -> dict: ...
 
+    def state_dict(self) -> dict: ...
+
+    def load_state_dict(self, state: dict) -> None: ...
+
 
 class RegularizationMonitor:
     """``reg/penalty`` and ``reg/sparsity`` of the optimizer's penalty at every evaluation."""
@@ -28,6 +34,12 @@ class RegularizationMonitor:
 
     def __call__(self, step: int, final: bool) -> dict:
         return self.optimizer.regularization_metrics()
+
+    def state_dict(self) -> dict:
+        return {}  # stateless: it reads the optimizer, whose state is checkpointed with it
+
+    def load_state_dict(self, state: dict) -> None:
+        pass
 
 
 #: samples of the fixed training subset on which the per-layer κ(ĤᵀĤ) is computed
@@ -80,3 +92,9 @@ class CurvatureMonitor:
         self.seconds += time.perf_counter() - t0
         metrics["time/curvature_s"] = self.seconds
         return metrics
+
+    def state_dict(self) -> dict:
+        return {"seconds": self.seconds}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.seconds = float(state["seconds"])

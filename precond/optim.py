@@ -334,10 +334,10 @@ def _bnp_setup(model, regularization: str, variable: str, form: Optional[str], h
         raise ValueError(f"bnp_eps must be > 0, got {bnp_defaults['bnp_eps']}")
     check_model_for_bnp(model, hyper.pop("allow_batchnorm", False))
     if regularization != "none" and (variable == "z" or form == "prox" or (regularization == "l1" and form is None)):
-        raise ValueError(
-            "preconditioner 'bnp' supports penalties in variable p only (l2, l1 form=subgradient, gradnorm): "
-            "z = P⁻¹p and the L1 prox threshold need a diagonal P, and BNP's P is block-diagonal per neuron"
-        )
+        key, got = ("/regularization.variable", variable) if variable == "z" else ("/regularization.form", form)
+        raise ConfigError(key, "penalties in variable=p (l2, l1 form=subgradient, gradnorm) with preconditioner=bnp",
+                          got, "z = P⁻¹p and the L1 prox threshold need a diagonal P, and BNP's P is "
+                          "block-diagonal per neuron")
     return BNPTransform(model), bnp_defaults, base
 
 

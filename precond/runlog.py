@@ -6,7 +6,8 @@ Files every run leaves (DESIGN.md §6):
 * ``metrics.jsonl`` — one JSON object per logged step (``step``, ``train/loss``,
   ``val/loss``, ``val/acc``, ``lr``, ``time/train_s``, ...), flushed per line so
   a crash loses nothing already logged;
-* ``summary.json`` — final metrics and ``status: completed | diverged | failed``.
+* ``summary.json`` — final metrics and ``status: completed | diverged | failed | interrupted``;
+* ``checkpoint.pt`` — while a run is unfinished: what it needs to resume (:mod:`precond.checkpoint`).
 
 It also owns a run's provenance (git commit, versions, device) and the one list
 of override keys that do not identify a run.
@@ -23,6 +24,7 @@ import math
 import netrc
 import os
 import platform
+import secrets
 import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -114,8 +116,11 @@ class RunLog:
     summary (unless one was written) and finishes the W&B run with exit code 1.
     """
 
-    def __init__(self, run_dir: str | Path, config: dict, wandb_settings: Optional[WandbSettings] = None):
+    def __init__(self, run_dir: str | Path, config: dict, wandb_settings: Optional[WandbSettings] = None,
+                 wandb_id: Optional[str] = None):
         self.run_dir = Path(run_dir)
+        #: the W&B run id: a resumed run passes its checkpoint's id and logs into the same W&B run
+        self.wandb_id = wandb_id or secrets.token_hex(4)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.metrics_path = self.run_dir / "metrics.jsonl"
         self.summary_path = self.run_dir / "summary.json"
@@ -131,10 +136,13 @@ class RunLog:
         import wandb
 
         mode = resolve_wandb_mode(s.mode)
-        return wandb.init(
+        run = wandb.init(
             project=s.project, entity=s.entity, group=s.group, name=s.name, tags=list(s.tags),
             job_type=s.job_type, config=config, dir=str(self.run_dir), mode=mode, reinit="finish_previous",
+            id=self.wandb_id, resume="allow",
         )
+        run.define_metric("time/train_s", summary="max")  # training seconds: an x-axis on the dashboard
+        return run
 
     def log(self, metrics: dict[str, Any]) -> None:
         """Append one record (must contain ``step``) to metrics.jsonl and W&B."""
@@ -169,12 +177,32 @@ class RunLog:
         self.close(exit_code=1 if exc is not None else self.exit_code)
 
 
+def log_sweep_summary(settings: WandbSettings, sweep_dir: str | Path, tables: dict, images: dict) -> str:
+    """One W&B run (``job_type=summary``) in the sweep's group holding the report: ``tables`` maps a
+    name to ``(columns, rows)`` (logged as ``wandb.Table``), ``images`` a name to a PNG path.
+    Returns the run's id."""
+    import wandb
+
+    sweep_dir = Path(sweep_dir)
+    run = wandb.init(project=settings.project, entity=settings.entity, group=sweep_dir.name,
+                     name=f"{sweep_dir.name}/summary", job_type="summary", tags=[*settings.tags, "summary"],
+                     config={"sweep_dir": str(sweep_dir)}, dir=str(sweep_dir),
+                     mode=resolve_wandb_mode(settings.mode), reinit="finish_previous")
+    try:
+        run.log({name: wandb.Table(columns=list(columns), data=[list(r) for r in rows])
+                 for name, (columns, rows) in tables.items()})
+        run.log({name: wandb.Image(str(path)) for name, path in images.items() if Path(path).exists()})
+    finally:
+        run.finish()
+    return run.id
+
+
 # --- provenance: what a run's summary records about where and how it ran -----------------------
 
 #: override keys that do not identify a run: seeds are averaged over, the experiment is the whole
-#: sweep, and logging/progress change no result. The one list used by the sweep report's labels
+#: sweep, and logging, progress and checkpointing change no result. The one list used by the sweep report's labels
 #: and by the W&B run names.
-NON_IDENTIFYING_KEYS = ("seed", "experiment", "logger", "progress")
+NON_IDENTIFYING_KEYS = ("seed", "experiment", "logger", "progress", "checkpoint_every")
 
 
 def identifying_overrides(overrides: list[str]) -> list[str]:
@@ -215,7 +243,10 @@ def environment(device, cwd: str | Path) -> dict:
 # --- the run directory: never shared, never appended to by another run -------------------------
 
 #: config keys that may differ between two attempts of the same run (they change no result)
-RUN_DIR_FREE_KEYS = ("logger", "progress")
+RUN_DIR_FREE_KEYS = ("logger", "progress", "checkpoint_every")
+
+#: statuses of a run that is over: re-running it would give the same result, so it is not redone
+FINISHED = ("completed", "diverged")
 
 
 class RunDirInUse(ConfigError):
@@ -227,22 +258,46 @@ def _config_differences(old: dict, new: dict) -> list[str]:
     return [k for k in keys if old.get(k) != new.get(k)]
 
 
+def truncate_metrics(path: Path, step: int) -> int:
+    """Keep the records of ``path`` up to ``step`` (those a checkpoint at ``step`` has seen) and drop
+    later or damaged lines, atomically; returns the number of records dropped."""
+    kept, dropped = [], 0
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            record = json.loads(line)
+            keep = isinstance(record, dict) and int(record["step"]) <= step
+        except (ValueError, KeyError, TypeError):
+            keep = False
+        if keep:
+            kept.append(line + "\n")
+        else:
+            dropped += 1
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text("".join(kept), encoding="utf-8")
+    tmp.replace(path)
+    return dropped
+
+
 class RunDirectory:
     """Claim ``run_dir`` for one run of ``config`` (a plain resolved dict) for the life of the context.
 
     * another live process holding the dir (an advisory ``flock`` on ``run_dir/.lock``,
       released by the kernel when that process dies) → :class:`RunDirInUse`;
     * a ``config.yaml`` with a different config → :class:`RunDirInUse`, naming the keys;
-    * the same config with a ``completed`` summary → :attr:`completed` holds that summary
-      (the caller reports it and does not redo the run);
-    * the same config, unfinished (failed, interrupted, killed) → its ``metrics.jsonl`` and
-      ``summary.json`` are kept as ``*.attempt<N>`` beside the new ones; nothing is appended
-      to a file of another attempt.
+    * the same config with a finished summary (``completed`` or ``diverged``) → :attr:`finished`
+      holds that summary (the caller reports it and does not redo the run);
+    * the same config, unfinished, with a checkpoint → :attr:`checkpoint` holds it; records
+      logged after the checkpoint's step are dropped from ``metrics.jsonl`` (the resumed run
+      logs them again) and the old summary is kept as ``summary.json.attempt<N>``;
+    * the same config, unfinished, no usable checkpoint → the run starts over; its old
+      ``metrics.jsonl`` and ``summary.json`` are kept as ``*.attempt<N>`` (a damaged checkpoint
+      as ``checkpoint.pt.attempt<N>``); nothing is appended to a file of another attempt.
     """
 
     def __init__(self, run_dir: str | Path, config: dict):
         self.path, self.config = Path(run_dir), config
-        self.completed: Optional[dict] = None
+        self.finished: Optional[dict] = None
+        self.checkpoint: Optional[dict] = None
         self._lock = None
 
     def __enter__(self) -> RunDirectory:
@@ -266,6 +321,8 @@ class RunDirectory:
     def _check_existing(self) -> None:
         import yaml
 
+        from precond.checkpoint import CHECKPOINT, CheckpointError, load_checkpoint
+
         config_path = self.path / "config.yaml"
         if not config_path.exists():
             return
@@ -278,14 +335,32 @@ class RunDirectory:
             raise RunDirInUse("hydra.run.dir", "a new directory or one holding this same run", str(self.path),
                               f"it holds a run whose config differs at {keys}; pick another hydra.run.dir")
         summary = self._read_summary()
-        if summary is not None and summary.get("status") == "completed":
-            self.completed = summary
+        if summary is not None and summary.get("status") in FINISHED:
+            self.finished = summary
             return
-        earlier = [p.name.rsplit(".attempt", 1)[1] for p in self.path.glob("*.attempt*")]
-        attempt = 1 + max((int(n) for n in earlier if n.isdigit()), default=0)
-        for name in ("metrics.jsonl", "summary.json"):
+        attempt = self._next_attempt()
+        try:
+            self.checkpoint = load_checkpoint(self.path)
+        except CheckpointError as err:
+            log.warning("%s: starting the run over", err)
+            (self.path / CHECKPOINT).replace(self.path / f"{CHECKPOINT}.attempt{attempt}")
+        if self.checkpoint is not None:
+            metrics = self.path / "metrics.jsonl"
+            if metrics.exists():
+                dropped = truncate_metrics(metrics, int(self.checkpoint["step"]))
+                if dropped:
+                    log.info("%s: %d records after the checkpoint's step %d dropped (they are logged again)",
+                             metrics, dropped, self.checkpoint["step"])
+            names = ("summary.json",)
+        else:
+            names = ("metrics.jsonl", "summary.json")
+        for name in names:
             if (self.path / name).exists():
                 (self.path / name).replace(self.path / f"{name}.attempt{attempt}")
+
+    def _next_attempt(self) -> int:
+        earlier = [p.name.rsplit(".attempt", 1)[1] for p in self.path.glob("*.attempt*")]
+        return 1 + max((int(n) for n in earlier if n.isdigit()), default=0)
 
     def _read_summary(self) -> Optional[dict]:
         try:

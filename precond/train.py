@@ -30,6 +30,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from precond.callbacks import write_sweep_report
+from precond.checkpoint import CHECKPOINT, CHECKPOINT_FORMAT, atomic_save, rng_state, set_rng_state
 from precond.config import (
     RunSettings,
     build_data,
@@ -43,7 +44,15 @@ from precond.config import (
 from precond.errors import ConfigError
 from precond.interrupts import StopRequest
 from precond.loop import check_target, train
-from precond.runlog import RunDirectory, RunDirInUse, RunLog, environment, identifying_overrides, write_summary
+from precond.runlog import (
+    FINISHED,
+    RunDirectory,
+    RunDirInUse,
+    RunLog,
+    environment,
+    identifying_overrides,
+    write_summary,
+)
 
 log = logging.getLogger("precond")
 
@@ -81,19 +90,23 @@ def run(cfg: DictConfig, should_stop=None) -> dict:
     run_dir = Path(hc.runtime.output_dir)
     config = to_plain(cfg)
     base = {"seed": cfg.seed, "name": cfg.name, "overrides": _task_overrides(),
+            **{k: cfg[k] for k in ("stage", "arm") if cfg.get(k) is not None},
             "choices": {k: v for k, v in hc.runtime.choices.items() if not k.startswith("hydra")}}
     with RunDirectory(run_dir, config) as directory:
-        if directory.completed is not None:
-            log.info("%s already holds this completed run: not redone", run_dir)
-            return directory.completed
+        if directory.finished is not None:
+            log.info("%s already holds this finished run (status %s): not redone", run_dir,
+                     directory.finished["status"])
+            return directory.finished
         OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
         settings = settings_from_config(cfg)
         base.update(environment(settings.device, hc.runtime.cwd))
-        return _train_in(run_dir, cfg, settings, base, should_stop)
+        return _train_in(run_dir, cfg, settings, base, should_stop, directory.checkpoint)
 
 
-def _train_in(run_dir: Path, cfg: DictConfig, settings: RunSettings, base: dict, should_stop) -> dict:
-    with RunLog(run_dir, to_plain(cfg), _wandb_settings(cfg, settings)) as runlog:
+def _train_in(run_dir: Path, cfg: DictConfig, settings: RunSettings, base: dict, should_stop,
+              resume: Optional[dict]) -> dict:
+    wandb_id = resume.get("wandb_id") if resume is not None else None
+    with RunLog(run_dir, to_plain(cfg), _wandb_settings(cfg, settings), wandb_id=wandb_id) as runlog:
         try:
             data = build_data(cfg, settings)
             check_target(settings.loop, data.task)
@@ -105,23 +118,65 @@ def _train_in(run_dir: Path, cfg: DictConfig, settings: RunSettings, base: dict,
             if loop.progress and not sys.stderr.isatty():
                 loop = dataclasses.replace(loop, progress=False)
             base["parameters"] = sum(p.numel() for p in model.parameters())
+            parts = RunParts(model, optimizer, scheduler, monitors, runlog.wandb_id)
+            if resume is not None:
+                parts.restore(resume)
+                log.info("resuming %s from its checkpoint at step %d", run_dir, resume["step"])
             log.info("%s | %s params on %s | %s", ",".join(base["overrides"]) or "defaults",
                      base["parameters"], settings.device, run_dir)
             summary = {**base, **train(model, optimizer, data, loop, runlog, monitors=monitors, scheduler=scheduler,
-                                       should_stop=should_stop)}
+                                       should_stop=should_stop, checkpoint=parts.saver(run_dir),
+                                       resume=resume["loop"] if resume is not None else None)}
         except Exception as err:
             error = str(err) if isinstance(err, ConfigError) else f"{type(err).__name__}: {err}"
             runlog.write_summary({**base, "status": "failed", "error": error})
             if not isinstance(err, ConfigError):
                 (run_dir / "error.txt").write_text(traceback.format_exc(), encoding="utf-8")
             raise
-        torch.save(model.state_dict(), run_dir / "model.pt")
-        torch.save(optimizer.state_dict(), run_dir / "optimizer.pt")
+        atomic_save(model.state_dict(), run_dir / "model.pt")
+        atomic_save(optimizer.state_dict(), run_dir / "optimizer.pt")
         runlog.write_summary(summary)
-        if summary["status"] == "interrupted":
+        if summary["status"] in FINISHED:  # after the summary: a crash before it leaves the checkpoint
+            (run_dir / CHECKPOINT).unlink(missing_ok=True)
+        else:
             runlog.exit_code = 1  # the W&B run ends with an exit record that says it did not complete
     _log_result(summary)
     return summary
+
+
+@dataclasses.dataclass
+class RunParts:
+    """The stateful objects of one run and how they go into (and come out of) a checkpoint."""
+
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: Optional[torch.optim.lr_scheduler.LRScheduler]
+    monitors: tuple
+    wandb_id: str
+
+    def saver(self, run_dir: Path):
+        """The loop's ``checkpoint`` callback: the loop's state plus everything else, written atomically."""
+
+        def save(loop_state: dict) -> None:
+            atomic_save({
+                "format": CHECKPOINT_FORMAT, "step": loop_state["step"], "loop": loop_state,
+                "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
+                "monitors": [m.state_dict() for m in self.monitors], "rng": rng_state(),
+                "wandb_id": self.wandb_id,
+            }, run_dir / CHECKPOINT)
+
+        return save
+
+    def restore(self, checkpoint: dict) -> None:
+        """Load a checkpoint into freshly built objects (and the global RNGs), last of all before training."""
+        self.model.load_state_dict(checkpoint["model"])
+        self.optimizer.load_state_dict(checkpoint["optimizer"])
+        if self.scheduler is not None and checkpoint["scheduler"] is not None:
+            self.scheduler.load_state_dict(checkpoint["scheduler"])
+        for monitor, state in zip(self.monitors, checkpoint["monitors"], strict=True):
+            monitor.load_state_dict(state)
+        set_rng_state(checkpoint["rng"])
 
 
 def _log_result(summary: dict) -> None:
@@ -135,7 +190,8 @@ def _log_result(summary: dict) -> None:
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="train")
 def hydra_main(cfg: DictConfig) -> Optional[float]:
-    """Hydra task: one job; returns ``val/loss`` of a completed run (None otherwise).
+    """Hydra task: one job; returns the final value of ``target.metric`` of a completed run (None
+    otherwise), so a Hydra optimizing sweeper (Optuna) can tune on it.
 
     Single run: a config error prints one line and exits 2; an interrupt writes the run's
     files and exits 128 + signal. In a sweep, any failure (config error or exception) fails
@@ -172,12 +228,14 @@ def hydra_main(cfg: DictConfig) -> Optional[float]:
                 (run_dir / "error.txt").write_text(traceback.format_exc(), encoding="utf-8")
             return None
     if summary["status"] == "interrupted":
-        print(f"interrupted at step {summary['steps']}: files written to {run_dir}; re-run the same command "
-              f"with hydra.run.dir={run_dir} to train it again", file=sys.stderr)
+        where = f"hydra.sweep.dir={hc.sweep.dir}" if multirun else f"hydra.run.dir={run_dir}"
+        print(f"interrupted at step {summary['steps']}: checkpoint written to {run_dir}; re-run the same "
+              f"command with {where} to resume", file=sys.stderr)
         if multirun:
             write_sweep_report(Path(hc.sweep.dir))
+        stop.forward()  # e.g. submitit's USR2 handler: requeue this job, which then resumes
         raise SystemExit(stop.exit_code)
-    value = summary.get("val/loss")
+    value = summary.get(summary.get("target_metric", "val/loss"))
     return value if summary["status"] == "completed" else None
 
 

@@ -29,6 +29,26 @@ def run_cli(tmp_path: Path, *overrides: str, multirun: bool = False, env: dict |
     return proc
 
 
+def run_in_process(argv: list[str]) -> int:
+    """Run the entry point in this process (no 3.5 s interpreter start); returns its exit code."""
+    from hydra.core.global_hydra import GlobalHydra
+
+    from precond import train
+
+    GlobalHydra.instance().clear()
+    old = sys.argv
+    flags = [a for a in argv if a.startswith("-")]
+    sys.argv = ["precond-train", *flags, "progress=false", *[a for a in argv if not a.startswith("-")]]
+    try:
+        train.main()
+        return 0
+    except SystemExit as stop:
+        return int(stop.code or 0)
+    finally:
+        sys.argv = old
+        GlobalHydra.instance().clear()
+
+
 def read_summary(run_dir: Path) -> dict:
     return json.loads((run_dir / "summary.json").read_text())
 

@@ -150,8 +150,8 @@ def test_state_dict_round_trips_and_continues_identically():
 @pytest.mark.parametrize("kwargs,match", [
     (dict(), "needs build_optimizer"),
     (dict(model="bn"), "has BatchNorm layers"),
-    (dict(model="plain", regularization="l2", variable="z", strength=0.1), "variable p only"),
-    (dict(model="plain", regularization="l1", strength=0.1), "variable p only"),
+    (dict(model="plain", regularization="l2", variable="z", strength=0.1), "variable=p"),
+    (dict(model="plain", regularization="l1", strength=0.1), "variable=p"),
     (dict(model="plain", base="lbfgs"), "bnp base must be one of"),
 ])
 def test_bnp_refuses_what_it_cannot_do(kwargs, match):

@@ -1,4 +1,5 @@
 """The entry point as a user runs it: files of a run, sweeps, divergence, bad input, W&B offline."""
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -51,12 +52,17 @@ def test_multirun_survives_a_diverging_job_and_writes_the_comparison(cli, tmp_pa
 
 
 def test_compare_preconditioners_experiment_smoke(cli, tmp_path):
-    proc = cli("experiment=compare_preconditioners", "steps=20", "eval_every=10")
+    """The main job (make run), shrunk: a tuned experiment through the real CLI."""
+    proc = cli("experiment=compare_preconditioners", "steps=20", "eval_every=10", "curvature.every=20",
+               "hydra.sweeper.grid.lr=[0.01,0.1]", "hydra.sweeper.arms.sgd.grid.lr=[0.1,1.0]",
+               "hydra.sweeper.tuning_seeds=[0]")
     sweep = tmp_path / "sweep"
-    summaries = [read_summary(sweep / str(i)) for i in range(12)]
-    assert {s["choices"]["preconditioner"] for s in summaries} == {"sgd", "adagrad", "rmsprop", "adam"}
-    assert {s["seed"] for s in summaries} == {0, 1, 2}
-    assert "| preconditioner=adam | 3/3 |" in proc.stdout
+    summaries = [read_summary(sweep / str(i)) for i in range(20)]
+    assert [s["stage"] for s in summaries] == ["tuning"] * 8 + ["confirmation"] * 12
+    assert {s["choices"]["preconditioner"] for s in summaries[8:]} == {"sgd", "adagrad", "rmsprop", "adam"}
+    assert {s["seed"] for s in summaries[8:]} == {100, 101, 102}
+    assert "## Verdicts" in proc.stdout and len(json.loads((sweep / "verdicts.json").read_text())) == 4
+    assert "curvature/z/kappa" in proc.stdout
 
 
 @pytest.mark.parametrize("override,key", [

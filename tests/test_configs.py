@@ -149,7 +149,7 @@ def test_validate_names_the_bad_key(overrides, key):
     with pytest.raises(ConfigError) as err:
         cfg = _compose(*overrides)
         settings = settings_from_config(cfg)
-        if overrides[0].startswith("schedule"):  # the schedule needs the optimizer
+        if overrides[0].startswith(("schedule", "preconditioner=bnp")):  # rules the optimizer owns
             model = torch.nn.Linear(2, 1)
             build_schedule(cfg, build_optimizer_from_settings(settings, model), settings.loop.steps)
     assert str(err.value).startswith(f"{key}:")

@@ -13,26 +13,7 @@ import torch
 
 from precond.report import compare, load_runs
 from tests.conftest import ROOT, read_metrics, read_summary, run_cli
-
-
-def _in_process(argv: list[str]) -> int:
-    """Run the entry point in this process (no 3.5 s interpreter start); returns its exit code."""
-    from hydra.core.global_hydra import GlobalHydra
-
-    from precond import train
-
-    GlobalHydra.instance().clear()
-    old = sys.argv
-    flags = [a for a in argv if a.startswith("-")]
-    sys.argv = ["precond-train", *flags, "progress=false", *[a for a in argv if not a.startswith("-")]]
-    try:
-        train.main()
-        return 0
-    except SystemExit as stop:
-        return int(stop.code or 0)
-    finally:
-        sys.argv = old
-        GlobalHydra.instance().clear()
+from tests.conftest import run_in_process as _in_process
 
 
 def test_two_runs_in_the_same_second_get_two_directories(tmp_path):

@@ -1,0 +1,172 @@
+"""``hydra/sweeper=tuned``: a Hydra sweeper that tunes every arm of a comparison, then confirms.
+
+It launches two batches through whatever launcher the user picked (basic, joblib, submitit):
+
+1. **tuning** — every arm × every point of its grid × every tuning seed;
+2. **confirmation** — every arm at its chosen point × every confirmation seed.
+
+Between them it reads the tuning runs' ``summary.json``, chooses each arm's point with
+:func:`precond.tuning.select` and writes ``selection.json`` into the sweep dir. The report
+(``comparison.md``, ``verdicts.json``, plots) is written by the multirun-end callback. Each
+run carries ``stage`` (tuning | confirmation) and ``arm`` in its config. Re-running with the
+same ``hydra.sweep.dir`` skips finished runs and resumes interrupted ones (same job numbers).
+
+The mathematics of the choice lives in :mod:`precond.tuning`; this file is only the Hydra glue.
+"""
+# no `from __future__ import annotations`: Hydra loads plugin modules outside sys.modules, where
+# dataclasses cannot resolve string annotations
+import json
+import logging
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+from hydra.core.config_store import ConfigStore
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.core.utils import JobReturn
+from hydra.plugins.sweeper import Sweeper
+from omegaconf import DictConfig, OmegaConf
+
+log = logging.getLogger("precond")
+
+
+@dataclass
+class TuningSweeperConf:
+    _target_: str = "hydra_plugins.precond_tuning.tuning_sweeper.TuningSweeper"
+    #: arm name → {overrides: {config key: value}, grid: {config key: [values]}}
+    # (typed Any with a None default, so a whole mapping can also be given on the command line)
+    arms: Any = None
+    #: the search space every arm shares (an arm's own grid replaces keys of it)
+    grid: Any = None
+    tuning_seeds: list[Any] = field(default_factory=lambda: [0])
+    confirmation_seeds: list[Any] = field(default_factory=lambda: [100, 101, 102])
+    #: claims judged on the confirmation runs (precond.verdicts.Claim fields)
+    claims: Any = None
+
+
+ConfigStore.instance().store(group="hydra/sweeper", name="tuned", node=TuningSweeperConf, provider="precond")
+
+
+def _refuse(message: str) -> None:
+    print(f"error: {message}", file=sys.stderr)
+    raise SystemExit(2)
+
+
+class TuningSweeper(Sweeper):
+    def __init__(self, arms: dict, grid: dict, tuning_seeds: list, confirmation_seeds: list, claims: list):
+        from precond.errors import ConfigError
+        from precond.tuning import TuningSpec
+        from precond.verdicts import Claim
+
+        try:
+            self.spec = TuningSpec(arms=_plain(arms), grid=_plain(grid) or {}, tuning_seeds=_plain(tuning_seeds),
+                                   confirmation_seeds=_plain(confirmation_seeds))
+            self.claims = [Claim(**_plain(c)) for c in (claims or [])]
+        except ConfigError as err:
+            _refuse(str(err.within("hydra.sweeper")))
+        except TypeError as err:
+            _refuse(f"hydra.sweeper.claims: expected claim, better, than, metric, direction — {err}")
+        names = {arm.name for arm in self.spec.arm_list}
+        for i, claim in enumerate(self.claims):
+            for side in claim.sides:
+                if side.arm not in names:
+                    _refuse(f"hydra.sweeper.claims[{i}]: expected one of the arms {sorted(names)}, "
+                            f"got {side.arm!r}")
+        self.config: Optional[DictConfig] = None
+        self.launcher = None
+        self.hydra_context = None
+
+    def setup(self, *, hydra_context, task_function, config: DictConfig) -> None:
+        from hydra.core.plugins import Plugins
+
+        self.config, self.hydra_context = config, hydra_context
+        self.launcher = Plugins.instance().instantiate_launcher(hydra_context=hydra_context,
+                                                                task_function=task_function, config=config)
+
+    def sweep(self, arguments: list[str]) -> Any:
+        from precond.tuning import PointResult, overrides_for, select
+
+        fixed = self._fixed_overrides(arguments)
+        sweep_dir = Path(self.config.hydra.sweep.dir)
+        sweep_dir.mkdir(parents=True, exist_ok=True)
+        OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
+        arms = self.spec.arm_list
+        tuning = [(arm, point, seed) for arm in arms for point in arm.points() for seed in self.spec.tuning_seeds]
+        log.info("tuning: %d runs (%s)", len(tuning), ", ".join(f"{a.name}: {len(a.points())} points" for a in arms))
+        returns = self.launcher.launch([fixed + overrides_for(a, p, s, "tuning") for a, p, s in tuning],
+                                       initial_job_idx=0)
+        summaries = [_summary_of(r) for r in returns]
+        selection = {"rule": _rule(), "tuning_seeds": list(self.spec.tuning_seeds),
+                     "confirmation_seeds": list(self.spec.confirmation_seeds), "fixed_overrides": fixed,
+                     "claims": [_claim_dict(c) for c in self.claims], "arms": {}}
+        chosen = {}
+        for arm in arms:
+            results = [PointResult(p, [summ for (a, pp, _), summ in zip(tuning, summaries)
+                                       if a is arm and pp == p]) for p in arm.points()]
+            entry = {"overrides": arm.overrides, "grid": arm.grid, "tuning_seeds": list(self.spec.tuning_seeds),
+                     "confirmation_seeds": list(self.spec.confirmation_seeds),
+                     "points": [{"point": r.point, "score": _jsonable_score(r.score()),
+                                 "statuses": [s.get("status") for s in r.summaries]} for r in results]}
+            try:
+                choice = select(arm, results)
+                entry.update(chosen=choice.chosen, at_edge=choice.at_edge, score=_jsonable_score(choice.score))
+                chosen[arm.name] = (arm, choice.chosen)
+                if choice.at_edge:
+                    log.warning("arm %s: chosen %s at the edge of its grid for %s: widen the grid", arm.name,
+                                choice.chosen, choice.at_edge)
+            except RuntimeError as err:
+                entry.update(chosen=None, at_edge=[], error=str(err))
+                log.error("%s", err)
+            selection["arms"][arm.name] = entry
+        _write_json(sweep_dir / "selection.json", selection)
+        confirm = [(arm, point, seed) for arm, point in chosen.values() for seed in self.spec.confirmation_seeds]
+        log.info("confirmation: %d runs", len(confirm))
+        confirmation = self.launcher.launch([fixed + overrides_for(a, p, s, "confirmation") for a, p, s in confirm],
+                                            initial_job_idx=len(tuning))
+        return [list(returns), list(confirmation)]
+
+    def _fixed_overrides(self, arguments: list[str]) -> list[str]:
+        """The command line's overrides, applied to every run; a sweep list there is refused."""
+        parser = OverridesParser.create(config_loader=self.hydra_context.config_loader)
+        out = []
+        for override in parser.parse_overrides(arguments):
+            if override.is_sweep_override():
+                _refuse(f"{override.get_key_element()}: expected one value with hydra/sweeper=tuned, got a sweep "
+                        f"— put the values in the experiment's hydra.sweeper.grid (or an arm's grid)")
+            out.append(override.input_line)
+        return out
+
+
+def _plain(value):
+    return OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value
+
+
+def _rule() -> str:
+    from precond.tuning import SELECTION_RULE
+
+    return SELECTION_RULE
+
+
+def _claim_dict(claim) -> dict:
+    return {"claim": claim.claim, "better": claim.better, "than": claim.than, "metric": claim.metric,
+            "direction": claim.direction}
+
+
+def _jsonable_score(score: tuple) -> list:
+    return [None if isinstance(v, float) and v in (float("inf"), float("-inf")) else v for v in score]
+
+
+def _summary_of(ret: JobReturn) -> dict:
+    """The run's summary.json (a run that left none counts as failed)."""
+    try:
+        run_dir = Path(ret.hydra_cfg.hydra.runtime.output_dir)
+        return json.loads((run_dir / "summary.json").read_text(encoding="utf-8"))
+    except (AttributeError, OSError, ValueError):
+        return {"status": "failed", "error": "no readable summary.json"}
+
+
+def _write_json(path: Path, data: dict) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2, default=str) + "\n", encoding="utf-8")
+    tmp.replace(path)
