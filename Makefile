@@ -5,18 +5,18 @@ BIN     := $(VENV)/bin
 # torch 2.14.1 / torchvision 0.29.1 lie on this kind of machine's disk; the code runs on torch >= 2.9.
 TORCH   ?= torch==2.14.1 torchvision==0.29.1
 
-.PHONY: help install run test test-slow test-gpu lint bench clean
+.PHONY: help install run test test-slow test-gpu lint bench results clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 12
 
-install: $(BIN)/precond-train  ## create .venv with torch and precond (editable) and its dev/cluster extras
+install: $(BIN)/precond-train  ## create .venv with torch and precond (editable) and its dev/cluster/tune extras
 
 $(BIN)/precond-train: pyproject.toml
 	test -d $(VENV) || $(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q $(TORCH)
-	$(BIN)/pip install -q -e '.[dev,cluster]'
+	$(BIN)/pip install -q -e '.[dev,cluster,tune]'
 	touch $@
 
 run: install  ## main job: SGD vs AdaGrad vs RMSProp vs Adam (3 seeds) on the embedded ill-conditioned problem
@@ -38,6 +38,9 @@ bench: install  ## benchmarks: tables with the baseline in the same run (ARGS="-
 	$(BIN)/python scripts/bench_optimizer.py $(ARGS)
 	$(BIN)/python scripts/bench_curvature.py $(ARGS)
 	$(BIN)/python scripts/bench_bnp.py $(ARGS)
+
+results: install  ## every claim's experiment from scratch on CPU → docs/results/ and the README's Results section
+	$(BIN)/python scripts/results.py $(ARGS)
 
 clean:  ## remove run/sweep outputs and caches
 	rm -rf outputs/runs outputs/sweeps .pytest_cache .ruff_cache

@@ -54,11 +54,38 @@ class CurvatureResult:
     n_params: int
     #: all eigenvalues (dense) or the final Ritz values (Lanczos), ascending; not logged
     eigenvalues: Optional[Tensor] = field(default=None, repr=False, compare=False)
+    #: dense only: κ⁺ = λmax/λmin⁺ over the non-null spectrum, and the null-space dimension
+    kappa_plus: Optional[float] = None
+    null_dim: Optional[int] = None
 
     def as_metrics(self, prefix: str = "curvature") -> dict:
         p = f"{prefix}/{self.space}"
-        return {f"{p}/lam_max": self.lam_max, f"{p}/lam_min": self.lam_min, f"{p}/kappa": self.kappa,
-                f"{p}/matvecs": self.matvecs, f"{p}/converged": self.converged}
+        metrics = {f"{p}/lam_max": self.lam_max, f"{p}/lam_min": self.lam_min, f"{p}/kappa": self.kappa,
+                   f"{p}/matvecs": self.matvecs, f"{p}/converged": self.converged}
+        if self.method == "dense":
+            metrics.update({f"{p}/kappa_plus": self.kappa_plus, f"{p}/null_dim": self.null_dim})
+        return metrics
+
+
+#: eigenvalues with |λ| ≤ NULL_RTOL·λmax are the null space (scale invariance makes exact zeros)
+NULL_RTOL = 1e-7
+
+
+def kappa_plus_of(eigenvalues: Tensor, rtol: float = NULL_RTOL) -> tuple[Optional[float], int]:
+    """``κ⁺ = λmax / min{λ > rtol·λmax}`` and the number of eigenvalues with ``|λ| ≤ rtol·λmax``.
+
+    κ⁺ is None when a clearly negative eigenvalue (``λ < −rtol·λmax``) exists: the Hessian is
+    indefinite there and no condition number describes it.
+    """
+    lam_max = float(eigenvalues[-1])
+    if lam_max <= 0:
+        return None, 0
+    cut = rtol * lam_max
+    null_dim = int(((eigenvalues >= -cut) & (eigenvalues <= cut)).sum())
+    positive = eigenvalues[eigenvalues > cut]
+    if float(eigenvalues[0]) < -cut or positive.numel() == 0:
+        return None, null_dim
+    return lam_max / float(positive[0]), null_dim
 
 
 def kappa_of(lam_max: float, lam_min: float) -> tuple[Optional[float], Optional[str]]:
@@ -153,10 +180,11 @@ def measure_curvature(
                 dtype=torch.float32 if big else torch.float64)
             matvecs = op.matvecs
     kappa, flag = kappa_of(lam_max, lam_min)
+    kappa_plus, null_dim = kappa_plus_of(ritz) if use_dense else (None, None)
     return CurvatureResult(space=space, lam_max=lam_max, lam_min=lam_min, kappa=kappa, flag=flag,
                            matvecs=matvecs, converged=converged, seconds=time.perf_counter() - t0,
                            method="dense" if use_dense else "lanczos", bn_mode=bn_mode, n_params=n,
-                           eigenvalues=ritz)
+                           eigenvalues=ritz, kappa_plus=kappa_plus, null_dim=null_dim)
 
 
 

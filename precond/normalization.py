@@ -108,3 +108,35 @@ def hidden_matrix_kappas(model: nn.Module, inputs: Tensor, rel_tol: float = 1e-1
         kappa = lam_max / float(eig[0]) if float(eig[0]) > rel_tol * lam_max else None
         out[name] = {"kappa_hidden": kappa, "kappa_hidden_plus": lam_max / float(positive[0])}
     return out
+
+
+def extended_gram_kappas(x: Tensor, rtol: float = 1e-10) -> dict:
+    """Conditioning of the first layer's input before and after input standardization (float64).
+
+    ``G = [X 1]ᵀ[X 1]/N`` is the Hessian of least squares on ``X`` (up to the factor 2 of MSE).
+    After standardization (zero mean, unit variance per non-constant feature; constant features
+    are only centred, so they become zero columns), ``G = blockdiag(C, 1)`` with ``C`` the
+    correlation matrix of the non-constant features, so ``κ⁺(G_std) = κ⁺(blockdiag(C, 1))``.
+    Returns ``kappa_raw``, ``kappa_standardized`` and ``kappa_correlation`` (κ⁺ over the non-null
+    spectrum, ``|λ| > rtol·λmax``) and the number of constant features.
+    """
+    x = x.reshape(x.shape[0], -1).to(torch.float64)
+    n = x.shape[0]
+
+    def gram(m: Tensor) -> Tensor:
+        ext = torch.cat([m, torch.ones(n, 1, dtype=m.dtype)], dim=1)
+        return ext.T @ ext / n
+
+    def kappa_plus(m: Tensor) -> float:
+        eig = torch.linalg.eigvalsh(m)
+        return float(eig[-1] / eig[eig > rtol * eig[-1]][0])
+
+    std = x.std(dim=0, unbiased=False)
+    varying = std > 1e-12
+    z = (x[:, varying] - x[:, varying].mean(dim=0)) / std[varying]
+    standardized = torch.zeros_like(x)
+    standardized[:, varying] = z
+    correlation = z.T @ z / n
+    block = torch.block_diag(correlation, torch.ones(1, 1, dtype=x.dtype))
+    return {"kappa_raw": kappa_plus(gram(x)), "kappa_standardized": kappa_plus(gram(standardized)),
+            "kappa_correlation": kappa_plus(block), "constant_features": int((~varying).sum())}

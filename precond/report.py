@@ -286,7 +286,12 @@ def main(argv: Optional[list[str]] = None) -> None:
     parser.add_argument("--metric", default=None, help="metric to compare (default val/loss)")
     args = parser.parse_args(argv)
     try:
-        compare(args.sweep_dir, args.metric)
+        if (Path(args.sweep_dir) / "selection.json").exists():  # a tuned sweep (hydra/sweeper=tuned)
+            from precond.tuned_report import tuned_report
+
+            tuned_report(args.sweep_dir)
+        else:
+            compare(args.sweep_dir, args.metric)
     except ReportError as err:
         print(f"error: {err}", file=sys.stderr)
         raise SystemExit(2) from None

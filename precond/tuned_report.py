@@ -131,9 +131,10 @@ def plot_lr_sensitivity(tuning: dict, selection: dict, metric: str, path: Path) 
     """Final ``metric`` vs lr per arm: a dot per tuning run (diverged/failed runs at the top), the
     mean over seeds as a line, the chosen lr circled."""
     plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    fig, ax = plt.subplots(figsize=(9 if len(tuning) > 6 else 7, 4.5))
+    palette = _palette(plt, len(tuning))
     for k, (arm, runs) in enumerate(tuning.items()):
-        color = plt.get_cmap("tab10").colors[k % 10]
+        color, style = palette[k]
         points: dict = {}
         for run in runs:
             lr = _lr_of(run)
@@ -149,7 +150,7 @@ def plot_lr_sensitivity(tuning: dict, selection: dict, metric: str, path: Path) 
         means = [(lr, statistics.fmean(v)) for lr in lrs
                  if (v := [x for x in points[lr] if x is not None and math.isfinite(x)]) and len(v) == len(points[lr])]
         if means:
-            ax.plot(*zip(*means), color=color, label=arm)
+            ax.plot(*zip(*means), color=color, linestyle=style, label=arm)
         chosen = (selection["arms"].get(arm, {}).get("chosen") or {}).get("lr")
         if chosen is not None and any(lr == chosen for lr, _ in means):
             ax.scatter([chosen], [dict(means)[chosen]], s=120, facecolors="none", edgecolors=color, linewidths=2)
@@ -160,10 +161,16 @@ def plot_lr_sensitivity(tuning: dict, selection: dict, metric: str, path: Path) 
     ax.set_ylabel(f"final {metric}")
     ax.set_title("lr sensitivity (tuning runs; circle = chosen; missing = diverged/failed)", fontsize=10)
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
     fig.tight_layout()
     _savefig(fig, path)
     return path
+
+
+def _palette(plt, n: int) -> list[tuple]:
+    """Distinct (color, linestyle) pairs: tab10 up to 10 arms, then tab10 again with dashes."""
+    colors = plt.get_cmap("tab10").colors
+    return [(colors[k % 10], "-" if k < 10 else "--") for k in range(n)]
 
 
 def _lr_of(run: RunRecord) -> Optional[float]:
@@ -179,21 +186,23 @@ def _lr_of(run: RunRecord) -> Optional[float]:
 def plot_confirmation(confirmation: dict, metric: str, path: Path) -> Path:
     """``metric`` vs step and vs ``time/train_s`` of the confirmation runs, per arm."""
     plt = _pyplot()
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5), sharey=True)
+    fig, axes = plt.subplots(1, 2, figsize=(13, 4.5), sharey=True)
+    palette = _palette(plt, len(confirmation))
     for k, (arm, runs) in enumerate(confirmation.items()):
-        color = plt.get_cmap("tab10").colors[k % 10]
+        color, style = palette[k]
         for a, x_key in zip(axes, ("step", "time/train_s")):
             curves = [[(r[x_key], r[metric]) for r in run.metrics if r.get(metric) is not None and x_key in r]
                       for run in runs]
             curves = [c for c in curves if c]
             for i, curve in enumerate(curves):
-                a.plot(*zip(*curve), color=color, alpha=0.8, lw=1, label=f"{arm} (n={len(curves)})" if i == 0 else None)
+                a.plot(*zip(*curve), color=color, linestyle=style, alpha=0.8, lw=1,
+                       label=f"{arm} (n={len(curves)})" if i == 0 else None)
     for a, x_label in zip(axes, ("step", "training seconds (time/train_s)")):
         a.set_xlabel(x_label)
         if "loss" in metric:
             a.set_yscale("log")
         a.grid(True, which="both", alpha=0.3)
-        a.legend(fontsize=8)
+    axes[1].legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
     axes[0].set_ylabel(metric)
     fig.suptitle(f"confirmation runs: {metric} (one line per seed)", fontsize=11)
     fig.tight_layout()

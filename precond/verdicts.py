@@ -6,7 +6,8 @@ A claim compares one summary value of two sides, seed by seed over the confirmat
      "metric": "steps_to_target", "better": "adam", "than": "sgd", "direction": "lower"}
 
 A side is an arm name (with the claim's ``metric``) or ``{"arm": ..., "metric": ...}`` (two
-metrics of one arm: ``curvature/z/kappa`` of adam vs its ``curvature/p/kappa``).
+metrics of one arm: ``curvature/z/kappa`` of adam vs its ``curvature/p/kappa``); ``than`` may
+also be a number, a threshold every seed's value is compared with (``null_dim`` above 0).
 ``steps_to_target``/``seconds_to_target`` of a run that never reached the target count as +∞.
 
 The rule (:data:`RULE`) uses the seed spread, not only the means: paired by seed,
@@ -25,7 +26,8 @@ from typing import Optional
 from precond.errors import ConfigError
 
 RULE = ("paired by confirmation seed: holds when the claimed side is strictly better on every seed, fails when "
-        "the other side is strictly better on every seed, inconclusive otherwise (mixed, tied or missing)")
+        "the other side is strictly better on every seed (for a threshold: when no seed is strictly beyond it), "
+        "inconclusive otherwise (mixed, tied or missing)")
 DIRECTIONS = ("lower", "higher")
 #: metrics where "not reached" is a value: worse than any reached one
 _TO_TARGET = ("steps_to_target", "seconds_to_target")
@@ -57,7 +59,9 @@ class Claim:
             raise ConfigError("direction", f"one of {list(DIRECTIONS)} (which values are better)", self.direction)
         self.sides = (self._side("better", self.better), self._side("than", self.than))
 
-    def _side(self, key: str, value) -> Side:
+    def _side(self, key: str, value):
+        if key == "than" and isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)  # a threshold
         if isinstance(value, str):
             if not self.metric:
                 raise ConfigError("metric", "a summary metric (e.g. steps_to_target) when sides are arm names",
@@ -70,20 +74,25 @@ class Claim:
 
 @dataclass
 class Verdict:
+    """A claim's verdict, the rule that gave it, the numbers it rests on, and those numbers in a line."""
+
     claim: str
     verdict: str
     rule: str
     evidence: dict
+    summary: str = ""
 
     def as_dict(self) -> dict:
         return {"claim": self.claim, "verdict": self.verdict, "rule": self.rule, "evidence": self.evidence}
 
     def line(self) -> str:
-        e = self.evidence
-        better, than = e["better"], e["than"]
-        return (f"**{self.verdict}** — {self.claim}: {better['side']} {_fmt(better)} vs "
-                f"{than['side']} {_fmt(than)} (mean over {e['seeds']} seeds; "
-                f"{e['wins']} of {e['pairs']} seeds favour the claim, {e['losses']} oppose it)")
+        return f"**{self.verdict}** — {self.claim}: {self.summary}"
+
+
+def _summary(evidence: dict) -> str:
+    better, than = evidence["better"], evidence["than"]
+    return (f"{better['side']} {_fmt(better)} vs {than['side']} {_fmt(than)} (mean over {evidence['seeds']} "
+            f"seeds; {evidence['wins']} of {evidence['pairs']} seeds favour the claim, {evidence['losses']} oppose it)")
 
 
 def _fmt(side: dict) -> str:
@@ -108,11 +117,17 @@ def judge(claim: Claim, runs: dict) -> Verdict:
     """The verdict of ``claim`` from ``runs``: ``{arm: {seed: summary}}`` of the confirmation stage."""
     better, than = claim.sides
     sign = 1.0 if claim.direction == "lower" else -1.0
-    seeds = sorted(set(runs.get(better.arm, {})) | set(runs.get(than.arm, {})))
-    pairs = [(_value(runs.get(better.arm, {}).get(s), better.metric), _value(runs.get(than.arm, {}).get(s),
-                                                                             than.metric)) for s in seeds]
+    if isinstance(than, float):  # a threshold: the same value on every seed
+        seeds = sorted(runs.get(better.arm, {}))
+        pairs = [(_value(runs[better.arm][s], better.metric), than) for s in seeds]
+    else:
+        seeds = sorted(set(runs.get(better.arm, {})) | set(runs.get(than.arm, {})))
+        pairs = [(_value(runs.get(better.arm, {}).get(s), better.metric),
+                  _value(runs.get(than.arm, {}).get(s), than.metric)) for s in seeds]
     wins = sum(1 for a, b in pairs if a is not None and b is not None and sign * a < sign * b)
-    losses = sum(1 for a, b in pairs if a is not None and b is not None and sign * a > sign * b)
+    # against a threshold a tie violates the claim ("above 0" fails at 0); between two sides it is a tie
+    losses = sum(1 for a, b in pairs if a is not None and b is not None and (
+        sign * a >= sign * b if isinstance(than, float) else sign * a > sign * b))
     complete = bool(pairs) and all(a is not None and b is not None for a, b in pairs)
     if complete and wins == len(pairs):
         verdict = "holds"
@@ -121,7 +136,9 @@ def judge(claim: Claim, runs: dict) -> Verdict:
     else:
         verdict = "inconclusive"
 
-    def side(s: Side, values: list) -> dict:
+    def side(s, values: list) -> dict:
+        if isinstance(s, float):
+            return {"side": f"{s:g}", "values": values, "never_reached": 0, "missing": 0, "mean": s}
         reached = [v for v in values if v is not None and v != math.inf]
         never = sum(1 for v in values if v == math.inf)
         missing = sum(1 for v in values if v is None)
@@ -132,4 +149,4 @@ def judge(claim: Claim, runs: dict) -> Verdict:
     evidence = {"seeds": len(seeds), "pairs": len(pairs), "wins": wins, "losses": losses,
                 "direction": claim.direction, "seed_list": seeds,
                 "better": side(better, [a for a, _ in pairs]), "than": side(than, [b for _, b in pairs])}
-    return Verdict(claim.claim, verdict, RULE, evidence)
+    return Verdict(claim.claim, verdict, RULE, evidence, _summary(evidence))

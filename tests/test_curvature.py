@@ -251,3 +251,48 @@ def test_dense_is_refused_for_a_model_too_large_for_memory():
     x = torch.randn(4, 20_000, dtype=torch.float64)
     with pytest.raises(ConfigError, match="use method lanczos"):
         measure_curvature(model, F.mse_loss, [(x, torch.zeros(4, 1, dtype=torch.float64))], method="dense")
+
+
+def test_kappa_plus_skips_the_null_space_and_refuses_an_indefinite_spectrum():
+    from precond.curvature import kappa_plus_of
+
+    assert kappa_plus_of(torch.tensor([0.0, 1e-12, 0.5, 2.0], dtype=torch.float64)) == (4.0, 2)
+    assert kappa_plus_of(torch.tensor([-0.1, 0.5, 2.0], dtype=torch.float64)) == (None, 0)
+    assert kappa_plus_of(torch.tensor([0.25, 0.5, 2.0], dtype=torch.float64)) == (8.0, 0)
+
+
+def test_batchnorm_makes_the_hessian_singular_along_the_biases_before_it():
+    """Train-mode BatchNorm subtracts the batch mean, so the loss does not depend on the bias of the
+    Linear layer before it: H has (at least) one exact null direction per BatchNorm channel, at any
+    point. κ is then undefined and κ⁺ over the rest of the spectrum is finite."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4), nn.Tanh(), nn.Linear(4, 1)).double()
+    x, y = torch.randn(16, 3, dtype=torch.float64), torch.randn(16, 1, dtype=torch.float64)
+    res = measure_curvature(model, F.mse_loss, [(x, y)], method="dense")
+    metrics = res.as_metrics()
+    assert metrics["curvature/p/null_dim"] >= 4  # one bias per BatchNorm channel, at least
+    eig = torch.linalg.eigvalsh(_dense_reference(model, x, y))
+    non_null = eig[eig.abs() > 1e-7 * eig[-1]]
+    if non_null[0] > 0:
+        assert metrics["curvature/p/kappa_plus"] == pytest.approx(float(eig[-1] / non_null[0]), rel=1e-6)
+    else:
+        assert metrics["curvature/p/kappa_plus"] is None
+
+
+def _dense_reference(model, x, y):
+    """H by torch.autograd.functional.hessian over the flattened parameters (an independent route)."""
+    from torch.func import functional_call
+
+    names = [n for n, _ in model.named_parameters()]
+    shapes = [p.shape for p in model.parameters()]
+    flat = torch.cat([p.detach().reshape(-1) for p in model.parameters()])
+
+    def loss(theta):
+        params, start = {}, 0
+        for name, shape in zip(names, shapes):
+            size = int(torch.tensor(shape).prod()) if len(shape) else 1
+            params[name] = theta[start:start + size].reshape(shape)
+            start += size
+        return F.mse_loss(functional_call(model, params, (x,)), y)
+
+    return torch.autograd.functional.hessian(loss, flat)

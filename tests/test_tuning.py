@@ -195,3 +195,27 @@ def test_with_wandb_the_tuned_sweep_logs_a_summary_run_holding_the_tables(tmp_pa
     assert len(list(runs[0].rglob("*.png"))) == 2
     config = (sweep / "0" / "config.yaml").read_text()
     assert "stage: tuning" in config and "arm: a" in config  # every run's W&B config carries its stage and arm
+
+
+def test_a_claim_against_a_threshold_is_judged_on_every_seed():
+    claim = Claim("bn's Hessian is singular", better={"arm": "bn", "metric": "curvature/p/null_dim"}, than=0,
+                  direction="higher")
+    assert judge(claim, _by_seed(bn=[{"curvature/p/null_dim": 4}] * 3)).verdict == "holds"
+    assert judge(claim, _by_seed(bn=[{"curvature/p/null_dim": 0}] * 3)).verdict == "fails"
+    assert judge(claim, _by_seed(bn=[{"curvature/p/null_dim": 4}, {"curvature/p/null_dim": 0}])).verdict == \
+        "inconclusive"
+
+
+def test_the_optuna_example_tunes_on_the_value_the_entry_point_returns(tmp_path):
+    """A handful of Optuna trials: each trial's objective is the run's final target metric."""
+    import yaml
+
+    sweep = tmp_path / "sweep"
+    argv = ["experiment=optuna_lr", "steps=30", "eval_every=10", "hydra.sweeper.n_trials=4",
+            f"hydra.sweep.dir={sweep}"]
+    assert run_in_process(argv) == 0
+    summaries = [read_summary(sweep / str(i)) for i in range(4)]
+    best = yaml.safe_load((sweep / "optimization_results.yaml").read_text())
+    assert best["best_value"] == min(s["val/loss"] for s in summaries)
+    lrs = {o for s in summaries for o in s["overrides"] if o.startswith("lr=")}
+    assert len(lrs) == 4  # four different lr values were tried

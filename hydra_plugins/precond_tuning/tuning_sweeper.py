@@ -70,7 +70,7 @@ class TuningSweeper(Sweeper):
         names = {arm.name for arm in self.spec.arm_list}
         for i, claim in enumerate(self.claims):
             for side in claim.sides:
-                if side.arm not in names:
+                if not isinstance(side, float) and side.arm not in names:
                     _refuse(f"hydra.sweeper.claims[{i}]: expected one of the arms {sorted(names)}, "
                             f"got {side.arm!r}")
         self.config: Optional[DictConfig] = None
