@@ -361,4 +361,6 @@ def preconditioner_spec(name: str, lr: float, base_hyper: Optional[dict] = None,
     ``base_hyper`` (BNP only) holds the base step's own hyperparameters; they are merged
     into ``hyper`` (BNP's keys and the base step's keys do not overlap).
     """
-    return PreconditionerSpec(name=name, lr=lr, hyper={**hyper, **(base_hyper or {})})
+    merged = {**hyper, **(base_hyper or {})}
+    check_hyperparameters(merged)  # the same rules build_optimizer applies, before anything is built
+    return PreconditionerSpec(name=name, lr=lr, hyper=merged)

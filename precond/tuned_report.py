@@ -102,6 +102,7 @@ def tuned_report(sweep_dir: str | Path, quiet: bool = False) -> list[Verdict]:
             + "\n![lr sensitivity](lr_sensitivity.png)\n![confirmation](confirmation.png)\n"
             + ("\nNot in the tables:" + "".join(f"\n- {p}" for p in problems) + "\n" if problems else ""))
     _write_atomically(sweep_dir / "comparison.md", text)
+    (sweep_dir / "comparison.png").unlink(missing_ok=True)  # a plain report's plot from an interrupted stage
     plot_lr_sensitivity(tuning, selection, metric, sweep_dir / "lr_sensitivity.png")
     plot_confirmation(confirmation, metric, sweep_dir / "confirmation.png")
     if not quiet:
@@ -161,7 +162,8 @@ def plot_lr_sensitivity(tuning: dict, selection: dict, metric: str, path: Path) 
     ax.set_ylabel(f"final {metric}")
     ax.set_title("lr sensitivity (tuning runs; circle = chosen; missing = diverged/failed)", fontsize=10)
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
     fig.tight_layout()
     _savefig(fig, path)
     return path
@@ -202,7 +204,8 @@ def plot_confirmation(confirmation: dict, metric: str, path: Path) -> Path:
         if "loss" in metric:
             a.set_yscale("log")
         a.grid(True, which="both", alpha=0.3)
-    axes[1].legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
+    if axes[1].get_legend_handles_labels()[0]:
+        axes[1].legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
     axes[0].set_ylabel(metric)
     fig.suptitle(f"confirmation runs: {metric} (one line per seed)", fontsize=11)
     fig.tight_layout()

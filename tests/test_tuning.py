@@ -219,3 +219,14 @@ def test_the_optuna_example_tunes_on_the_value_the_entry_point_returns(tmp_path)
     assert best["best_value"] == min(s["val/loss"] for s in summaries)
     lrs = {o for s in summaries for o in s["overrides"] if o.startswith("lr=")}
     assert len(lrs) == 4  # four different lr values were tried
+
+
+@pytest.mark.parametrize("arms,message", [
+    ("hydra.sweeper.arms={a:{overrides:{preconditioner:sgdd}}}", "hydra.sweeper.arms.a: "),
+    ("hydra.sweeper.arms={a:{},b:{grid:{preconditioner.momentum:[0.5,-1.0]}}}", "preconditioner.momentum"),
+])
+def test_a_bad_arm_is_refused_before_any_run(tmp_path, capsys, arms, message):
+    assert run_in_process([*TINY, arms, f"hydra.sweep.dir={tmp_path}/s"]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+    assert not (tmp_path / "s" / "0").exists()  # not even the good arm ran

@@ -92,6 +92,7 @@ class TuningSweeper(Sweeper):
         sweep_dir.mkdir(parents=True, exist_ok=True)
         OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
         arms = self.spec.arm_list
+        self._check_arms(arms, fixed)
         tuning = [(arm, point, seed) for arm in arms for point in arm.points() for seed in self.spec.tuning_seeds]
         log.info("tuning: %d runs (%s)", len(tuning), ", ".join(f"{a.name}: {len(a.points())} points" for a in arms))
         returns = self.launcher.launch([fixed + overrides_for(a, p, s, "tuning") for a, p, s in tuning],
@@ -125,6 +126,32 @@ class TuningSweeper(Sweeper):
         confirmation = self.launcher.launch([fixed + overrides_for(a, p, s, "confirmation") for a, p, s in confirm],
                                             initial_job_idx=len(tuning))
         return [list(returns), list(confirmation)]
+
+    def _check_arms(self, arms, fixed: list[str]) -> None:
+        """Validate every grid point of every arm before any run starts: a typo in an arm must not
+        surface after the other arms' tuning runs (one line, exit 2). Each arm is composed once (its
+        group choices); the other points only change values, applied to copies of that config."""
+        from omegaconf import OmegaConf
+
+        from precond.config import settings_from_config
+        from precond.errors import ConfigError
+        from precond.tuning import overrides_for
+
+        for arm in arms:
+            points = arm.points()
+            overrides = fixed + overrides_for(arm, points[0], self.spec.tuning_seeds[0], "tuning")
+            try:
+                base = self.hydra_context.config_loader.load_sweep_config(self.config, overrides)
+            except Exception as err:  # an unknown group option or key: Hydra's own message, first line
+                _refuse(f"hydra.sweeper.arms.{arm.name}: {str(err).splitlines()[0]}")
+            for point in points:
+                cfg = base.copy()
+                for key, value in point.items():
+                    OmegaConf.update(cfg, key, value, merge=False)
+                try:
+                    settings_from_config(cfg)
+                except ConfigError as err:
+                    _refuse(f"hydra.sweeper.arms.{arm.name} at {point}: {err}")
 
     def _fixed_overrides(self, arguments: list[str]) -> list[str]:
         """The command line's overrides, applied to every run; a sweep list there is refused."""
