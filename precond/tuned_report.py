@@ -23,7 +23,8 @@ from precond.verdicts import Claim, Verdict, judge
 
 SELECTION = "selection.json"
 VERDICTS = "verdicts.json"
-KAPPA_COLUMNS = ("curvature/p/kappa", "curvature/z/kappa", "curvature/p/kappa_plus")
+KAPPA_COLUMNS = ("curvature/p/kappa", "curvature/z/kappa", "curvature/p/kappa_plus", "curvature/p/lam_min",
+                 "curvature/p/null_dim")
 
 
 def _runs_by_stage(runs: list[RunRecord], stage: str) -> dict:

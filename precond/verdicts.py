@@ -138,7 +138,7 @@ def judge(claim: Claim, runs: dict) -> Verdict:
 
     def side(s, values: list) -> dict:
         if isinstance(s, float):
-            return {"side": f"{s:g}", "values": values, "never_reached": 0, "missing": 0, "mean": s}
+            return {"side": "threshold", "values": values, "never_reached": 0, "missing": 0, "mean": s}
         reached = [v for v in values if v is not None and v != math.inf]
         never = sum(1 for v in values if v == math.inf)
         missing = sum(1 for v in values if v is None)

@@ -34,3 +34,31 @@ def test_experiment_runs_end_to_end(cli, tmp_path, experiment):
         assert "| run |" in proc.stdout
     # a sweep with a failed job exits 1 after running every job; otherwise 0
     assert proc.returncode == (1 if any(s["status"] == "failed" for s in summaries) else 0), proc.stderr
+
+
+def _tuned_experiments():
+    import yaml
+
+    for name in EXPERIMENTS:
+        text = (Path(CONF_DIR) / "experiment" / f"{name}.yaml").read_text()
+        if "hydra/sweeper: tuned" in text:
+            yield name, yaml.safe_load(text)["hydra"]["sweeper"]
+
+
+@pytest.mark.parametrize("name,sweeper", list(_tuned_experiments()), ids=lambda v: v if isinstance(v, str) else "")
+def test_every_tuned_experiment_searches_a_fair_grid_and_confirms_on_fresh_seeds(name, sweeper):
+    """≥ 5 learning rates over ≥ 2 decades for every arm, ≥ 3 confirmation seeds disjoint from the
+    tuning seeds, and claims that name declared arms (the sweeper also checks these at start)."""
+    from precond.tuning import TuningSpec
+    from precond.verdicts import Claim
+
+    spec = TuningSpec(arms=sweeper["arms"], grid=sweeper.get("grid") or {}, tuning_seeds=sweeper["tuning_seeds"],
+                      confirmation_seeds=sweeper["confirmation_seeds"])
+    for arm in spec.arm_list:
+        lrs = arm.grid["lr"]
+        assert len(lrs) >= 5 and max(lrs) / min(lrs) >= 100, (arm.name, lrs)
+    assert len(spec.confirmation_seeds) >= 3
+    claims = [Claim(**c) for c in sweeper["claims"]]
+    assert claims
+    for claim in claims:
+        assert all(isinstance(side, float) or side.arm in sweeper["arms"] for side in claim.sides)
