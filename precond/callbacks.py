@@ -13,14 +13,10 @@ log = logging.getLogger("precond")
 
 def write_sweep_report(sweep_dir: Path) -> list[str]:
     """Write the comparison table and plot of ``sweep_dir``; return the statuses of its runs."""
-    from precond.report import compare, load_runs
-    from precond.tuned_report import SELECTION, tuned_report
+    from precond.report import load_runs, write_report
 
     try:
-        if (sweep_dir / SELECTION).exists():  # a tuned experiment (hydra/sweeper=tuned)
-            tuned_report(sweep_dir)
-        else:
-            compare(sweep_dir)
+        write_report(sweep_dir)
     except Exception as err:  # a report problem must not hide the runs' own results
         log.warning("could not write the comparison report for %s: %s", sweep_dir, err)
     return [run.summary.get("status", "?") for run in load_runs(sweep_dir)]

@@ -17,17 +17,23 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
-from precond.runlog import identifying_overrides
+from precond.runlog import identifying_overrides, write_text_atomically
 
 
 class ReportError(ValueError):
     """Nothing to report (no readable runs) or a metric the runs do not have: one line for the user."""
 
 
-def _write_atomically(path: Path, text: str) -> None:
+def save_figure(fig, path: str | Path) -> Path:
+    """Save a matplotlib figure as PNG atomically (temp file + rename) and close it."""
+    import matplotlib.pyplot as plt
+
+    path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
+    fig.savefig(tmp, dpi=120, format="png")
+    plt.close(fig)
     tmp.replace(path)
+    return path
 
 
 @dataclass
@@ -244,12 +250,7 @@ def plot(runs: list[RunRecord], metric: str, path: str | Path, title: str = "") 
     axes[0][0].set_ylabel(metric)
     fig.suptitle(title or f"{metric} vs step (mean, band = min–max over seeds)", fontsize=11)
     fig.tight_layout()
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    fig.savefig(tmp, dpi=120, format="png")
-    plt.close(fig)
-    tmp.replace(path)
-    return path
+    return save_figure(fig, path)
 
 
 def compare(sweep_dir: str | Path, metric: Optional[str] = None, quiet: bool = False) -> str:
@@ -270,7 +271,7 @@ def compare(sweep_dir: str | Path, metric: Optional[str] = None, quiet: bool = F
     table = format_table(summarize(runs, metric, extra), metric, target)
     notes = "".join(f"\n- {p}" for p in problems)
     text = f"# {sweep_dir.name}\n\n{table}\n" + (f"\nNot in the table:{notes}\n" if problems else "")
-    _write_atomically(sweep_dir / "comparison.md", text)
+    write_text_atomically(sweep_dir / "comparison.md", text)
     plot(runs, metric, sweep_dir / "comparison.png", title=f"{sweep_dir.name}: {metric}")
     if not quiet:
         print(table)
@@ -280,18 +281,24 @@ def compare(sweep_dir: str | Path, metric: Optional[str] = None, quiet: bool = F
     return table
 
 
+def write_report(sweep_dir: str | Path, quiet: bool = False, metric: Optional[str] = None) -> None:
+    """The report a sweep dir calls for: the tuned report when the tuning sweeper left a
+    ``selection.json``, else the comparison table and plot."""
+    if (Path(sweep_dir) / "selection.json").exists():
+        from precond.tuned_report import tuned_report  # imports this module: loaded on demand
+
+        tuned_report(sweep_dir, quiet=quiet)
+    else:
+        compare(sweep_dir, metric, quiet=quiet)
+
+
 def main(argv: Optional[list[str]] = None) -> None:
     parser = argparse.ArgumentParser(prog="precond-report", description=__doc__.split("\n")[0])
     parser.add_argument("sweep_dir", help="a Hydra sweep directory (outputs/sweeps/...)")
     parser.add_argument("--metric", default=None, help="metric to compare (default val/loss)")
     args = parser.parse_args(argv)
     try:
-        if (Path(args.sweep_dir) / "selection.json").exists():  # a tuned sweep (hydra/sweeper=tuned)
-            from precond.tuned_report import tuned_report
-
-            tuned_report(args.sweep_dir)
-        else:
-            compare(args.sweep_dir, args.metric)
+        write_report(args.sweep_dir, metric=args.metric)
     except ReportError as err:
         print(f"error: {err}", file=sys.stderr)
         raise SystemExit(2) from None

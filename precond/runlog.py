@@ -98,14 +98,24 @@ def resolve_wandb_mode(mode: str) -> str:
     return mode
 
 
+def write_text_atomically(path: str | Path, text: str) -> None:
+    """Write ``text`` to a temporary file beside ``path``, then rename it over ``path``: a reader
+    (or a crash, or a full disk) sees the old file or the new one, never a truncated one."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        tmp.replace(path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
 def write_summary(run_dir: str | Path, summary: dict[str, Any]) -> dict[str, Any]:
     """Write ``run_dir/summary.json`` atomically (NaN/inf → null); returns what was written."""
     clean = json.loads(json.dumps(summary, default=str), parse_constant=lambda _: None)
     clean = {k: _jsonable(v) for k, v in clean.items()}
-    path = Path(run_dir) / "summary.json"
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(clean, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-    tmp.replace(path)
+    write_text_atomically(Path(run_dir) / "summary.json", json.dumps(clean, indent=2, sort_keys=True) + "\n")
     return clean
 
 
@@ -272,9 +282,7 @@ def truncate_metrics(path: Path, step: int) -> int:
             kept.append(line + "\n")
         else:
             dropped += 1
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text("".join(kept), encoding="utf-8")
-    tmp.replace(path)
+    write_text_atomically(path, "".join(kept))
     return dropped
 
 

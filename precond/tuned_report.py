@@ -18,7 +18,8 @@ import statistics
 from pathlib import Path
 from typing import Optional
 
-from precond.report import ReportError, RunRecord, _write_atomically, load_runs
+from precond.report import ReportError, RunRecord, load_runs, save_figure
+from precond.runlog import write_text_atomically
 from precond.verdicts import Claim, Verdict, judge
 
 SELECTION = "selection.json"
@@ -93,7 +94,7 @@ def tuned_report(sweep_dir: str | Path, quiet: bool = False) -> list[Verdict]:
     metric = first.get("target_metric", "val/loss")
     target = f"{metric} {'≥' if 'acc' in metric else '≤'} {first.get('target_value')}"
     verdicts = judge_claims(selection, confirmation)
-    _write_atomically(sweep_dir / VERDICTS, json.dumps([v.as_dict() for v in verdicts], indent=2) + "\n")
+    write_text_atomically(sweep_dir / VERDICTS, json.dumps([v.as_dict() for v in verdicts], indent=2) + "\n")
     text = (f"# {sweep_dir.name}\n\n## Selection\n\nRule: {selection['rule']}. Tuning seeds "
             f"{selection['tuning_seeds']}, confirmation seeds {selection['confirmation_seeds']}.\n\n"
             f"{_selection_table(selection)}\n\n## Confirmation (chosen setting, fresh seeds)\n\n"
@@ -102,22 +103,13 @@ def tuned_report(sweep_dir: str | Path, quiet: bool = False) -> list[Verdict]:
             + (f"\nRule: {verdicts[0].rule}.\n" if verdicts else "")
             + "\n![lr sensitivity](lr_sensitivity.png)\n![confirmation](confirmation.png)\n"
             + ("\nNot in the tables:" + "".join(f"\n- {p}" for p in problems) + "\n" if problems else ""))
-    _write_atomically(sweep_dir / "comparison.md", text)
+    write_text_atomically(sweep_dir / "comparison.md", text)
     (sweep_dir / "comparison.png").unlink(missing_ok=True)  # a plain report's plot from an interrupted stage
     plot_lr_sensitivity(tuning, selection, metric, sweep_dir / "lr_sensitivity.png")
     plot_confirmation(confirmation, metric, sweep_dir / "confirmation.png")
     if not quiet:
         print(text)
     return verdicts
-
-
-def _savefig(fig, path: Path) -> None:
-    import matplotlib.pyplot as plt
-
-    tmp = path.with_name(path.name + ".tmp")
-    fig.savefig(tmp, dpi=110, format="png")
-    plt.close(fig)
-    tmp.replace(path)
 
 
 def _pyplot():
@@ -166,7 +158,7 @@ def plot_lr_sensitivity(tuning: dict, selection: dict, metric: str, path: Path) 
     if ax.get_legend_handles_labels()[0]:
         ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
     fig.tight_layout()
-    _savefig(fig, path)
+    save_figure(fig, path)
     return path
 
 
@@ -210,7 +202,7 @@ def plot_confirmation(confirmation: dict, metric: str, path: Path) -> Path:
     axes[0].set_ylabel(metric)
     fig.suptitle(f"confirmation runs: {metric} (one line per seed)", fontsize=11)
     fig.tight_layout()
-    _savefig(fig, path)
+    save_figure(fig, path)
     return path
 
 

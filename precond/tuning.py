@@ -18,7 +18,6 @@ import itertools
 import math
 import statistics
 from dataclasses import dataclass, field
-from typing import Optional
 
 from precond.errors import ConfigError
 
@@ -154,7 +153,3 @@ def overrides_for(arm: Arm, point: dict, seed: int, stage: str) -> list[str]:
     return [*(f"{k}={format_value(v)}" for k, v in merged.items()), f"seed={seed}", f"stage={stage}",
             f"arm={arm.name}"]
 
-
-def mean_or_none(values) -> Optional[float]:
-    values = [v for v in values if v is not None and math.isfinite(v)]
-    return statistics.fmean(values) if values else None

@@ -49,6 +49,18 @@ def run_in_process(argv: list[str]) -> int:
         GlobalHydra.instance().clear()
 
 
+def wait_for_records(path: Path, n: int, timeout: float = 60) -> None:
+    """Block until the metrics file at ``path`` holds ``n`` lines (a live run has logged that far)."""
+    import time
+
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if path.exists() and len(path.read_text().splitlines()) >= n:
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"{path} never got {n} records")
+
+
 def read_summary(run_dir: Path) -> dict:
     return json.loads((run_dir / "summary.json").read_text())
 

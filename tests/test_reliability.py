@@ -5,14 +5,12 @@ import os
 import signal
 import subprocess
 import sys
-import time
-from pathlib import Path
 
 import pytest
 import torch
 
 from precond.report import compare, load_runs
-from tests.conftest import ROOT, read_metrics, read_summary, run_cli
+from tests.conftest import ROOT, read_metrics, read_summary, run_cli, wait_for_records
 from tests.conftest import run_in_process as _in_process
 
 
@@ -60,13 +58,6 @@ def test_an_unfinished_attempt_is_kept_beside_the_new_one(tmp_path):
     assert [r["step"] for r in read_metrics(run_dir)] == [0, 5, 10]
 
 
-def _wait_for_records(path: Path, n: int, timeout: float = 60) -> None:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if path.exists() and len(path.read_text().splitlines()) >= n:
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"{path} never got {n} records")
 
 
 def test_sigterm_writes_an_interrupted_summary_and_finishes_the_offline_wandb_run(tmp_path):
@@ -76,7 +67,7 @@ def test_sigterm_writes_an_interrupted_summary_and_finishes_the_offline_wandb_ru
     proc = subprocess.Popen([sys.executable, "-m", "precond.train", "steps=1000000", "eval_every=200",
                              "progress=false", "logger=wandb", "seed=7", f"hydra.run.dir={run_dir}"],
                             cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    _wait_for_records(run_dir / "metrics.jsonl", 3)
+    wait_for_records(run_dir / "metrics.jsonl", 3)
     proc.send_signal(signal.SIGTERM)
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 128 + signal.SIGTERM, err
@@ -124,7 +115,7 @@ def test_ctrl_c_in_a_sweep_writes_the_table_of_what_finished(tmp_path):
     proc = subprocess.Popen([sys.executable, "-m", "precond.train", "-m", "steps=20,1000000", "eval_every=10",
                              "progress=false", f"hydra.sweep.dir={sweep}"],
                             cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    _wait_for_records(sweep / "1" / "metrics.jsonl", 2)
+    wait_for_records(sweep / "1" / "metrics.jsonl", 2)
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 128 + signal.SIGINT and "Traceback" not in err, err

@@ -14,7 +14,7 @@ from precond import train as train_module
 from precond.checkpoint import CHECKPOINT, atomic_save, load_checkpoint
 from precond.data import BatchSampler
 from precond.loop import LoopSettings, train
-from tests.conftest import ROOT, read_metrics, read_summary, run_in_process
+from tests.conftest import ROOT, read_metrics, read_summary, run_in_process, wait_for_records
 
 
 class StopBeforeStep:
@@ -210,15 +210,6 @@ def test_a_rerun_sweep_skips_finished_jobs_resumes_the_interrupted_one_and_runs_
     assert all(f"lr={lr}" in table for lr in ("0.01", "0.02", "0.03")) and "interrupted" not in table
 
 
-def _wait_for_records(path, n, timeout=60):
-    import time
-
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if path.exists() and len(path.read_text().splitlines()) >= n:
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"{path} never got {n} records")
 
 
 def test_sigterm_then_the_same_command_resumes_into_the_same_offline_wandb_run(tmp_path):
@@ -230,7 +221,7 @@ def test_sigterm_then_the_same_command_resumes_into_the_same_offline_wandb_run(t
             "progress=false", "logger=wandb"]
     proc = subprocess.Popen([*args, f"hydra.run.dir={run_dir}"], cwd=ROOT, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
-    _wait_for_records(run_dir / "metrics.jsonl", 2)
+    wait_for_records(run_dir / "metrics.jsonl", 2)
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 128 + signal.SIGTERM and "Traceback" not in err, err
@@ -270,7 +261,7 @@ def test_a_cluster_signal_is_forwarded_to_the_launchers_handler_after_the_checkp
     env = {**os.environ, "HOME": str(tmp_path), "PYTHONPATH": str(ROOT)}
     proc = subprocess.Popen([sys.executable, "-c", REQUEUE_WRAPPER, str(run_dir)], cwd=ROOT, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    _wait_for_records(run_dir / "metrics.jsonl", 2)
+    wait_for_records(run_dir / "metrics.jsonl", 2)
     proc.send_signal(signal.SIGUSR2)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 0, err  # the wrapper's handler ran and exited

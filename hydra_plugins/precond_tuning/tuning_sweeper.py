@@ -85,7 +85,8 @@ class TuningSweeper(Sweeper):
                                                                 task_function=task_function, config=config)
 
     def sweep(self, arguments: list[str]) -> Any:
-        from precond.tuning import PointResult, overrides_for, select
+        from precond.runlog import write_text_atomically
+        from precond.tuning import SELECTION_RULE, PointResult, overrides_for, select
 
         fixed = self._fixed_overrides(arguments)
         sweep_dir = Path(self.config.hydra.sweep.dir)
@@ -98,7 +99,7 @@ class TuningSweeper(Sweeper):
         returns = self.launcher.launch([fixed + overrides_for(a, p, s, "tuning") for a, p, s in tuning],
                                        initial_job_idx=0)
         summaries = [_summary_of(r) for r in returns]
-        selection = {"rule": _rule(), "tuning_seeds": list(self.spec.tuning_seeds),
+        selection = {"rule": SELECTION_RULE, "tuning_seeds": list(self.spec.tuning_seeds),
                      "confirmation_seeds": list(self.spec.confirmation_seeds), "fixed_overrides": fixed,
                      "claims": [_claim_dict(c) for c in self.claims], "arms": {}}
         chosen = {}
@@ -120,7 +121,7 @@ class TuningSweeper(Sweeper):
                 entry.update(chosen=None, at_edge=[], error=str(err))
                 log.error("%s", err)
             selection["arms"][arm.name] = entry
-        _write_json(sweep_dir / "selection.json", selection)
+        write_text_atomically(sweep_dir / "selection.json", json.dumps(selection, indent=2, default=str) + "\n")
         confirm = [(arm, point, seed) for arm, point in chosen.values() for seed in self.spec.confirmation_seeds]
         log.info("confirmation: %d runs", len(confirm))
         confirmation = self.launcher.launch([fixed + overrides_for(a, p, s, "confirmation") for a, p, s in confirm],
@@ -169,12 +170,6 @@ def _plain(value):
     return OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value
 
 
-def _rule() -> str:
-    from precond.tuning import SELECTION_RULE
-
-    return SELECTION_RULE
-
-
 def _claim_dict(claim) -> dict:
     return {"claim": claim.claim, "better": claim.better, "than": claim.than, "metric": claim.metric,
             "direction": claim.direction}
@@ -192,8 +187,3 @@ def _summary_of(ret: JobReturn) -> dict:
     except (AttributeError, OSError, ValueError):
         return {"status": "failed", "error": "no readable summary.json"}
 
-
-def _write_json(path: Path, data: dict) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=str) + "\n", encoding="utf-8")
-    tmp.replace(path)
