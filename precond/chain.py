@@ -12,15 +12,75 @@ The preconditioner records the diagonal of ``M = P Pᵀ`` in the context as its
 *denominator* ``D`` (``M = D⁻¹`` element-wise, ``P = D^{-1/2}``), so the
 z-regularizers can read ``P`` at the step they run. ``D is None`` means
 ``P = I`` (plain SGD).
+
+A hyperparameter in a param group is a Python number (one run), or a 1-D tensor with
+one entry per job when several runs are trained as one stacked model
+(:mod:`precond.packing`: every parameter then has a leading job axis). Links read
+hyperparameters through :meth:`StepContext.hyper`, which gives either the number or
+one view per parameter shaped ``[J, 1, …, 1]`` that broadcasts along that axis, and
+combine them with the helpers below, so the mathematics is written once for both.
 """
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Optional
+from typing import Optional, Union
 
 import torch
 from torch import Tensor
+
+#: a hyperparameter as the links use it: a number, or one broadcastable tensor per parameter
+Hyper = Union[float, list[Tensor]]
+
+
+def per_param(value, params: list[Tensor]) -> Hyper:
+    """``value`` unchanged when it is a number; a per-job tensor ``[J]`` as one view ``[J, 1, …, 1]``
+    per parameter (the parameters' leading axis is the job axis)."""
+    if not isinstance(value, Tensor):
+        return value
+    return [value.view(-1, *([1] * (p.ndim - 1))) for p in params]
+
+
+def pick(h: Hyper, indices: list[int]) -> Hyper:
+    """The hyperparameter restricted to the parameters at ``indices``."""
+    return [h[i] for i in indices] if isinstance(h, list) else h
+
+
+def hmap(fn: Callable, *hs: Hyper) -> Hyper:
+    """``fn`` applied to numbers, or element-wise over the per-parameter lists (numbers are broadcast)."""
+    lists = [h for h in hs if isinstance(h, list)]
+    if not lists:
+        return fn(*hs)
+    n = len(lists[0])
+    return [fn(*vals) for vals in zip(*[h if isinstance(h, list) else [h] * n for h in hs])]
+
+
+def is_zero(h: Hyper) -> bool:
+    """True only for the number 0 (a per-job tensor is never skipped: its zero entries act as 0)."""
+    return not isinstance(h, list) and h == 0
+
+
+def add_scaled_(xs: list[Tensor], ys: list[Tensor], alpha: Hyper) -> None:
+    """``x ← x + α y`` in place."""
+    if isinstance(alpha, list):
+        torch._foreach_add_(xs, torch._foreach_mul(ys, alpha))
+    else:
+        torch._foreach_add_(xs, ys, alpha=alpha)
+
+
+def add_scaled(xs: list[Tensor], ys: list[Tensor], alpha: Hyper) -> list[Tensor]:
+    """``x + α y`` (new tensors)."""
+    if isinstance(alpha, list):
+        return torch._foreach_add(xs, torch._foreach_mul(ys, alpha))
+    return torch._foreach_add(xs, ys, alpha=alpha)
+
+
+def addcmul_(xs: list[Tensor], a: list[Tensor], b: list[Tensor], value: Hyper) -> None:
+    """``x ← x + value · a · b`` in place."""
+    if isinstance(value, list):
+        torch._foreach_addcmul_(xs, torch._foreach_mul(a, value), b)
+    else:
+        torch._foreach_addcmul_(xs, a, b, value=value)
 
 
 @dataclass
@@ -47,8 +107,14 @@ class StepContext:
     graph_grads: Optional[dict] = None
 
     @property
-    def lr(self) -> float:
-        return float(self.group["lr"])
+    def lr(self) -> Hyper:
+        return self.hyper("lr")
+
+    def hyper(self, name: str, index: Optional[int] = None) -> Hyper:
+        """The group's hyperparameter ``name`` (``index``: an entry of a tuple such as ``betas``)
+        as a number or one per-job view per parameter (see :func:`per_param`)."""
+        value = self.group[name] if index is None else self.group[name][index]
+        return per_param(value, self.params)
 
     def P(self, indices: list[int]) -> Optional[list[Tensor]]:
         """``P = D^{-1/2}`` for the params at ``indices`` (None when ``P = I``)."""

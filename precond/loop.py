@@ -6,6 +6,7 @@ synchronize so asynchronous kernels are charged to the step that queued them.
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from collections.abc import Callable
@@ -23,7 +24,15 @@ from precond.runlog import RunLog
 
 #: steps between non-finite-loss checks (each check synchronizes with the device)
 DIVERGENCE_CHECK_EVERY = 10
+#: fp32: plain; bf16: forward and loss under bfloat16 autocast (weights and optimizer state stay float32)
+PRECISIONS = ("fp32", "bf16")
 
+
+def autocast(precision: str, device: torch.device):
+    """The forward pass's precision context: bfloat16 autocast for ``bf16`` (CPU and CUDA), else nothing."""
+    if precision == "bf16":
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
 
 
 @dataclass
@@ -42,6 +51,8 @@ class LoopSettings:
     progress: bool = True
     #: None: a checkpoint at every evaluation; N > 0: every N steps; 0: only on interrupt
     checkpoint_every: Optional[int] = None
+    #: fp32 | bf16 (autocast of forward and loss; see :func:`autocast`)
+    precision: str = "fp32"
 
     def __post_init__(self) -> None:
         for key in ("steps", "batch_size", "eval_every", "eval_batch_size", "eval_train_samples"):
@@ -52,6 +63,9 @@ class LoopSettings:
                 self.checkpoint_every, bool) or self.checkpoint_every < 0):
             raise ConfigError("checkpoint_every", "null (at every evaluation) or an integer >= 0 (0: only on "
                               "interrupt)", self.checkpoint_every)
+        if self.precision not in PRECISIONS:
+            raise ConfigError("precision", f"one of {list(PRECISIONS)}", self.precision,
+                              "bf16 runs the forward pass under bfloat16 autocast (float32 weights)")
         if not isinstance(self.seed, int) or isinstance(self.seed, bool) or self.seed < 0:
             raise ConfigError("seed", "a non-negative integer", self.seed)
         if self.target_value is not None and (isinstance(self.target_value, bool) or not isinstance(
@@ -89,13 +103,16 @@ def target_reached(metric: str, value: Optional[float], target: Optional[float])
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, loss_fn, x: Tensor, y: Tensor, task: str, batch_size: int) -> dict[str, float]:
+def evaluate(model: nn.Module, loss_fn, x: Tensor, y: Tensor, task: str, batch_size: int,
+             precision: str = "fp32") -> dict[str, float]:
     """Mean loss (and accuracy for classification) over a whole split, in chunks, eval mode."""
     was_training = model.training
     model.eval()
     total, correct = 0.0, 0
     for start in range(0, x.shape[0], batch_size):
-        out = model(x[start:start + batch_size])
+        with autocast(precision, x.device):
+            out = model(x[start:start + batch_size])
+        out = out.float() if out.dtype == torch.bfloat16 else out
         yb = y[start:start + batch_size]
         total += float(loss_fn(out, yb, reduction="sum"))
         if task == "classification":
@@ -125,7 +142,7 @@ def evaluate_splits(model: nn.Module, data: Dataset, settings: LoopSettings, fin
             continue
         if split == "train":
             x, y = x[:settings.eval_train_samples], y[:settings.eval_train_samples]
-        for k, v in evaluate(model, loss_fn, x, y, data.task, settings.eval_batch_size).items():
+        for k, v in evaluate(model, loss_fn, x, y, data.task, settings.eval_batch_size, settings.precision).items():
             record[f"{split}/{k}"] = v
     return record
 
@@ -234,7 +251,7 @@ def train(
     if resume is not None:
         state = LoopState.from_state_dict(resume, sampler, device)
     else:
-        state = _start(record_at, monitors, settings, runlog, device)
+        state = start_state(record_at, monitors, settings, runlog, device)
     status = "completed"
     progress = _progress_bar(settings, initial=state.step)
     for step in range(state.step + 1, settings.steps + 1):
@@ -248,7 +265,8 @@ def train(
 
         def closure():
             optimizer.zero_grad(set_to_none=True)
-            batch_loss = loss_fn(model(xb), yb)
+            with autocast(settings.precision, device):
+                batch_loss = loss_fn(model(xb), yb)
             batch_loss.backward()
             return batch_loss
 
@@ -266,11 +284,10 @@ def train(
         state.train_s += time.perf_counter() - t0
         if check and not float(state.loss_sum) / state.loss_count <= state.diverge_above:  # also catches NaN
             status = "diverged"
-            runlog.log({"step": step, "train/batch_loss": float(loss), "time/train_s": state.train_s,
-                        "diverged": True})
+            runlog.log(diverged_record(step, float(loss), state.train_s))
             break
         if at_eval:
-            _evaluate_into(state, record_at, monitors, settings, final)
+            evaluate_into(state, record_at, monitors, settings, final)
             runlog.log(state.last)
         if not final and checkpoint_due(settings, step, at_eval):
             save(state)
@@ -281,6 +298,11 @@ def train(
             progress.update(1)
     if progress is not None:
         progress.close()
+    return run_summary(state, status, settings)
+
+
+def run_summary(state: LoopState, status: str, settings: LoopSettings) -> dict:
+    """The summary fields of a run that ended with ``status`` (see :func:`train`)."""
     summary = {k: v for k, v in state.last.items() if "/" in k}
     summary.update({
         "status": status, "steps": state.step, "last_eval_step": state.last["step"],
@@ -293,7 +315,12 @@ def train(
     return summary
 
 
-def _start(record_at, monitors, settings: LoopSettings, runlog: RunLog, device) -> LoopState:
+def diverged_record(step: int, last_loss: float, train_s: float) -> dict:
+    """The record logged when a run stops as diverged."""
+    return {"step": step, "train/batch_loss": last_loss, "time/train_s": train_s, "diverged": True}
+
+
+def start_state(record_at, monitors, settings: LoopSettings, runlog: RunLog, device) -> LoopState:
     """The step-0 record (logged) and the state of a run that has taken no step."""
     last = record_at(0, final=settings.steps == 0)
     metrics, monitor_s = run_monitors(monitors, 0, final=False)
@@ -307,7 +334,7 @@ def _start(record_at, monitors, settings: LoopSettings, runlog: RunLog, device) 
     return state
 
 
-def _evaluate_into(state: LoopState, record_at, monitors, settings: LoopSettings, final: bool) -> None:
+def evaluate_into(state: LoopState, record_at, monitors, settings: LoopSettings, final: bool) -> None:
     """Evaluate at ``state.step`` into ``state.last``, then the target bookkeeping (not train time)."""
     last = record_at(state.step, final)
     last["train/batch_loss"] = float(state.loss_sum) / state.loss_count

@@ -14,6 +14,7 @@ work as for any ``torch.optim.Optimizer``.
 from __future__ import annotations
 
 import contextlib
+import copy
 import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -23,7 +24,7 @@ import torch
 from torch import Tensor
 
 from precond.bnp import BNPTransform, check_model_for_bnp
-from precond.chain import Link, StepContext
+from precond.chain import Link, StepContext, add_scaled_, hmap
 from precond.errors import ConfigError
 from precond.preconditioners import PRECONDITIONERS, Momentum, Preconditioner
 from precond.regularizers import POLICIES, REGULARIZERS, VARIABLES, BackwardCreatesGraph, Penalty, make_penalty
@@ -56,6 +57,7 @@ class ComposedOptimizer(torch.optim.Optimizer):
         post: list[Link] = (),
     ):
         super().__init__(params, defaults)
+        self.chain = (preconditioner, list(before), list(after), momentum, list(post))
         self.preconditioner = preconditioner
         self.direction_links: list[Link] = [*before, preconditioner, *after, *([momentum] if momentum else [])]
         self.post_links: list[Link] = list(post)
@@ -64,6 +66,13 @@ class ComposedOptimizer(torch.optim.Optimizer):
         self.needs_closure = any(link.needs_closure for link in links)
         self.needs_graph = any(getattr(link, "needs_graph", False) for link in links)
         preconditioner.keep_denominator = any(link.needs_precond for link in links)
+
+    def with_chain_over(self, params: ParamsT, defaults: dict) -> ComposedOptimizer:
+        """A new optimizer with copies of this one's links over other parameters and hyperparameters
+        (packed training: the same chain on stacked parameters with per-job hyperparameters)."""
+        preconditioner, before, after, momentum, post = copy.deepcopy(self.chain)
+        return ComposedOptimizer(params, defaults, preconditioner, before=before, after=after, momentum=momentum,
+                                 post=post)
 
     def _contexts(self, closure, graph_grads) -> list[StepContext]:
         ctxs = []
@@ -109,7 +118,7 @@ class ComposedOptimizer(torch.optim.Optimizer):
         for link in self.direction_links:
             directions = link.transform(ctxs, directions)
         for ctx, d in zip(ctxs, directions):
-            torch._foreach_add_(ctx.params, d, alpha=-ctx.lr)
+            add_scaled_(ctx.params, d, hmap(lambda lr: -lr, ctx.lr))
         for link in self.post_links:
             link.after_update(ctxs)
         return loss

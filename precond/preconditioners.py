@@ -30,13 +30,27 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from precond.chain import Link, StepContext
+from precond.chain import Link, StepContext, add_scaled, add_scaled_, addcmul_, hmap, is_zero, pick
 
 
-def _zeros_state(state: dict, key: str, like: Tensor, fill: float = 0.0) -> Tensor:
+def _zeros_state(state: dict, key: str, like: Tensor, fill=0.0) -> Tensor:
+    """The state tensor ``key``, created as ``fill`` (a number, or a per-job view) the first time."""
     if key not in state:
-        state[key] = torch.full_like(like, fill, memory_format=torch.preserve_format)
+        if isinstance(fill, Tensor):
+            state[key] = torch.zeros_like(like, memory_format=torch.preserve_format).add_(fill)
+        else:
+            state[key] = torch.full_like(like, fill, memory_format=torch.preserve_format)
     return state[key]
+
+
+def _sqrt(x):
+    """√x for a number (math.sqrt: correctly rounded, as torch.optim) or a per-job tensor."""
+    return x.sqrt() if isinstance(x, Tensor) else math.sqrt(x)
+
+
+def _each(h, n: int) -> list:
+    """A hyperparameter as one entry per parameter."""
+    return h if isinstance(h, list) else [h] * n
 
 
 def _advance_step(ctx: StepContext, key: str) -> list[int]:
@@ -85,17 +99,15 @@ class Adagrad(Preconditioner):
     def transform(self, ctxs, directions):
         out = []
         for ctx, g in zip(ctxs, directions):
-            group = ctx.group
-            sums = [
-                _zeros_state(s, self.key("sum"), p, group["initial_accumulator_value"])
-                for p, s in zip(ctx.params, ctx.states)
-            ]
+            n = len(ctx.params)
+            fills = _each(ctx.hyper("initial_accumulator_value"), n)
+            sums = [_zeros_state(s, self.key("sum"), p, f) for p, s, f in zip(ctx.params, ctx.states, fills)]
             steps = _advance_step(ctx, self.key("step"))
             torch._foreach_addcmul_(sums, g, g, value=1.0)
             denom = torch._foreach_sqrt(sums)
-            torch._foreach_add_(denom, group["eps"])
-            decay = [1.0 + (k - 1) * group["lr_decay"] for k in steps]
-            if any(f != 1.0 for f in decay):
+            torch._foreach_add_(denom, ctx.hyper("eps"))
+            decay = [1.0 + (k - 1) * r for k, r in zip(steps, _each(ctx.hyper("lr_decay"), n))]
+            if any(isinstance(f, Tensor) or f != 1.0 for f in decay):
                 torch._foreach_mul_(denom, decay)
             ctx.denominator = denom
             out.append(torch._foreach_div(g, denom))
@@ -115,20 +127,20 @@ class RMSprop(Preconditioner):
     def transform(self, ctxs, directions):
         out = []
         for ctx, g in zip(ctxs, directions):
-            group = ctx.group
-            alpha = group["alpha"]
+            alpha = ctx.hyper("alpha")
+            one_minus_alpha = hmap(lambda a: 1.0 - a, alpha)
             sq = [_zeros_state(s, self.key("square_avg"), p) for p, s in zip(ctx.params, ctx.states)]
             _advance_step(ctx, self.key("step"))
             torch._foreach_mul_(sq, alpha)
-            torch._foreach_addcmul_(sq, g, g, value=1.0 - alpha)
-            if group["centered"]:
+            addcmul_(sq, g, g, one_minus_alpha)
+            if ctx.group["centered"]:
                 gavg = [_zeros_state(s, self.key("grad_avg"), p) for p, s in zip(ctx.params, ctx.states)]
-                torch._foreach_lerp_(gavg, g, 1.0 - alpha)
+                torch._foreach_lerp_(gavg, g, one_minus_alpha)
                 denom = torch._foreach_addcmul(sq, gavg, gavg, value=-1.0)
                 torch._foreach_sqrt_(denom)
             else:
                 denom = torch._foreach_sqrt(sq)
-            torch._foreach_add_(denom, group["eps"])
+            torch._foreach_add_(denom, ctx.hyper("eps"))
             ctx.denominator = denom
             out.append(torch._foreach_div(g, denom))
         return out
@@ -154,16 +166,16 @@ class Adam(Preconditioner):
     def transform(self, ctxs, directions):
         out = []
         for ctx, g in zip(ctxs, directions):
-            beta1, beta2 = ctx.group["betas"]
-            eps = ctx.group["eps"]
+            n = len(ctx.params)
+            beta1, beta2, eps = ctx.hyper("betas", 0), ctx.hyper("betas", 1), ctx.hyper("eps")
             m = [_zeros_state(s, self.key("exp_avg"), p) for p, s in zip(ctx.params, ctx.states)]
             v = [_zeros_state(s, self.key("exp_avg_sq"), p) for p, s in zip(ctx.params, ctx.states)]
             steps = _advance_step(ctx, self.key("step"))
-            torch._foreach_lerp_(m, g, 1.0 - beta1)
+            torch._foreach_lerp_(m, g, hmap(lambda b: 1.0 - b, beta1))
             torch._foreach_mul_(v, beta2)
-            torch._foreach_addcmul_(v, g, g, value=1.0 - beta2)
-            bc1 = [1.0 - beta1**k for k in steps]
-            bc2_sqrt = [math.sqrt(1.0 - beta2**k) for k in steps]
+            addcmul_(v, g, g, hmap(lambda b: 1.0 - b, beta2))
+            bc1 = [1.0 - b**k for b, k in zip(_each(beta1, n), steps)]
+            bc2_sqrt = [_sqrt(1.0 - b**k) for b, k in zip(_each(beta2, n), steps)]
             denom = torch._foreach_sqrt(v)
             if self.keep_denominator:
                 # D = √v̂ + ε is read by later links; d = (m / bc1) / D
@@ -175,7 +187,7 @@ class Adam(Preconditioner):
             else:
                 # fold 1/bc1 into the denominator and reuse its memory: d = m / (bc1·D)
                 torch._foreach_mul_(denom, [b1 / b2 for b1, b2 in zip(bc1, bc2_sqrt)])
-                torch._foreach_add_(denom, [eps * b1 for b1 in bc1])
+                torch._foreach_add_(denom, [e * b1 for e, b1 in zip(_each(eps, n), bc1)])
                 torch._foreach_reciprocal_(denom)
                 torch._foreach_mul_(denom, m)
                 d = denom
@@ -202,11 +214,11 @@ class Momentum(Link):
     def transform(self, ctxs, directions):
         out = []
         for ctx, d in zip(ctxs, directions):
-            mu = ctx.group["momentum"]
-            if mu == 0:
+            mu = ctx.hyper("momentum")
+            if is_zero(mu):
                 out.append(d)
                 continue
-            dampening = ctx.group.get("dampening", 0.0)
+            dampening = ctx.hyper("dampening") if "dampening" in ctx.group else 0.0
             key = self.key("buffer")
             fresh = [i for i, state in enumerate(ctx.states) if key not in state]
             for i in fresh:
@@ -215,10 +227,10 @@ class Momentum(Link):
             old = [i for i in range(len(ctx.states)) if i not in seen]
             if old:
                 olds = [ctx.states[i][key] for i in old]
-                torch._foreach_mul_(olds, mu)
-                torch._foreach_add_(olds, [d[i] for i in old], alpha=1.0 - dampening)
+                torch._foreach_mul_(olds, pick(mu, old))
+                add_scaled_(olds, [d[i] for i in old], pick(hmap(lambda x: 1.0 - x, dampening), old))
             bufs = [state[key] for state in ctx.states]
-            out.append(torch._foreach_add(d, bufs, alpha=mu) if ctx.group.get("nesterov", False) else bufs)
+            out.append(add_scaled(d, bufs, mu) if ctx.group.get("nesterov", False) else bufs)
         return out
 
 

@@ -38,7 +38,7 @@ import torch
 from torch import Tensor
 from torch.overrides import TorchFunctionMode
 
-from precond.chain import Link, StepContext
+from precond.chain import Link, StepContext, add_scaled, add_scaled_, hmap, is_zero, pick
 from precond.errors import ConfigError
 
 POLICIES = ("all", "weights")
@@ -49,22 +49,25 @@ HVP_BACKENDS = ("double_backward", "finite_difference")
 
 def regularized_indices(ctx: StepContext) -> list[int]:
     """Indices of ``ctx.params`` the group's policy penalizes (and only when λ > 0)."""
-    if ctx.group["strength"] == 0:
+    if is_zero(ctx.hyper("strength")):
         return []
     if ctx.group["policy"] == "weights":
-        return [i for i, p in enumerate(ctx.params) if p.ndim >= 2]
+        job_axis = 1 if ctx.group.get("stacked") else 0  # packed parameters carry a leading job axis
+        return [i for i, p in enumerate(ctx.params) if p.ndim - job_axis >= 2]
     return list(range(len(ctx.params)))
 
 
-def _add_scaled(ctx: StepContext, d: list[Tensor], idx: list[int], terms: list[Tensor], alpha: float) -> list[Tensor]:
-    """``d[i] += alpha · terms[j]`` for ``i = idx[j]``, never writing into a gradient in place."""
+def _add_scaled(ctx: StepContext, d: list[Tensor], idx: list[int], terms: list[Tensor], name: str) -> list[Tensor]:
+    """``d[i] += h · terms[j]`` for ``i = idx[j]`` with ``h`` the group's hyperparameter ``name``,
+    never writing into a gradient in place."""
     out = list(d)
+    alpha = pick(ctx.hyper(name), idx)  # one entry per term
     owned = [j for j, i in enumerate(idx) if d[i] is not ctx.grads[i]]
     shared = [j for j, i in enumerate(idx) if d[i] is ctx.grads[i]]
     if owned:
-        torch._foreach_add_([d[idx[j]] for j in owned], [terms[j] for j in owned], alpha=alpha)
+        add_scaled_([d[idx[j]] for j in owned], [terms[j] for j in owned], pick(alpha, owned))
     if shared:
-        new = torch._foreach_add([d[idx[j]] for j in shared], [terms[j] for j in shared], alpha=alpha)
+        new = add_scaled([d[idx[j]] for j in shared], [terms[j] for j in shared], pick(alpha, shared))
         for j, t in zip(shared, new):
             out[idx[j]] = t
     return out
@@ -95,7 +98,7 @@ class L2(Penalty):
         out = []
         for ctx, d in zip(ctxs, directions):
             idx = regularized_indices(ctx)
-            out.append(_add_scaled(ctx, d, idx, [ctx.params[i] for i in idx], ctx.group["strength"]) if idx else d)
+            out.append(_add_scaled(ctx, d, idx, [ctx.params[i] for i in idx], "strength") if idx else d)
         return out
 
     def value(self, groups):
@@ -124,7 +127,7 @@ class L1Subgradient(Penalty):
             signs = torch._foreach_sign([ctx.params[i] for i in idx])
             if self.variable == "z" and ctx.denominator is not None:
                 torch._foreach_mul_(signs, ctx.P(idx))
-            out.append(_add_scaled(ctx, d, idx, signs, ctx.group["strength"]))
+            out.append(_add_scaled(ctx, d, idx, signs, "strength"))
         return out
 
     def value(self, groups):
@@ -146,7 +149,7 @@ class L1Prox(Penalty):
             if not idx:
                 continue
             params = [ctx.params[i] for i in idx]
-            scale = ctx.lr * ctx.group["strength"]
+            scale = pick(hmap(lambda lr, s: lr * s, ctx.lr, ctx.hyper("strength")), idx)  # ηλ
             if ctx.denominator is None:
                 soft_threshold_(params, scale)
             else:
@@ -250,7 +253,7 @@ class GradNorm(Penalty):
                 continue
             if m is not None:
                 torch._foreach_mul_(terms, m)  # z: M H (M g)
-            out[c] = _add_scaled(ctx, out[c], idx, terms, ctx.group["strength"])
+            out[c] = _add_scaled(ctx, out[c], idx, terms, "strength")
         return out
 
     def value(self, groups):

@@ -14,6 +14,7 @@ Sweep (a comparison table and plot are written to the sweep dir at the end)::
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import os
@@ -43,7 +44,8 @@ from precond.config import (
 )
 from precond.errors import ConfigError
 from precond.interrupts import StopRequest
-from precond.loop import check_target, train
+from precond.loop import LoopSettings, check_target, train
+from precond.packing import PackMember, train_pack
 from precond.runlog import (
     FINISHED,
     RunDirectory,
@@ -64,84 +66,214 @@ if not OmegaConf.has_resolver("run_id"):
     OmegaConf.register_new_resolver("run_id", lambda: f"{os.getpid()}{secrets.token_hex(2)}", use_cache=True)
 
 
+@dataclasses.dataclass(frozen=True)
+class JobInfo:
+    """What a run reads from its Hydra job: from ``HydraConfig`` for a job run alone, from the
+    job's own composed ``hydra`` node for a job of a pack (:func:`run_pack`)."""
+
+    run_dir: Path
+    overrides: list
+    choices: dict
+    multirun: bool
+    sweep_dir: str
+    cwd: str
+
+    @classmethod
+    def of(cls, hc) -> JobInfo:
+        return cls(run_dir=Path(hc.runtime.output_dir),
+                   overrides=[o for o in hc.overrides.task if not o.startswith("hydra.")],
+                   choices=dict(hc.runtime.choices.items()), multirun=hc.mode == RunMode.MULTIRUN,
+                   sweep_dir=str(hc.sweep.dir), cwd=str(hc.runtime.cwd))
+
+
 def _task_overrides() -> list[str]:
-    return [o for o in HydraConfig.get().overrides.task if not o.startswith("hydra.")]
+    return JobInfo.of(HydraConfig.get()).overrides
 
 
-def _wandb_settings(cfg: DictConfig, settings: RunSettings):
+def _wandb_settings(cfg: DictConfig, settings: RunSettings, job: JobInfo):
     """The logger settings with this run's group (the sweep), name (its identifying overrides) and tags."""
-    hc = HydraConfig.get()
-    multirun = hc.mode == RunMode.MULTIRUN
-    choices = hc.runtime.choices
+    choices = job.choices
     tags = [settings.preconditioner.name, f"reg:{settings.regularization.name}",
             f"norm:{settings.normalization.name}", f"model:{choices.get('model')}",
             f"data:{choices.get('dataset')}", *settings.logger.tags]
     return dataclasses.replace(
-        settings.logger, group=Path(hc.sweep.dir).name if multirun else cfg.name,
-        name=",".join(identifying_overrides(_task_overrides())) or cfg.name, tags=tags,
+        settings.logger, group=Path(job.sweep_dir).name if job.multirun else cfg.name,
+        name=",".join(identifying_overrides(job.overrides)) or cfg.name, tags=tags,
     )
 
 
-def run(cfg: DictConfig, should_stop=None) -> dict:
+def _base_summary(cfg: DictConfig, job: JobInfo) -> dict:
+    return {"seed": cfg.seed, "name": cfg.name, "overrides": job.overrides,
+            **{k: cfg[k] for k in ("stage", "arm") if cfg.get(k) is not None},
+            "choices": {k: v for k, v in job.choices.items() if not k.startswith("hydra")}}
+
+
+def run(cfg: DictConfig, should_stop=None, job: Optional[JobInfo] = None) -> dict:
     """Validate, build, train; leaves config.yaml and summary.json in the run dir (status
     completed | diverged | failed | interrupted). A dir that holds this same completed run is
     reported, not redone; one that holds another run is refused (:class:`RunDirInUse`)."""
-    hc = HydraConfig.get()
-    run_dir = Path(hc.runtime.output_dir)
-    config = to_plain(cfg)
-    base = {"seed": cfg.seed, "name": cfg.name, "overrides": _task_overrides(),
-            **{k: cfg[k] for k in ("stage", "arm") if cfg.get(k) is not None},
-            "choices": {k: v for k, v in hc.runtime.choices.items() if not k.startswith("hydra")}}
-    with RunDirectory(run_dir, config) as directory:
+    job = job or JobInfo.of(HydraConfig.get())
+    base = _base_summary(cfg, job)
+    with RunDirectory(job.run_dir, to_plain(cfg)) as directory:
         if directory.finished is not None:
-            log.info("%s already holds this finished run (status %s): not redone", run_dir,
+            log.info("%s already holds this finished run (status %s): not redone", job.run_dir,
                      directory.finished["status"])
             return directory.finished
-        OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
+        OmegaConf.save(cfg, job.run_dir / "config.yaml", resolve=True)
         settings = settings_from_config(cfg)
-        base.update(environment(settings.device, hc.runtime.cwd))
-        return _train_in(run_dir, cfg, settings, base, should_stop, directory.checkpoint)
-
-
-def _train_in(run_dir: Path, cfg: DictConfig, settings: RunSettings, base: dict, should_stop,
-              resume: Optional[dict]) -> dict:
-    wandb_id = resume.get("wandb_id") if resume is not None else None
-    with RunLog(run_dir, to_plain(cfg), _wandb_settings(cfg, settings), wandb_id=wandb_id) as runlog:
-        try:
-            data = build_data(cfg, settings)
-            check_target(settings.loop, data.task)
-            model = build_model(cfg, settings, data)
-            optimizer = build_optimizer_from_settings(settings, model)
-            scheduler = build_schedule(cfg, optimizer, settings.loop.steps)
-            monitors = build_monitors(settings, model, optimizer, data)
-            loop = settings.loop
-            if loop.progress and not sys.stderr.isatty():
-                loop = dataclasses.replace(loop, progress=False)
-            base["parameters"] = sum(p.numel() for p in model.parameters())
-            parts = RunParts(model, optimizer, scheduler, monitors, runlog.wandb_id)
-            if resume is not None:
-                parts.restore(resume)
-                log.info("resuming %s from its checkpoint at step %d", run_dir, resume["step"])
-            log.info("%s | %s params on %s | %s", ",".join(base["overrides"]) or "defaults",
-                     base["parameters"], settings.device, run_dir)
-            summary = {**base, **train(model, optimizer, data, loop, runlog, monitors=monitors, scheduler=scheduler,
-                                       should_stop=should_stop, checkpoint=parts.saver(run_dir),
-                                       resume=resume["loop"] if resume is not None else None)}
-        except Exception as err:
-            error = str(err) if isinstance(err, ConfigError) else f"{type(err).__name__}: {err}"
-            runlog.write_summary({**base, "status": "failed", "error": error})
-            if not isinstance(err, ConfigError):
-                (run_dir / "error.txt").write_text(traceback.format_exc(), encoding="utf-8")
-            raise
-        atomic_save(model.state_dict(), run_dir / "model.pt")
-        atomic_save(optimizer.state_dict(), run_dir / "optimizer.pt")
-        runlog.write_summary(summary)
-        if summary["status"] in FINISHED:  # after the summary: a crash before it leaves the checkpoint
-            (run_dir / CHECKPOINT).unlink(missing_ok=True)
-        else:
-            runlog.exit_code = 1  # the W&B run ends with an exit record that says it did not complete
+        base.update(environment(settings.device, job.cwd))
+        with _open_runlog(cfg, settings, job, directory.checkpoint) as runlog:
+            with _failures_written(runlog, job.run_dir, base):
+                data = _build_data(cfg, settings)
+                run_ = _prepare(cfg, settings, job, base, runlog, data, directory.checkpoint)
+                summary = {**base, **train(run_.parts.model, run_.parts.optimizer, data, run_.loop, runlog,
+                                           monitors=run_.parts.monitors, scheduler=run_.parts.scheduler,
+                                           should_stop=should_stop, checkpoint=run_.parts.saver(job.run_dir),
+                                           resume=run_.resume)}
+            _finish(run_, runlog, summary)
     _log_result(summary)
     return summary
+
+
+def _open_runlog(cfg: DictConfig, settings: RunSettings, job: JobInfo, resume: Optional[dict]) -> RunLog:
+    wandb_id = resume.get("wandb_id") if resume is not None else None
+    return RunLog(job.run_dir, to_plain(cfg), _wandb_settings(cfg, settings, job), wandb_id=wandb_id)
+
+
+@contextlib.contextmanager
+def _failures_written(runlog: RunLog, run_dir: Path, base: dict):
+    """A failure inside leaves summary.json (status failed) and, for a bug, error.txt; then propagates."""
+    try:
+        yield
+    except Exception as err:
+        _write_failure(runlog, run_dir, base, err)
+        raise
+
+
+def _write_failure(runlog: RunLog, run_dir: Path, base: dict, err: Exception) -> None:
+    error = str(err) if isinstance(err, ConfigError) else f"{type(err).__name__}: {err}"
+    runlog.write_summary({**base, "status": "failed", "error": error})
+    if not isinstance(err, ConfigError):
+        (run_dir / "error.txt").write_text(
+            "".join(traceback.format_exception(type(err), err, err.__traceback__)), encoding="utf-8")
+
+
+def _build_data(cfg: DictConfig, settings: RunSettings):
+    data = build_data(cfg, settings)
+    check_target(settings.loop, data.task)
+    return data
+
+
+@dataclasses.dataclass
+class PreparedRun:
+    """One run, built and (when resuming) restored, ready to train."""
+
+    parts: RunParts
+    loop: LoopSettings
+    run_dir: Path
+    base: dict
+    resume: Optional[dict]
+
+
+def _prepare(cfg: DictConfig, settings: RunSettings, job: JobInfo, base: dict, runlog: RunLog, data,
+             resume: Optional[dict]) -> PreparedRun:
+    """Build the model, optimizer, schedule and monitors of one run; restore them from ``resume``."""
+    model = build_model(cfg, settings, data)
+    optimizer = build_optimizer_from_settings(settings, model)
+    scheduler = build_schedule(cfg, optimizer, settings.loop.steps)
+    monitors = build_monitors(settings, model, optimizer, data)
+    loop = settings.loop
+    if loop.progress and not sys.stderr.isatty():
+        loop = dataclasses.replace(loop, progress=False)
+    base["parameters"] = sum(p.numel() for p in model.parameters())
+    parts = RunParts(model, optimizer, scheduler, monitors, runlog.wandb_id)
+    if resume is not None:
+        parts.restore(resume)
+        log.info("resuming %s from its checkpoint at step %d", job.run_dir, resume["step"])
+    log.info("%s | %s params on %s | %s", ",".join(base["overrides"]) or "defaults",
+             base["parameters"], settings.device, job.run_dir)
+    return PreparedRun(parts, loop, job.run_dir, base, resume["loop"] if resume is not None else None)
+
+
+def _finish(run_: PreparedRun, runlog: RunLog, summary: dict) -> None:
+    """The files of a run that ended: weights, optimizer state, summary; the checkpoint goes once finished."""
+    atomic_save(run_.parts.model.state_dict(), run_.run_dir / "model.pt")
+    atomic_save(run_.parts.optimizer.state_dict(), run_.run_dir / "optimizer.pt")
+    runlog.write_summary(summary)
+    if summary["status"] in FINISHED:  # after the summary: a crash before it leaves the checkpoint
+        (run_.run_dir / CHECKPOINT).unlink(missing_ok=True)
+    else:
+        runlog.exit_code = 1  # the W&B run ends with an exit record that says it did not complete
+
+
+def run_pack(jobs: list[tuple[DictConfig, JobInfo]], should_stop=None) -> list:
+    """Train jobs that differ only in stackable values (:mod:`precond.stacking`) as packs
+    (:func:`precond.packing.train_pack`); each job's run dir ends as it would alone.
+
+    Returns one entry per job: its summary, or the exception that failed it (a failure while
+    building one job fails that job only). Finished jobs are reported, not redone; jobs resumed
+    from checkpoints are packed with the jobs that stopped at the same step.
+    """
+    results: list = [None] * len(jobs)
+    with contextlib.ExitStack() as stack:
+        by_step: dict[int, list] = {}
+        for i, (cfg, job) in enumerate(jobs):
+            try:
+                directory = stack.enter_context(RunDirectory(job.run_dir, to_plain(cfg)))
+            except RunDirInUse as err:
+                results[i] = err
+                continue
+            if directory.finished is not None:
+                log.info("%s already holds this finished run (status %s): not redone", job.run_dir,
+                         directory.finished["status"])
+                results[i] = directory.finished
+                continue
+            step = directory.checkpoint["step"] if directory.checkpoint is not None else 0
+            by_step.setdefault(step, []).append((i, cfg, job, directory.checkpoint))
+        for members in by_step.values():
+            _train_one_pack(stack, members, results, should_stop)
+    for result in results:
+        if isinstance(result, dict):
+            _log_result(result)
+    return results
+
+
+def _train_one_pack(stack: contextlib.ExitStack, members: list, results: list, should_stop) -> None:
+    """Build every member (a member that fails to build fails alone), train them as one pack, write their files."""
+    prepared, data = [], None
+    for i, cfg, job, checkpoint in members:
+        base = _base_summary(cfg, job)
+        try:
+            OmegaConf.save(cfg, job.run_dir / "config.yaml", resolve=True)
+            settings = settings_from_config(cfg)
+            base.update(environment(settings.device, job.cwd))
+        except ConfigError as err:
+            write_summary(job.run_dir, {**base, "status": "failed", "error": str(err)})
+            results[i] = err
+            continue
+        runlog = stack.enter_context(_open_runlog(cfg, settings, job, checkpoint))
+        try:
+            with _failures_written(runlog, job.run_dir, base):
+                data = data or _build_data(cfg, settings)  # one dataset: the pack's jobs share its config
+                prepared.append((i, runlog, _prepare(cfg, settings, job, base, runlog, data, checkpoint)))
+        except Exception as err:
+            results[i] = err
+    if not prepared:
+        return
+    log.info("training %d jobs as one pack", len(prepared))
+    members = [PackMember(p.parts.model, p.parts.optimizer, p.loop, runlog, p.parts.scheduler, p.parts.monitors,
+                          p.parts.saver(p.run_dir), p.resume) for _, runlog, p in prepared]
+    try:
+        summaries = train_pack(members, data, should_stop=should_stop)
+    except Exception as err:  # the pack's step failed: every member fails with it
+        for i, runlog, p in prepared:
+            _write_failure(runlog, p.run_dir, p.base, err)
+            results[i] = err
+        return
+    for (i, runlog, p), summary in zip(prepared, summaries):
+        summary = {**p.base, **summary, "packed": len(prepared)}
+        _finish(p, runlog, summary)
+        results[i] = summary
 
 
 @dataclasses.dataclass
@@ -235,8 +367,37 @@ def hydra_main(cfg: DictConfig) -> Optional[float]:
             write_sweep_report(Path(hc.sweep.dir))
         stop.forward()  # e.g. submitit's USR2 handler: requeue this job, which then resumes
         raise SystemExit(stop.exit_code)
+    return target_value(summary)
+
+
+def target_value(summary: dict) -> Optional[float]:
+    """What a job returns to the sweeper: the final ``target.metric`` of a completed run, else None."""
     value = summary.get(summary.get("target_metric", "val/loss"))
     return value if summary["status"] == "completed" else None
+
+
+def launch_pack(jobs: list[tuple[DictConfig, JobInfo]]) -> list[Optional[float]]:
+    """``hydra/launcher=packed``'s task for one pack: :func:`run_pack` with the entry point's rules
+    for a sweep (a failed job fails alone; an interrupt writes every member's files and the sweep
+    report, then ends the sweep with 128 + signal)."""
+    with StopRequest() as stop:
+        results = run_pack(jobs, should_stop=stop)
+    values = []
+    for (_, job), result in zip(jobs, results):
+        if isinstance(result, Exception):
+            print(f"error: {job.run_dir}: {result}", file=sys.stderr)
+            values.append(None)
+        else:
+            values.append(target_value(result))
+    stopped = [r for r in results if isinstance(r, dict) and r["status"] == "interrupted"]
+    if stopped:
+        sweep_dir = jobs[0][1].sweep_dir
+        print(f"interrupted at step {stopped[0]['steps']}: checkpoints written for {len(stopped)} packed jobs; "
+              f"re-run the same command with hydra.sweep.dir={sweep_dir} to resume", file=sys.stderr)
+        write_sweep_report(Path(sweep_dir))
+        stop.forward()
+        raise SystemExit(stop.exit_code)
+    return values
 
 
 def main() -> None:

@@ -1,0 +1,1 @@
+"""``hydra/launcher=packed``: stackable sweep jobs trained as one stacked model per pack."""

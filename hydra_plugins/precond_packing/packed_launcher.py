@@ -1,0 +1,200 @@
+"""``hydra/launcher=packed``: a Hydra launcher that trains a sweep's stackable jobs as packs.
+
+For every job it builds the job's config cheaply (:class:`JobComposer`: one compose per
+distinct set of config-group choices, value overrides applied to a copy), groups the jobs
+by :func:`precond.stacking.pack_key` and trains each group of two or more in one process as
+one stacked model (:func:`precond.train.run_pack`). Jobs that cannot be stacked run one by
+one as with the basic launcher; the launcher says why, once per reason. Every job gets the
+run dir, ``.hydra/`` files, callbacks and ``JobReturn`` it would get from the basic launcher,
+so sweepers (``hydra/sweeper=tuned``, Optuna) and the report work unchanged.
+
+This file is only the Hydra glue; the mathematics is :mod:`precond.packing`.
+"""
+# no `from __future__ import annotations`: Hydra loads plugin modules outside sys.modules, where
+# dataclasses cannot resolve string annotations
+import copy
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+from hydra._internal.config_loader_impl import ConfigLoaderImpl, get_overrides_dirname
+from hydra.core.config_store import ConfigStore
+from hydra.core.hydra_config import HydraConfig
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.core.utils import (
+    JobReturn,
+    JobStatus,
+    _save_config,
+    configure_log,
+    filter_overrides,
+    run_job,
+    setup_globals,
+)
+from hydra.plugins.launcher import Launcher
+from omegaconf import DictConfig, OmegaConf, open_dict, read_write
+
+log = logging.getLogger("precond")
+
+
+@dataclass
+class PackedLauncherConf:
+    _target_: str = "hydra_plugins.precond_packing.packed_launcher.PackedLauncher"
+    #: at most this many jobs in one pack (null: no limit); lower it when a pack does not fit in memory
+    max_pack: Optional[Any] = None
+
+
+ConfigStore.instance().store(group="hydra/launcher", name="packed", node=PackedLauncherConf, provider="precond")
+
+
+class JobComposer:
+    """A job's config as ``load_sweep_config`` would compose it, at the cost of a copy.
+
+    Overrides that pick config-group options (or touch ``hydra``) change what is composed;
+    those are composed once per distinct combination. The other overrides set values, which
+    Hydra applies after composition: they are applied here to a copy of the composed config
+    with Hydra's own function, and the fields Hydra derives from the overrides are set.
+    """
+
+    def __init__(self, config_loader, master_config: DictConfig):
+        self.loader = config_loader
+        self.master = master_config
+        self.parser = OverridesParser.create()
+        self.composed: dict = {}
+
+    def _is_composition(self, override) -> bool:
+        return (override.is_hydra_override() or override.package is not None
+                or self.loader.repository.group_exists(override.key_or_group))
+
+    def __call__(self, overrides: list) -> DictConfig:
+        parsed = self.parser.parse_overrides(list(overrides))
+        shaping = [o for o in parsed if self._is_composition(o)]
+        values = [o for o in parsed if not self._is_composition(o)]
+        key = tuple(o.input_line for o in shaping)
+        if key not in self.composed:
+            self.composed[key] = self.loader.load_sweep_config(self.master, list(key))
+        cfg = copy.deepcopy(self.composed[key])
+        ConfigLoaderImpl._apply_overrides_to_config(values, cfg)
+        app = [o for o in parsed if not o.is_hydra_override()]
+        with read_write(cfg.hydra), open_dict(cfg.hydra):
+            cfg.hydra.overrides.task = [o.input_line for o in app]
+            dirname = cfg.hydra.job.config.override_dirname
+            cfg.hydra.job.override_dirname = get_overrides_dirname(
+                overrides=app, kv_sep=dirname.kv_sep, item_sep=dirname.item_sep, exclude_keys=dirname.exclude_keys)
+        OmegaConf.copy_cache(from_config=self.master, to_config=cfg)
+        return cfg
+
+
+def _place(cfg: DictConfig, idx: int) -> Path:
+    """Number the job and set its output dir, as the basic launcher and ``run_job`` do."""
+    with open_dict(cfg):
+        cfg.hydra.job.id = idx
+        cfg.hydra.job.num = idx
+    HydraConfig.instance().set_config(cfg)
+    output_dir = Path(str(OmegaConf.select(cfg, "hydra.sweep.dir"))) / str(OmegaConf.select(cfg, "hydra.sweep.subdir"))
+    with read_write(cfg.hydra.runtime), open_dict(cfg.hydra.runtime):
+        cfg.hydra.runtime.output_dir = os.path.abspath(output_dir)
+    return output_dir
+
+
+def _task_config(cfg: DictConfig) -> DictConfig:
+    task = copy.deepcopy(cfg)
+    with read_write(task), open_dict(task):
+        del task["hydra"]
+    return task
+
+
+class PackedLauncher(Launcher):
+    def __init__(self, max_pack: Optional[int] = None) -> None:
+        super().__init__()
+        if max_pack is not None and (not isinstance(max_pack, int) or isinstance(max_pack, bool) or max_pack < 2):
+            raise ValueError(f"hydra.launcher.max_pack: expected null or an integer >= 2, got {max_pack!r}")
+        self.max_pack = max_pack
+        self.config: Optional[DictConfig] = None
+        self.task_function = None
+        self.hydra_context = None
+
+    def setup(self, *, hydra_context, task_function, config: DictConfig) -> None:
+        self.config = config
+        self.hydra_context = hydra_context
+        self.task_function = task_function
+
+    def launch(self, job_overrides, initial_job_idx: int):
+        from precond.stacking import pack_key
+
+        setup_globals()
+        configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
+        Path(str(self.config.hydra.sweep.dir)).mkdir(parents=True, exist_ok=True)
+        composer = JobComposer(self.hydra_context.config_loader, self.config)
+        configs = [composer(list(o)) for o in job_overrides]
+        units: dict = {}  # pack key (or a job's own key) → job positions, in order of first appearance
+        reasons: dict = {}
+        for pos, cfg in enumerate(configs):
+            key, reason = pack_key(OmegaConf.to_container(_task_config(cfg), resolve=True))
+            if key is None:
+                reasons.setdefault(reason, []).append(pos)
+                key = ("alone", pos)
+            units.setdefault(key, []).append(pos)
+        for reason, positions in reasons.items():
+            log.info("%d job(s) train one at a time: %s", len(positions), reason)
+        chunks = []
+        for positions in units.values():
+            size = self.max_pack or len(positions)
+            chunks += [positions[i:i + size] for i in range(0, len(positions), size)]
+        log.info("Launching %d jobs: %d pack(s), %d alone", len(configs), sum(len(c) > 1 for c in chunks),
+                 sum(len(c) == 1 for c in chunks))
+        returns: list = [None] * len(configs)
+        for chunk in sorted(chunks):
+            if len(chunk) == 1:
+                returns[chunk[0]] = self._run_alone(configs[chunk[0]], initial_job_idx + chunk[0])
+            else:
+                for pos, ret in zip(chunk, self._run_pack([configs[p] for p in chunk],
+                                                          [initial_job_idx + p for p in chunk])):
+                    returns[pos] = ret
+            configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
+        return returns
+
+    def _run_alone(self, cfg: DictConfig, idx: int) -> JobReturn:
+        log.info("\t#%d : %s", idx, " ".join(filter_overrides(cfg.hydra.overrides.task)))
+        with open_dict(cfg):
+            cfg.hydra.job.id = idx
+            cfg.hydra.job.num = idx
+        return run_job(hydra_context=self.hydra_context, task_function=self.task_function, config=cfg,
+                       job_dir_key="hydra.sweep.dir", job_subdir_key="hydra.sweep.subdir")
+
+    def _run_pack(self, cfgs: list, indices: list) -> list:
+        from precond.train import JobInfo, launch_pack
+
+        callbacks = self.hydra_context.callbacks
+        jobs, handlers = [], []
+        for cfg, idx in zip(cfgs, indices):
+            log.info("\t#%d : %s (packed)", idx, " ".join(filter_overrides(cfg.hydra.overrides.task)))
+            output_dir = _place(cfg, idx)
+            output_dir.mkdir(parents=True, exist_ok=True)
+            task = _task_config(cfg)
+            if cfg.hydra.output_subdir is not None:
+                hydra_output = output_dir / str(cfg.hydra.output_subdir)
+                _save_config(task, "config.yaml", hydra_output)
+                _save_config(cfg, "hydra.yaml", hydra_output)
+                _save_config(cfg.hydra.overrides.task, "overrides.yaml", hydra_output)
+            handler = logging.FileHandler(output_dir / "train.log")
+            handler.setFormatter(logging.Formatter("[%(asctime)s][%(name)s][%(levelname)s] %(message)s"))
+            logging.getLogger().addHandler(handler)
+            handlers.append(handler)
+            callbacks.on_job_start(config=cfg, task_function=self.task_function)
+            jobs.append((task, JobInfo.of(cfg.hydra)))
+        try:
+            values = launch_pack(jobs)
+        finally:
+            for handler in handlers:
+                logging.getLogger().removeHandler(handler)
+                handler.close()
+        returns = []
+        for cfg, (task, _), value in zip(cfgs, jobs, values):
+            ret = JobReturn(overrides=list(cfg.hydra.overrides.task), cfg=task, hydra_cfg=cfg,
+                            working_dir=os.getcwd(), task_name=str(cfg.hydra.job.name))
+            ret.return_value, ret.status = value, JobStatus.COMPLETED
+            callbacks.on_job_end(config=cfg, job_return=ret)
+            returns.append(ret)
+        return returns

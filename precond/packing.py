@@ -1,0 +1,333 @@
+"""Packed training: J runs that differ only in stackable values, trained as one stacked model.
+
+Runs of one architecture on one dataset that differ in their seed, learning rate,
+regularization strength or optimizer scalars are independent problems
+``min_{p_j} f_j(p_j)``. Stacking their parameters along a leading job axis,
+``P = [p_1; …; p_J]``, turns them into one problem with a separable objective
+``F(P) = Σ_j f_j(p_j)``, whose gradient has blocks ``∂F/∂p_j = ∇f_j(p_j)``: one backward
+pass of ``Σ_j f_j`` gives every run's own gradient. The forward pass is
+``vmap(functional_call)`` over the job axis (each job sees its own minibatch), and the
+optimizer is the same composed chain (:mod:`precond.optim`) over the stacked parameters
+with every hyperparameter that differs between jobs held as a per-job tensor
+(:func:`precond.chain.per_param`): all links are element-wise, so each job's slice
+follows exactly the update it would take alone.
+
+Per job, everything that is not arithmetic on the stacked tensors stays the job's own:
+its initialization (the job's solo model is built with its seed, then stacked), its
+minibatch order (its own :class:`BatchSampler`), its lr schedule (its own scheduler,
+stepped on its solo optimizer and read into the pack), its divergence (a diverged job is
+written out and frozen with lr 0 while the others go on), its monitors and checkpoints
+(its slice is copied back into its solo model and optimizer first), its records and
+summary (the loop's own bookkeeping functions). ``time/train_s`` of a packed job is its
+share of the pack's step time: each step's wall time divided by the jobs still training.
+"""
+from __future__ import annotations
+
+import copy
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+from torch import Tensor, nn
+from torch.func import functional_call, stack_module_state, vmap
+
+from precond.data import BatchSampler, Dataset
+from precond.loop import (
+    DIVERGENCE_CHECK_EVERY,
+    LoopSettings,
+    LoopState,
+    autocast,
+    checkpoint_due,
+    diverged_record,
+    evaluate_into,
+    loss_function,
+    run_summary,
+    start_state,
+)
+from precond.optim import ComposedOptimizer
+from precond.runlog import RunLog
+
+
+class StackedModel:
+    """J models of one architecture as stacked parameters ``[J, …]`` (leaves the optimizer steps).
+
+    ``forward`` maps per-job inputs ``[J, B, …]`` to ``[J, B, …]`` outputs; ``forward_shared``
+    maps one input ``[N, …]`` through every job (evaluation on a common split).
+    """
+
+    def __init__(self, models: list[nn.Module]):
+        params, self.buffers = stack_module_state(models)
+        self.names = list(params)
+        self.params: list[Tensor] = list(params.values())
+        self.base = copy.deepcopy(models[0]).to("meta")  # the architecture only; weights come from self.params
+
+    @property
+    def jobs(self) -> int:
+        return self.params[0].shape[0]
+
+    def _call(self, params: dict, buffers: dict, x: Tensor) -> Tensor:
+        return functional_call(self.base, (params, buffers), (x,))
+
+    def _params(self) -> dict:
+        return dict(zip(self.names, self.params))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return vmap(self._call)(self._params(), self.buffers, x)
+
+    def forward_shared(self, x: Tensor) -> Tensor:
+        return vmap(self._call, in_dims=(0, 0, None))(self._params(), self.buffers, x)
+
+    def train(self, mode: bool = True) -> None:
+        self.base.train(mode)
+
+    @torch.no_grad()
+    def export(self, job: int, model: nn.Module) -> None:
+        """Copy job ``job``'s slice into its own (unstacked) model."""
+        named = dict(model.named_parameters())
+        for name, stacked in zip(self.names, self.params):
+            named[name].copy_(stacked[job])
+        buffers = dict(model.named_buffers())
+        for name, stacked in self.buffers.items():
+            buffers[name].copy_(stacked[job])
+
+    @torch.no_grad()
+    def freeze(self, job: int, optimizer: ComposedOptimizer) -> None:
+        """Zero job ``job``'s slice of the parameters and optimizer state (a diverged job: its values
+        are written out already; zeros keep NaN/inf out of the pack's arithmetic)."""
+        for p in self.params:
+            p[job].zero_()
+            for value in optimizer.state[p].values():
+                if isinstance(value, Tensor) and value.shape == p.shape:
+                    value[job].zero_()
+
+
+def _per_job(values: list, device, dtype):
+    """One hyperparameter over the jobs: the common number, or a per-job tensor where they differ."""
+    if all(v == values[0] for v in values):
+        return values[0]
+    if any(isinstance(v, bool) or not isinstance(v, (int, float)) for v in values):
+        raise ValueError(f"jobs differ in a setting that cannot be stacked: {values}")
+    return torch.tensor(values, device=device, dtype=dtype)
+
+
+def stack_optimizer(optimizers: list[ComposedOptimizer], params: list[Tensor]) -> ComposedOptimizer:
+    """The jobs' optimizers as one over the stacked ``params``: the first job's chain, every
+    hyperparameter per job (a tensor where they differ), the jobs' states stacked."""
+    groups = [opt.param_groups for opt in optimizers]
+    if any(len(g) != 1 for g in groups):
+        raise ValueError("packed training needs one param group per job")
+    first = groups[0][0]
+    device, dtype = params[0].device, params[0].dtype
+    defaults = {}
+    for key in first:
+        if key == "params":
+            continue
+        values = [g[0][key] for g in groups]
+        if isinstance(first[key], tuple):  # betas: each entry on its own
+            defaults[key] = tuple(_per_job([v[i] for v in values], device, dtype) for i in range(len(first[key])))
+        else:
+            defaults[key] = _per_job(values, device, dtype)
+    defaults["stacked"] = True  # the links' view of a parameter's own shape drops the leading job axis
+    packed = optimizers[0].with_chain_over(params, defaults)
+    solo_params = [g[0]["params"] for g in groups]
+    for i, p in enumerate(params):
+        states = [opt.state[ps[i]] for opt, ps in zip(optimizers, solo_params)]
+        if not states[0]:
+            continue
+        packed.state[p] = {key: torch.stack([s[key] for s in states]) if isinstance(states[0][key], Tensor)
+                           else _per_job([s[key] for s in states], device, dtype) for key in states[0]}
+    return packed
+
+
+@torch.no_grad()
+def export_optimizer_state(packed: ComposedOptimizer, job: int, optimizer: ComposedOptimizer) -> None:
+    """Job ``job``'s slice of the packed state into its own optimizer (its checkpoint and monitors read it)."""
+    for p, solo in zip(packed.param_groups[0]["params"], optimizer.param_groups[0]["params"]):
+        state = packed.state.get(p)
+        if not state:
+            continue
+        optimizer.state[solo] = {key: value[job].clone() if isinstance(value, Tensor) and value.shape == p.shape
+                                 else value for key, value in state.items()}
+
+
+@dataclass
+class PackMember:
+    """One job of a pack: its own (unstacked) objects and where its records go.
+
+    ``checkpoint`` and ``resume`` are those of :func:`precond.loop.train`. All members of a
+    pack share the dataset, architecture, steps, batch size and evaluation schedule; a
+    resumed pack has every member at the same step.
+    """
+
+    model: nn.Module
+    optimizer: ComposedOptimizer
+    settings: LoopSettings
+    runlog: RunLog
+    scheduler: Optional[torch.optim.lr_scheduler.LRScheduler] = None
+    monitors: tuple = ()
+    checkpoint: Optional[Callable[[dict], None]] = None
+    resume: Optional[dict] = None
+
+
+@torch.no_grad()
+def evaluate_stacked(stacked: StackedModel, loss_fn, x: Tensor, y: Tensor, task: str, batch_size: int,
+                     precision: str) -> list[dict[str, float]]:
+    """:func:`precond.loop.evaluate` for every job at once (one vmapped forward per chunk)."""
+    stacked.train(False)
+    totals, correct = [0.0] * stacked.jobs, [0] * stacked.jobs
+    for start in range(0, x.shape[0], batch_size):
+        with autocast(precision, x.device):
+            out = stacked.forward_shared(x[start:start + batch_size])
+        out = out.float() if out.dtype == torch.bfloat16 else out
+        yb = y[start:start + batch_size]
+        losses = vmap(lambda o: loss_fn(o, yb, reduction="sum"))(out)
+        totals = [t + v for t, v in zip(totals, losses.tolist())]
+        if task == "classification":
+            correct = [c + v for c, v in zip(correct, (out.argmax(dim=-1) == yb).sum(dim=-1).tolist())]
+    stacked.train(True)
+    n = x.shape[0]
+    per_element = y[0].numel() if task == "regression" else 1
+    out = [{"loss": t / per_element / n} for t in totals]
+    if task == "classification":
+        for record, c in zip(out, correct):
+            record["acc"] = c / n
+    return out
+
+
+def _evaluate_splits(stacked: StackedModel, data: Dataset, settings: LoopSettings, final: bool) -> list[dict]:
+    """:func:`precond.loop.evaluate_splits` for every job."""
+    loss_fn = loss_function(data.task)
+    records: Optional[list[dict]] = None
+    for split, (x, y) in data.splits().items():
+        if split == "test" and not final:
+            continue
+        if split == "train":
+            x, y = x[:settings.eval_train_samples], y[:settings.eval_train_samples]
+        metrics = evaluate_stacked(stacked, loss_fn, x, y, data.task, settings.eval_batch_size, settings.precision)
+        records = records or [{} for _ in metrics]
+        for record, job in zip(records, metrics):
+            record.update({f"{split}/{k}": v for k, v in job.items()})
+    return records
+
+
+def train_pack(members: list[PackMember], data: Dataset, should_stop: Optional[Callable[[], bool]] = None
+               ) -> list[dict]:
+    """Train every member as :func:`precond.loop.train` would alone; returns their summaries.
+
+    At the end (and when a member diverges) each member's slice is back in its own model and
+    optimizer, so the caller writes its files as for a run alone.
+    """
+    settings = members[0].settings
+    device = data.x_train.device
+    loss_fn = loss_function(data.task)
+    jobs = range(len(members))
+    stacked = StackedModel([m.model for m in members])
+    packed = stack_optimizer([m.optimizer for m in members], stacked.params)
+    samplers = [BatchSampler(data.n_train, settings.batch_size, m.settings.seed, device) for m in members]
+    metrics: list[dict] = []
+
+    def record_at(j: int):
+        def record(step: int, final: bool) -> dict:
+            return {"step": step, "epoch": samplers[j].epoch, "lr": members[j].optimizer.param_groups[0]["lr"],
+                    **metrics[j]}
+        return record
+
+    def export(j: int) -> None:
+        stacked.export(j, members[j].model)
+        export_optimizer_state(packed, j, members[j].optimizer)
+
+    def save(j: int) -> None:
+        if members[j].checkpoint is not None:
+            export(j)
+            states[j].loss_sum = loss_sums[j].clone()  # the running sum since the last record
+            t0 = time.perf_counter()
+            members[j].checkpoint(states[j].state_dict(samplers[j]))
+            states[j].checkpoint_s += time.perf_counter() - t0
+
+    if members[0].resume is None:
+        metrics = _evaluate_splits(stacked, data, settings, final=settings.steps == 0)
+        states = [start_state(record_at(j), m.monitors, m.settings, m.runlog, device) for j, m in enumerate(members)]
+    else:
+        states = [LoopState.from_state_dict(m.resume, samplers[j], device) for j, m in enumerate(members)]
+    loss_sums = torch.stack([s.loss_sum for s in states])
+    statuses = ["completed" for _ in jobs]
+    active = [True for _ in jobs]
+    progress = _progress_bar(settings, len(members), initial=states[0].step)
+    for step in range(states[0].step + 1, settings.steps + 1):
+        live = [j for j in jobs if active[j]]
+        if not live:
+            break
+        if should_stop is not None and should_stop():
+            for j in live:
+                statuses[j] = "interrupted"
+                save(j)
+            break
+        t0 = time.perf_counter()
+        idx = torch.stack([s.next() for s in samplers])
+        xb, yb = data.x_train[idx], data.y_train[idx]
+        lrs = [m.optimizer.param_groups[0]["lr"] if active[j] else 0.0 for j, m in enumerate(members)]
+        packed.param_groups[0]["lr"] = _per_job(lrs, device, stacked.params[0].dtype)
+
+        def closure():
+            packed.zero_grad(set_to_none=True)
+            with autocast(settings.precision, device):
+                losses = vmap(loss_fn)(stacked.forward(xb), yb)
+            losses.sum().backward()  # ∂(Σ_j f_j)/∂p_j = ∇f_j(p_j): every job's own gradient
+            return losses
+
+        losses = packed.step(closure).detach()
+        loss_sums += losses
+        for j in live:
+            if members[j].scheduler is not None:
+                with warnings.catch_warnings():  # the job's own optimizer never steps: the pack does
+                    warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step")
+                    members[j].scheduler.step()
+            states[j].loss_count += 1
+            states[j].step = step
+        final = step == settings.steps
+        at_eval = step % settings.eval_every == 0 or final
+        check = at_eval or step % DIVERGENCE_CHECK_EVERY == 0
+        means = (loss_sums / states[live[0]].loss_count).tolist() if check else None  # the one host sync
+        share = (time.perf_counter() - t0) / len(live)
+        for j in live:
+            states[j].train_s += share
+        if check:
+            for j in live:
+                if not means[j] <= states[j].diverge_above:  # also catches NaN
+                    statuses[j], active[j] = "diverged", False
+                    members[j].runlog.log(diverged_record(step, float(losses[j]), states[j].train_s))
+                    export(j)
+                    stacked.freeze(j, packed)
+            live = [j for j in live if active[j]]
+        if at_eval and live:
+            metrics = _evaluate_splits(stacked, data, settings, final)
+            for j in live:
+                if members[j].monitors:
+                    export(j)
+                states[j].loss_sum = loss_sums[j]
+                evaluate_into(states[j], record_at(j), members[j].monitors, members[j].settings, final)
+                members[j].runlog.log(states[j].last)
+            loss_sums.zero_()
+        for j in live:
+            if not final and checkpoint_due(members[j].settings, step, at_eval):
+                save(j)
+        if progress is not None:
+            progress.update(1)
+    if progress is not None:
+        progress.close()
+    for j in jobs:
+        if active[j]:
+            export(j)
+    return [run_summary(states[j], statuses[j], members[j].settings) for j in jobs]
+
+
+def _progress_bar(settings: LoopSettings, jobs: int, initial: int = 0):
+    if not settings.progress:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=settings.steps, initial=initial, unit="step", desc=f"pack of {jobs}", leave=False,
+                mininterval=1.0, dynamic_ncols=True)

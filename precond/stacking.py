@@ -1,0 +1,63 @@
+"""Which runs can be trained together as one stacked model (:mod:`precond.packing`).
+
+Two runs can share a pack when their resolved configs are equal except for *stackable*
+values — numbers that enter the computation only element-wise, per job — and for
+*bookkeeping* values that do not enter it at all. :func:`pack_key` returns the rest of the
+config as a key (runs with equal keys are packed) or the reason a run must train alone.
+"""
+from __future__ import annotations
+
+import copy
+import json
+from typing import Optional
+
+#: values that may differ inside a pack: seeds (init, batch order) and element-wise hyperparameters
+STACKABLE = (
+    "seed", "lr", "preconditioner.lr", "preconditioner.betas", "preconditioner.eps", "preconditioner.alpha",
+    "preconditioner.momentum", "preconditioner.dampening", "preconditioner.lr_decay",
+    "preconditioner.initial_accumulator_value", "regularization.strength",
+)
+#: values that do not enter the computation (names, logging, targets, checkpoint cadence)
+BOOKKEEPING = ("name", "stage", "arm", "logger", "progress", "checkpoint_every", "target")
+
+
+def alone_reason(config: dict) -> Optional[str]:
+    """Why a run with this resolved config cannot be packed, or None when it can."""
+    if config.get("preconditioner", {}).get("name") == "bnp":
+        return "preconditioner=bnp hooks the model's own layers"
+    if config.get("regularization", {}).get("name") == "gradnorm":
+        return "regularization=gradnorm re-evaluates the loss at per-job perturbed parameters"
+    if config.get("normalization", {}).get("name") == "batchnorm":
+        return "BatchNorm updates its running statistics in place, which vmap cannot batch"
+    if config.get("compile"):
+        return "compile=true compiles one model at a time"
+    if config.get("channels_last"):
+        return "channels_last sets one model's memory format"
+    return None
+
+
+def _drop(config: dict, dotted: str) -> None:
+    *parents, leaf = dotted.split(".")
+    node = config
+    for key in parents:
+        node = node.get(key)
+        if not isinstance(node, dict):
+            return
+    node.pop(leaf, None)
+
+
+def pack_key(config: dict) -> tuple[Optional[str], Optional[str]]:
+    """``(key, None)`` for a packable run, ``(None, reason)`` for one that trains alone.
+
+    The key is the config without its stackable and bookkeeping values; momentum 0 and
+    momentum > 0 take different code paths (no buffer vs a buffer), so that fact stays in it.
+    """
+    reason = alone_reason(config)
+    if reason is not None:
+        return None, reason
+    rest = copy.deepcopy(config)
+    momentum = config.get("preconditioner", {}).get("momentum")
+    for dotted in (*STACKABLE, *BOOKKEEPING):
+        _drop(rest, dotted)
+    rest["momentum>0"] = bool(momentum)
+    return json.dumps(rest, sort_keys=True, default=str), None

@@ -1,0 +1,215 @@
+"""Packed training (hydra/launcher=packed): every packed job equals the same job run alone.
+
+References are the job run alone through the basic launcher (or the optimizer alone), in
+float64; "equal" is parameters, metrics and summaries to 1e-10 relative.
+"""
+import json
+import math
+
+import pytest
+import torch
+
+from precond import build_optimizer
+from precond.packing import stack_optimizer
+from precond.stacking import pack_key
+from tests.conftest import read_metrics, read_summary, run_in_process
+
+RTOL = 1e-10
+
+
+def _close(a, b, key=""):
+    if isinstance(a, float) and isinstance(b, float):
+        assert a == pytest.approx(b, rel=RTOL, abs=1e-12) or (math.isnan(a) and math.isnan(b)), key
+    elif isinstance(a, dict):
+        assert set(a) == set(b), key
+        for k in a:
+            if not k.startswith("time/") and k != "seconds_to_target":
+                _close(a[k], b[k], f"{key}.{k}")
+    else:
+        assert a == b, key
+
+
+def _sweep(tmp_path, name, launcher, *overrides):
+    sweep = tmp_path / name
+    code = run_in_process(["-m", f"hydra/launcher={launcher}", f"hydra.sweep.dir={sweep}", "dtype=float64",
+                           *overrides])
+    assert code == 0
+    return sweep
+
+
+def _jobs(sweep):
+    return sorted((p for p in sweep.iterdir() if p.is_dir() and p.name.isdigit()), key=lambda p: int(p.name))
+
+
+def assert_same_runs(alone, packed, expect_packed=True):
+    """Every job dir of the packed sweep holds what the same job wrote alone."""
+    jobs_alone, jobs_packed = _jobs(alone), _jobs(packed)
+    assert [p.name for p in jobs_alone] == [p.name for p in jobs_packed]
+    for a, b in zip(jobs_alone, jobs_packed):
+        sa, sb = read_summary(a), read_summary(b)
+        if expect_packed:
+            assert sb.get("packed", 0) > 1, b
+        sb.pop("packed", None)
+        _close({k: v for k, v in sa.items() if k not in ("host", "started")},
+               {k: v for k, v in sb.items() if k not in ("host", "started")}, str(b))
+        ma, mb = read_metrics(a), read_metrics(b)
+        assert len(ma) == len(mb)
+        for ra, rb in zip(ma, mb):
+            _close(ra, rb, f"{b} step {ra['step']}")
+        wa, wb = torch.load(a / "model.pt"), torch.load(b / "model.pt")
+        for k in wa:
+            torch.testing.assert_close(wb[k], wa[k], rtol=RTOL, atol=1e-12)
+        oa, ob = torch.load(a / "optimizer.pt"), torch.load(b / "optimizer.pt")
+        for i, state in oa["state"].items():
+            for k, v in state.items():
+                if isinstance(v, torch.Tensor):
+                    torch.testing.assert_close(ob["state"][i][k], v, rtol=RTOL, atol=1e-12)
+                else:
+                    assert ob["state"][i][k] == v
+        assert (a / "config.yaml").read_text() == (b / "config.yaml").read_text()
+        assert (b / ".hydra" / "overrides.yaml").read_text() == (a / ".hydra" / "overrides.yaml").read_text()
+
+
+CASES = {
+    "sgd": dict(momentum=0.9, dampening=0.1),
+    "adagrad": dict(lr_decay=0.01, initial_accumulator_value=0.1),
+    "rmsprop": dict(centered=True, momentum=0.5),
+    "adam": dict(),
+}
+PER_JOB = {
+    "sgd": [dict(momentum=0.9), dict(momentum=0.5), dict(momentum=0.0)],
+    "adagrad": [dict(lr_decay=0.0), dict(lr_decay=0.01), dict(eps=1e-6)],
+    "rmsprop": [dict(alpha=0.9), dict(alpha=0.99), dict(eps=1e-3)],
+    "adam": [dict(betas=(0.8, 0.99)), dict(betas=(0.9, 0.999)), dict(eps=1e-4)],
+}
+REGS = [dict(), dict(regularization="l2", variable="p"), dict(regularization="l2", variable="z"),
+        dict(regularization="l1", variable="p"), dict(regularization="l1", variable="z"),
+        dict(regularization="l1", variable="z", form="subgradient")]
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+@pytest.mark.parametrize("reg", REGS, ids=lambda r: "-".join(r.values()) or "none")
+def test_packed_optimizer_steps_each_job_as_its_own_optimizer(name, reg):
+    """Per-job lr, strength and optimizer scalars as tensors in one optimizer = J optimizers (float64)."""
+    g = torch.Generator().manual_seed(0)
+    shapes = [(3, 4), (4,)]
+    lrs, strengths = [0.1, 0.03, 0.01], [0.0, 0.01, 0.1]
+    solos, params = [], []
+    for j, hyper in enumerate(PER_JOB[name]):
+        ps = [torch.randn(s, generator=g, dtype=torch.float64, requires_grad=True) for s in shapes]
+        extra = {"strength": strengths[j], **reg} if reg else {}
+        solos.append(build_optimizer(ps, name, lr=lrs[j], **extra, **{**CASES[name], **hyper}))
+        params.append(ps)
+    if any(h.get("momentum") == 0.0 for h in PER_JOB[name]) and name == "sgd":
+        solos, params = solos[:2], params[:2]  # momentum 0 and > 0 are not packed together (pack_key)
+    stacked = [torch.stack([ps[i].detach() for ps in params]).requires_grad_() for i in range(len(shapes))]
+    packed = stack_optimizer(solos, stacked)
+    packed.param_groups[0]["lr"] = torch.tensor(lrs[:len(solos)], dtype=torch.float64)
+    for _ in range(5):
+        grads = [torch.randn((len(solos), *s), generator=g, dtype=torch.float64) for s in shapes]
+        for j, ps in enumerate(params):
+            for i, p in enumerate(ps):
+                p.grad = grads[i][j].clone()
+            solos[j].step()
+        for i, p in enumerate(stacked):
+            p.grad = grads[i].clone()
+        packed.step()
+    for j, ps in enumerate(params):
+        for i, p in enumerate(ps):
+            torch.testing.assert_close(stacked[i][j], p, rtol=1e-12, atol=1e-14)
+
+
+def test_pack_key_groups_stackable_jobs_and_says_why_others_train_alone():
+    base = {"seed": 0, "lr": 0.1, "steps": 100, "preconditioner": {"name": "adam", "lr": 0.1, "eps": 1e-8},
+            "regularization": {"name": "l2", "strength": 0.1}, "normalization": {"name": "none"}, "name": "a"}
+    other = json.loads(json.dumps(base))
+    other.update(seed=3, lr=0.5, name="b")
+    other["preconditioner"]["eps"] = 1e-6
+    other["regularization"]["strength"] = 0.0
+    assert pack_key(base)[0] == pack_key(other)[0] is not None
+    longer = {**base, "steps": 200}
+    assert pack_key(longer)[0] != pack_key(base)[0]
+    assert "bnp" in pack_key({**base, "preconditioner": {"name": "bnp"}})[1]
+    assert "BatchNorm" in pack_key({**base, "normalization": {"name": "batchnorm"}})[1]
+    assert "gradnorm" in pack_key({**base, "regularization": {"name": "gradnorm"}})[1]
+
+
+SMALL = ["steps=60", "eval_every=20", "batch_size=32", "dataset.n_train=512", "dataset.n_val=128",
+         "dataset.n_test=128"]
+
+
+def test_four_preconditioners_three_seeds_two_lrs_packed_equal_alone(tmp_path):
+    """The issue's first equivalence case: 4 preconditioners × 3 seeds × 2 lrs on the default problem."""
+    sweep = ["preconditioner=sgd,adagrad,rmsprop,adam", "seed=0,1,2", "lr=0.01,0.05", *SMALL]
+    alone = _sweep(tmp_path, "alone", "basic", *sweep)
+    packed = _sweep(tmp_path, "packed", "packed", *sweep)
+    assert_same_runs(alone, packed)
+    assert len(_jobs(packed)) == 24
+
+
+def test_mlp_with_l2_in_z_and_l1_prox_packed_equal_alone(tmp_path):
+    """An MLP on digits with per-job strengths: L2 in z (AdamW) and the L1 prox in p."""
+    common = ["model=mlp", "model.widths=[16]", "dataset=digits", "steps=40", "eval_every=20", "batch_size=32",
+              "target.metric=val/acc", "target.value=0.5"]
+    for name, reg in (("l2z", ["regularization=l2", "regularization.variable=z"]),
+                      ("l1", ["regularization=l1", "regularization.variable=p"])):
+        sweep = [*common, *reg, "regularization.strength=0.0,0.001,0.01", "seed=0,1", "lr=0.003,0.01"]
+        assert_same_runs(_sweep(tmp_path, f"{name}_alone", "basic", *sweep),
+                         _sweep(tmp_path, f"{name}_packed", "packed", *sweep))
+
+
+def test_stackable_and_unstackable_jobs_in_one_sweep(tmp_path, capsys):
+    """BNP trains alone (and says why, once); the Adam jobs are packed; all equal their solo runs."""
+    sweep = ["model=mlp", "model.widths=[8]", "preconditioner=adam,bnp", "seed=0,1", *SMALL]
+    alone = _sweep(tmp_path, "alone", "basic", *sweep)
+    capsys.readouterr()
+    packed = _sweep(tmp_path, "packed", "packed", *sweep)
+    out = capsys.readouterr().out
+    assert_same_runs(alone, packed, expect_packed=False)
+    summaries = [read_summary(p) for p in _jobs(packed)]
+    assert [s.get("packed") for s in summaries] == [2, 2, None, None]
+    assert out.count("2 job(s) train one at a time: preconditioner=bnp hooks") == 1, out
+
+
+def test_a_diverging_member_stops_alone_and_the_others_go_on(tmp_path):
+    """lr=3 diverges with SGD on the default problem; its files equal its solo run's, the rest is unchanged."""
+    sweep = ["preconditioner=sgd", "lr=0.01,3.0,0.05", "seed=0", *SMALL]
+    alone = _sweep(tmp_path, "alone", "basic", *sweep)
+    packed = _sweep(tmp_path, "packed", "packed", *sweep)
+    statuses = [read_summary(p)["status"] for p in _jobs(packed)]
+    assert statuses == ["completed", "diverged", "completed"]
+    assert_same_runs(alone, packed)
+
+
+def test_an_interrupted_pack_resumes_to_the_uninterrupted_result(tmp_path, monkeypatch):
+    """Stop the pack mid-run: every member leaves a checkpoint; the re-run resumes them as a pack."""
+    from precond import train
+
+    sweep = ["preconditioner=adam", "seed=0,1", "lr=0.01,0.03", *SMALL]
+    reference = _sweep(tmp_path, "reference", "basic", *sweep)
+    polls = {"n": 0}
+    real = train.run_pack
+
+    def stopping_after_30_steps(jobs, should_stop=None):
+        def stop():
+            polls["n"] += 1
+            return polls["n"] > 30
+        return real(jobs, should_stop=stop)
+
+    monkeypatch.setattr(train, "run_pack", stopping_after_30_steps)
+    sweep_dir = tmp_path / "packed"
+    code = run_in_process(["-m", "hydra/launcher=packed", f"hydra.sweep.dir={sweep_dir}", "dtype=float64", *sweep])
+    monkeypatch.setattr(train, "run_pack", real)
+    assert code != 0  # an interrupted sweep ends with a non-zero exit, as alone
+    assert {read_summary(p)["status"] for p in _jobs(sweep_dir)} == {"interrupted"}
+    assert all((p / "checkpoint.pt").exists() for p in _jobs(sweep_dir))
+    assert run_in_process(["-m", "hydra/launcher=packed", f"hydra.sweep.dir={sweep_dir}", "dtype=float64",
+                           *sweep]) == 0
+    for p in _jobs(sweep_dir):
+        assert read_summary(p)["resumed_at"] == [30]
+        assert not (p / "checkpoint.pt").exists()
+    for p in _jobs(reference):  # the reference never stopped: add what only a resumed run records
+        summary = read_summary(p)
+        summary["resumed_at"] = [30]
+        (p / "summary.json").write_text(json.dumps(summary))
+    assert_same_runs(reference, sweep_dir)
