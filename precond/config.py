@@ -76,12 +76,20 @@ class RunSettings:
     normalization: Normalization
     logger: WandbSettings
     curvature: Optional[CurvatureSettings]
+    channels_last: bool = False
+    compile: bool = False
 
 
 def settings_from_config(cfg: DictConfig) -> RunSettings:
     """Validate the config by building its settings objects; raises ConfigError naming the key."""
     if cfg.dtype not in DTYPES:
         raise ConfigError("dtype", f"one of {sorted(DTYPES)}", cfg.dtype)
+    for key in ("channels_last", "compile"):
+        if not isinstance(cfg[key], bool):
+            raise ConfigError(key, "true or false", cfg[key])
+    if cfg.precision == "bf16" and cfg.dtype != "float32":
+        raise ConfigError("precision", "fp32 with dtype=float64 (bf16 autocast keeps float32 weights)",
+                          cfg.precision, "use dtype=float32 with precision=bf16")
     lr = cfg.lr
     if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not 0 < lr < float("inf"):
         raise ConfigError("lr", "a finite number > 0", lr, "e.g. lr=0.01")
@@ -89,7 +97,7 @@ def settings_from_config(cfg: DictConfig) -> RunSettings:
         steps=cfg.steps, batch_size=cfg.batch_size, eval_every=cfg.eval_every, seed=cfg.seed,
         target_metric=cfg.target.metric, target_value=cfg.target.value,
         eval_batch_size=cfg.eval_batch_size, divergence_factor=cfg.divergence_factor,
-        progress=bool(cfg.progress), checkpoint_every=cfg.checkpoint_every,
+        progress=bool(cfg.progress), checkpoint_every=cfg.checkpoint_every, precision=cfg.precision,
     )
     curvature = instantiate(cfg, "curvature") if cfg.get("curvature") is not None else None
     if curvature is not None:
@@ -101,6 +109,7 @@ def settings_from_config(cfg: DictConfig) -> RunSettings:
         device=resolve_device(cfg.device), dtype=DTYPES[cfg.dtype], lr=float(lr), loop=loop,
         preconditioner=instantiate(cfg, "preconditioner"), regularization=instantiate(cfg, "regularization"),
         normalization=instantiate(cfg, "normalization"), logger=instantiate(cfg, "logger"), curvature=curvature,
+        channels_last=cfg.channels_last, compile=cfg.compile,
     )
     _check_combinations(settings)
     return settings
@@ -120,17 +129,28 @@ def _check_combinations(s: RunSettings) -> None:
 
 
 def build_data(cfg: DictConfig, settings: RunSettings) -> Dataset:
+    """The dataset, resident on the run's device (NHWC images with ``channels_last``)."""
     data = instantiate(cfg, "dataset")
     if settings.normalization.standardizes_inputs:
         data = standardize_inputs(data)
-    return data.to(settings.device, settings.dtype)
+    if settings.channels_last and len(data.in_shape) != 3:
+        raise ConfigError("channels_last", "false for vector inputs (it sets the memory format of C×H×W images)",
+                          True, f"dataset inputs have shape {data.in_shape}")
+    return data.to(settings.device, settings.dtype, channels_last=settings.channels_last)
 
 
 def build_model(cfg: DictConfig, settings: RunSettings, data: Dataset) -> torch.nn.Module:
+    """The model with the run's seed, dtype and device; NHWC weights with ``channels_last``; its forward
+    compiled with ``compile`` (``nn.Module.compile``: the state-dict keys stay those of the model)."""
     torch.manual_seed(settings.loop.seed)
     model = instantiate(cfg, "model", in_shape=data.in_shape, num_outputs=data.num_outputs,
                         normalization=settings.normalization.name)
-    return model.to(device=settings.device, dtype=settings.dtype)
+    model = model.to(device=settings.device, dtype=settings.dtype)
+    if settings.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    if settings.compile:
+        model.compile()
+    return model
 
 
 def build_optimizer_from_settings(settings: RunSettings, model: torch.nn.Module) -> ComposedOptimizer:

@@ -58,11 +58,14 @@ class Dataset:
             out["test"] = (self.x_test, self.y_test)
         return out
 
-    def to(self, device: torch.device | str, dtype: torch.dtype = torch.float32) -> Dataset:
-        """Move every split to ``device`` once; inputs (and regression targets) to ``dtype``."""
+    def to(self, device: torch.device | str, dtype: torch.dtype = torch.float32, channels_last: bool = False
+           ) -> Dataset:
+        """Move every split to ``device`` once; inputs (and regression targets) to ``dtype``;
+        image inputs to NHWC memory with ``channels_last``."""
+        layout = torch.channels_last if channels_last else torch.preserve_format
 
         def move_x(x):
-            return None if x is None else x.to(device=device, dtype=dtype)
+            return None if x is None else x.to(device=device, dtype=dtype, memory_format=layout)
 
         def move_y(y):
             if y is None:

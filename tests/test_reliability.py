@@ -223,6 +223,11 @@ BAD_VALUES = [
     (("preconditioner=bnp", "regularization=l2", "regularization.variable=z"), "regularization.variable"),
     (("preconditioner=bnp", "model=mlp", "normalization=batchnorm"), "normalization"),
     (("preconditioner=bnp", "preconditioner.rho=0"), "preconditioner"),
+    (("precision=fp16",), "precision"),
+    (("precision=bf16", "dtype=float64"), "precision"),
+    (("channels_last=yes",), "channels_last"),
+    (("compile=1",), "compile"),
+    (("channels_last=true",), "channels_last"),  # vector inputs have no memory format to change
 ]
 
 

@@ -62,6 +62,13 @@ class JobComposer:
         self.master = master_config
         self.parser = OverridesParser.create()
         self.composed: dict = {}
+        self.compose = config_loader.load_sweep_config  # Hydra's own (full) composition
+
+    def load_sweep_config(self, master_config: DictConfig, sweep_overrides: list) -> DictConfig:
+        """Drop-in for the config loader's ``load_sweep_config``: cheap for this sweep's master config."""
+        if master_config is not self.master:
+            return self.compose(master_config, sweep_overrides)
+        return self(sweep_overrides)
 
     def _is_composition(self, override) -> bool:
         return (override.is_hydra_override() or override.package is not None
@@ -73,7 +80,7 @@ class JobComposer:
         values = [o for o in parsed if not self._is_composition(o)]
         key = tuple(o.input_line for o in shaping)
         if key not in self.composed:
-            self.composed[key] = self.loader.load_sweep_config(self.master, list(key))
+            self.composed[key] = self.compose(self.master, list(key))
         cfg = copy.deepcopy(self.composed[key])
         ConfigLoaderImpl._apply_overrides_to_config(values, cfg)
         app = [o for o in parsed if not o.is_hydra_override()]
@@ -119,6 +126,11 @@ class PackedLauncher(Launcher):
         self.config = config
         self.hydra_context = hydra_context
         self.task_function = task_function
+        self.composer = JobComposer(hydra_context.config_loader, config)
+        # Hydra's sweepers compose every job once to validate the batch, then the launcher composes
+        # it again: ~0.15 s each. Both go through the config loader, which now composes each
+        # distinct set of config-group choices once and copies it for the jobs.
+        hydra_context.config_loader.load_sweep_config = self.composer.load_sweep_config
 
     def launch(self, job_overrides, initial_job_idx: int):
         from precond.stacking import pack_key
@@ -126,8 +138,7 @@ class PackedLauncher(Launcher):
         setup_globals()
         configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
         Path(str(self.config.hydra.sweep.dir)).mkdir(parents=True, exist_ok=True)
-        composer = JobComposer(self.hydra_context.config_loader, self.config)
-        configs = [composer(list(o)) for o in job_overrides]
+        configs = [self.composer(list(o)) for o in job_overrides]
         units: dict = {}  # pack key (or a job's own key) → job positions, in order of first appearance
         reasons: dict = {}
         for pos, cfg in enumerate(configs):
