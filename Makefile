@@ -34,10 +34,11 @@ test-gpu: install  ## CUDA tests (marker gpu)
 lint: install  ## ruff: lint and import order (config in pyproject.toml)
 	$(BIN)/ruff check .
 
-bench: install  ## benchmarks: tables with the baseline in the same run (ARGS="--device cuda" on a GPU)
+bench: install  ## benchmarks (incl. basic vs packed sweeps): tables with the baseline in the same run (ARGS="--device cuda" on a GPU)
 	$(BIN)/python scripts/bench_optimizer.py $(ARGS)
 	$(BIN)/python scripts/bench_curvature.py $(ARGS)
 	$(BIN)/python scripts/bench_bnp.py $(ARGS)
+	$(BIN)/python scripts/bench_sweep.py $(ARGS)
 
 results: install  ## every claim's experiment from scratch on CPU → docs/results/ and the README's Results section
 	$(BIN)/python scripts/results.py $(ARGS)

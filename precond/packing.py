@@ -44,7 +44,6 @@ from precond.loop import (
     checkpoint_due,
     diverged_record,
     evaluate_into,
-    loss_function,
     run_summary,
     start_state,
 )
@@ -153,13 +152,39 @@ class StackedModel:
                     value[job].zero_()
 
 
+def job_losses(task: str, out: Tensor, y: Tensor, reduction: str = "mean") -> Tensor:
+    """Each job's loss ``[J]`` from outputs ``[J, B, …]`` and targets ``[J, B, …]`` (or ``[B, …]`` shared):
+    :func:`precond.loop.loss_function` per job, mean (training) or sum (evaluation) over its samples."""
+    jobs, batch = out.shape[:2]
+    if task == "regression":
+        per_sample = (out - y).pow(2).flatten(2).mean(dim=2)  # MSE: mean over outputs …
+    else:
+        target = y.expand(jobs, *y.shape[-1:]) if y.ndim == 1 else y
+        per_sample = F.cross_entropy(out.flatten(0, 1), target.flatten(), reduction="none").view(jobs, batch)
+    return per_sample.mean(dim=1) if reduction == "mean" else per_sample.sum(dim=1)  # … and over samples
+
+
 def _per_job(values: list, device, dtype):
     """One hyperparameter over the jobs: the common number, or a per-job tensor where they differ."""
     if all(v == values[0] for v in values):
         return values[0]
     if any(isinstance(v, bool) or not isinstance(v, (int, float)) for v in values):
         raise ValueError(f"jobs differ in a setting that cannot be stacked: {values}")
-    return torch.tensor(values, device=device, dtype=dtype)
+    host = torch.tensor(values, dtype=dtype, pin_memory=torch.device(device).type == "cuda")
+    return host.to(device, non_blocking=True)  # no wait for the device's queue
+
+
+class _LearningRates:
+    """The pack's per-job ``lr`` before each step: each job's own (scheduled) lr, 0 once it has diverged.
+    The tensor is rebuilt only when a value changes (a constant schedule copies nothing per step)."""
+
+    def __init__(self, device, dtype):
+        self.device, self.dtype, self.values, self.value = device, dtype, None, None
+
+    def __call__(self, values: list):
+        if values != self.values:
+            self.values, self.value = values, _per_job(values, self.device, self.dtype)
+        return self.value
 
 
 def stack_optimizer(optimizers: list[ComposedOptimizer], params: list[Tensor]) -> ComposedOptimizer:
@@ -222,7 +247,7 @@ class PackMember:
 
 
 @torch.no_grad()
-def evaluate_stacked(stacked: StackedModel, loss_fn, x: Tensor, y: Tensor, task: str, batch_size: int,
+def evaluate_stacked(stacked: StackedModel, x: Tensor, y: Tensor, task: str, batch_size: int,
                      precision: str) -> list[dict[str, float]]:
     """:func:`precond.loop.evaluate` for every job at once (one vmapped forward per chunk)."""
     stacked.train(False)
@@ -232,14 +257,13 @@ def evaluate_stacked(stacked: StackedModel, loss_fn, x: Tensor, y: Tensor, task:
             out = stacked.forward_shared(x[start:start + batch_size])
         out = out.float() if out.dtype == torch.bfloat16 else out
         yb = y[start:start + batch_size]
-        losses = vmap(lambda o: loss_fn(o, yb, reduction="sum"))(out)
+        losses = job_losses(task, out, yb, reduction="sum")  # regression: per-sample means over outputs
         totals = [t + v for t, v in zip(totals, losses.tolist())]
         if task == "classification":
             correct = [c + v for c, v in zip(correct, (out.argmax(dim=-1) == yb).sum(dim=-1).tolist())]
     stacked.train(True)
     n = x.shape[0]
-    per_element = y[0].numel() if task == "regression" else 1
-    out = [{"loss": t / per_element / n} for t in totals]
+    out = [{"loss": t / n} for t in totals]
     if task == "classification":
         for record, c in zip(out, correct):
             record["acc"] = c / n
@@ -248,14 +272,13 @@ def evaluate_stacked(stacked: StackedModel, loss_fn, x: Tensor, y: Tensor, task:
 
 def _evaluate_splits(stacked: StackedModel, data: Dataset, settings: LoopSettings, final: bool) -> list[dict]:
     """:func:`precond.loop.evaluate_splits` for every job."""
-    loss_fn = loss_function(data.task)
     records: Optional[list[dict]] = None
     for split, (x, y) in data.splits().items():
         if split == "test" and not final:
             continue
         if split == "train":
             x, y = x[:settings.eval_train_samples], y[:settings.eval_train_samples]
-        metrics = evaluate_stacked(stacked, loss_fn, x, y, data.task, settings.eval_batch_size, settings.precision)
+        metrics = evaluate_stacked(stacked, x, y, data.task, settings.eval_batch_size, settings.precision)
         records = records or [{} for _ in metrics]
         for record, job in zip(records, metrics):
             record.update({f"{split}/{k}": v for k, v in job.items()})
@@ -271,7 +294,6 @@ def train_pack(members: list[PackMember], data: Dataset, should_stop: Optional[C
     """
     settings = members[0].settings
     device = data.x_train.device
-    loss_fn = loss_function(data.task)
     jobs = range(len(members))
     stacked = StackedModel([m.model for m in members])
     packed = stack_optimizer([m.optimizer for m in members], stacked.params)
@@ -305,6 +327,7 @@ def train_pack(members: list[PackMember], data: Dataset, should_stop: Optional[C
     statuses = ["completed" for _ in jobs]
     active = [True for _ in jobs]
     progress = _progress_bar(settings, len(members), initial=states[0].step)
+    learning_rates = _LearningRates(device, stacked.params[0].dtype)
     for step in range(states[0].step + 1, settings.steps + 1):
         live = [j for j in jobs if active[j]]
         if not live:
@@ -318,20 +341,19 @@ def train_pack(members: list[PackMember], data: Dataset, should_stop: Optional[C
         idx = torch.stack([s.next() for s in samplers])
         xb, yb = data.x_train[idx], data.y_train[idx]
         lrs = [m.optimizer.param_groups[0]["lr"] if active[j] else 0.0 for j, m in enumerate(members)]
-        packed.param_groups[0]["lr"] = _per_job(lrs, device, stacked.params[0].dtype)
+        packed.param_groups[0]["lr"] = learning_rates(lrs)
 
         def closure():
             packed.zero_grad(set_to_none=True)
             with autocast(settings.precision, device):
-                losses = vmap(loss_fn)(stacked.forward(xb), yb)
+                losses = job_losses(data.task, stacked.forward(xb), yb)
             losses.sum().backward()  # ∂(Σ_j f_j)/∂p_j = ∇f_j(p_j): every job's own gradient
             return losses
 
         losses = packed.step(closure).detach()
         loss_sums += losses
+        _step_schedulers(members, live)
         for j in live:
-            if members[j].scheduler is not None:
-                members[j].scheduler.step()
             states[j].loss_count += 1
             states[j].step = step
         final = step == settings.steps

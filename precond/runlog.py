@@ -18,6 +18,7 @@ per process). The W&B run is finished also when training raises.
 """
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import math
@@ -226,8 +227,10 @@ def identifying_overrides(overrides: list[str]) -> list[str]:
     return out
 
 
+@functools.lru_cache(maxsize=8)
 def git_commit(cwd: str | Path) -> Optional[str]:
-    """The commit of the checkout at ``cwd`` (``-dirty`` when tracked files changed), or None."""
+    """The commit of the checkout at ``cwd`` (``-dirty`` when tracked files changed), or None.
+    Read once per process and directory (a sweep's jobs share it; two subprocesses per job add up)."""
     try:
         commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, timeout=5)
         if commit.returncode != 0:

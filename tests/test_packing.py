@@ -213,3 +213,30 @@ def test_an_interrupted_pack_resumes_to_the_uninterrupted_result(tmp_path, monke
         summary["resumed_at"] = [30]
         (p / "summary.json").write_text(json.dumps(summary))
     assert_same_runs(reference, sweep_dir)
+
+
+@pytest.mark.parametrize("overrides", [
+    ["preconditioner=sgd", "lr=0.1", "seed=3", "preconditioner.momentum=0.9"],
+    ["experiment=compare_preconditioners", "preconditioner=adam", "preconditioner.betas=[0.8,0.99]",
+     "regularization=l2", "regularization.strength=0.01", "name=x"],
+    ["model=mlp", "model.widths=[8,8]", "dataset=digits", "+extra_key=1", "target.value=0.5"],
+    ["seed=1", "+hydra.job.env_set.FOO=bar", "hydra.job.chdir=false"],
+])
+def test_cheap_job_config_equals_hydras_composition(overrides):
+    """JobComposer (compose once per group choice, apply values to a copy) = load_sweep_config, node for node."""
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.types import RunMode
+    from omegaconf import OmegaConf
+
+    from hydra_plugins.precond_packing.packed_launcher import JobComposer
+    from precond.train import CONF_DIR
+
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        loader = GlobalHydra.instance().config_loader()
+        master = loader.load_configuration("train", overrides=["hydra/launcher=packed"], run_mode=RunMode.MULTIRUN)
+        composer = JobComposer(loader, master)
+        composer(["preconditioner=sgd", "seed=0"])  # fill the cache with another job of the same choices
+        cheap = OmegaConf.to_container(composer(overrides), resolve=False)
+        full = OmegaConf.to_container(loader.load_sweep_config(master, overrides), resolve=False)
+    assert cheap == full

@@ -62,19 +62,26 @@ class JobComposer:
         self.master = master_config
         self.parser = OverridesParser.create()
         self.composed: dict = {}
+        self.validated: dict = {}  # overrides → the config built when the sweeper validated the batch
         self.compose = config_loader.load_sweep_config  # Hydra's own (full) composition
 
     def load_sweep_config(self, master_config: DictConfig, sweep_overrides: list) -> DictConfig:
-        """Drop-in for the config loader's ``load_sweep_config``: cheap for this sweep's master config."""
+        """Drop-in for the config loader's ``load_sweep_config``: cheap for this sweep's master config;
+        the config built for the sweeper's validation is kept for the launch (one copy per job)."""
         if master_config is not self.master:
             return self.compose(master_config, sweep_overrides)
-        return self(sweep_overrides)
+        cfg = self.validated[tuple(sweep_overrides)] = self.build(sweep_overrides)
+        return cfg
+
+    def __call__(self, overrides: list) -> DictConfig:
+        """The job's config (the one built at validation, when there was one)."""
+        return self.validated.pop(tuple(overrides), None) or self.build(overrides)
 
     def _is_composition(self, override) -> bool:
         return (override.is_hydra_override() or override.package is not None
                 or self.loader.repository.group_exists(override.key_or_group))
 
-    def __call__(self, overrides: list) -> DictConfig:
+    def build(self, overrides: list) -> DictConfig:
         parsed = self.parser.parse_overrides(list(overrides))
         shaping = [o for o in parsed if self._is_composition(o)]
         values = [o for o in parsed if not self._is_composition(o)]
@@ -139,10 +146,11 @@ class PackedLauncher(Launcher):
         configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
         Path(str(self.config.hydra.sweep.dir)).mkdir(parents=True, exist_ok=True)
         configs = [self.composer(list(o)) for o in job_overrides]
+        tasks = [_task_config(cfg) for cfg in configs]
         units: dict = {}  # pack key (or a job's own key) → job positions, in order of first appearance
         reasons: dict = {}
-        for pos, cfg in enumerate(configs):
-            key, reason = pack_key(OmegaConf.to_container(_task_config(cfg), resolve=True))
+        for pos, task in enumerate(tasks):
+            key, reason = pack_key(OmegaConf.to_container(task, resolve=True))
             if key is None:
                 reasons.setdefault(reason, []).append(pos)
                 key = ("alone", pos)
@@ -160,7 +168,7 @@ class PackedLauncher(Launcher):
             if len(chunk) == 1:
                 returns[chunk[0]] = self._run_alone(configs[chunk[0]], initial_job_idx + chunk[0])
             else:
-                for pos, ret in zip(chunk, self._run_pack([configs[p] for p in chunk],
+                for pos, ret in zip(chunk, self._run_pack([configs[p] for p in chunk], [tasks[p] for p in chunk],
                                                           [initial_job_idx + p for p in chunk])):
                     returns[pos] = ret
             configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
@@ -174,16 +182,15 @@ class PackedLauncher(Launcher):
         return run_job(hydra_context=self.hydra_context, task_function=self.task_function, config=cfg,
                        job_dir_key="hydra.sweep.dir", job_subdir_key="hydra.sweep.subdir")
 
-    def _run_pack(self, cfgs: list, indices: list) -> list:
+    def _run_pack(self, cfgs: list, tasks: list, indices: list) -> list:
         from precond.train import JobInfo, launch_pack
 
         callbacks = self.hydra_context.callbacks
         jobs, handlers = [], []
-        for cfg, idx in zip(cfgs, indices):
+        for cfg, task, idx in zip(cfgs, tasks, indices):
             log.info("\t#%d : %s (packed)", idx, " ".join(filter_overrides(cfg.hydra.overrides.task)))
             output_dir = _place(cfg, idx)
             output_dir.mkdir(parents=True, exist_ok=True)
-            task = _task_config(cfg)
             if cfg.hydra.output_subdir is not None:
                 hydra_output = output_dir / str(cfg.hydra.output_subdir)
                 _save_config(task, "config.yaml", hydra_output)
