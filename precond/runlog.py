@@ -149,7 +149,7 @@ class RunLog:
         mode = resolve_wandb_mode(s.mode)
         run = wandb.init(
             project=s.project, entity=s.entity, group=s.group, name=s.name, tags=list(s.tags),
-            job_type=s.job_type, config=config, dir=str(self.run_dir), mode=mode, reinit="finish_previous",
+            job_type=s.job_type, config=config, dir=str(self.run_dir), mode=mode, reinit="create_new",
             id=self.wandb_id, resume="allow",
         )
         run.define_metric("time/train_s", summary="max")  # training seconds: an x-axis on the dashboard
@@ -198,7 +198,7 @@ def log_sweep_summary(settings: WandbSettings, sweep_dir: str | Path, tables: di
     run = wandb.init(project=settings.project, entity=settings.entity, group=sweep_dir.name,
                      name=f"{sweep_dir.name}/summary", job_type="summary", tags=[*settings.tags, "summary"],
                      config={"sweep_dir": str(sweep_dir)}, dir=str(sweep_dir),
-                     mode=resolve_wandb_mode(settings.mode), reinit="finish_previous")
+                     mode=resolve_wandb_mode(settings.mode), reinit="create_new")
     try:
         run.log({name: wandb.Table(columns=list(columns), data=[list(r) for r in rows])
                  for name, (columns, rows) in tables.items()})

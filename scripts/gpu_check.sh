@@ -12,3 +12,4 @@ timeout 200 python -m pytest -q -m gpu tests/test_gpu.py -p no:cacheprovider 2>&
 timeout 150 python scripts/bench_optimizer.py --device cuda --rounds 10 2>&1 | tee "$OUT/bench_optimizer_cuda.txt"
 timeout 60 python scripts/bench_curvature.py --device cuda --rounds 10 2>&1 | tee "$OUT/bench_curvature_cuda.txt"
 timeout 60 python scripts/bench_bnp.py --device cuda --rounds 20 2>&1 | tee "$OUT/bench_bnp_cuda.txt"
+timeout 240 python scripts/bench_sweep.py --device cuda --cases mnist_mlp 2>&1 | tee "$OUT/bench_sweep_cuda.txt"

@@ -67,3 +67,22 @@ def test_cli_runs_on_the_gpu(tmp_path, overrides):
     run_cli(tmp_path, "device=cuda", "steps=200", "eval_every=100", *overrides)
     summary = read_summary(tmp_path / "run")
     assert summary["status"] == "completed" and summary["device"].startswith("cuda") and "gpu" in summary
+
+
+def test_a_packed_sweep_on_the_gpu_equals_the_same_jobs_alone(tmp_path):
+    """hydra/launcher=packed on CUDA, float64: every job equals its solo run (as on the CPU)."""
+    from tests.test_packing import SMALL, _sweep, assert_same_runs
+
+    sweep = ["device=cuda", "preconditioner=sgd,adam", "seed=0,1", "lr=0.01,0.05", *SMALL]
+    assert_same_runs(_sweep(tmp_path, "alone", "basic", *sweep), _sweep(tmp_path, "packed", "packed", *sweep))
+
+
+def test_the_fast_path_options_train_a_cnn_on_the_gpu(tmp_path):
+    """bf16 autocast + channels_last + data on the device: the run completes and learns."""
+    from tests.conftest import run_in_process
+
+    assert run_in_process(["device=cuda", "model=cnn", "dataset=digits", "precision=bf16", "channels_last=true",
+                           "steps=200", "eval_every=100", "target.metric=val/acc", "target.value=0.5",
+                           f"hydra.run.dir={tmp_path}"]) == 0
+    summary = read_summary(tmp_path)
+    assert summary["status"] == "completed" and summary["val/acc"] > 0.5

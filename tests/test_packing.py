@@ -240,3 +240,80 @@ def test_cheap_job_config_equals_hydras_composition(overrides):
         cheap = OmegaConf.to_container(composer(overrides), resolve=False)
         full = OmegaConf.to_container(loader.load_sweep_config(master, overrides), resolve=False)
     assert cheap == full
+
+
+def test_a_tuned_sweep_through_the_packed_launcher_selects_and_judges_as_the_basic_one(tmp_path):
+    """hydra/sweeper=tuned launches its tuning and confirmation batches through the packed launcher:
+    same runs, same selection, same verdicts."""
+    from tests.test_tuning import ARMS, CLAIMS, TINY
+
+    sweeps = {}
+    for launcher in ("basic", "packed"):
+        sweeps[launcher] = tmp_path / launcher
+        assert run_in_process([*TINY, ARMS, CLAIMS, "dtype=float64", f"hydra/launcher={launcher}",
+                               f"hydra.sweep.dir={sweeps[launcher]}"]) == 0
+    assert_same_runs(sweeps["basic"], sweeps["packed"])
+    chosen = [{arm: v["chosen"] for arm, v in json.loads((s / "selection.json").read_text())["arms"].items()}
+              for s in sweeps.values()]
+    assert chosen[0] == chosen[1] and set(chosen[0]) == {"fast", "slow", "same_as_fast"}
+    assert all(read_summary(p).get("packed") == 9 for p in _jobs(sweeps["packed"]))
+    verdicts = [[v["verdict"] for v in json.loads((s / "verdicts.json").read_text())] for s in sweeps.values()]
+    assert verdicts[0] == verdicts[1] == ["holds", "fails", "inconclusive"]
+
+
+def test_sigint_mid_pack_leaves_every_member_resumable_with_its_own_wandb_run(tmp_path, monkeypatch):
+    """A real Ctrl-C to a packed sweep with offline W&B: exit 130, every member checkpointed and
+    interrupted with its own W&B run; the same command resumes every member under its W&B id."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT, wait_for_records
+
+    sweep = tmp_path / "sweep"
+    argv = ["-m", "hydra/launcher=packed", "logger=wandb", "seed=0,1,2", "steps=20000", "eval_every=1000",
+            f"hydra.sweep.dir={sweep}"]
+    env = {**os.environ, "HOME": str(tmp_path), "WANDB_MODE": "offline", "WANDB_SILENT": "true"}
+    env.pop("WANDB_API_KEY", None)
+    proc = subprocess.Popen([sys.executable, "-m", "precond.train", *argv, "progress=false"], cwd=ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    wait_for_records(sweep / "0" / "metrics.jsonl", 3)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert "re-run the same command" in err and "Traceback" not in err
+    ids = []
+    for job in _jobs(sweep):
+        summary = read_summary(job)
+        assert summary["status"] == "interrupted" and summary["packed"] == 3
+        assert (job / "checkpoint.pt").exists()
+        ids.append(torch.load(job / "checkpoint.pt", weights_only=False)["wandb_id"])
+        assert len(list((job / "wandb").glob("offline-run-*"))) == 1
+    assert len(set(ids)) == 3
+    stopped_at = read_summary(_jobs(sweep)[0])["steps"]
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    assert run_in_process(argv) == 0
+    for job, wandb_id in zip(_jobs(sweep), ids):
+        summary = read_summary(job)
+        assert summary["status"] == "completed" and summary["resumed_at"] == [stopped_at]
+        assert not (job / "checkpoint.pt").exists()
+        runs = sorted((job / "wandb").glob("offline-run-*"))
+        assert len(runs) == 2 and all(r.name.endswith(wandb_id) for r in runs)
+
+
+@pytest.mark.parametrize("value", ["1", "two", "true"])
+def test_a_bad_max_pack_is_refused_in_one_line(tmp_path, capsys, value):
+    code = run_in_process(["-m", "hydra/launcher=packed", f"hydra.launcher.max_pack={value}", "seed=0,1",
+                           f"hydra.sweep.dir={tmp_path}"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.strip().startswith("error: hydra.launcher.max_pack: expected null"), err
+    assert not list(tmp_path.glob("*/summary.json"))
+
+
+def test_max_pack_splits_a_pack(tmp_path):
+    sweep = tmp_path / "s"
+    assert run_in_process(["-m", "hydra/launcher=packed", "hydra.launcher.max_pack=2", "seed=0,1,2", *SMALL,
+                           f"hydra.sweep.dir={sweep}"]) == 0
+    assert [read_summary(p).get("packed") for p in _jobs(sweep)] == [2, 2, None]

@@ -15,6 +15,7 @@ This file is only the Hydra glue; the mathematics is :mod:`precond.packing`.
 import copy
 import logging
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
@@ -62,26 +63,21 @@ class JobComposer:
         self.master = master_config
         self.parser = OverridesParser.create()
         self.composed: dict = {}
-        self.validated: dict = {}  # overrides → the config built when the sweeper validated the batch
         self.compose = config_loader.load_sweep_config  # Hydra's own (full) composition
 
     def load_sweep_config(self, master_config: DictConfig, sweep_overrides: list) -> DictConfig:
-        """Drop-in for the config loader's ``load_sweep_config``: cheap for this sweep's master config;
-        the config built for the sweeper's validation is kept for the launch (one copy per job)."""
+        """Drop-in for the config loader's ``load_sweep_config``: cheap for this sweep's master config.
+        (Every call returns a config of its own: a caller may change what it gets.)"""
         if master_config is not self.master:
             return self.compose(master_config, sweep_overrides)
-        cfg = self.validated[tuple(sweep_overrides)] = self.build(sweep_overrides)
-        return cfg
-
-    def __call__(self, overrides: list) -> DictConfig:
-        """The job's config (the one built at validation, when there was one)."""
-        return self.validated.pop(tuple(overrides), None) or self.build(overrides)
+        return self(sweep_overrides)
 
     def _is_composition(self, override) -> bool:
         return (override.is_hydra_override() or override.package is not None
                 or self.loader.repository.group_exists(override.key_or_group))
 
-    def build(self, overrides: list) -> DictConfig:
+    def __call__(self, overrides: list) -> DictConfig:
+        """The job's config, as Hydra's ``load_sweep_config(master, overrides)`` composes it."""
         parsed = self.parser.parse_overrides(list(overrides))
         shaping = [o for o in parsed if self._is_composition(o)]
         values = [o for o in parsed if not self._is_composition(o)]
@@ -123,7 +119,9 @@ class PackedLauncher(Launcher):
     def __init__(self, max_pack: Optional[int] = None) -> None:
         super().__init__()
         if max_pack is not None and (not isinstance(max_pack, int) or isinstance(max_pack, bool) or max_pack < 2):
-            raise ValueError(f"hydra.launcher.max_pack: expected null or an integer >= 2, got {max_pack!r}")
+            print(f"error: hydra.launcher.max_pack: expected null (no limit) or an integer >= 2, got {max_pack!r}",
+                  file=sys.stderr)
+            raise SystemExit(2)
         self.max_pack = max_pack
         self.config: Optional[DictConfig] = None
         self.task_function = None

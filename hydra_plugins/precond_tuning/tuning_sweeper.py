@@ -15,6 +15,7 @@ The mathematics of the choice lives in :mod:`precond.tuning`; this file is only 
 """
 # no `from __future__ import annotations`: Hydra loads plugin modules outside sys.modules, where
 # dataclasses cannot resolve string annotations
+import copy
 import json
 import logging
 import sys
@@ -146,7 +147,7 @@ class TuningSweeper(Sweeper):
             except Exception as err:  # an unknown group option or key: Hydra's own message, first line
                 _refuse(f"hydra.sweeper.arms.{arm.name}: {str(err).splitlines()[0]}")
             for point in points:
-                cfg = base.copy()
+                cfg = copy.deepcopy(base)  # DictConfig.copy is shallow: nested updates would reach base
                 for key, value in point.items():
                     OmegaConf.update(cfg, key, value, merge=False)
                 try:
