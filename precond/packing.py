@@ -147,7 +147,7 @@ class StackedModel:
         are written out already; zeros keep NaN/inf out of the pack's arithmetic)."""
         for p in self.params:
             p[job].zero_()
-            for value in optimizer.state[p].values():
+            for value in optimizer.state.get(p, {}).values():
                 if isinstance(value, Tensor) and value.shape == p.shape:
                     value[job].zero_()
 
@@ -208,7 +208,8 @@ def stack_optimizer(optimizers: list[ComposedOptimizer], params: list[Tensor]) -
     packed = optimizers[0].with_chain_over(params, defaults)
     solo_params = [g[0]["params"] for g in groups]
     for i, p in enumerate(params):
-        states = [opt.state[ps[i]] for opt, ps in zip(optimizers, solo_params)]
+        states = [opt.state.get(ps[i], {}) for opt, ps in zip(optimizers, solo_params)]  # .get: state is a
+        # defaultdict, and an empty entry would make a fresh optimizer look stepped
         if not states[0]:
             continue
         packed.state[p] = {key: torch.stack([s[key] for s in states]) if isinstance(states[0][key], Tensor)

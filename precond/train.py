@@ -216,7 +216,7 @@ def run_pack(jobs: list[tuple[DictConfig, JobInfo]], should_stop=None) -> list:
     """
     results: list = [None] * len(jobs)
     with contextlib.ExitStack() as stack:
-        by_step: dict[int, list] = {}
+        by_step: dict[Optional[int], list] = {}
         for i, (cfg, job) in enumerate(jobs):
             try:
                 directory = stack.enter_context(RunDirectory(job.run_dir, to_plain(cfg)))
@@ -228,7 +228,8 @@ def run_pack(jobs: list[tuple[DictConfig, JobInfo]], should_stop=None) -> list:
                          directory.finished["status"])
                 results[i] = directory.finished
                 continue
-            step = directory.checkpoint["step"] if directory.checkpoint is not None else 0
+            # fresh jobs pack together; resumed ones with those stopped at the same step
+            step = directory.checkpoint["step"] if directory.checkpoint is not None else None
             by_step.setdefault(step, []).append((i, cfg, job, directory.checkpoint))
         for members in by_step.values():
             _train_one_pack(stack, members, results, should_stop)

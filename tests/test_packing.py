@@ -272,7 +272,7 @@ def test_sigint_mid_pack_leaves_every_member_resumable_with_its_own_wandb_run(tm
     from tests.conftest import ROOT, wait_for_records
 
     sweep = tmp_path / "sweep"
-    argv = ["-m", "hydra/launcher=packed", "logger=wandb", "seed=0,1,2", "steps=20000", "eval_every=1000",
+    argv = ["-m", "hydra/launcher=packed", "logger=wandb", "seed=0,1,2", "steps=8000", "eval_every=400",
             f"hydra.sweep.dir={sweep}"]
     env = {**os.environ, "HOME": str(tmp_path), "WANDB_MODE": "offline", "WANDB_SILENT": "true"}
     env.pop("WANDB_API_KEY", None)
@@ -317,3 +317,26 @@ def test_max_pack_splits_a_pack(tmp_path):
     assert run_in_process(["-m", "hydra/launcher=packed", "hydra.launcher.max_pack=2", "seed=0,1,2", *SMALL,
                            f"hydra.sweep.dir={sweep}"]) == 0
     assert [read_summary(p).get("packed") for p in _jobs(sweep)] == [2, 2, None]
+
+
+@pytest.mark.parametrize("name,overrides", [
+    ("cnn_vmap", ["model=cnn", "model.channels=[4]", "dataset=digits", "seed=0,1", "steps=20", "eval_every=10",
+                  "target.metric=val/acc", "target.value=0.5"]),
+    ("layernorm_cosine", ["model=mlp", "model.widths=[8]", "normalization=layernorm", "schedule=cosine",
+                          "schedule.warmup_steps=5", "lr=0.01,0.03", "seed=0,1", *SMALL]),
+    ("curvature_monitor", ["preconditioner=rmsprop", "curvature=lanczos", "curvature.every=20", "lr=0.003,0.01",
+                           *SMALL]),
+])
+def test_other_models_schedules_and_monitors_packed_equal_alone(tmp_path, name, overrides):
+    """vmap path (a CNN), LayerNorm with a per-job cosine schedule, and curvature monitors read from each
+    job's own model and optimizer state: every packed job equals its solo run."""
+    assert_same_runs(_sweep(tmp_path, f"{name}_alone", "basic", *overrides),
+                     _sweep(tmp_path, f"{name}_packed", "packed", *overrides))
+
+
+def test_a_bad_value_fails_its_own_job_and_the_pack_goes_on(tmp_path):
+    sweep = tmp_path / "s"
+    assert run_in_process(["-m", "hydra/launcher=packed", "lr=0.01,-1,0.05", *SMALL, f"hydra.sweep.dir={sweep}"]) == 1
+    summaries = [read_summary(p) for p in _jobs(sweep)]
+    assert [s["status"] for s in summaries] == ["completed", "failed", "completed"]
+    assert summaries[1]["error"].startswith("lr:") and summaries[0]["packed"] == 2

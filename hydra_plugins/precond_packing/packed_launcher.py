@@ -148,7 +148,10 @@ class PackedLauncher(Launcher):
         units: dict = {}  # pack key (or a job's own key) → job positions, in order of first appearance
         reasons: dict = {}
         for pos, task in enumerate(tasks):
-            key, reason = pack_key(OmegaConf.to_container(task, resolve=True))
+            try:
+                key, reason = pack_key(OmegaConf.to_container(task, resolve=True))
+            except Exception as err:  # the job fails alone, with the entry point's message
+                key, reason = None, f"its config does not resolve ({type(err).__name__})"
             if key is None:
                 reasons.setdefault(reason, []).append(pos)
                 key = ("alone", pos)
@@ -185,6 +188,7 @@ class PackedLauncher(Launcher):
 
         callbacks = self.hydra_context.callbacks
         jobs, handlers = [], []
+        launcher_hydra_config = HydraConfig.instance().cfg  # restored after the pack, as run_job does
         for cfg, task, idx in zip(cfgs, tasks, indices):
             log.info("\t#%d : %s (packed)", idx, " ".join(filter_overrides(cfg.hydra.overrides.task)))
             output_dir = _place(cfg, idx)
@@ -206,6 +210,7 @@ class PackedLauncher(Launcher):
             for handler in handlers:
                 logging.getLogger().removeHandler(handler)
                 handler.close()
+            HydraConfig.instance().cfg = launcher_hydra_config
         returns = []
         for cfg, (task, _), value in zip(cfgs, jobs, values):
             ret = JobReturn(overrides=list(cfg.hydra.overrides.task), cfg=task, hydra_cfg=cfg,
