@@ -231,7 +231,10 @@ class BatchSampler:
 
     def next(self) -> Tensor:
         if self._pos + self.batch_size > self.n:
-            self._perm = torch.randperm(self.n, generator=self.generator).to(self.device)
+            perm = torch.randperm(self.n, generator=self.generator)
+            if torch.device(self.device).type == "cuda":  # from pinned memory: no wait for the GPU's queue
+                perm = perm.pin_memory()
+            self._perm = perm.to(self.device, non_blocking=True)
             self._pos = 0
             self.epoch += 1
         idx = self._perm[self._pos:self._pos + self.batch_size]
