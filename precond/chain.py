@@ -17,8 +17,9 @@ A hyperparameter in a param group is a Python number (one run), or a 1-D tensor 
 one entry per job when several runs are trained as one stacked model
 (:mod:`precond.packing`: every parameter then has a leading job axis). Links read
 hyperparameters through :meth:`StepContext.hyper`, which gives either the number or
-one view per parameter shaped ``[J, 1, …, 1]`` that broadcasts along that axis, and
-combine them with the helpers below, so the mathematics is written once for both.
+one view per parameter shaped ``[J, 1, …, 1]`` that broadcasts along that axis (the
+group's ``stacked`` flag says the parameters carry it), and combine them with the
+helpers below, so the mathematics is written once for both.
 """
 from __future__ import annotations
 

@@ -250,7 +250,7 @@ class PackMember:
 @torch.no_grad()
 def evaluate_stacked(stacked: StackedModel, x: Tensor, y: Tensor, task: str, batch_size: int,
                      precision: str) -> list[dict[str, float]]:
-    """:func:`precond.loop.evaluate` for every job at once (one vmapped forward per chunk)."""
+    """:func:`precond.loop.evaluate` for every job at once (one batched forward per chunk)."""
     stacked.train(False)
     totals, correct = [0.0] * stacked.jobs, [0] * stacked.jobs
     for start in range(0, x.shape[0], batch_size):

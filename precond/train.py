@@ -11,6 +11,11 @@ Single run::
 Sweep (a comparison table and plot are written to the sweep dir at the end)::
 
     precond-train -m preconditioner=sgd,adagrad,rmsprop,adam seed=0,1,2
+
+Packed sweep (``hydra/launcher=packed``: stackable jobs trained as one stacked model;
+:func:`run_pack` is each pack's lifecycle, :mod:`precond.packing` the training)::
+
+    precond-train -m hydra/launcher=packed lr=0.01,0.03,0.1 seed=0,1,2,3
 """
 from __future__ import annotations
 
