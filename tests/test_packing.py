@@ -340,3 +340,12 @@ def test_a_bad_value_fails_its_own_job_and_the_pack_goes_on(tmp_path):
     summaries = [read_summary(p) for p in _jobs(sweep)]
     assert [s["status"] for s in summaries] == ["completed", "failed", "completed"]
     assert summaries[1]["error"].startswith("lr:") and summaries[0]["packed"] == 2
+
+
+def test_jobs_that_change_directory_train_alone(tmp_path, capsys):
+    sweep = tmp_path / "s"
+    capsys.readouterr()
+    assert run_in_process(["-m", "hydra/launcher=packed", "hydra.job.chdir=true", "seed=0,1", *SMALL,
+                           f"hydra.sweep.dir={sweep}"]) == 0
+    assert "2 job(s) train one at a time: hydra.job.chdir=true" in capsys.readouterr().out
+    assert [read_summary(p).get("packed") for p in _jobs(sweep)] == [None, None]

@@ -147,11 +147,13 @@ class PackedLauncher(Launcher):
         tasks = [_task_config(cfg) for cfg in configs]
         units: dict = {}  # pack key (or a job's own key) → job positions, in order of first appearance
         reasons: dict = {}
-        for pos, task in enumerate(tasks):
+        for pos, (cfg, task) in enumerate(zip(configs, tasks)):
             try:
                 key, reason = pack_key(OmegaConf.to_container(task, resolve=True))
             except Exception as err:  # the job fails alone, with the entry point's message
                 key, reason = None, f"its config does not resolve ({type(err).__name__})"
+            if cfg.hydra.job.chdir:
+                key, reason = None, "hydra.job.chdir=true gives each job its own working directory"
             if key is None:
                 reasons.setdefault(reason, []).append(pos)
                 key = ("alone", pos)
