@@ -132,16 +132,24 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def evaluate_splits(model: nn.Module, data: Dataset, settings: LoopSettings, final: bool) -> dict[str, float]:
-    """``train/*`` on the first ``eval_train_samples`` training samples (a fixed subset keeps
-    evaluation cheap on large datasets), ``val/*`` on the whole split, ``test/*`` only when ``final``."""
-    loss_fn = loss_function(data.task)
-    record = {}
+def evaluation_splits(data: Dataset, settings: LoopSettings, final: bool) -> dict[str, tuple[Tensor, Tensor]]:
+    """What an evaluation measures: ``train`` = the first ``eval_train_samples`` training samples (a
+    fixed subset keeps evaluation cheap on large datasets), ``val`` whole, ``test`` only when ``final``."""
+    out = {}
     for split, (x, y) in data.splits().items():
         if split == "test" and not final:
             continue
         if split == "train":
             x, y = x[:settings.eval_train_samples], y[:settings.eval_train_samples]
+        out[split] = (x, y)
+    return out
+
+
+def evaluate_splits(model: nn.Module, data: Dataset, settings: LoopSettings, final: bool) -> dict[str, float]:
+    """``<split>/loss`` (and ``<split>/acc``) on each of :func:`evaluation_splits`."""
+    loss_fn = loss_function(data.task)
+    record = {}
+    for split, (x, y) in evaluation_splits(data, settings, final).items():
         for k, v in evaluate(model, loss_fn, x, y, data.task, settings.eval_batch_size, settings.precision).items():
             record[f"{split}/{k}"] = v
     return record
@@ -253,7 +261,7 @@ def train(
     else:
         state = start_state(record_at, monitors, settings, runlog, device)
     status = "completed"
-    progress = _progress_bar(settings, initial=state.step)
+    progress = progress_bar(settings, initial=state.step)
     for step in range(state.step + 1, settings.steps + 1):
         if should_stop is not None and should_stop():
             status = "interrupted"
@@ -352,10 +360,11 @@ def evaluate_into(state: LoopState, record_at, monitors, settings: LoopSettings,
     state.last = last
 
 
-def _progress_bar(settings: LoopSettings, initial: int = 0):
+def progress_bar(settings: LoopSettings, initial: int = 0, desc: Optional[str] = None):
+    """A tqdm step bar on stderr (None when ``progress`` is off)."""
     if not settings.progress:
         return None
     from tqdm.auto import tqdm
 
-    return tqdm(total=settings.steps, initial=initial, unit="step", leave=False, mininterval=1.0,
+    return tqdm(total=settings.steps, initial=initial, unit="step", desc=desc, leave=False, mininterval=1.0,
                 dynamic_ncols=True)

@@ -44,6 +44,8 @@ from precond.loop import (
     checkpoint_due,
     diverged_record,
     evaluate_into,
+    evaluation_splits,
+    progress_bar,
     run_summary,
     start_state,
 )
@@ -273,14 +275,9 @@ def evaluate_stacked(stacked: StackedModel, x: Tensor, y: Tensor, task: str, bat
 
 def _evaluate_splits(stacked: StackedModel, data: Dataset, settings: LoopSettings, final: bool) -> list[dict]:
     """:func:`precond.loop.evaluate_splits` for every job."""
-    records: Optional[list[dict]] = None
-    for split, (x, y) in data.splits().items():
-        if split == "test" and not final:
-            continue
-        if split == "train":
-            x, y = x[:settings.eval_train_samples], y[:settings.eval_train_samples]
+    records = [{} for _ in range(stacked.jobs)]
+    for split, (x, y) in evaluation_splits(data, settings, final).items():
         metrics = evaluate_stacked(stacked, x, y, data.task, settings.eval_batch_size, settings.precision)
-        records = records or [{} for _ in metrics]
         for record, job in zip(records, metrics):
             record.update({f"{split}/{k}": v for k, v in job.items()})
     return records
@@ -327,7 +324,7 @@ def train_pack(members: list[PackMember], data: Dataset, should_stop: Optional[C
     loss_sums = torch.stack([s.loss_sum for s in states])
     statuses = ["completed" for _ in jobs]
     active = [True for _ in jobs]
-    progress = _progress_bar(settings, len(members), initial=states[0].step)
+    progress = progress_bar(settings, initial=states[0].step, desc=f"pack of {len(members)}")
     learning_rates = _LearningRates(device, stacked.params[0].dtype)
     for step in range(states[0].step + 1, settings.steps + 1):
         live = [j for j in jobs if active[j]]
@@ -401,12 +398,3 @@ def _step_schedulers(members: list[PackMember], live: list[int]) -> None:
         for j in live:
             if members[j].scheduler is not None:
                 members[j].scheduler.step()
-
-
-def _progress_bar(settings: LoopSettings, jobs: int, initial: int = 0):
-    if not settings.progress:
-        return None
-    from tqdm.auto import tqdm
-
-    return tqdm(total=settings.steps, initial=initial, unit="step", desc=f"pack of {jobs}", leave=False,
-                mininterval=1.0, dynamic_ncols=True)
