@@ -15,7 +15,7 @@ z-regularizers can read ``P`` at the step they run. ``D is None`` means
 
 A hyperparameter in a param group is a Python number (one run), or a 1-D tensor with
 one entry per job when several runs are trained as one stacked model
-(:mod:`precond.packing`: every parameter then has a leading job axis). Links read
+(:mod:`precond.sweep.pack_training`: every parameter then has a leading job axis). Links read
 hyperparameters through :meth:`StepContext.hyper`, which gives either the number or
 one view per parameter shaped ``[J, 1, …, 1]`` that broadcasts along that axis (the
 group's ``stacked`` flag says the parameters carry it), and combine them with the

@@ -15,9 +15,9 @@ from pathlib import Path
 import torch
 from omegaconf import OmegaConf
 
-from precond.config import build_data, build_model, build_optimizer_from_settings, settings_from_config
 from precond.curvature import measure_curvature
-from precond.loop import loss_function
+from precond.run.config import build_data, build_model, build_optimizer_from_settings, settings_from_config
+from precond.run.loop import loss_function
 
 
 def load_run(run_dir: Path, device: str):

@@ -46,7 +46,7 @@ DEFAULT_STEPS = {"default": 1500, "digits": 1500, "mnist_mlp": 2000}
 
 def run_sweep(launcher: str, overrides: list[str], sweep_dir: Path) -> float:
     """Wall seconds of one sweep run as a user runs it (a fresh interpreter)."""
-    args = [sys.executable, "-m", "precond.train", "-m", f"hydra/launcher={launcher}",
+    args = [sys.executable, "-m", "precond.run.entry", "-m", f"hydra/launcher={launcher}",
             f"hydra.sweep.dir={sweep_dir}", "progress=false", "logger=none", *overrides]
     t0 = time.perf_counter()
     proc = subprocess.run(args, cwd=ROOT, capture_output=True, text=True)
@@ -86,9 +86,9 @@ def resnet_throughput(device: str, batch: int, steps: int, precision: str, chann
     """Training images/s of ResNet-18 (BatchNorm) on CIFAR-shaped data resident on the device, SGD momentum."""
     import torch
 
-    from precond.loop import autocast
     from precond.models import resnet
     from precond.optim import build_optimizer
+    from precond.run.loop import autocast
 
     dev = torch.device(device)
     torch.manual_seed(0)

@@ -21,7 +21,7 @@ from precond import build_optimizer
 from precond.data import synthetic
 from precond.local_rate import gd_rate, jacobi_P
 from precond.models import linear
-from precond.verdicts import Verdict
+from precond.sweep.verdicts import Verdict
 
 TOLERANCE = 0.05
 RULE = f"holds when the observed rate exponent −log ρ is within {TOLERANCE:.0%} of (κ−1)/(κ+1)'s, else fails"

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from precond.data import digits, synthetic
 from precond.normalization import extended_gram_kappas
-from precond.verdicts import Verdict
+from precond.sweep.verdicts import Verdict
 
 RTOL = 1e-6
 RULE_EQUAL = f"holds when κ⁺ after standardization equals κ⁺(blockdiag(C, 1)) to {RTOL:g} relative, else fails"

@@ -33,7 +33,7 @@ PY = sys.executable
 EXPERIMENTS = [
     ("local_rate", [PY, "scripts/check_local_rate.py", "--out", "{out}"]),
     ("standardization", [PY, "scripts/check_standardization.py", "--out", "{out}"]),
-    *((name, [PY, "-m", "precond.train", f"experiment={name}", "hydra.sweep.dir={out}", "progress=false"])
+    *((name, [PY, "-m", "precond.run.entry", f"experiment={name}", "hydra.sweep.dir={out}", "progress=false"])
       for name in ("compare_preconditioners", "standardization_vs_preconditioning", "normalization_conditioning",
                    "scale_invariance", "adam_l2_vs_adamw", "l1_sparsity", "gradnorm_p_vs_z", "bn_vs_bnp_mlp")),
 ]

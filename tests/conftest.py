@@ -17,7 +17,7 @@ os.environ.setdefault("WANDB_DISABLE_GIT", "true")
 def run_cli(tmp_path: Path, *overrides: str, multirun: bool = False, env: dict | None = None,
             check: bool = True) -> subprocess.CompletedProcess:
     """``python -m precond.train`` with run/sweep dirs under ``tmp_path`` (cwd = the repo)."""
-    args = [sys.executable, "-m", "precond.train"]
+    args = [sys.executable, "-m", "precond.run.entry"]
     if multirun:
         args.append("-m")
     args += [f"hydra.run.dir={tmp_path}/run", f"hydra.sweep.dir={tmp_path}/sweep", "progress=false", *overrides]
@@ -33,7 +33,7 @@ def run_in_process(argv: list[str]) -> int:
     """Run the entry point in this process (no 3.5 s interpreter start); returns its exit code."""
     from hydra.core.global_hydra import GlobalHydra
 
-    from precond import train
+    from precond.run import entry as train
 
     GlobalHydra.instance().clear()
     old = sys.argv

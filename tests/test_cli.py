@@ -104,7 +104,7 @@ def test_logger_none_does_not_import_wandb(tmp_path):
     code = (
         "import sys; sys.argv=['precond-train', 'steps=5', 'eval_every=5', 'progress=false', "
         f"'hydra.run.dir={tmp_path}/run']\n"
-        "from precond.train import main\n"
+        "from precond.run.entry import main\n"
         "try:\n    main()\nexcept SystemExit:\n    pass\n"
         "assert 'wandb' not in sys.modules, 'wandb was imported'\n"
         "print('ok')\n"

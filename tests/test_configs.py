@@ -7,7 +7,8 @@ import torch
 from hydra import compose, initialize_config_dir
 from hydra.utils import get_class
 
-from precond.config import (
+from precond.errors import ConfigError
+from precond.run.config import (
     build_data,
     build_model,
     build_monitors,
@@ -15,9 +16,8 @@ from precond.config import (
     build_schedule,
     settings_from_config,
 )
-from precond.errors import ConfigError
-from precond.runlog import RunLog
-from precond.train import CONF_DIR
+from precond.run.entry import CONF_DIR
+from precond.run.files import RunLog
 
 GROUPS = ["model", "dataset", "preconditioner", "regularization", "normalization", "normalization_arm",
           "schedule", "logger", "curvature"]
@@ -86,7 +86,7 @@ def test_every_option_composes_builds_and_steps(group, fake_vision_root, monkeyp
     """Each option is built exactly as a run builds it, and two steps plus the monitors run."""
     import torchvision
 
-    from precond.loop import train
+    from precond.run.loop import train
 
     monkeypatch.setattr(torchvision.datasets.cifar, "check_integrity", lambda p, md5=None: Path(p).is_file())
     options = _options(group)

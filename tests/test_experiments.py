@@ -3,7 +3,7 @@ from pathlib import Path
 
 import pytest
 
-from precond.train import CONF_DIR
+from precond.run.entry import CONF_DIR
 from tests.conftest import read_summary
 
 EXPERIMENTS = sorted(p.stem for p in (Path(CONF_DIR) / "experiment").glob("*.yaml"))
@@ -49,8 +49,8 @@ def _tuned_experiments():
 def test_every_tuned_experiment_searches_a_fair_grid_and_confirms_on_fresh_seeds(name, sweeper):
     """≥ 5 learning rates over ≥ 2 decades for every arm, ≥ 3 confirmation seeds disjoint from the
     tuning seeds, and claims that name declared arms (the sweeper also checks these at start)."""
-    from precond.tuning import TuningSpec
-    from precond.verdicts import Claim
+    from precond.sweep.tuning import TuningSpec
+    from precond.sweep.verdicts import Claim
 
     spec = TuningSpec(arms=sweeper["arms"], grid=sweeper.get("grid") or {}, tuning_seeds=sweeper["tuning_seeds"],
                       confirmation_seeds=sweeper["confirmation_seeds"])

@@ -2,11 +2,11 @@
 import pytest
 import torch
 
-from precond.config import build_data, build_model, build_optimizer_from_settings, settings_from_config
 from precond.data import synthetic
-from precond.loop import LoopSettings, train
 from precond.models import cnn, mlp
 from precond.optim import build_optimizer
+from precond.run.config import build_data, build_model, build_optimizer_from_settings, settings_from_config
+from precond.run.loop import LoopSettings, train
 from tests.conftest import read_metrics, read_summary, run_in_process
 from tests.test_configs import _compose
 

@@ -9,10 +9,11 @@ import torch
 
 from precond import build_optimizer
 from precond.data import synthetic
-from precond.loop import LoopSettings, evaluate, target_reached, train
 from precond.models import linear
-from precond.report import compare, load_runs, summarize
-from precond.runlog import RunLog, write_summary
+from precond.run.files import RunLog, write_summary
+from precond.run.loop import LoopSettings, evaluate, target_reached, train
+from precond.sweep.report import compare, summarize
+from precond.sweep.runs import load_runs
 
 
 def _fit(tmp_path, lr=0.1, precond="adam", monitors=(), steps=40, target=None, divergence_factor=1e6):
@@ -126,8 +127,8 @@ def test_report_groups_by_varying_overrides_and_averages_seeds(tmp_path):
 def test_curvature_is_measured_at_the_last_step_when_steps_is_not_a_multiple_of_every(tmp_path):
     """steps=30 with every=500: step 0 and the final state (the one users read) are both measured."""
     from precond.curvature import CurvatureSettings
-    from precond.loop import loss_function
-    from precond.monitors import CurvatureMonitor
+    from precond.run.loop import loss_function
+    from precond.run.monitors import CurvatureMonitor
 
     data = synthetic(n_train=256, n_val=64, n_test=0, features=4)
     torch.manual_seed(0)

@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from precond import build_optimizer
-from precond.packing import stack_optimizer
-from precond.stacking import pack_key
+from precond.sweep.pack_rules import pack_key
+from precond.sweep.pack_training import stack_optimizer
 from tests.conftest import read_metrics, read_summary, run_in_process
 
 RTOL = 1e-10
@@ -183,7 +183,7 @@ def test_a_diverging_member_stops_alone_and_the_others_go_on(tmp_path):
 
 def test_an_interrupted_pack_resumes_to_the_uninterrupted_result(tmp_path, monkeypatch):
     """Stop the pack mid-run: every member leaves a checkpoint; the re-run resumes them as a pack."""
-    from precond import train
+    from precond.sweep import pack_jobs as train
 
     sweep = ["preconditioner=adam", "seed=0,1", "lr=0.01,0.03", *SMALL]
     reference = _sweep(tmp_path, "reference", "basic", *sweep)
@@ -230,7 +230,7 @@ def test_cheap_job_config_equals_hydras_composition(overrides):
     from omegaconf import OmegaConf
 
     from hydra_plugins.precond_packing.packed_launcher import JobComposer
-    from precond.train import CONF_DIR
+    from precond.run.entry import CONF_DIR
 
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
         loader = GlobalHydra.instance().config_loader()
@@ -276,7 +276,7 @@ def test_sigint_mid_pack_leaves_every_member_resumable_with_its_own_wandb_run(tm
             f"hydra.sweep.dir={sweep}"]
     env = {**os.environ, "HOME": str(tmp_path), "WANDB_MODE": "offline", "WANDB_SILENT": "true"}
     env.pop("WANDB_API_KEY", None)
-    proc = subprocess.Popen([sys.executable, "-m", "precond.train", *argv, "progress=false"], cwd=ROOT, env=env,
+    proc = subprocess.Popen([sys.executable, "-m", "precond.run.entry", *argv, "progress=false"], cwd=ROOT, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     wait_for_records(sweep / "0" / "metrics.jsonl", 3)
     proc.send_signal(signal.SIGINT)

@@ -9,14 +9,15 @@ import sys
 import pytest
 import torch
 
-from precond.report import compare, load_runs
+from precond.sweep.report import compare
+from precond.sweep.runs import load_runs
 from tests.conftest import ROOT, read_metrics, read_summary, run_cli, wait_for_records
 from tests.conftest import run_in_process as _in_process
 
 
 def test_two_runs_in_the_same_second_get_two_directories(tmp_path):
     env = {**os.environ, "HOME": str(tmp_path)}
-    args = [sys.executable, "-m", "precond.train", "steps=5", "eval_every=5", "progress=false",
+    args = [sys.executable, "-m", "precond.run.entry", "steps=5", "eval_every=5", "progress=false",
             f"hydra.run.dir={tmp_path}/r/${{now:%H-%M-%S}}_${{name}}_${{run_id:}}"]
     procs = [subprocess.Popen(args, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
              for _ in range(2)]
@@ -64,7 +65,7 @@ def test_sigterm_writes_an_interrupted_summary_and_finishes_the_offline_wandb_ru
     run_dir = tmp_path / "run"
     env = {**os.environ, "HOME": str(tmp_path), "WANDB_SILENT": "true"}
     env.pop("WANDB_MODE", None)
-    proc = subprocess.Popen([sys.executable, "-m", "precond.train", "steps=1000000", "eval_every=200",
+    proc = subprocess.Popen([sys.executable, "-m", "precond.run.entry", "steps=1000000", "eval_every=200",
                              "progress=false", "logger=wandb", "seed=7", f"hydra.run.dir={run_dir}"],
                             cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     wait_for_records(run_dir / "metrics.jsonl", 3)
@@ -89,7 +90,8 @@ def test_sigterm_writes_an_interrupted_summary_and_finishes_the_offline_wandb_ru
 
 
 def test_a_job_raising_a_plain_exception_does_not_stop_the_sweep(tmp_path, monkeypatch):
-    from precond import loop, train
+    from precond.run import entry as train
+    from precond.run import loop
 
     real = loop.train
 
@@ -112,7 +114,7 @@ def test_a_job_raising_a_plain_exception_does_not_stop_the_sweep(tmp_path, monke
 def test_ctrl_c_in_a_sweep_writes_the_table_of_what_finished(tmp_path):
     sweep = tmp_path / "sweep"
     env = {**os.environ, "HOME": str(tmp_path)}
-    proc = subprocess.Popen([sys.executable, "-m", "precond.train", "-m", "steps=20,1000000", "eval_every=10",
+    proc = subprocess.Popen([sys.executable, "-m", "precond.run.entry", "-m", "steps=20,1000000", "eval_every=10",
                              "progress=false", f"hydra.sweep.dir={sweep}"],
                             cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     wait_for_records(sweep / "1" / "metrics.jsonl", 2)
@@ -151,7 +153,7 @@ def test_report_bad_input_is_one_line(tmp_path, args, message):
     if args:
         run_cli(tmp_path, "steps=10", "eval_every=5")
         target = tmp_path / "run"
-    proc = subprocess.run([sys.executable, "-m", "precond.report", str(target), *args], capture_output=True,
+    proc = subprocess.run([sys.executable, "-m", "precond.sweep.report", str(target), *args], capture_output=True,
                           text=True, cwd=ROOT, timeout=120)
     assert proc.returncode == 2 and proc.stderr.strip().startswith(message) and "Traceback" not in proc.stderr
 

@@ -10,15 +10,15 @@ import sys
 import pytest
 import torch
 
-from precond import train as train_module
-from precond.checkpoint import CHECKPOINT, atomic_save, load_checkpoint
 from precond.data import BatchSampler
-from precond.loop import LoopSettings, train
+from precond.run import entry as train_module
+from precond.run.checkpoint import CHECKPOINT, atomic_save, load_checkpoint
+from precond.run.loop import LoopSettings, train
 from tests.conftest import ROOT, read_metrics, read_summary, run_in_process, wait_for_records
 
 
 class StopBeforeStep:
-    """Stands in for :class:`precond.interrupts.StopRequest`: a SIGTERM 'arrives' before step ``at``
+    """Stands in for :class:`precond.run.interrupts.StopRequest`: a SIGTERM 'arrives' before step ``at``
     of the job whose config has ``lr == only_lr`` (every job when None)."""
 
     def __init__(self, at: int, only_lr=None):
@@ -126,7 +126,7 @@ def test_a_damaged_checkpoint_starts_the_run_over_and_is_kept(tmp_path, monkeypa
 def test_checkpoint_every_sets_when_checkpoints_are_written(tmp_path):
     """null: at every evaluation but the last; N: every N steps; 0: never (but on interrupt)."""
     from precond.data import synthetic
-    from precond.runlog import RunLog
+    from precond.run.files import RunLog
 
     data = synthetic(n_train=64, n_val=16, n_test=0, features=4)
 
@@ -217,7 +217,7 @@ def test_sigterm_then_the_same_command_resumes_into_the_same_offline_wandb_run(t
     run_dir = tmp_path / "run"
     env = {**os.environ, "HOME": str(tmp_path), "WANDB_SILENT": "true"}
     env.pop("WANDB_MODE", None)
-    args = [sys.executable, "-m", "precond.train", "steps=30000", "eval_every=1000", "dtype=float64",
+    args = [sys.executable, "-m", "precond.run.entry", "steps=30000", "eval_every=1000", "dtype=float64",
             "progress=false", "logger=wandb"]
     proc = subprocess.Popen([*args, f"hydra.run.dir={run_dir}"], cwd=ROOT, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
@@ -249,7 +249,7 @@ def requeue(signum, frame):  # what submitit's USR2 handler does: requeue the jo
 
 signal.signal(signal.SIGUSR2, requeue)
 sys.argv = ["precond-train", f"hydra.run.dir={run_dir}", "steps=1000000", "eval_every=500", "progress=false"]
-from precond.train import main
+from precond.run.entry import main
 main()
 """
 

@@ -5,8 +5,8 @@ import math
 import pytest
 
 from precond.errors import ConfigError
-from precond.tuning import Arm, PointResult, TuningSpec, at_edge, overrides_for, select
-from precond.verdicts import Claim, judge
+from precond.sweep.tuning import Arm, PointResult, TuningSpec, at_edge, overrides_for, select
+from precond.sweep.verdicts import Claim, judge
 from tests.conftest import read_summary, run_in_process
 
 

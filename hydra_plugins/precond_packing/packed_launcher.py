@@ -2,13 +2,13 @@
 
 For every job it builds the job's config cheaply (:class:`JobComposer`: one compose per
 distinct set of config-group choices, value overrides applied to a copy), groups the jobs
-by :func:`precond.stacking.pack_key` and trains each group of two or more in one process as
-one stacked model (:func:`precond.train.run_pack`). Jobs that cannot be stacked run one by
+by :func:`precond.sweep.pack_rules.pack_key` and trains each group of two or more in one process as
+one stacked model (:func:`precond.sweep.pack_jobs.run_pack`). Jobs that cannot be stacked run one by
 one as with the basic launcher; the launcher says why, once per reason. Every job gets the
 run dir, ``.hydra/`` files, callbacks and ``JobReturn`` it would get from the basic launcher,
 so sweepers (``hydra/sweeper=tuned``, Optuna) and the report work unchanged.
 
-This file is only the Hydra glue; the mathematics is :mod:`precond.packing`.
+This file is only the Hydra glue; the mathematics is :mod:`precond.sweep.pack_training`.
 """
 # no `from __future__ import annotations`: Hydra loads plugin modules outside sys.modules, where
 # dataclasses cannot resolve string annotations
@@ -138,7 +138,7 @@ class PackedLauncher(Launcher):
         hydra_context.config_loader.load_sweep_config = self.composer.load_sweep_config
 
     def launch(self, job_overrides, initial_job_idx: int):
-        from precond.stacking import pack_key
+        from precond.sweep.pack_rules import pack_key
 
         setup_globals()
         configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
@@ -186,7 +186,8 @@ class PackedLauncher(Launcher):
                        job_dir_key="hydra.sweep.dir", job_subdir_key="hydra.sweep.subdir")
 
     def _run_pack(self, cfgs: list, tasks: list, indices: list) -> list:
-        from precond.train import JobInfo, launch_pack
+        from precond.run.entry import JobInfo
+        from precond.sweep.pack_jobs import launch_pack
 
         callbacks = self.hydra_context.callbacks
         jobs, handlers = [], []

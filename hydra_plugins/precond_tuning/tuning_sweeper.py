@@ -6,12 +6,12 @@ It launches two batches through whatever launcher the user picked (basic, joblib
 2. **confirmation** — every arm at its chosen point × every confirmation seed.
 
 Between them it reads the tuning runs' ``summary.json``, chooses each arm's point with
-:func:`precond.tuning.select` and writes ``selection.json`` into the sweep dir. The report
+:func:`precond.sweep.tuning.select` and writes ``selection.json`` into the sweep dir. The report
 (``comparison.md``, ``verdicts.json``, plots) is written by the multirun-end callback. Each
 run carries ``stage`` (tuning | confirmation) and ``arm`` in its config. Re-running with the
 same ``hydra.sweep.dir`` skips finished runs and resumes interrupted ones (same job numbers).
 
-The mathematics of the choice lives in :mod:`precond.tuning`; this file is only the Hydra glue.
+The mathematics of the choice lives in :mod:`precond.sweep.tuning`; this file is only the Hydra glue.
 """
 # no `from __future__ import annotations`: Hydra loads plugin modules outside sys.modules, where
 # dataclasses cannot resolve string annotations
@@ -42,7 +42,7 @@ class TuningSweeperConf:
     grid: Any = None
     tuning_seeds: list[Any] = field(default_factory=lambda: [0])
     confirmation_seeds: list[Any] = field(default_factory=lambda: [100, 101, 102])
-    #: claims judged on the confirmation runs (precond.verdicts.Claim fields)
+    #: claims judged on the confirmation runs (precond.sweep.verdicts.Claim fields)
     claims: Any = None
 
 
@@ -57,8 +57,8 @@ def _refuse(message: str) -> None:
 class TuningSweeper(Sweeper):
     def __init__(self, arms: dict, grid: dict, tuning_seeds: list, confirmation_seeds: list, claims: list):
         from precond.errors import ConfigError
-        from precond.tuning import TuningSpec
-        from precond.verdicts import Claim
+        from precond.sweep.tuning import TuningSpec
+        from precond.sweep.verdicts import Claim
 
         try:
             self.spec = TuningSpec(arms=_plain(arms), grid=_plain(grid) or {}, tuning_seeds=_plain(tuning_seeds),
@@ -86,8 +86,8 @@ class TuningSweeper(Sweeper):
                                                                 task_function=task_function, config=config)
 
     def sweep(self, arguments: list[str]) -> Any:
-        from precond.runlog import write_text_atomically
-        from precond.tuning import SELECTION_RULE, PointResult, overrides_for, select
+        from precond.run.files import write_text_atomically
+        from precond.sweep.tuning import SELECTION_RULE, PointResult, overrides_for, select
 
         fixed = self._fixed_overrides(arguments)
         sweep_dir = Path(self.config.hydra.sweep.dir)
@@ -135,9 +135,9 @@ class TuningSweeper(Sweeper):
         group choices); the other points only change values, applied to copies of that config."""
         from omegaconf import OmegaConf
 
-        from precond.config import settings_from_config
         from precond.errors import ConfigError
-        from precond.tuning import overrides_for
+        from precond.run.config import settings_from_config
+        from precond.sweep.tuning import overrides_for
 
         for arm in arms:
             points = arm.points()

@@ -19,12 +19,12 @@ from omegaconf import DictConfig, OmegaConf
 from precond.curvature import CurvatureSettings
 from precond.data import Dataset
 from precond.errors import ConfigError
-from precond.loop import LoopSettings, loss_function
-from precond.monitors import CurvatureMonitor, Monitor, RegularizationMonitor
 from precond.normalization import Normalization, standardize_inputs
 from precond.optim import ComposedOptimizer, PreconditionerSpec, build_optimizer
 from precond.regularizers import RegularizationSpec
-from precond.runlog import WandbSettings
+from precond.run.files import WandbSettings
+from precond.run.loop import LoopSettings, loss_function
+from precond.run.monitors import CurvatureMonitor, Monitor, RegularizationMonitor
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 

@@ -18,9 +18,9 @@ import statistics
 from pathlib import Path
 from typing import Optional
 
-from precond.report import ReportError, RunRecord, load_runs, save_figure
-from precond.runlog import write_text_atomically
-from precond.verdicts import Claim, Verdict, judge
+from precond.run.files import write_text_atomically
+from precond.sweep.runs import ReportError, RunRecord, load_runs, save_figure
+from precond.sweep.verdicts import Claim, Verdict, judge
 
 SELECTION = "selection.json"
 VERDICTS = "verdicts.json"

@@ -13,7 +13,8 @@ log = logging.getLogger("precond")
 
 def write_sweep_report(sweep_dir: Path) -> list[str]:
     """Write the comparison table and plot of ``sweep_dir``; return the statuses of its runs."""
-    from precond.report import load_runs, write_report
+    from precond.sweep.report import write_report
+    from precond.sweep.runs import load_runs
 
     try:
         write_report(sweep_dir)
@@ -39,14 +40,14 @@ class ReportOnMultirunEnd(Callback):
 
 def _log_tuned_summary_to_wandb(config: DictConfig, sweep_dir: Path) -> None:
     """With a W&B logger, a tuned sweep also gets one summary run: selection and verdict tables, plots."""
-    from precond.tuned_report import REPORT_IMAGES, SELECTION, VERDICTS, summary_tables
+    from precond.sweep.tuned_report import REPORT_IMAGES, SELECTION, VERDICTS, summary_tables
 
     if config.get("logger") is None or config.logger.get("mode", "disabled") == "disabled":
         return
     if not (sweep_dir / SELECTION).exists() or not (sweep_dir / VERDICTS).exists():
         return
-    from precond.config import instantiate
-    from precond.runlog import log_sweep_summary
+    from precond.run.config import instantiate
+    from precond.run.files import log_sweep_summary
 
     try:
         run_id = log_sweep_summary(instantiate(config, "logger"), sweep_dir, summary_tables(sweep_dir),

@@ -7,7 +7,7 @@ Files every run leaves (DESIGN.md §6):
   ``val/loss``, ``val/acc``, ``lr``, ``time/train_s``, ...), flushed per line so
   a crash loses nothing already logged;
 * ``summary.json`` — final metrics and ``status: completed | diverged | failed | interrupted``;
-* ``checkpoint.pt`` — while a run is unfinished: what it needs to resume (:mod:`precond.checkpoint`).
+* ``checkpoint.pt`` — while a run is unfinished: what it needs to resume (:mod:`precond.run.checkpoint`).
 
 It also owns a run's provenance (git commit, versions, device) and the one list
 of override keys that do not identify a run.
@@ -332,7 +332,7 @@ class RunDirectory:
     def _check_existing(self) -> None:
         import yaml
 
-        from precond.checkpoint import CHECKPOINT, CheckpointError, load_checkpoint
+        from precond.run.checkpoint import CHECKPOINT, CheckpointError, load_checkpoint
 
         config_path = self.path / "config.yaml"
         if not config_path.exists():

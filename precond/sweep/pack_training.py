@@ -36,7 +36,9 @@ from torch.func import functional_call, stack_module_state, vmap
 from torch.nn import functional as F
 
 from precond.data import BatchSampler, Dataset
-from precond.loop import (
+from precond.optim import ComposedOptimizer
+from precond.run.files import RunLog
+from precond.run.loop import (
     DIVERGENCE_CHECK_EVERY,
     LoopSettings,
     LoopState,
@@ -49,8 +51,6 @@ from precond.loop import (
     run_summary,
     start_state,
 )
-from precond.optim import ComposedOptimizer
-from precond.runlog import RunLog
 
 #: modules the explicit batched forward handles; any other model is batched with vmap
 _ELEMENTWISE = (nn.ReLU, nn.Tanh, nn.GELU, nn.Identity)
@@ -156,7 +156,7 @@ class StackedModel:
 
 def job_losses(task: str, out: Tensor, y: Tensor, reduction: str = "mean") -> Tensor:
     """Each job's loss ``[J]`` from outputs ``[J, B, …]`` and targets ``[J, B, …]`` (or ``[B, …]`` shared):
-    :func:`precond.loop.loss_function` per job, mean (training) or sum (evaluation) over its samples."""
+    :func:`precond.run.loop.loss_function` per job, mean (training) or sum (evaluation) over its samples."""
     jobs, batch = out.shape[:2]
     if task == "regression":
         per_sample = (out - y).pow(2).flatten(2).mean(dim=2)  # MSE: mean over outputs …
@@ -234,7 +234,7 @@ def export_optimizer_state(packed: ComposedOptimizer, job: int, optimizer: Compo
 class PackMember:
     """One job of a pack: its own (unstacked) objects and where its records go.
 
-    ``checkpoint`` and ``resume`` are those of :func:`precond.loop.train`. All members of a
+    ``checkpoint`` and ``resume`` are those of :func:`precond.run.loop.train`. All members of a
     pack share the dataset, architecture, steps, batch size and evaluation schedule; a
     resumed pack has every member at the same step.
     """
@@ -252,7 +252,7 @@ class PackMember:
 @torch.no_grad()
 def evaluate_stacked(stacked: StackedModel, x: Tensor, y: Tensor, task: str, batch_size: int,
                      precision: str) -> list[dict[str, float]]:
-    """:func:`precond.loop.evaluate` for every job at once (one batched forward per chunk)."""
+    """:func:`precond.run.loop.evaluate` for every job at once (one batched forward per chunk)."""
     stacked.train(False)
     totals, correct = [0.0] * stacked.jobs, [0] * stacked.jobs
     for start in range(0, x.shape[0], batch_size):
@@ -274,7 +274,7 @@ def evaluate_stacked(stacked: StackedModel, x: Tensor, y: Tensor, task: str, bat
 
 
 def _evaluate_splits(stacked: StackedModel, data: Dataset, settings: LoopSettings, final: bool) -> list[dict]:
-    """:func:`precond.loop.evaluate_splits` for every job."""
+    """:func:`precond.run.loop.evaluate_splits` for every job."""
     records = [{} for _ in range(stacked.jobs)]
     for split, (x, y) in evaluation_splits(data, settings, final).items():
         metrics = evaluate_stacked(stacked, x, y, data.task, settings.eval_batch_size, settings.precision)
@@ -285,7 +285,7 @@ def _evaluate_splits(stacked: StackedModel, data: Dataset, settings: LoopSetting
 
 def train_pack(members: list[PackMember], data: Dataset, should_stop: Optional[Callable[[], bool]] = None
                ) -> list[dict]:
-    """Train every member as :func:`precond.loop.train` would alone; returns their summaries.
+    """Train every member as :func:`precond.run.loop.train` would alone; returns their summaries.
 
     At the end (and when a member diverges) each member's slice is back in its own model and
     optimizer, so the caller writes its files as for a run alone.

@@ -1,4 +1,4 @@
-"""Which runs can be trained together as one stacked model (:mod:`precond.packing`).
+"""Which runs can be trained together as one stacked model (:mod:`precond.sweep.pack_training`).
 
 Two runs can share a pack when their resolved configs are equal except for *stackable*
 values — numbers that enter the computation only element-wise, per job — and for

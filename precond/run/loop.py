@@ -19,8 +19,8 @@ from torch.nn import functional as F
 
 from precond.data import BatchSampler, Dataset
 from precond.errors import ConfigError
-from precond.monitors import Monitor
-from precond.runlog import RunLog
+from precond.run.files import RunLog
+from precond.run.monitors import Monitor
 
 #: steps between non-finite-loss checks (each check synchronizes with the device)
 DIVERGENCE_CHECK_EVERY = 10
@@ -227,7 +227,7 @@ def train(
     ``eval_train_samples`` training samples), ``val/*`` (whole split), ``test/*`` (last
     record only), and the monitors' metrics.
 
-    ``should_stop`` is polled before every step (e.g. a :class:`precond.interrupts.StopRequest`).
+    ``should_stop`` is polled before every step (e.g. a :class:`precond.run.interrupts.StopRequest`).
     ``checkpoint`` is called with the loop's state (:meth:`LoopState.state_dict`) when
     :func:`checkpoint_due` says so and when the run is interrupted; ``resume`` is such a state:
     the loop continues from its step without re-evaluating it (the caller restores the model,

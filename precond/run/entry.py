@@ -1,0 +1,327 @@
+"""The one training entry point: ``precond-train`` (= ``python -m precond.run.entry``).
+
+A Hydra app over ``conf/train.yaml``: it owns the lifecycle of one run (validate,
+build, train, write the run's files). Turning the config into plain objects is
+:mod:`precond.run.config`; the end-of-sweep report is :mod:`precond.sweep.callbacks`.
+
+Single run::
+
+    precond-train preconditioner=sgd lr=0.05 steps=500
+
+Sweep (a comparison table and plot are written to the sweep dir at the end)::
+
+    precond-train -m preconditioner=sgd,adagrad,rmsprop,adam seed=0,1,2
+
+Packed sweep (``hydra/launcher=packed``: stackable jobs trained as one stacked model;
+:func:`run_pack` is each pack's lifecycle, :mod:`precond.sweep.pack_training` the training)::
+
+    precond-train -m hydra/launcher=packed lr=0.01,0.03,0.1 seed=0,1,2,3
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+import os
+import secrets
+import sys
+import traceback
+from pathlib import Path
+from typing import Optional
+
+import hydra
+import torch
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from omegaconf import DictConfig, OmegaConf
+
+from precond.errors import ConfigError
+from precond.run.checkpoint import CHECKPOINT, CHECKPOINT_FORMAT, atomic_save, rng_state, set_rng_state
+from precond.run.config import (
+    RunSettings,
+    build_data,
+    build_model,
+    build_monitors,
+    build_optimizer_from_settings,
+    build_schedule,
+    settings_from_config,
+    to_plain,
+)
+from precond.run.files import (
+    FINISHED,
+    RunDirectory,
+    RunDirInUse,
+    RunLog,
+    environment,
+    identifying_overrides,
+    write_summary,
+)
+from precond.run.interrupts import StopRequest
+from precond.run.loop import LoopSettings, check_target, train
+from precond.sweep.callbacks import write_sweep_report
+
+log = logging.getLogger("precond")
+
+CONF_DIR = str(Path(__file__).resolve().parents[2] / "conf")
+
+# ${run_id:} in conf/train.yaml's default run dir: pid + random, so two runs started in the same
+# second never share a directory (cached: one value per process, the same at every resolution)
+if not OmegaConf.has_resolver("run_id"):
+    OmegaConf.register_new_resolver("run_id", lambda: f"{os.getpid()}{secrets.token_hex(2)}", use_cache=True)
+
+
+@dataclasses.dataclass(frozen=True)
+class JobInfo:
+    """What a run reads from its Hydra job: from ``HydraConfig`` for a job run alone, from the
+    job's own composed ``hydra`` node for a job of a pack (:func:`run_pack`)."""
+
+    run_dir: Path
+    overrides: list
+    choices: dict
+    multirun: bool
+    sweep_dir: str
+    cwd: str
+
+    @classmethod
+    def of(cls, hc) -> JobInfo:
+        return cls(run_dir=Path(hc.runtime.output_dir),
+                   overrides=[o for o in hc.overrides.task if not o.startswith("hydra.")],
+                   choices=dict(hc.runtime.choices.items()), multirun=hc.mode == RunMode.MULTIRUN,
+                   sweep_dir=str(hc.sweep.dir), cwd=str(hc.runtime.cwd))
+
+
+def _task_overrides() -> list[str]:
+    return JobInfo.of(HydraConfig.get()).overrides
+
+
+def _wandb_settings(cfg: DictConfig, settings: RunSettings, job: JobInfo):
+    """The logger settings with this run's group (the sweep), name (its identifying overrides) and tags."""
+    choices = job.choices
+    tags = [settings.preconditioner.name, f"reg:{settings.regularization.name}",
+            f"norm:{settings.normalization.name}", f"model:{choices.get('model')}",
+            f"data:{choices.get('dataset')}", *settings.logger.tags]
+    return dataclasses.replace(
+        settings.logger, group=Path(job.sweep_dir).name if job.multirun else cfg.name,
+        name=",".join(identifying_overrides(job.overrides)) or cfg.name, tags=tags,
+    )
+
+
+def base_summary(cfg: DictConfig, job: JobInfo) -> dict:
+    return {"seed": cfg.seed, "name": cfg.name, "overrides": job.overrides,
+            **{k: cfg[k] for k in ("stage", "arm") if cfg.get(k) is not None},
+            "choices": {k: v for k, v in job.choices.items() if not k.startswith("hydra")}}
+
+
+def run(cfg: DictConfig, should_stop=None, job: Optional[JobInfo] = None) -> dict:
+    """Validate, build, train; leaves config.yaml and summary.json in the run dir (status
+    completed | diverged | failed | interrupted). A dir that holds this same completed run is
+    reported, not redone; one that holds another run is refused (:class:`RunDirInUse`)."""
+    job = job or JobInfo.of(HydraConfig.get())
+    base = base_summary(cfg, job)
+    with RunDirectory(job.run_dir, to_plain(cfg)) as directory:
+        if directory.finished is not None:
+            log.info("%s already holds this finished run (status %s): not redone", job.run_dir,
+                     directory.finished["status"])
+            return directory.finished
+        save_resolved_config(cfg, job.run_dir)
+        settings = settings_from_config(cfg)
+        base.update(environment(settings.device, job.cwd))
+        with open_runlog(cfg, settings, job, directory.checkpoint) as runlog:
+            with failures_written(runlog, job.run_dir, base):
+                data = load_data(cfg, settings)
+                run_ = prepare(cfg, settings, job, base, runlog, data, directory.checkpoint)
+                summary = {**base, **train(run_.parts.model, run_.parts.optimizer, data, run_.loop, runlog,
+                                           monitors=run_.parts.monitors, scheduler=run_.parts.scheduler,
+                                           should_stop=should_stop, checkpoint=run_.parts.saver(job.run_dir),
+                                           resume=run_.resume)}
+            finish_run(run_, runlog, summary)
+    log_result(summary)
+    return summary
+
+
+def save_resolved_config(cfg: DictConfig, run_dir: Path) -> None:
+    """``config.yaml``: the run's config with every interpolation resolved."""
+    OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
+
+
+def open_runlog(cfg: DictConfig, settings: RunSettings, job: JobInfo, resume: Optional[dict]) -> RunLog:
+    wandb_id = resume.get("wandb_id") if resume is not None else None
+    return RunLog(job.run_dir, to_plain(cfg), _wandb_settings(cfg, settings, job), wandb_id=wandb_id)
+
+
+@contextlib.contextmanager
+def failures_written(runlog: RunLog, run_dir: Path, base: dict):
+    """A failure inside leaves summary.json (status failed) and, for a bug, error.txt; then propagates."""
+    try:
+        yield
+    except Exception as err:
+        write_failure(runlog, run_dir, base, err)
+        raise
+
+
+def write_failure(runlog: RunLog, run_dir: Path, base: dict, err: Exception) -> None:
+    error = str(err) if isinstance(err, ConfigError) else f"{type(err).__name__}: {err}"
+    runlog.write_summary({**base, "status": "failed", "error": error})
+    if not isinstance(err, ConfigError):
+        (run_dir / "error.txt").write_text(
+            "".join(traceback.format_exception(type(err), err, err.__traceback__)), encoding="utf-8")
+
+
+def load_data(cfg: DictConfig, settings: RunSettings):
+    data = build_data(cfg, settings)
+    check_target(settings.loop, data.task)
+    return data
+
+
+@dataclasses.dataclass
+class PreparedRun:
+    """One run, built and (when resuming) restored, ready to train."""
+
+    parts: RunParts
+    loop: LoopSettings
+    run_dir: Path
+    base: dict
+    resume: Optional[dict]
+
+
+def prepare(cfg: DictConfig, settings: RunSettings, job: JobInfo, base: dict, runlog: RunLog, data,
+             resume: Optional[dict]) -> PreparedRun:
+    """Build the model, optimizer, schedule and monitors of one run; restore them from ``resume``."""
+    model = build_model(cfg, settings, data)
+    optimizer = build_optimizer_from_settings(settings, model)
+    scheduler = build_schedule(cfg, optimizer, settings.loop.steps)
+    monitors = build_monitors(settings, model, optimizer, data)
+    loop = settings.loop
+    if loop.progress and not sys.stderr.isatty():
+        loop = dataclasses.replace(loop, progress=False)
+    base["parameters"] = sum(p.numel() for p in model.parameters())
+    parts = RunParts(model, optimizer, scheduler, monitors, runlog.wandb_id)
+    if resume is not None:
+        parts.restore(resume)
+        log.info("resuming %s from its checkpoint at step %d", job.run_dir, resume["step"])
+    log.info("%s | %s params on %s | %s", ",".join(base["overrides"]) or "defaults",
+             base["parameters"], settings.device, job.run_dir)
+    return PreparedRun(parts, loop, job.run_dir, base, resume["loop"] if resume is not None else None)
+
+
+def finish_run(run_: PreparedRun, runlog: RunLog, summary: dict) -> None:
+    """The files of a run that ended: weights, optimizer state, summary; the checkpoint goes once finished."""
+    atomic_save(run_.parts.model.state_dict(), run_.run_dir / "model.pt")
+    atomic_save(run_.parts.optimizer.state_dict(), run_.run_dir / "optimizer.pt")
+    runlog.write_summary(summary)
+    if summary["status"] in FINISHED:  # after the summary: a crash before it leaves the checkpoint
+        (run_.run_dir / CHECKPOINT).unlink(missing_ok=True)
+    else:
+        runlog.exit_code = 1  # the W&B run ends with an exit record that says it did not complete
+
+
+@dataclasses.dataclass
+class RunParts:
+    """The stateful objects of one run and how they go into (and come out of) a checkpoint."""
+
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: Optional[torch.optim.lr_scheduler.LRScheduler]
+    monitors: tuple
+    wandb_id: str
+
+    def saver(self, run_dir: Path):
+        """The loop's ``checkpoint`` callback: the loop's state plus everything else, written atomically."""
+
+        def save(loop_state: dict) -> None:
+            atomic_save({
+                "format": CHECKPOINT_FORMAT, "step": loop_state["step"], "loop": loop_state,
+                "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
+                "monitors": [m.state_dict() for m in self.monitors], "rng": rng_state(),
+                "wandb_id": self.wandb_id,
+            }, run_dir / CHECKPOINT)
+
+        return save
+
+    def restore(self, checkpoint: dict) -> None:
+        """Load a checkpoint into freshly built objects (and the global RNGs), last of all before training."""
+        self.model.load_state_dict(checkpoint["model"])
+        self.optimizer.load_state_dict(checkpoint["optimizer"])
+        if self.scheduler is not None and checkpoint["scheduler"] is not None:
+            self.scheduler.load_state_dict(checkpoint["scheduler"])
+        for monitor, state in zip(self.monitors, checkpoint["monitors"], strict=True):
+            monitor.load_state_dict(state)
+        set_rng_state(checkpoint["rng"])
+
+
+def log_result(summary: dict) -> None:
+    parts = [f"status={summary['status']}"]
+    for key in ("train/loss", "val/loss", "val/acc", "test/loss", "test/acc"):
+        if summary.get(key) is not None:
+            parts.append(f"{key}={summary[key]:.4g}")
+    parts.append(f"steps_to_target={summary['steps_to_target']}")
+    log.info(" ".join(parts))
+
+
+@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="train")
+def hydra_main(cfg: DictConfig) -> Optional[float]:
+    """Hydra task: one job; returns the final value of ``target.metric`` of a completed run (None
+    otherwise), so a Hydra optimizing sweeper (Optuna) can tune on it.
+
+    Single run: a config error prints one line and exits 2; an interrupt writes the run's
+    files and exits 128 + signal. In a sweep, any failure (config error or exception) fails
+    only that job (its summary.json and error.txt say why) and the sweep goes on; an
+    interrupt writes the comparison table of the jobs so far and ends the sweep.
+    """
+    hc = HydraConfig.get()
+    multirun = hc.mode == RunMode.MULTIRUN
+    run_dir = Path(hc.runtime.output_dir)
+    with StopRequest() as stop:
+        try:
+            summary = run(cfg, should_stop=stop)
+        except RunDirInUse as err:  # nothing is written into another run's directory
+            print(f"error: {err}", file=sys.stderr)
+            if multirun:
+                return None
+            raise SystemExit(2) from None
+        except ConfigError as err:
+            if not (run_dir / "summary.json").exists():
+                write_summary(run_dir, {"status": "failed", "error": str(err), "overrides": _task_overrides()})
+            print(f"error: {err}", file=sys.stderr)
+            if multirun:
+                return None
+            raise SystemExit(2) from None
+        except Exception as err:
+            if not multirun:
+                raise
+            if not (run_dir / "summary.json").exists():
+                write_summary(run_dir, {"status": "failed", "error": f"{type(err).__name__}: {err}",
+                                        "overrides": _task_overrides()})
+            log.error("job %s failed: %s: %s (traceback in %s)", hc.job.num, type(err).__name__, err,
+                      run_dir / "error.txt")
+            if not (run_dir / "error.txt").exists():
+                (run_dir / "error.txt").write_text(traceback.format_exc(), encoding="utf-8")
+            return None
+    if summary["status"] == "interrupted":
+        where = f"hydra.sweep.dir={hc.sweep.dir}" if multirun else f"hydra.run.dir={run_dir}"
+        print(f"interrupted at step {summary['steps']}: checkpoint written to {run_dir}; re-run the same "
+              f"command with {where} to resume", file=sys.stderr)
+        if multirun:
+            write_sweep_report(Path(hc.sweep.dir))
+        stop.forward()  # e.g. submitit's USR2 handler: requeue this job, which then resumes
+        raise SystemExit(stop.exit_code)
+    return target_value(summary)
+
+
+def target_value(summary: dict) -> Optional[float]:
+    """What a job returns to the sweeper: the final ``target.metric`` of a completed run, else None."""
+    value = summary.get(summary.get("target_metric", "val/loss"))
+    return value if summary["status"] == "completed" else None
+
+
+def main() -> None:
+    try:
+        hydra_main()
+    except KeyboardInterrupt:  # Ctrl-C outside a run's step loop (e.g. between jobs): no traceback
+        print("interrupted", file=sys.stderr)
+        raise SystemExit(130) from None
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,137 @@
+"""A pack's lifecycle: jobs of a sweep that differ only in stackable values
+(:mod:`precond.sweep.pack_rules`) trained as one stacked model
+(:func:`precond.sweep.pack_training.train_pack`), each job's run dir ending as it would alone.
+
+``hydra/launcher=packed`` calls :func:`launch_pack` once per pack.
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+import sys
+from pathlib import Path
+from typing import Optional
+
+from omegaconf import DictConfig
+
+from precond.errors import ConfigError
+from precond.run.config import settings_from_config
+from precond.run.entry import (
+    JobInfo,
+    base_summary,
+    failures_written,
+    finish_run,
+    load_data,
+    log_result,
+    open_runlog,
+    prepare,
+    save_resolved_config,
+    target_value,
+    to_plain,
+    write_failure,
+)
+from precond.run.files import RunDirectory, RunDirInUse, environment, write_summary
+from precond.run.interrupts import StopRequest
+from precond.sweep.callbacks import write_sweep_report
+from precond.sweep.pack_training import PackMember, train_pack
+
+log = logging.getLogger("precond")
+
+
+def run_pack(jobs: list[tuple[DictConfig, JobInfo]], should_stop=None) -> list:
+    """Train jobs that differ only in stackable values (:mod:`precond.sweep.pack_rules`) as packs
+    (:func:`precond.sweep.pack_training.train_pack`); each job's run dir ends as it would alone.
+
+    Returns one entry per job: its summary, or the exception that failed it (a failure while
+    building one job fails that job only). Finished jobs are reported, not redone; jobs resumed
+    from checkpoints are packed with the jobs that stopped at the same step.
+    """
+    results: list = [None] * len(jobs)
+    with contextlib.ExitStack() as stack:
+        by_step: dict[Optional[int], list] = {}
+        for i, (cfg, job) in enumerate(jobs):
+            try:
+                directory = stack.enter_context(RunDirectory(job.run_dir, to_plain(cfg)))
+            except RunDirInUse as err:
+                results[i] = err
+                continue
+            if directory.finished is not None:
+                log.info("%s already holds this finished run (status %s): not redone", job.run_dir,
+                         directory.finished["status"])
+                results[i] = directory.finished
+                continue
+            # fresh jobs pack together; resumed ones with those stopped at the same step
+            step = directory.checkpoint["step"] if directory.checkpoint is not None else None
+            by_step.setdefault(step, []).append((i, cfg, job, directory.checkpoint))
+        for members in by_step.values():
+            _train_one_pack(stack, members, results, should_stop)
+    for result in results:
+        if isinstance(result, dict):
+            log_result(result)
+    return results
+
+
+def _train_one_pack(stack: contextlib.ExitStack, members: list, results: list, should_stop) -> None:
+    """Build every member (a member that fails to build fails alone), train them as one pack, write their files."""
+    prepared, data = [], None
+    for i, cfg, job, checkpoint in members:
+        base = base_summary(cfg, job)
+        try:
+            save_resolved_config(cfg, job.run_dir)
+            settings = settings_from_config(cfg)
+            base.update(environment(settings.device, job.cwd))
+        except ConfigError as err:
+            write_summary(job.run_dir, {**base, "status": "failed", "error": str(err)})
+            results[i] = err
+            continue
+        runlog = stack.enter_context(open_runlog(cfg, settings, job, checkpoint))
+        try:
+            with failures_written(runlog, job.run_dir, base):
+                data = data or load_data(cfg, settings)  # one dataset: the pack's jobs share its config
+                prepared.append((i, runlog, prepare(cfg, settings, job, base, runlog, data, checkpoint)))
+        except Exception as err:
+            results[i] = err
+    if not prepared:
+        return
+    log.info("training %d jobs as one pack", len(prepared))
+    members = [PackMember(p.parts.model, p.parts.optimizer, p.loop, runlog, p.parts.scheduler, p.parts.monitors,
+                          p.parts.saver(p.run_dir), p.resume) for _, runlog, p in prepared]
+    try:
+        summaries = train_pack(members, data, should_stop=should_stop)
+    except Exception as err:  # the pack's step failed: every member fails with it
+        for i, runlog, p in prepared:
+            write_failure(runlog, p.run_dir, p.base, err)
+            results[i] = err
+        return
+    for (i, runlog, p), summary in zip(prepared, summaries):
+        summary = {**p.base, **summary, "packed": len(prepared)}
+        finish_run(p, runlog, summary)
+        results[i] = summary
+
+
+
+
+def launch_pack(jobs: list[tuple[DictConfig, JobInfo]]) -> list[Optional[float]]:
+    """``hydra/launcher=packed``'s task for one pack: :func:`run_pack` with the entry point's rules
+    for a sweep (a failed job fails alone; an interrupt writes every member's files and the sweep
+    report, then ends the sweep with 128 + signal)."""
+    with StopRequest() as stop:
+        results = run_pack(jobs, should_stop=stop)
+    values = []
+    for (_, job), result in zip(jobs, results):
+        if isinstance(result, Exception):
+            print(f"error: {job.run_dir}: {result}", file=sys.stderr)
+            values.append(None)
+        else:
+            values.append(target_value(result))
+    stopped = [r for r in results if isinstance(r, dict) and r["status"] == "interrupted"]
+    if stopped:
+        sweep_dir = jobs[0][1].sweep_dir
+        print(f"interrupted at step {stopped[0]['steps']}: checkpoints written for {len(stopped)} packed jobs; "
+              f"re-run the same command with hydra.sweep.dir={sweep_dir} to resume", file=sys.stderr)
+        write_sweep_report(Path(sweep_dir))
+        stop.forward()
+        raise SystemExit(stop.exit_code)
+    return values
+
+

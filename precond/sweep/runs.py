@@ -1,0 +1,109 @@
+"""The runs of a sweep dir as records: each run's summary and metrics, read defensively.
+
+Both reports (:mod:`precond.sweep.report` for a plain sweep, :mod:`precond.sweep.tuned_report`
+for a tuned one) read runs through :func:`load_runs`; a run that cannot be read is named in
+``problems`` and left out, never fatal.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+from precond.run.files import identifying_overrides
+
+
+class ReportError(ValueError):
+    """Nothing to report (no readable runs) or a metric the runs do not have: one line for the user."""
+
+
+def save_figure(fig, path: str | Path) -> Path:
+    """Save a matplotlib figure as PNG atomically (temp file + rename) and close it."""
+    import matplotlib.pyplot as plt
+
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    fig.savefig(tmp, dpi=120, format="png")
+    plt.close(fig)
+    tmp.replace(path)
+    return path
+
+
+@dataclass
+class RunRecord:
+    """One finished (or failed) run: its summary and its metric records."""
+
+    path: Path
+    summary: dict
+    metrics: list[dict] = field(default_factory=list)
+
+    label: str = ""
+
+    @property
+    def overrides(self) -> dict[str, str]:
+        pairs = (o.split("=", 1) for o in identifying_overrides(self.summary.get("overrides", [])) if "=" in o)
+        return {k.lstrip("+~"): v for k, v in pairs}
+
+    def series(self, metric: str) -> tuple[list[int], list[float]]:
+        pts = [(r["step"], r[metric]) for r in self.metrics if r.get(metric) is not None]
+        return [p[0] for p in pts], [p[1] for p in pts]
+
+
+def _label(runs: list[RunRecord]) -> None:
+    """Label each run by the overrides that vary across the sweep (seeds excluded)."""
+    keys: list[str] = []
+    for run in runs:
+        keys += [k for k in run.overrides if k not in keys]
+    varying = [k for k in keys if len({run.overrides.get(k) for run in runs}) > 1]
+    for run in runs:
+        run.label = ",".join(f"{k}={run.overrides.get(k, '-')}" for k in varying) or "all runs"
+
+
+def _job_key(path: Path):
+    return (0, int(path.name), "") if path.name.isdigit() else (1, 0, str(path))
+
+
+def _read_metrics(path: Path) -> tuple[list[dict], int]:
+    """The records of a metrics.jsonl and the number of lines that did not parse (a truncated write)."""
+    records, bad = [], 0
+    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            bad += 1
+            continue
+        if isinstance(record, dict) and "step" in record:
+            records.append(record)
+        else:
+            bad += 1
+    return records, bad
+
+
+def load_runs(sweep_dir: str | Path, problems: Optional[list[str]] = None) -> list[RunRecord]:
+    """Every run directory (holding summary.json) below ``sweep_dir``, in job order.
+
+    A run whose summary.json cannot be read is skipped; unreadable metrics lines (a write cut
+    short by a full disk or a kill) are dropped. Each is described in ``problems`` when given.
+    """
+    runs = []
+    for summary_path in sorted(Path(sweep_dir).rglob("summary.json"), key=lambda p: _job_key(p.parent)):
+        try:
+            summary = json.loads(summary_path.read_text(encoding="utf-8"))
+            if not isinstance(summary, dict):
+                raise ValueError("not a JSON object")
+        except (OSError, UnicodeDecodeError, ValueError) as err:
+            if problems is not None:
+                problems.append(f"{summary_path.parent}: skipped, unreadable summary.json ({err})")
+            continue
+        metrics_path = summary_path.parent / "metrics.jsonl"
+        metrics: list[dict] = []
+        if metrics_path.exists():
+            metrics, bad = _read_metrics(metrics_path)
+            if bad and problems is not None:
+                problems.append(f"{summary_path.parent}: dropped {bad} unreadable line(s) of metrics.jsonl")
+        runs.append(RunRecord(summary_path.parent, summary, metrics))
+    _label(runs)
+    return runs
