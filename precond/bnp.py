@@ -34,15 +34,16 @@ evaluation in eval mode) therefore never enter the running averages twice.
 """
 from __future__ import annotations
 
-from typing import Optional
+from dataclasses import dataclass
+from typing import ClassVar, Optional
 
 import torch
 from torch import Tensor, nn
 
 from precond.chain import Link
 from precond.errors import ConfigError
-
-SUPPORTED = (nn.Linear, nn.Conv2d)
+from precond.preconditioners import PRECONDITIONERS, PreconditionerSettings, diagonal_settings
+from precond.settings import Choice, Flag, Int, Num, Table, Text, setting
 
 
 def bnp_layers(model: nn.Module) -> list[nn.Module]:
@@ -151,3 +152,54 @@ def check_model_for_bnp(model: nn.Module, allow_batchnorm: bool) -> None:
                           "use normalization=none (or set preconditioner.allow_batchnorm=true to combine them)")
     if not bnp_layers(model):
         raise ValueError("preconditioner 'bnp' found no Linear or Conv2d layer to precondition")
+
+
+@dataclass(frozen=True)
+class BNPSettings(PreconditionerSettings):
+    """BNP's own settings and its base step (a diagonal preconditioner with ``base_hyper``).
+
+    ``rho`` is the rate of the running moments (≈ 1/rho batches), ``bnp_eps`` the ε of
+    ``diag(σ² + ε)⁻¹``, ``bnp_warmup`` the steps that only collect statistics before the
+    transform applies, ``allow_batchnorm`` lets BNP run on a model that has BatchNorm layers.
+    """
+
+    NAME: ClassVar[str] = "bnp"
+    name: str = setting(Text(), "bnp")
+    base: str = setting(Choice(tuple(sorted(PRECONDITIONERS))), "sgd",
+                        doc="the step applied to the transformed gradient")
+    base_hyper: dict = setting(Table(), None, doc="torch.optim hyperparameters of the base step")
+    rho: float = setting(Num(0, 1, lo_open=True), 0.01)
+    bnp_eps: float = setting(Num(0, lo_open=True), 1e-3)
+    bnp_warmup: int = setting(Int(lo=0), 100)
+    allow_batchnorm: bool = setting(Flag(), False)
+
+    #: BNP's own keys, held in every param group (the rest of a flat hyper dict belongs to the base step)
+    OWN: ClassVar[tuple[str, ...]] = ("rho", "bnp_eps", "bnp_warmup")
+
+    def __post_init__(self) -> None:
+        if self.base_hyper is None:
+            object.__setattr__(self, "base_hyper", {})
+        super().__post_init__()
+
+    def check(self) -> None:
+        super().check()
+        self.base_settings()
+
+    def base_settings(self) -> PreconditionerSettings:
+        """The base step's settings; an error names ``base_hyper.<key>``."""
+        try:
+            return diagonal_settings(self.base, lr=self.lr, **self.base_hyper)
+        except ConfigError as err:
+            raise err.within("base_hyper") from None
+
+    def hyper(self) -> dict:
+        """Flat keyword arguments of :func:`precond.build_optimizer`: the base step's and BNP's own."""
+        return {**self.base_settings().hyper(), "base": self.base, "allow_batchnorm": self.allow_batchnorm,
+                **{k: getattr(self, k) for k in self.OWN}}
+
+    @classmethod
+    def from_flat(cls, lr: float, hyper: dict) -> BNPSettings:
+        """From build_optimizer's flat keywords: BNP's fields by name, everything else to the base step."""
+        own = {k: v for k, v in hyper.items() if k in cls.keys()}
+        rest = {k: v for k, v in hyper.items() if k not in own}
+        return cls.from_mapping({"name": "bnp", "lr": lr, **own, "base_hyper": {**own.get("base_hyper", {}), **rest}})

@@ -20,14 +20,15 @@ from torch import Tensor, nn
 
 from precond.errors import ConfigError
 from precond.hessian import (
-    BN_MODES,
-    HVP_MODES,
+    BN_MODE,
+    HVP_MODE,
     Batch,
     HessianOperator,
     dense_hessian,
     lanczos_extremes,
     measurement_mode,
 )
+from precond.settings import Choice, Flag, Int, Num, Seq, Settings, setting
 
 SPACES = ("p", "z")
 METHODS = ("auto", "lanczos", "dense")
@@ -147,10 +148,8 @@ def measure_curvature(
         bn_mode: ``train`` (batch statistics) or ``eval`` (running statistics).
         hvp_mode: ``double_backward`` or ``forward_over_reverse``.
     """
-    if space not in SPACES:
-        raise ValueError(f"space must be one of {list(SPACES)}, got '{space}'")
-    if method not in METHODS:
-        raise ValueError(f"method must be one of {list(METHODS)}, got '{method}'")
+    CurvatureSettings(method=method, spaces=(space,), tol=tol, max_matvecs=max_matvecs, bn_mode=bn_mode,
+                      hvp_mode=hvp_mode)  # the one check of these values
     if space == "z" and (optimizer is None or not hasattr(optimizer, "preconditioner_denominators")):
         raise ValueError("space='z' needs the precond optimizer whose preconditioner P defines z = P⁻¹p")
     t0 = time.perf_counter()
@@ -189,52 +188,23 @@ def measure_curvature(
 
 
 
-def _positive_int(key: str, value, fix: str = "") -> None:
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise ConfigError(key, "a positive integer", value, fix)
-
-
-@dataclass
-class CurvatureSettings:
+@dataclass(frozen=True)
+class CurvatureSettings(Settings):
     """When and how to measure during training (the ``curvature`` config group).
 
-    Every rule about these settings lives in ``__post_init__``; errors name the field
-    (the entry point adds the ``curvature.`` prefix).
+    ``every`` steps (a multiple of ``eval_every``) and at the last step, over ``batches`` fixed
+    training batches of ``batch_size`` (null: the training batch size), in the ``spaces`` p (κ(H))
+    and z (κ(PᵀHP)); Lanczos stops at relative Ritz residual ``tol`` or ``max_matvecs``.
     """
 
-    method: str = "lanczos"
-    every: int = 500
-    batches: int = 4
-    batch_size: Optional[int] = None
-    spaces: tuple[str, ...] = ("p", "z")
-    tol: float = 1e-3
-    max_matvecs: int = 100
-    bn_mode: str = "train"
-    hvp_mode: str = "double_backward"
-    layers: bool = True
-
-    def __post_init__(self) -> None:
-        if self.method not in METHODS:
-            raise ConfigError("method", f"one of {list(METHODS)}", self.method)
-        _positive_int("every", self.every, "steps between measurements")
-        _positive_int("batches", self.batches, "the number of fixed batches the Hessian is averaged over")
-        if self.batch_size is not None:
-            _positive_int("batch_size", self.batch_size, "or null for the training batch_size")
-        self.spaces = tuple(self.spaces) if isinstance(self.spaces, (list, tuple)) else self.spaces
-        if not isinstance(self.spaces, tuple) or not self.spaces or not set(self.spaces) <= set(SPACES):
-            raise ConfigError("spaces", f"a non-empty subset of {list(SPACES)}", self.spaces)
-        if isinstance(self.tol, bool) or not isinstance(self.tol, (int, float)) or not 0 < self.tol < 1:
-            raise ConfigError("tol", "a relative tolerance in (0, 1)", self.tol)
-        _positive_int("max_matvecs", self.max_matvecs)
-        if self.bn_mode not in BN_MODES:
-            raise ConfigError("bn_mode", f"one of {list(BN_MODES)}", self.bn_mode)
-        if self.hvp_mode not in HVP_MODES:
-            raise ConfigError("hvp_mode", f"one of {list(HVP_MODES)}", self.hvp_mode)
-        if not isinstance(self.layers, bool):
-            raise ConfigError("layers", "true or false", self.layers)
-
-    def check_schedule(self, eval_every: int) -> None:
-        """Curvature is measured at evaluation steps, so ``every`` must be a multiple of ``eval_every``."""
-        if self.every % eval_every:
-            raise ConfigError("every", f"a positive multiple of eval_every={eval_every}", self.every,
-                              "curvature is measured at evaluation steps (and at the last step)")
+    method: str = setting(Choice(tuple(METHODS)), "lanczos", fix="dense: exact extremes for small models")
+    every: int = setting(Int(lo=1), 500, doc="steps between measurements")
+    batches: int = setting(Int(lo=1, hi=10_000), 4, doc="fixed batches the Hessian is averaged over")
+    batch_size: Optional[int] = setting(Int(lo=1, optional=True), None, fix="or null for the training batch_size")
+    spaces: tuple = setting(Seq(Choice(SPACES), 1, len(SPACES), distinct=True), ("p", "z"),
+                            fix="e.g. curvature.spaces=[p,z]")
+    tol: float = setting(Num(0, 1, lo_open=True, hi_open=True), 1e-3, doc="relative Ritz residual")
+    max_matvecs: int = setting(Int(lo=1, hi=100_000), 100)
+    bn_mode: str = setting(BN_MODE, "train")
+    hvp_mode: str = setting(HVP_MODE, "double_backward")
+    layers: bool = setting(Flag(), True, doc="κ(ĤᵀĤ) of every Linear layer's extended input")

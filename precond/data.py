@@ -20,12 +20,13 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Optional
+from typing import ClassVar, Optional
 
 import torch
 from torch import Tensor
 
 from precond.errors import ConfigError
+from precond.settings import SEED, Choice, Flag, Int, Num, Settings, Text, setting
 
 TASKS = ("regression", "classification")
 
@@ -80,20 +81,39 @@ class Dataset:
         )
 
 
-def synthetic(
-    task: str = "regression",
-    n_train: int = 2048,
-    n_val: int = 512,
-    n_test: int = 512,
-    features: int = 32,
-    outputs: int = 1,
-    classes: int = 4,
-    scale_decades: float = 2.0,
-    mean_offset: float = 0.0,
-    correlation: float = 0.0,
-    noise: float = 0.1,
-    data_seed: int = 0,
-) -> Dataset:
+def synthetic(**values) -> Dataset:
+    """The synthetic problem with :class:`SyntheticData`'s keys (unknown keys refused)."""
+    return SyntheticData.from_mapping(values).build()
+
+
+def _integral_split(n: int, val_fraction: float, test_fraction: float) -> tuple[int, int, int]:
+    """(train, val, test) sizes of :func:`_split` for ``n`` samples: the one place this arithmetic lives."""
+    n_val = max(1, int(round(val_fraction * n)))
+    n_test = int(round(test_fraction * n))
+    return n - n_val - n_test, n_val, n_test
+
+
+@dataclass(frozen=True)
+class DataSpec(Settings):
+    """Base of the ``dataset`` config group: what a run can know about its data before loading it."""
+
+    #: regression | classification (a field where the spec lets the user choose)
+    task: ClassVar[str] = "classification"
+
+    def train_size(self) -> int:
+        """Samples in the training split (checked against batch sizes before any data is built)."""
+        raise NotImplementedError
+
+    def images(self) -> bool:
+        """True when inputs are C×H×W images (conv nets, channels_last)."""
+        return True
+
+    def build(self) -> Dataset:
+        raise NotImplementedError
+
+
+@dataclass(frozen=True)
+class SyntheticData(DataSpec):
     """An ill-conditioned problem whose difficulty is set by ``scale_decades``.
 
     Latent ``Z ~ N(0, C)``, ``C = (1−ρ) I + ρ 11ᵀ``; inputs ``X_j = s_j (Z_j + offset)``
@@ -101,12 +121,34 @@ def synthetic(
     ``y = Z W*/√d + noise·ε`` (so the loss floor is ``noise²``); classification
     labels are ``argmax(Z W* + noise·Gumbel)``.
     """
-    if task not in TASKS:
-        raise ConfigError("task", f"one of {list(TASKS)}", task)
-    if not 0.0 <= correlation < 1.0:
-        raise ConfigError("correlation", "a value in [0, 1)", correlation)
-    if min(n_train, n_val, features) < 1:
-        raise ConfigError("n_train, n_val, features", "positive sizes", (n_train, n_val, features))
+
+    task: str = setting(Choice(TASKS), "regression")  # type: ignore[misc]
+    n_train: int = setting(Int(lo=1, hi=10**8), 2048)
+    n_val: int = setting(Int(lo=1, hi=10**8), 512)
+    n_test: int = setting(Int(lo=0, hi=10**8), 512)
+    features: int = setting(Int(lo=1, hi=10**6), 32)
+    outputs: int = setting(Int(lo=1, hi=10**4), 1, doc="regression targets per sample")
+    classes: int = setting(Int(lo=2, hi=10**4), 4, doc="classification only")
+    scale_decades: float = setting(Num(-30, 30), 2.0, doc="κ(XᵀX) ≈ 10^(2·scale_decades)")
+    mean_offset: float = setting(Num(-1e6, 1e6), 0.0)
+    correlation: float = setting(Num(0, 1, hi_open=True), 0.0)
+    noise: float = setting(Num(0, 1e6), 0.1)
+    data_seed: int = setting(SEED, 0)
+
+    def train_size(self) -> int:
+        return self.n_train
+
+    def images(self) -> bool:
+        return False
+
+    def build(self) -> Dataset:
+        return _build_synthetic(self)
+
+
+def _build_synthetic(spec: SyntheticData) -> Dataset:
+    task, n_train, n_val, n_test, features = spec.task, spec.n_train, spec.n_val, spec.n_test, spec.features
+    outputs, classes, scale_decades, mean_offset = spec.outputs, spec.classes, spec.scale_decades, spec.mean_offset
+    correlation, noise, data_seed = spec.correlation, spec.noise, spec.data_seed
     g = torch.Generator().manual_seed(data_seed)
     f32 = torch.float32  # explicit: the data must not depend on torch's global default dtype
     n = n_train + n_val + n_test
@@ -119,8 +161,6 @@ def synthetic(
         y = z @ w / math.sqrt(features) + noise * torch.randn(n, outputs, generator=g, dtype=f32)
         num_outputs = outputs
     else:
-        if classes < 2:
-            raise ConfigError("classes", "at least 2 classes", classes)
         w = torch.randn(features, classes, generator=g, dtype=f32)
         gumbel = -torch.log(-torch.log(torch.rand(n, classes, generator=g, dtype=f32).clamp_min(1e-12)))
         y = (z @ w + noise * gumbel).argmax(dim=1)
@@ -136,16 +176,8 @@ def synthetic(
 def _split(name: str, x: Tensor, y: Tensor, val_fraction: float, test_fraction: float, data_seed: int,
            x_test: Optional[Tensor] = None, y_test: Optional[Tensor] = None) -> Dataset:
     """Random train/val(/test) split with a fixed seed; ``test_fraction`` only when no test split exists."""
-    if not 0.0 < val_fraction < 1.0:
-        raise ConfigError("val_fraction", "a value in (0, 1)", val_fraction)
-    if x_test is None and not 0.0 <= test_fraction < 1.0:
-        raise ConfigError("test_fraction", "a value in [0, 1)", test_fraction)
-    if x_test is None and val_fraction + test_fraction >= 1.0:
-        raise ConfigError("val_fraction, test_fraction", "fractions that leave training data (sum < 1)",
-                          (val_fraction, test_fraction))
     perm = torch.randperm(x.shape[0], generator=torch.Generator().manual_seed(data_seed))
-    n_val = max(1, int(round(val_fraction * x.shape[0])))
-    n_test = 0 if x_test is not None else int(round(test_fraction * x.shape[0]))
+    _, n_val, n_test = _integral_split(x.shape[0], val_fraction, 0.0 if x_test is not None else test_fraction)
     test_idx, val_idx, train_idx = perm[:n_test], perm[n_test:n_test + n_val], perm[n_test + n_val:]
     if x_test is None and n_test:
         x_test, y_test = x[test_idx], y[test_idx]
@@ -156,38 +188,91 @@ def _split(name: str, x: Tensor, y: Tensor, val_fraction: float, test_fraction: 
     )
 
 
-def digits(val_fraction: float = 0.15, test_fraction: float = 0.15, data_seed: int = 0) -> Dataset:
+FRACTION = Num(0, 1, lo_open=True, hi_open=True)
+
+
+def _check_fractions(val_fraction: float, test_fraction: float, n: int) -> None:
+    if val_fraction + test_fraction >= 1.0 or _integral_split(n, val_fraction, test_fraction)[0] < 1:
+        raise ConfigError("val_fraction", f"a fraction that, with test_fraction={test_fraction}, leaves training "
+                          f"data (sum < 1)", val_fraction)
+
+
+#: images in scikit-learn's bundled digits
+DIGITS_SIZE = 1797
+
+
+@dataclass(frozen=True)
+class DigitsData(DataSpec):
     """scikit-learn's bundled 8×8 digits as 1×8×8 images in [0, 1]; 10 classes; no download."""
-    from sklearn.datasets import load_digits
 
-    bunch = load_digits()
-    x = torch.as_tensor(bunch.images, dtype=torch.float32).unsqueeze(1) / 16.0
-    y = torch.as_tensor(bunch.target, dtype=torch.long)
-    return _split("digits", x, y, val_fraction, test_fraction, data_seed)
+    val_fraction: float = setting(FRACTION, 0.15)
+    test_fraction: float = setting(Num(0, 1, hi_open=True), 0.15)
+    data_seed: int = setting(SEED, 0)
+
+    def check(self) -> None:
+        _check_fractions(self.val_fraction, self.test_fraction, DIGITS_SIZE)
+
+    def train_size(self) -> int:
+        return _integral_split(DIGITS_SIZE, self.val_fraction, self.test_fraction)[0]
+
+    def build(self) -> Dataset:
+        from sklearn.datasets import load_digits
+
+        bunch = load_digits()
+        x = torch.as_tensor(bunch.images, dtype=torch.float32).unsqueeze(1) / 16.0
+        y = torch.as_tensor(bunch.target, dtype=torch.long)
+        return _split("digits", x, y, self.val_fraction, self.test_fraction, self.data_seed)
 
 
-#: torchvision class name and where its files live under ``root``
+def digits(**values) -> Dataset:
+    """:class:`DigitsData` from keyword arguments, built."""
+    return DigitsData.from_mapping(values).build()
+
+
+#: torchvision class name, where its files live under ``root``, and the size of its official train split
 _TORCHVISION = {
-    "mnist": ("MNIST", "MNIST/raw"),
-    "fashion_mnist": ("FashionMNIST", "FashionMNIST/raw"),
-    "cifar10": ("CIFAR10", "cifar-10-batches-py"),
+    "mnist": ("MNIST", "MNIST/raw", 60_000),
+    "fashion_mnist": ("FashionMNIST", "FashionMNIST/raw", 60_000),
+    "cifar10": ("CIFAR10", "cifar-10-batches-py", 50_000),
 }
 
 
-def torchvision_dataset(
-    name: str, root: str = "data", download: bool = False, val_fraction: float = 0.1,
-    limit_train: Optional[int] = None, data_seed: int = 0,
-) -> Dataset:
+@dataclass(frozen=True)
+class TorchvisionData(DataSpec):
     """MNIST / Fashion-MNIST / CIFAR-10 via torchvision, as float images in [0, 1] (N×C×H×W).
 
     The official train split is split into train/val; the official test split is the test split.
     ``limit_train`` keeps a random subset of the training images (quick experiments).
     """
+
+    name: str = setting(Choice(tuple(sorted(_TORCHVISION))), "mnist")
+    root: str = setting(Text(), "data", doc="folder holding the dataset's files")
+    download: bool = setting(Flag(), False)
+    val_fraction: float = setting(FRACTION, 0.1)
+    limit_train: Optional[int] = setting(Int(lo=2, optional=True), None)
+    data_seed: int = setting(SEED, 0)
+
+    def check(self) -> None:
+        _check_fractions(self.val_fraction, 0.0, self.limit_train or _TORCHVISION[self.name][2])
+
+    def train_size(self) -> int:
+        n = min(self.limit_train or _TORCHVISION[self.name][2], _TORCHVISION[self.name][2])
+        return _integral_split(n, self.val_fraction, 0.0)[0]
+
+    def build(self) -> Dataset:
+        return _build_torchvision(self)
+
+
+def torchvision_dataset(name: str, **values) -> Dataset:
+    """:class:`TorchvisionData` from keyword arguments, built."""
+    return TorchvisionData.from_mapping({"name": name, **values}).build()
+
+
+def _build_torchvision(spec: TorchvisionData) -> Dataset:
     import torchvision
 
-    if name not in _TORCHVISION:
-        raise ConfigError("name", f"one of {sorted(_TORCHVISION)}", name)
-    cls_name, subdir = _TORCHVISION[name]
+    name, root, download = spec.name, spec.root, spec.download
+    cls_name, subdir, _ = _TORCHVISION[name]
     cls = getattr(torchvision.datasets, cls_name)
     try:
         train = cls(root=str(root), train=True, download=download)
@@ -201,10 +286,10 @@ def torchvision_dataset(
         ) from err
     x, y = _images(train), torch.as_tensor(train.targets, dtype=torch.long)
     x_test, y_test = _images(test), torch.as_tensor(test.targets, dtype=torch.long)
-    if limit_train is not None:
-        keep = torch.randperm(x.shape[0], generator=torch.Generator().manual_seed(data_seed))[:limit_train]
+    if spec.limit_train is not None:
+        keep = torch.randperm(x.shape[0], generator=torch.Generator().manual_seed(spec.data_seed))[:spec.limit_train]
         x, y = x[keep], y[keep]
-    return _split(name, x, y, val_fraction, 0.0, data_seed, x_test=x_test, y_test=y_test)
+    return _split(name, x, y, spec.val_fraction, 0.0, spec.data_seed, x_test=x_test, y_test=y_test)
 
 
 def _images(ds) -> Tensor:

@@ -35,9 +35,13 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call
 
+from precond.settings import Choice
+
 Batch = tuple[Tensor, Tensor]
 BN_MODES = ("train", "eval")
 HVP_MODES = ("double_backward", "forward_over_reverse")
+#: the rules of these two settings (the curvature settings use the same objects)
+BN_MODE, HVP_MODE = Choice(BN_MODES), Choice(HVP_MODES)
 
 
 @contextlib.contextmanager
@@ -48,8 +52,7 @@ def measurement_mode(model: nn.Module, bn_mode: str):
     duration (they normalize with batch statistics, as in training, but update
     nothing), which also keeps ``torch.func`` transforms free of in-place updates.
     """
-    if bn_mode not in BN_MODES:
-        raise ValueError(f"bn_mode must be one of {list(BN_MODES)}, got '{bn_mode}'")
+    BN_MODE.check("bn_mode", bn_mode)
     was_training = {m: m.training for m in model.modules()}
     saved = [b.detach().clone() for b in model.buffers()]
     bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
@@ -79,8 +82,7 @@ class HessianOperator:
 
     def __init__(self, model: nn.Module, loss_fn: Callable[[Tensor, Tensor], Tensor], batches: Iterable[Batch],
                  scale: Optional[Tensor] = None, hvp_mode: str = "double_backward"):
-        if hvp_mode not in HVP_MODES:
-            raise ValueError(f"hvp_mode must be one of {list(HVP_MODES)}, got '{hvp_mode}'")
+        HVP_MODE.check("hvp_mode", hvp_mode)
         self.model, self.loss_fn, self.batches = model, loss_fn, batches
         self.params = [p for p in model.parameters() if p.requires_grad]
         self.n = sum(p.numel() for p in self.params)

@@ -9,59 +9,133 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import ClassVar
 
 from torch import nn
 
 from precond.errors import ConfigError
-from precond.normalization import norm_layer
+from precond.normalization import NORMALIZATIONS, norm_layer
+from precond.settings import Choice, Int, Seq, Settings, setting
 
 ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh, "gelu": nn.GELU}
+ACTIVATION = Choice(tuple(sorted(ACTIVATIONS)))
+#: widths and channel counts of hidden layers
+WIDTHS = Seq(Int(lo=1, hi=100_000), min_len=1, max_len=100)
 
 
-def _activation(name: str) -> nn.Module:
-    if name not in ACTIVATIONS:
-        raise ConfigError("activation", f"one of {sorted(ACTIVATIONS)}", name)
-    return ACTIVATIONS[name]()
+def _require_images(in_shape: Sequence[int], model: str) -> None:
+    if len(in_shape) != 3:
+        raise ConfigError("/model", f"image inputs (C×H×W) for model={model}", f"inputs of shape {tuple(in_shape)}",
+                          "use dataset=digits/mnist/cifar10 or model=mlp")
+
+
+@dataclass(frozen=True)
+class ModelSpec(Settings):
+    """Base of the ``model`` config group; :meth:`build` makes the module for given inputs and outputs."""
+
+    #: True for models that need C×H×W inputs (conv nets)
+    needs_images: ClassVar[bool] = False
+
+    def normalizations(self) -> tuple[str, ...]:
+        return NORMALIZATIONS
+
+    def supports(self, normalization: str) -> bool:
+        return normalization in self.normalizations()
+
+    def build(self, in_shape: Sequence[int], num_outputs: int, normalization: str = "none") -> nn.Module:
+        raise NotImplementedError
+
+
+@dataclass(frozen=True)
+class LinearModel(ModelSpec):
+    """``f(x) = W x + b``: least squares with MSE, logistic/softmax regression with cross-entropy."""
+
+    def normalizations(self) -> tuple[str, ...]:
+        return ("none", "input")  # no hidden layer to normalize
+
+    def build(self, in_shape, num_outputs, normalization="none"):
+        if not self.supports(normalization):
+            raise ConfigError("/normalization", "none or input for model=linear (it has no hidden layer to "
+                              "normalize)", normalization, "use normalization=input, or model=mlp")
+        return nn.Sequential(nn.Flatten(), nn.Linear(math.prod(in_shape), num_outputs))
+
+
+@dataclass(frozen=True)
+class MLPModel(ModelSpec):
+    """``Linear → Norm → act`` for each width, then a Linear output layer."""
+
+    widths: tuple = setting(WIDTHS, (64, 64), fix="e.g. model.widths=[64,64]")
+    activation: str = setting(ACTIVATION, "relu")
+
+    def build(self, in_shape, num_outputs, normalization="none"):
+        layers: list[nn.Module] = [nn.Flatten()]
+        fan_in = math.prod(in_shape)
+        for width in self.widths:
+            layers += [nn.Linear(fan_in, width), norm_layer(normalization, width, conv=False),
+                       ACTIVATIONS[self.activation]()]
+            fan_in = width
+        layers.append(nn.Linear(fan_in, num_outputs))
+        return nn.Sequential(*layers)
+
+
+@dataclass(frozen=True)
+class CNNModel(ModelSpec):
+    """``[Conv3×3 → Norm → act → MaxPool2]`` per channel count, global average pool, Linear."""
+
+    needs_images: ClassVar[bool] = True
+    channels: tuple = setting(WIDTHS, (32, 64), fix="e.g. model.channels=[32,64]")
+    activation: str = setting(ACTIVATION, "relu")
+
+    def build(self, in_shape, num_outputs, normalization="none"):
+        _require_images(in_shape, "cnn")
+        layers: list[nn.Module] = []
+        c_in, size = in_shape[0], min(in_shape[1:])
+        for c in self.channels:
+            layers += [nn.Conv2d(c_in, c, 3, padding=1), norm_layer(normalization, c, conv=True),
+                       ACTIVATIONS[self.activation]()]
+            if size >= 2:
+                layers.append(nn.MaxPool2d(2))
+                size //= 2
+            c_in = c
+        layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(c_in, num_outputs)]
+        return nn.Sequential(*layers)
+
+
+RESNETS = {"resnet18": ((2, 2, 2, 2), (64, 128, 256, 512)), "resnet20": ((3, 3, 3), (16, 32, 64))}
+
+
+@dataclass(frozen=True)
+class ResNetModel(ModelSpec):
+    """CIFAR-style ResNet: 3×3 stem (no max-pool), stages of BasicBlocks, global pool, Linear.
+
+    ``resnet18``: 4 stages (64–512 channels, 11.2M parameters for 10 classes);
+    ``resnet20``: 3 stages of 3 blocks (16–64 channels, 0.27M parameters).
+    """
+
+    needs_images: ClassVar[bool] = True
+    arch: str = setting(Choice(tuple(sorted(RESNETS))), "resnet20")
+    activation: str = setting(ACTIVATION, "relu")
+
+    def build(self, in_shape, num_outputs, normalization="none"):
+        _require_images(in_shape, "resnet")
+        return _resnet(in_shape, num_outputs, normalization, self.arch, self.activation)
 
 
 def linear(in_shape: Sequence[int], num_outputs: int, normalization: str = "none") -> nn.Module:
-    """``f(x) = W x + b``: least squares with MSE, logistic/softmax regression with cross-entropy."""
-    if normalization in ("batchnorm", "layernorm"):
-        raise ConfigError(
-            "/normalization", "none or input for model=linear (it has no hidden layer to normalize)",
-            normalization, "use normalization=input, or model=mlp",
-        )
-    return nn.Sequential(nn.Flatten(), nn.Linear(math.prod(in_shape), num_outputs))
+    return LinearModel().build(in_shape, num_outputs, normalization)
 
 
-def mlp(in_shape: Sequence[int], num_outputs: int, normalization: str = "none",
-        widths: Sequence[int] = (64, 64), activation: str = "relu") -> nn.Module:
-    """``Linear → Norm → act`` for each width, then a Linear output layer."""
-    layers: list[nn.Module] = [nn.Flatten()]
-    fan_in = math.prod(in_shape)
-    for width in widths:
-        layers += [nn.Linear(fan_in, width), norm_layer(normalization, width, conv=False), _activation(activation)]
-        fan_in = width
-    layers.append(nn.Linear(fan_in, num_outputs))
-    return nn.Sequential(*layers)
+def mlp(in_shape: Sequence[int], num_outputs: int, normalization: str = "none", **values) -> nn.Module:
+    return MLPModel.from_mapping(values).build(in_shape, num_outputs, normalization)
 
 
-def cnn(in_shape: Sequence[int], num_outputs: int, normalization: str = "none",
-        channels: Sequence[int] = (32, 64), activation: str = "relu") -> nn.Module:
-    """``[Conv3×3 → Norm → act → MaxPool2]`` per channel count, global average pool, Linear."""
-    if len(in_shape) != 3:
-        raise ConfigError("/model", "image inputs (C×H×W) for model=cnn", f"inputs of shape {tuple(in_shape)}",
-                          "use dataset=digits/mnist/cifar10 or model=mlp")
-    layers: list[nn.Module] = []
-    c_in, size = in_shape[0], min(in_shape[1:])
-    for c in channels:
-        layers += [nn.Conv2d(c_in, c, 3, padding=1), norm_layer(normalization, c, conv=True), _activation(activation)]
-        if size >= 2:
-            layers.append(nn.MaxPool2d(2))
-            size //= 2
-        c_in = c
-    layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(c_in, num_outputs)]
-    return nn.Sequential(*layers)
+def cnn(in_shape: Sequence[int], num_outputs: int, normalization: str = "none", **values) -> nn.Module:
+    return CNNModel.from_mapping(values).build(in_shape, num_outputs, normalization)
+
+
+def resnet(in_shape: Sequence[int], num_outputs: int, normalization: str = "none", **values) -> nn.Module:
+    return ResNetModel.from_mapping(values).build(in_shape, num_outputs, normalization)
 
 
 class BasicBlock(nn.Module):
@@ -73,7 +147,7 @@ class BasicBlock(nn.Module):
         self.norm1 = norm_layer(normalization, c_out, conv=True)
         self.conv2 = nn.Conv2d(c_out, c_out, 3, padding=1, bias=normalization != "batchnorm")
         self.norm2 = norm_layer(normalization, c_out, conv=True)
-        self.act = _activation(activation)
+        self.act = ACTIVATIONS[activation]()
         self.shortcut: nn.Module = nn.Identity()
         if stride != 1 or c_in != c_out:
             self.shortcut = nn.Sequential(
@@ -90,22 +164,12 @@ class BasicBlock(nn.Module):
 RESNETS = {"resnet18": ((2, 2, 2, 2), (64, 128, 256, 512)), "resnet20": ((3, 3, 3), (16, 32, 64))}
 
 
-def resnet(in_shape: Sequence[int], num_outputs: int, normalization: str = "none",
-           arch: str = "resnet20", activation: str = "relu") -> nn.Module:
-    """CIFAR-style ResNet: 3×3 stem (no max-pool), stages of BasicBlocks, global pool, Linear.
-
-    ``resnet18``: 4 stages (64–512 channels, 11.2M parameters for 10 classes);
-    ``resnet20``: 3 stages of 3 blocks (16–64 channels, 0.27M parameters).
-    """
-    if arch not in RESNETS:
-        raise ConfigError("arch", f"one of {sorted(RESNETS)}", arch)
-    if len(in_shape) != 3:
-        raise ConfigError("/model", "image inputs (C×H×W) for model=resnet", f"inputs of shape {tuple(in_shape)}")
+def _resnet(in_shape: Sequence[int], num_outputs: int, normalization: str, arch: str, activation: str) -> nn.Module:
     blocks, widths = RESNETS[arch]
     layers: list[nn.Module] = [
         nn.Conv2d(in_shape[0], widths[0], 3, padding=1, bias=normalization != "batchnorm"),
         norm_layer(normalization, widths[0], conv=True),
-        _activation(activation),
+        ACTIVATIONS[activation](),
     ]
     c_in = widths[0]
     for stage, (n, c) in enumerate(zip(blocks, widths)):

@@ -26,29 +26,21 @@ import torch
 from torch import Tensor, nn
 
 from precond.data import Dataset
-from precond.errors import ConfigError
 from precond.hessian import measurement_mode
+from precond.settings import Choice, Settings, setting
 
 NORMALIZATIONS = ("none", "input", "batchnorm", "layernorm")
 
 
 @dataclass(frozen=True)
-class Normalization:
+class Normalization(Settings):
     """The ``normalization`` config group: ``name`` is one of ``NORMALIZATIONS``."""
 
-    name: str = "none"
-
-    def __post_init__(self) -> None:
-        if self.name not in NORMALIZATIONS:
-            raise ConfigError("name", f"one of {list(NORMALIZATIONS)}", self.name)
+    name: str = setting(Choice(NORMALIZATIONS), "none")
 
     @property
     def standardizes_inputs(self) -> bool:
         return self.name == "input"
-
-    @property
-    def has_layers(self) -> bool:
-        return self.name in ("batchnorm", "layernorm")
 
 
 def standardize_inputs(data: Dataset, eps: float = 1e-8) -> Dataset:
@@ -68,6 +60,7 @@ def standardize_inputs(data: Dataset, eps: float = 1e-8) -> Dataset:
 
 def norm_layer(kind: str, channels: int, conv: bool) -> nn.Module:
     """The layer placed after a hidden Linear (``conv=False``) or Conv2d (``conv=True``)."""
+    kind = Normalization(name=kind).name
     if kind in ("none", "input"):
         return nn.Identity()
     if kind == "batchnorm":
@@ -75,7 +68,6 @@ def norm_layer(kind: str, channels: int, conv: bool) -> nn.Module:
     if kind == "layernorm":
         # GroupNorm with one group normalizes each sample over C×H×W: LayerNorm for feature maps
         return nn.GroupNorm(1, channels) if conv else nn.LayerNorm(channels)
-    raise ValueError(f"normalization must be one of {list(NORMALIZATIONS)}, got '{kind}'")
 
 
 def hidden_matrix_kappas(model: nn.Module, inputs: Tensor, rel_tol: float = 1e-10,

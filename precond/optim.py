@@ -15,19 +15,18 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import math
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
 from typing import Optional, Union
 
 import torch
 from torch import Tensor
 
-from precond.bnp import BNPTransform, check_model_for_bnp
+from precond.bnp import BNPSettings, BNPTransform, check_model_for_bnp
 from precond.chain import Link, StepContext, add_scaled_, hmap
+from precond.combinations import check_combinations
 from precond.errors import ConfigError
-from precond.preconditioners import PRECONDITIONERS, Momentum, Preconditioner
-from precond.regularizers import POLICIES, REGULARIZERS, VARIABLES, BackwardCreatesGraph, Penalty, make_penalty
+from precond.preconditioners import PRECONDITIONERS, Momentum, Preconditioner, PreconditionerSettings, diagonal_settings
+from precond.regularizers import BackwardCreatesGraph, Penalty, RegularizationSpec, make_penalty
 
 ParamsT = Union[Iterable[Tensor], Iterable[dict]]
 
@@ -175,41 +174,6 @@ class ComposedOptimizer(torch.optim.Optimizer):
         return out
 
 
-def _check_hyper(preconditioner: str, hyper: dict, allowed: dict) -> None:
-    unknown = sorted(set(hyper) - set(allowed))
-    if unknown:
-        raise TypeError(
-            f"unknown hyperparameter(s) {unknown} for preconditioner '{preconditioner}'; "
-            f"expected some of {sorted(allowed)}"
-        )
-
-
-def _number(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
-def check_hyperparameters(hyper: dict) -> None:
-    """The ranges torch.optim itself enforces (and a few it does not), one rule per key.
-
-    Raises :class:`ConfigError` keyed by the hyperparameter's name (the entry point adds
-    ``preconditioner.``); ``ConfigError`` is a ``ValueError`` for Python callers.
-    """
-    for key in ("eps", "lr_decay", "initial_accumulator_value", "momentum", "dampening", "alpha"):
-        if key in hyper and (not _number(hyper[key]) or hyper[key] < 0):
-            raise ConfigError(key, "a finite number >= 0", hyper[key])
-    for key in ("momentum", "dampening", "alpha"):
-        if key in hyper and hyper[key] > 1:
-            raise ConfigError(key, "a number in [0, 1]", hyper[key])
-    if "betas" in hyper:
-        betas = hyper["betas"]
-        if not isinstance(betas, (list, tuple)) or len(betas) != 2 or not all(
-                _number(b) and 0 <= b < 1 for b in betas):
-            raise ConfigError("betas", "two numbers in [0, 1), e.g. [0.9, 0.999]", betas)
-    for key in ("nesterov", "centered"):
-        if key in hyper and not isinstance(hyper[key], bool):
-            raise ConfigError(key, "true or false", hyper[key])
-
-
 def build_optimizer(
     params: ParamsT,
     preconditioner: str = "adam",
@@ -259,53 +223,34 @@ def build_optimizer(
                               buffers=model.buffers())
         opt.step(closure)   # gradnorm needs the closure (zero_grad, forward, backward, return loss)
     """
+    spec = preconditioner_settings(preconditioner, lr, hyper)
+    reg = RegularizationSpec(name=regularization, variable=variable, strength=strength, policy=policy, form=form,
+                             backend=backend, r=r)
+    check_combinations(preconditioner=spec, regularization=reg)
     bnp_link, bnp_defaults = None, {}
-    if preconditioner == "bnp":
-        bnp_link, bnp_defaults, preconditioner = _bnp_setup(model, regularization, variable, form, hyper)
+    if isinstance(spec, BNPSettings):
+        if model is None:
+            raise ValueError("preconditioner 'bnp' needs build_optimizer(..., model=model) to hook its layers")
+        check_model_for_bnp(model, spec.allow_batchnorm)
+        bnp_link, bnp_defaults = BNPTransform(model), {k: getattr(spec, k) for k in BNPSettings.OWN}
+        spec = spec.base_settings()
     elif model is not None:
         raise ValueError("the 'model' argument is only used by preconditioner 'bnp'")
-    if preconditioner not in PRECONDITIONERS:
-        raise ValueError(f"unknown preconditioner '{preconditioner}'; expected one of "
-                         f"{sorted([*PRECONDITIONERS, 'bnp'])}")
-    if regularization == "none" and (form or backend or r is not None):
-        raise ValueError("form/backend/r are settings of a regularization; regularization is 'none'")
-    if regularization != "none" and regularization not in REGULARIZERS:
-        raise ValueError(
-            f"unknown regularization '{regularization}'; expected one of {['none', *sorted(REGULARIZERS)]}"
-        )
-    if variable not in VARIABLES:
-        raise ValueError(f"regularization variable must be one of {list(VARIABLES)}, got '{variable}'")
-    if policy not in POLICIES:
-        raise ValueError(f"regularization policy must be one of {list(POLICIES)}, got '{policy}'")
-    if not lr >= 0:
-        raise ValueError(f"lr must be >= 0, got {lr}")
-    if not strength >= 0:
-        raise ValueError(f"regularization strength must be >= 0, got {strength}")
-
-    link_cls, precond_defaults = PRECONDITIONERS[preconditioner]
-    _check_hyper(preconditioner, hyper, precond_defaults)
-    check_hyperparameters(hyper)
-    if not math.isfinite(lr):
-        raise ConfigError("/lr", "a finite number >= 0", lr)
-    params = _refuse_unknown_group_keys(params, {"lr", *precond_defaults, *bnp_defaults, "strength", "policy"})
-    defaults = {"lr": lr, **precond_defaults, **hyper, **bnp_defaults, "strength": strength, "policy": policy}
-    if "betas" in defaults:
-        defaults["betas"] = tuple(defaults["betas"])
-    if defaults.get("nesterov") and (defaults["momentum"] <= 0 or defaults["dampening"] != 0):
-        raise ValueError("nesterov momentum requires momentum > 0 and dampening = 0")
-    if defaults.get("momentum", 0) < 0:
-        raise ValueError(f"momentum must be >= 0, got {defaults['momentum']}")
+    link_cls = PRECONDITIONERS[spec.name][0]
+    hyper = spec.hyper()
+    params = _refuse_unknown_group_keys(params, {"lr", *hyper, *bnp_defaults, "strength", "policy"})
+    defaults = {"lr": float(lr), **hyper, **bnp_defaults, "strength": reg.strength, "policy": reg.policy}
 
     before, after, post = [], [], []
-    if regularization != "none":
-        link = make_penalty(regularization, variable, form=form, backend=backend, r=r, buffers=buffers)
+    if reg.name != "none":
+        link = make_penalty(reg.name, reg.variable, form=reg.form, backend=reg.backend, r=reg.r, buffers=buffers)
         if type(link).after_update is not Link.after_update:
             post.append(link)  # proximal maps act on p after the update, in either variable
         else:
-            (before if variable == "p" else after).append(link)
+            (before if reg.variable == "p" else after).append(link)
     # sgd, rmsprop and adagrad take heavy-ball momentum as a separate link after the
     # z-regularizers (torch.optim SGD/RMSprop semantics); adam's momentum is its first moment.
-    momentum = Momentum() if "momentum" in precond_defaults else None
+    momentum = Momentum() if "momentum" in hyper else None
     if bnp_link is not None:
         before.append(bnp_link)  # after the p-penalties, before the base preconditioner
     return ComposedOptimizer(params, defaults, link_cls(), before=before, after=after, momentum=momentum,
@@ -326,50 +271,10 @@ def _refuse_unknown_group_keys(params: ParamsT, known: set) -> list:
     return params
 
 
-BNP_DEFAULTS = {"rho": 0.01, "bnp_eps": 1e-3, "bnp_warmup": 100}
-
-
-def _bnp_setup(model, regularization: str, variable: str, form: Optional[str], hyper: dict):
-    """Pop BNP's keys from ``hyper``; check the model and the penalty; return (link, defaults, base name)."""
-    if model is None:
-        raise ValueError("preconditioner 'bnp' needs build_optimizer(..., model=model) to hook its layers")
-    base = hyper.pop("base", "sgd")
-    if base == "bnp" or base not in PRECONDITIONERS:
-        raise ValueError(f"bnp base must be one of {sorted(PRECONDITIONERS)}, got '{base}'")
-    bnp_defaults = {k: hyper.pop(k, v) for k, v in BNP_DEFAULTS.items()}
-    if not 0 < bnp_defaults["rho"] <= 1:
-        raise ValueError(f"bnp rho must be in (0, 1], got {bnp_defaults['rho']}")
-    if not bnp_defaults["bnp_eps"] > 0:
-        raise ValueError(f"bnp_eps must be > 0, got {bnp_defaults['bnp_eps']}")
-    check_model_for_bnp(model, hyper.pop("allow_batchnorm", False))
-    if regularization != "none" and (variable == "z" or form == "prox" or (regularization == "l1" and form is None)):
-        key, got = ("/regularization.variable", variable) if variable == "z" else ("/regularization.form", form)
-        raise ConfigError(key, "penalties in variable=p (l2, l1 form=subgradient, gradnorm) with preconditioner=bnp",
-                          got, "z = P⁻¹p and the L1 prox threshold need a diagonal P, and BNP's P is "
-                          "block-diagonal per neuron")
-    return BNPTransform(model), bnp_defaults, base
-
-
-@dataclass(frozen=True)
-class PreconditionerSpec:
-    """A preconditioner by name with its hyperparameters (torch.optim names).
-
-    ``lr`` is the preconditioner's default ``η`` (the config's top-level ``lr`` starts
-    from it). ``hyper`` is passed to :func:`build_optimizer` unchanged, which owns every rule
-    about these values.
-    """
-
-    name: str
-    lr: float
-    hyper: dict = field(default_factory=dict)
-
-
-def preconditioner_spec(name: str, lr: float, base_hyper: Optional[dict] = None, **hyper) -> PreconditionerSpec:
-    """Factory for the ``preconditioner`` config group: ``name``, ``lr`` and torch.optim hyperparameters.
-
-    ``base_hyper`` (BNP only) holds the base step's own hyperparameters; they are merged
-    into ``hyper`` (BNP's keys and the base step's keys do not overlap).
-    """
-    merged = {**hyper, **(base_hyper or {})}
-    check_hyperparameters(merged)  # the same rules build_optimizer applies, before anything is built
-    return PreconditionerSpec(name=name, lr=lr, hyper=merged)
+def preconditioner_settings(name: str, lr: float, hyper: dict) -> PreconditionerSettings:
+    """The typed settings of preconditioner ``name`` from build_optimizer's keywords (the one check)."""
+    if name == "bnp":
+        return BNPSettings.from_flat(lr, hyper)
+    if name not in PRECONDITIONERS:
+        raise ConfigError("name", f"one of {sorted([*PRECONDITIONERS, 'bnp'])}", name)
+    return diagonal_settings(name, lr=lr, **hyper)

@@ -25,12 +25,15 @@ so an L2 penalty on ``p`` enters Adam's moments (torch ``Adam(weight_decay)``).
 from __future__ import annotations
 
 import math
-from typing import Optional
+from dataclasses import dataclass
+from typing import ClassVar, Optional
 
 import torch
 from torch import Tensor
 
 from precond.chain import Link, StepContext, add_scaled, add_scaled_, addcmul_, hmap, is_zero, pick
+from precond.errors import ConfigError
+from precond.settings import LEARNING_RATE, Flag, Num, Seq, Settings, Text, setting
 
 
 def _zeros_state(state: dict, key: str, like: Tensor, fill=0.0) -> Tensor:
@@ -234,10 +237,96 @@ class Momentum(Link):
         return out
 
 
-#: name → (link class, torch-style hyperparameter defaults)
-PRECONDITIONERS: dict[str, tuple[type[Preconditioner], dict]] = {
-    "sgd": (SGD, {"momentum": 0.0, "dampening": 0.0, "nesterov": False}),
-    "adagrad": (Adagrad, {"lr_decay": 0.0, "eps": 1e-10, "initial_accumulator_value": 0.0, "momentum": 0.0}),
-    "rmsprop": (RMSprop, {"alpha": 0.99, "eps": 1e-8, "centered": False, "momentum": 0.0}),
-    "adam": (Adam, {"betas": (0.9, 0.999), "eps": 1e-8}),
+@dataclass(frozen=True)
+class PreconditionerSettings(Settings):
+    """A preconditioner by name, its default learning rate and its torch.optim hyperparameters.
+
+    One subclass per preconditioner (the ``preconditioner`` config group's ``_target_``); its
+    fields are torch.optim's names with torch's defaults and the ranges torch enforces.
+    ``lr`` is this preconditioner's default ``η`` (the config's top-level ``lr`` starts from it).
+    """
+
+    NAME: ClassVar[str] = ""
+    name: str = setting(Text(), "")
+    lr: float = setting(LEARNING_RATE, 1e-3, doc="default learning rate η")
+
+    def check(self) -> None:
+        if self.name != self.NAME:
+            raise ConfigError("name", f"'{self.NAME}' (the name of this preconditioner's settings)", self.name,
+                              f"pick another preconditioner with preconditioner=<name>, not {self.NAME}'s name key")
+
+    def hyper(self) -> dict:
+        """The torch.optim hyperparameters (everything but ``name`` and ``lr``)."""
+        return {k: v for k, v in self.to_dict().items() if k not in ("name", "lr")}
+
+
+#: heavy-ball coefficient μ (torch allows any μ >= 0; μ > 1 only diverges)
+MOMENTUM = Num(0, 1)
+EPS = Num(0, lo_open=True)
+
+
+@dataclass(frozen=True)
+class SGDSettings(PreconditionerSettings):
+    """``P = I``; torch.optim.SGD's momentum, dampening and Nesterov."""
+
+    NAME: ClassVar[str] = "sgd"
+    name: str = setting(Text(), "sgd")
+    momentum: float = setting(MOMENTUM, 0.0)
+    dampening: float = setting(Num(0, 1), 0.0)
+    nesterov: bool = setting(Flag(), False)
+
+    def check(self) -> None:
+        super().check()
+        if self.nesterov and (self.momentum <= 0 or self.dampening != 0):
+            raise ConfigError("nesterov", "false unless momentum > 0 and dampening = 0 (torch's rule)", True,
+                              "set momentum>0 and dampening=0, or nesterov=false")
+
+
+@dataclass(frozen=True)
+class AdagradSettings(PreconditionerSettings):
+    """AdaGrad with torch.optim.Adagrad's names; ``momentum`` is a heavy-ball extension (torch has none)."""
+
+    NAME: ClassVar[str] = "adagrad"
+    name: str = setting(Text(), "adagrad")
+    lr_decay: float = setting(Num(0), 0.0)
+    eps: float = setting(EPS, 1e-10)
+    initial_accumulator_value: float = setting(Num(0), 0.0)
+    momentum: float = setting(MOMENTUM, 0.0)
+
+
+@dataclass(frozen=True)
+class RMSpropSettings(PreconditionerSettings):
+    """RMSprop with torch.optim.RMSprop's names (``centered``: ``v − ḡ²``)."""
+
+    NAME: ClassVar[str] = "rmsprop"
+    name: str = setting(Text(), "rmsprop")
+    alpha: float = setting(Num(0, 1), 0.99)
+    eps: float = setting(EPS, 1e-8)
+    centered: bool = setting(Flag(), False)
+    momentum: float = setting(MOMENTUM, 0.0)
+
+
+@dataclass(frozen=True)
+class AdamSettings(PreconditionerSettings):
+    """Adam with torch.optim.Adam's names; bias-corrected moments."""
+
+    NAME: ClassVar[str] = "adam"
+    name: str = setting(Text(), "adam")
+    betas: tuple = setting(Seq(Num(0, 1, hi_open=True), 2, 2), (0.9, 0.999), fix="e.g. [0.9, 0.999]")
+    eps: float = setting(EPS, 1e-8)
+
+
+#: name → (link class, settings class) of the diagonal preconditioners
+PRECONDITIONERS: dict[str, tuple[type[Preconditioner], type[PreconditionerSettings]]] = {
+    "sgd": (SGD, SGDSettings),
+    "adagrad": (Adagrad, AdagradSettings),
+    "rmsprop": (RMSprop, RMSpropSettings),
+    "adam": (Adam, AdamSettings),
 }
+
+
+def diagonal_settings(name: str, **values) -> PreconditionerSettings:
+    """The settings of diagonal preconditioner ``name`` from keyword arguments (unknown keys refused)."""
+    if name not in PRECONDITIONERS:
+        raise ConfigError("name", f"one of {sorted(PRECONDITIONERS)}", name)
+    return PRECONDITIONERS[name][1].from_mapping({"name": name, **values})

@@ -40,6 +40,7 @@ from torch.overrides import TorchFunctionMode
 
 from precond.chain import Link, StepContext, add_scaled, add_scaled_, hmap, is_zero, pick
 from precond.errors import ConfigError
+from precond.settings import Choice, Num, Settings, setting
 
 POLICIES = ("all", "weights")
 VARIABLES = ("p", "z")
@@ -298,66 +299,45 @@ REGULARIZERS = ("l2", "l1", "gradnorm")
 
 def make_penalty(name: str, variable: str, form: Optional[str] = None, backend: Optional[str] = None,
                  r: Optional[float] = None, buffers: Iterable[Tensor] = ()) -> Penalty:
-    """The link for ``name`` in ``variable``; ``form`` is for L1, ``backend``/``r`` for gradnorm."""
-    if form is not None and name != "l1":
-        raise ValueError(f"'form' applies to regularization 'l1' only, not '{name}'")
-    if (backend is not None or r is not None) and name != "gradnorm":
-        raise ValueError(f"'backend' and 'r' apply to regularization 'gradnorm' only, not '{name}'")
-    if name == "l2":
-        return L2(variable)
-    if name == "l1":
-        form = form or "prox"
-        if form not in L1_FORMS:
-            raise ValueError(f"l1 form must be one of {list(L1_FORMS)}, got '{form}'")
-        return (L1Prox if form == "prox" else L1Subgradient)(variable)
-    if name == "gradnorm":
-        backend = backend or "finite_difference"
-        if backend not in HVP_BACKENDS:
-            raise ValueError(f"gradnorm backend must be one of {list(HVP_BACKENDS)}, got '{backend}'")
-        if r is not None and not r > 0:
-            raise ValueError(f"gradnorm finite-difference step r must be > 0, got {r}")
-        return GradNorm(variable, backend, r, buffers)
-    raise ValueError(f"unknown regularization '{name}'; expected one of {['none', *REGULARIZERS]}")
+    """The link for ``name`` in ``variable``; ``form`` is for L1, ``backend``/``r`` for gradnorm.
 
-
-def _is_number(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
+    The arguments are checked by building their :class:`RegularizationSpec` (the one owner of the rules).
+    """
+    spec = RegularizationSpec(name=name, variable=variable, form=form, backend=backend, r=r)
+    if spec.name == "none":
+        raise ConfigError("name", f"one of {list(REGULARIZERS)} (make_penalty builds a penalty)", name)
+    if spec.name == "l2":
+        return L2(spec.variable)
+    if spec.name == "l1":
+        return (L1Prox if (spec.form or "prox") == "prox" else L1Subgradient)(spec.variable)
+    return GradNorm(spec.variable, spec.backend or "finite_difference", spec.r, buffers)
 
 
 @dataclass(frozen=True)
-class RegularizationSpec:
+class RegularizationSpec(Settings):
     """The ``regularization`` config group: which penalty, in which variable, how strong.
 
-    ``name`` is ``none | l2 | l1 | gradnorm``; ``form`` is for l1, ``backend``/``r`` for
-    gradnorm (None elsewhere). Every rule about these values lives in ``__post_init__``
-    (keys relative to the group; the entry point adds ``regularization.``).
+    ``name`` is ``none | l2 | l1 | gradnorm``; ``form`` is for l1 (default prox), ``backend``/``r``
+    for gradnorm (default finite_difference, r = λ); each is null elsewhere. ``strength`` is λ in
+    torch's convention (the L2 decay per step is ηλ).
     """
 
-    name: str = "none"
-    variable: str = "p"
-    strength: float = 0.0
-    policy: str = "all"
-    form: Optional[str] = None
-    backend: Optional[str] = None
-    r: Optional[float] = None
+    name: str = setting(Choice(("none", *REGULARIZERS)), "none")
+    variable: str = setting(Choice(VARIABLES), "p",
+                            fix="p penalizes the model parameters, z the intrinsic ones (p = P z)")
+    strength: float = setting(Num(0), 0.0, doc="λ")
+    policy: str = setting(Choice(POLICIES), "all", fix="weights: only tensors with ndim >= 2")
+    form: Optional[str] = setting(Choice(L1_FORMS, optional=True), None,
+                                  fix="prox gives exact zeros, subgradient does not")
+    backend: Optional[str] = setting(Choice(HVP_BACKENDS, optional=True), None)
+    r: Optional[float] = setting(Num(0, lo_open=True, optional=True), None, doc="finite-difference step; null = λ")
 
-    def __post_init__(self) -> None:
-        if self.name != "none" and self.name not in REGULARIZERS:
-            raise ConfigError("name", f"one of {['none', *REGULARIZERS]}", self.name)
-        if self.variable not in VARIABLES:
-            raise ConfigError("variable", f"one of {list(VARIABLES)}", self.variable,
-                              "p penalizes the model parameters, z the intrinsic ones (p = P z)")
-        if not _is_number(self.strength) or not 0 <= self.strength < float("inf"):
-            raise ConfigError("strength", "a finite number >= 0", self.strength)
-        if self.policy not in POLICIES:
-            raise ConfigError("policy", f"one of {list(POLICIES)}", self.policy)
-        if self.form is not None and (self.name != "l1" or self.form not in L1_FORMS):
-            raise ConfigError("form", f"one of {list(L1_FORMS)} (l1 only)", self.form,
-                              "prox gives exact zeros, subgradient does not")
-        if self.backend is not None and (self.name != "gradnorm" or self.backend not in HVP_BACKENDS):
-            raise ConfigError("backend", f"one of {list(HVP_BACKENDS)} (gradnorm only)", self.backend)
-        if self.r is not None and (self.name != "gradnorm" or not _is_number(self.r) or not 0 < self.r < float("inf")):
-            raise ConfigError("r", "null (= strength) or a finite number > 0 (gradnorm only)", self.r)
+    def check(self) -> None:
+        if self.form is not None and self.name != "l1":
+            raise ConfigError("form", f"null with regularization {self.name} (form is an l1 setting)", self.form)
+        for key in ("backend", "r"):
+            if getattr(self, key) is not None and self.name != "gradnorm":
+                raise ConfigError(key, f"null with regularization {self.name} (a gradnorm setting)", getattr(self, key))
 
     def optimizer_kwargs(self) -> dict:
         """The keyword arguments of :func:`precond.build_optimizer` for this penalty."""

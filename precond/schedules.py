@@ -9,63 +9,104 @@ a scheduler stepped once per optimizer step (``η_k`` is logged as ``lr``):
   ``η_k = η_min + (η − η_min)(1 + cos(π (k − W)/(T − W)))/2`` with ``η_min = m·η``;
 * ``step``: ``η_k = η·γ^⌊k/S⌋``.
 
-The config files use ``_partial_: true``; the entry point calls the partial with
-``(optimizer, total_steps)``. Errors name the field (``schedule.`` is added by the entry point).
+Each schedule is a settings object (the config group's ``_target_``) whose ``build(optimizer,
+total_steps)`` makes the scheduler; the functions below build one from keyword arguments.
 """
 from __future__ import annotations
 
-import math
+from dataclasses import dataclass
 
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import CosineAnnealingLR, LambdaLR, LinearLR, LRScheduler, SequentialLR, StepLR
 
 from precond.errors import ConfigError
+from precond.settings import Int, Num, Settings, setting
 
 
-def _check_fraction(key: str, value, low_open: bool) -> None:
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and (
-        0 < value <= 1 if low_open else 0 <= value <= 1)
-    if not ok:
-        raise ConfigError(key, "a number in (0, 1]" if low_open else "a number in [0, 1]", value)
+@dataclass(frozen=True)
+class ScheduleSpec(Settings):
+    """Base of the ``schedule`` config group: ``build(optimizer, total_steps)`` gives the scheduler."""
+
+    def check_steps(self, total_steps: int) -> None:
+        """Rules that join this schedule with the run's ``steps`` (ConfigError naming the key)."""
+
+    def build(self, optimizer: Optimizer, total_steps: int) -> LRScheduler:
+        raise NotImplementedError
 
 
-def _check_steps(key: str, value, total_steps: int, allow_zero: bool = True) -> None:
-    if not isinstance(value, int) or isinstance(value, bool) or value < (0 if allow_zero else 1) \
-            or value >= max(total_steps, 1):
-        low = 0 if allow_zero else 1
-        raise ConfigError(key, f"an integer in [{low}, steps={total_steps})", value)
+def _check_warmup(warmup_steps: int, total_steps: int) -> None:
+    if warmup_steps >= max(total_steps, 1):
+        raise ConfigError("/schedule.warmup_steps", f"fewer than steps={total_steps}", warmup_steps,
+                          "lower schedule.warmup_steps or raise steps")
+
+
+@dataclass(frozen=True)
+class Constant(ScheduleSpec):
+    """``η_k = η``."""
+
+    def build(self, optimizer, total_steps):
+        return LambdaLR(optimizer, lambda k: 1.0)
+
+
+@dataclass(frozen=True)
+class Warmup(ScheduleSpec):
+    """Linear warm-up from ``start_factor·η`` to ``η`` over ``warmup_steps``, then constant."""
+
+    warmup_steps: int = setting(Int(lo=1), 100, doc="W")
+    start_factor: float = setting(Num(0, 1, lo_open=True), 0.01, doc="f")
+
+    def check_steps(self, total_steps):
+        _check_warmup(self.warmup_steps, total_steps)
+
+    def build(self, optimizer, total_steps):
+        self.check_steps(total_steps)
+        return LinearLR(optimizer, start_factor=self.start_factor, end_factor=1.0, total_iters=self.warmup_steps)
+
+
+@dataclass(frozen=True)
+class Cosine(ScheduleSpec):
+    """Optional linear warm-up, then cosine decay to ``min_factor·η`` at the last step."""
+
+    warmup_steps: int = setting(Int(lo=0), 0, doc="W")
+    start_factor: float = setting(Num(0, 1, lo_open=True), 0.01)
+    min_factor: float = setting(Num(0, 1), 0.0)
+
+    def check_steps(self, total_steps):
+        _check_warmup(self.warmup_steps, total_steps)
+
+    def build(self, optimizer, total_steps):
+        self.check_steps(total_steps)
+        base = optimizer.param_groups[0]["lr"]
+        decay = CosineAnnealingLR(optimizer, T_max=max(total_steps - self.warmup_steps, 1),
+                                  eta_min=self.min_factor * base)
+        if self.warmup_steps == 0:
+            return decay
+        ramp = LinearLR(optimizer, start_factor=self.start_factor, end_factor=1.0, total_iters=self.warmup_steps)
+        return SequentialLR(optimizer, [ramp, decay], milestones=[self.warmup_steps])
+
+
+@dataclass(frozen=True)
+class Step(ScheduleSpec):
+    """``η_k = η·γ^⌊k/step_size⌋``."""
+
+    step_size: int = setting(Int(lo=1), 1000)
+    gamma: float = setting(Num(0, 1, lo_open=True), 0.1)
+
+    def build(self, optimizer, total_steps):
+        return StepLR(optimizer, step_size=self.step_size, gamma=self.gamma)
 
 
 def constant(optimizer: Optimizer, total_steps: int) -> LRScheduler:
-    """``η_k = η``."""
-    return LambdaLR(optimizer, lambda k: 1.0)
+    return Constant().build(optimizer, total_steps)
 
 
-def warmup(optimizer: Optimizer, total_steps: int, warmup_steps: int = 100, start_factor: float = 0.01) -> LRScheduler:
-    """Linear warm-up from ``start_factor·η`` to ``η`` over ``warmup_steps``, then constant."""
-    _check_steps("warmup_steps", warmup_steps, total_steps, allow_zero=False)
-    _check_fraction("start_factor", start_factor, low_open=True)
-    return LinearLR(optimizer, start_factor=start_factor, end_factor=1.0, total_iters=warmup_steps)
+def warmup(optimizer: Optimizer, total_steps: int, **values) -> LRScheduler:
+    return Warmup.from_mapping(values).build(optimizer, total_steps)
 
 
-def cosine(optimizer: Optimizer, total_steps: int, warmup_steps: int = 0, start_factor: float = 0.01,
-           min_factor: float = 0.0) -> LRScheduler:
-    """Optional linear warm-up, then cosine decay to ``min_factor·η`` at the last step."""
-    _check_steps("warmup_steps", warmup_steps, total_steps)
-    _check_fraction("start_factor", start_factor, low_open=True)
-    _check_fraction("min_factor", min_factor, low_open=False)
-    base = optimizer.param_groups[0]["lr"]
-    decay = CosineAnnealingLR(optimizer, T_max=max(total_steps - warmup_steps, 1), eta_min=min_factor * base)
-    if warmup_steps == 0:
-        return decay
-    ramp = LinearLR(optimizer, start_factor=start_factor, end_factor=1.0, total_iters=warmup_steps)
-    return SequentialLR(optimizer, [ramp, decay], milestones=[warmup_steps])
+def cosine(optimizer: Optimizer, total_steps: int, **values) -> LRScheduler:
+    return Cosine.from_mapping(values).build(optimizer, total_steps)
 
 
-def step(optimizer: Optimizer, total_steps: int, step_size: int = 1000, gamma: float = 0.1) -> LRScheduler:
-    """``η_k = η·γ^⌊k/step_size⌋``."""
-    if not isinstance(step_size, int) or isinstance(step_size, bool) or step_size < 1:
-        raise ConfigError("step_size", "a positive integer", step_size)
-    if not isinstance(gamma, (int, float)) or isinstance(gamma, bool) or not 0 < gamma <= 1 or math.isnan(gamma):
-        raise ConfigError("gamma", "a number in (0, 1]", gamma)
-    return StepLR(optimizer, step_size=step_size, gamma=gamma)
+def step(optimizer: Optimizer, total_steps: int, **values) -> LRScheduler:
+    return Step.from_mapping(values).build(optimizer, total_steps)

@@ -1,179 +1,224 @@
-"""Config → plain objects: the one place (with the entry point) that reads a DictConfig.
+"""The config's schema: a resolved config → typed settings, checked in full before anything is built.
 
-Every config group option carries a ``_target_`` (a library factory or settings
-dataclass); :func:`instantiate` builds it and turns the library's errors into
-one-line :class:`ConfigError`\\ s that name the full config key. The rules about
-each setting live in the library object that owns it; this module only adds the
-config key to the message and checks the few rules that join two groups.
+The top level is :class:`RunOptions` (keys the run itself owns) plus :class:`LoopSettings` (the
+loop's keys, also top-level) plus one node per config group. Each group option names its typed
+settings class with ``_target_``; only registered settings classes may be named, so a config
+file can choose a class but never run code. Every key of every level is checked by its field's
+rule (:mod:`precond.settings`), an unknown key is refused at every level, and the rules that join
+groups run once in :func:`precond.combinations.check_combinations`. A :class:`ConfigError`
+names the full key (``model.widths``, ``preconditioner.base_hyper.momentum``).
+
+This module and the entry point are the only ones that see a DictConfig.
 """
 from __future__ import annotations
 
 import dataclasses
+import re
 from typing import Any, Optional
 
-import hydra
 import torch
-from hydra.errors import InstantiationException
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
+from precond.combinations import check_combinations
 from precond.curvature import CurvatureSettings
-from precond.data import Dataset
+from precond.data import Dataset, DataSpec
 from precond.errors import ConfigError
+from precond.models import ModelSpec
 from precond.normalization import Normalization, standardize_inputs
-from precond.optim import ComposedOptimizer, PreconditionerSpec, build_optimizer
+from precond.optim import ComposedOptimizer, build_optimizer
+from precond.preconditioners import PreconditionerSettings
 from precond.regularizers import RegularizationSpec
 from precond.run.files import WandbSettings
 from precond.run.loop import LoopSettings, loss_function
 from precond.run.monitors import CurvatureMonitor, Monitor, RegularizationMonitor
+from precond.schedules import ScheduleSpec
+from precond.settings import LEARNING_RATE, Choice, Flag, Rule, Settings, Text, refuse_unknown_keys, setting
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
+#: config group → (base class of its settings, whether the node may be null)
+GROUPS: dict[str, tuple[type[Settings], bool]] = {
+    "model": (ModelSpec, False),
+    "dataset": (DataSpec, False),
+    "preconditioner": (PreconditionerSettings, False),
+    "regularization": (RegularizationSpec, False),
+    "normalization": (Normalization, False),
+    "schedule": (ScheduleSpec, False),
+    "logger": (WandbSettings, False),
+    "curvature": (CurvatureSettings, True),
+}
 
-def instantiate(cfg: DictConfig, node: str, **kwargs) -> Any:
-    """Build ``cfg.<node>`` from its ``_target_``; errors name ``<node>.<key>``.
 
-    A ConfigError from the target is re-keyed under ``node``; a TypeError (an unknown
-    or missing key) becomes a ConfigError naming the node.
-    """
+@dataclasses.dataclass(frozen=True)
+class DeviceName(Rule):
+    """``auto``, ``cpu``, ``cuda`` or ``cuda:N``."""
+
+    def expected(self) -> str:
+        return "auto, cpu, cuda or cuda:N"
+
+    def accepts(self, value: Any) -> bool:
+        return isinstance(value, str) and re.fullmatch(r"auto|cpu|cuda(:\d{1,3})?", value) is not None
+
+    def refused(self) -> list[Any]:
+        return [3, "tpu"]
+
+
+@dataclasses.dataclass(frozen=True)
+class RunOptions(Settings):
+    """The top-level keys a run owns (the loop's own top-level keys are :class:`LoopSettings`)."""
+
+    name: str = setting(Text(name_like=True), "default", doc="experiment name: W&B group, part of the sweep dir")
+    stage: Optional[str] = setting(Choice(("tuning", "confirmation"), optional=True), None,
+                                   doc="set by hydra/sweeper=tuned")
+    arm: Optional[str] = setting(Text(name_like=True, optional=True), None, doc="set by hydra/sweeper=tuned")
+    device: str = setting(DeviceName(), "auto")
+    dtype: str = setting(Choice(tuple(DTYPES)), "float32")
+    lr: float = setting(LEARNING_RATE, 1e-3, doc="learning rate η", fix="e.g. lr=0.01")
+    channels_last: bool = setting(Flag(), False)
+    compile: bool = setting(Flag(), False)
+
+
+@dataclasses.dataclass(frozen=True)
+class RunSettings:
+    """Everything a run needs, checked in full before any data or model is built."""
+
+    options: RunOptions
+    loop: LoopSettings
+    model: ModelSpec
+    dataset: DataSpec
+    preconditioner: PreconditionerSettings
+    regularization: RegularizationSpec
+    normalization: Normalization
+    schedule: ScheduleSpec
+    logger: WandbSettings
+    curvature: Optional[CurvatureSettings]
+    device: torch.device
+
+    @property
+    def lr(self) -> float:
+        return self.options.lr
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return DTYPES[self.options.dtype]
+
+
+def top_level_keys() -> list[str]:
+    return [*RunOptions.keys(), *LoopSettings.keys(), *GROUPS]
+
+
+def resolve(cfg: DictConfig) -> dict:
+    """The config as plain containers with every interpolation resolved; a failure names its key."""
     try:
-        return hydra.utils.instantiate(cfg[node], **kwargs, _convert_="all")
+        return OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
+    except OmegaConfBaseException as err:
+        key = getattr(err, "full_key", None) or "config"
+        message = str(err).split("\n")[0]
+        raise ConfigError(key, "a value that resolves", None, f"{message} (check the interpolation or set the "
+                          "environment variable it reads)") from None
+
+
+def _registered(base: type) -> dict[str, type]:
+    """Every settings class derived from ``base``, by its import path (what ``_target_`` may name)."""
+    found, todo = {}, [base]
+    while todo:
+        cls = todo.pop()
+        found[f"{cls.__module__}.{cls.__qualname__}"] = cls
+        todo += cls.__subclasses__()
+    return found
+
+
+def build_group(node: str, value: Any) -> Optional[Settings]:
+    """The settings object of config group ``node`` from its plain mapping (``_target_`` + keys)."""
+    base, nullable = GROUPS[node]
+    if value is None and nullable:
+        return None
+    if not isinstance(value, dict):
+        raise ConfigError(node, f"a {node} option (a mapping with _target_)", value, f"pick one with {node}=<option>")
+    values = dict(value)
+    target = values.pop("_target_", None)
+    known = _registered(base)
+    if len(known) > 1:  # an abstract base (ModelSpec, ...): only its subclasses are options
+        known = {k: v for k, v in known.items() if v is not base}
+    if target not in known:
+        choices = sorted(known)
+        raise ConfigError(f"{node}._target_", f"one of the settings classes {choices}", target,
+                          f"a {node} option names the class that holds its keys")
+    try:
+        return known[target].from_mapping(values)
     except ConfigError as err:
         raise err.within(node) from None
-    except InstantiationException as err:
-        cause = err.__cause__
-        if isinstance(cause, ConfigError):
-            raise cause.within(node) from None
-        if isinstance(cause, TypeError):
-            raise ConfigError(node, "only the keys its config file documents", None, str(cause)) from None
-        raise
+
+
+def settings_from_plain(plain: dict) -> RunSettings:
+    """Check a resolved config in full; raises ConfigError naming the key."""
+    refuse_unknown_keys(plain, top_level_keys(), "the top level of the config")
+    options = RunOptions.from_mapping({k: v for k, v in plain.items() if k in RunOptions.keys()})
+    loop = LoopSettings.from_mapping({k: v for k, v in plain.items() if k in LoopSettings.keys()})
+    groups = {node: build_group(node, plain.get(node)) for node in GROUPS}
+    if options.dtype != "float32" and loop.precision == "bf16":
+        raise ConfigError("precision", "fp32 with dtype=float64 (bf16 autocast keeps float32 weights)",
+                          loop.precision, "use dtype=float32 with precision=bf16")
+    data = groups["dataset"]
+    if options.channels_last and not data.images():
+        raise ConfigError("channels_last", "false for vector inputs (it sets the memory format of C×H×W images)",
+                          True, "this dataset has vector inputs")
+    check_combinations(preconditioner=groups["preconditioner"], regularization=groups["regularization"],
+                       normalization=groups["normalization"], curvature=groups["curvature"], loop=loop, data=data,
+                       model=groups["model"], schedule=groups["schedule"])
+    return RunSettings(options=options, loop=loop, device=resolve_device(options.device), **groups)
+
+
+def settings_from_config(cfg: DictConfig) -> RunSettings:
+    """:func:`settings_from_plain` of the resolved ``cfg``."""
+    return settings_from_plain(resolve(cfg))
 
 
 def resolve_device(name: str) -> torch.device:
     """``auto`` picks CUDA when available; asking for CUDA without a GPU is a config error."""
-    if not isinstance(name, str) or not (name in ("auto", "cpu") or name.startswith("cuda")):
-        raise ConfigError("device", "auto, cpu, cuda or cuda:N", name)
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError("device", "a CUDA GPU for device=cuda", "none available",
-                          "use device=auto or device=cpu")
-    try:
-        return torch.device(name)
-    except RuntimeError:
-        raise ConfigError("device", "auto, cpu, cuda or cuda:N", name) from None
+        raise ConfigError("device", "a CUDA GPU for device=cuda", "none available", "use device=auto or device=cpu")
+    if name.startswith("cuda:") and int(name[5:]) >= torch.cuda.device_count():
+        raise ConfigError("device", f"cuda:N with N < {torch.cuda.device_count()}", name)
+    return torch.device(name)
 
 
-@dataclasses.dataclass
-class RunSettings:
-    """Everything a run needs that can be checked before any data or model is built."""
-
-    device: torch.device
-    dtype: torch.dtype
-    lr: float
-    loop: LoopSettings
-    preconditioner: PreconditionerSpec
-    regularization: RegularizationSpec
-    normalization: Normalization
-    logger: WandbSettings
-    curvature: Optional[CurvatureSettings]
-    channels_last: bool = False
-    compile: bool = False
-
-
-def settings_from_config(cfg: DictConfig) -> RunSettings:
-    """Validate the config by building its settings objects; raises ConfigError naming the key."""
-    if cfg.dtype not in DTYPES:
-        raise ConfigError("dtype", f"one of {sorted(DTYPES)}", cfg.dtype)
-    for key in ("channels_last", "compile"):
-        if not isinstance(cfg[key], bool):
-            raise ConfigError(key, "true or false", cfg[key])
-    if cfg.precision == "bf16" and cfg.dtype != "float32":
-        raise ConfigError("precision", "fp32 with dtype=float64 (bf16 autocast keeps float32 weights)",
-                          cfg.precision, "use dtype=float32 with precision=bf16")
-    lr = cfg.lr
-    if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not 0 < lr < float("inf"):
-        raise ConfigError("lr", "a finite number > 0", lr, "e.g. lr=0.01")
-    loop = LoopSettings(  # its keys are top-level config keys: errors need no prefix
-        steps=cfg.steps, batch_size=cfg.batch_size, eval_every=cfg.eval_every, seed=cfg.seed,
-        target_metric=cfg.target.metric, target_value=cfg.target.value,
-        eval_batch_size=cfg.eval_batch_size, divergence_factor=cfg.divergence_factor,
-        progress=bool(cfg.progress), checkpoint_every=cfg.checkpoint_every, precision=cfg.precision,
-    )
-    curvature = instantiate(cfg, "curvature") if cfg.get("curvature") is not None else None
-    if curvature is not None:
-        try:
-            curvature.check_schedule(loop.eval_every)
-        except ConfigError as err:
-            raise err.within("curvature") from None
-    settings = RunSettings(
-        device=resolve_device(cfg.device), dtype=DTYPES[cfg.dtype], lr=float(lr), loop=loop,
-        preconditioner=instantiate(cfg, "preconditioner"), regularization=instantiate(cfg, "regularization"),
-        normalization=instantiate(cfg, "normalization"), logger=instantiate(cfg, "logger"), curvature=curvature,
-        channels_last=cfg.channels_last, compile=cfg.compile,
-    )
-    _check_combinations(settings)
-    return settings
-
-
-def _check_combinations(s: RunSettings) -> None:
-    """The rules that join two groups (each group's own rules live in its settings object)."""
-    if s.normalization.name == "batchnorm" and s.loop.batch_size < 2:
-        raise ConfigError("batch_size", "at least 2 with normalization=batchnorm (train-mode BatchNorm "
-                          "needs more than one sample per channel)", s.loop.batch_size,
-                          "use normalization=none with preconditioner=bnp, or batch_size>=2")
-    # BNP's own rules (penalties in p only, no BatchNorm in the model) live in build_optimizer
-    if s.preconditioner.name == "bnp":
-        if s.curvature is not None and "z" in s.curvature.spaces:
-            raise ConfigError("curvature.spaces", "[p] with preconditioner=bnp (its P is not diagonal)",
-                              list(s.curvature.spaces), "set curvature.spaces=[p]")
-
-
-def build_data(cfg: DictConfig, settings: RunSettings) -> Dataset:
+def build_data(settings: RunSettings) -> Dataset:
     """The dataset, resident on the run's device (NHWC images with ``channels_last``)."""
-    data = instantiate(cfg, "dataset")
+    data = settings.dataset.build()
     if settings.normalization.standardizes_inputs:
         data = standardize_inputs(data)
-    if settings.channels_last and len(data.in_shape) != 3:
-        raise ConfigError("channels_last", "false for vector inputs (it sets the memory format of C×H×W images)",
-                          True, f"dataset inputs have shape {data.in_shape}")
-    return data.to(settings.device, settings.dtype, channels_last=settings.channels_last)
+    return data.to(settings.device, settings.dtype, channels_last=settings.options.channels_last)
 
 
-def build_model(cfg: DictConfig, settings: RunSettings, data: Dataset) -> torch.nn.Module:
+def build_model(settings: RunSettings, data: Dataset) -> torch.nn.Module:
     """The model with the run's seed, dtype and device; NHWC weights with ``channels_last``; its forward
     compiled with ``compile`` (``nn.Module.compile``: the state-dict keys stay those of the model)."""
     torch.manual_seed(settings.loop.seed)
-    model = instantiate(cfg, "model", in_shape=data.in_shape, num_outputs=data.num_outputs,
-                        normalization=settings.normalization.name)
+    model = settings.model.build(data.in_shape, data.num_outputs, settings.normalization.name)
     model = model.to(device=settings.device, dtype=settings.dtype)
-    if settings.channels_last:
+    if settings.options.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    if settings.compile:
+    if settings.options.compile:
         model.compile()
     return model
 
 
 def build_optimizer_from_settings(settings: RunSettings, model: torch.nn.Module) -> ComposedOptimizer:
+    """The composed optimizer of the run's preconditioner and regularization (both already checked)."""
     spec, reg = settings.preconditioner, settings.regularization
-    hyper = dict(spec.hyper)
-    extra = {"model": model} if spec.name == "bnp" else {}
+    extra = {"model": model} if spec.NAME == "bnp" else {}
     reg_kwargs = reg.optimizer_kwargs()
     if reg.name == "gradnorm":
         reg_kwargs["buffers"] = list(model.buffers())  # BatchNorm statistics never see the perturbed pass
-    try:
-        return build_optimizer(model.parameters(), spec.name, lr=settings.lr, **reg_kwargs, **hyper, **extra)
-    except ConfigError as err:
-        raise err.within("preconditioner") from None
-    except (TypeError, ValueError) as err:
-        raise ConfigError("preconditioner", "settings build_optimizer accepts", None, str(err)) from None
+    return build_optimizer(model.parameters(), spec.NAME, lr=settings.lr, **reg_kwargs, **spec.hyper(), **extra)
 
 
-def build_schedule(cfg: DictConfig, optimizer: torch.optim.Optimizer, steps: int):
-    make = instantiate(cfg, "schedule")
-    try:
-        return make(optimizer, steps)
-    except ConfigError as err:
-        raise err.within("schedule") from None
+def build_schedule(settings: RunSettings, optimizer: torch.optim.Optimizer):
+    return settings.schedule.build(optimizer, settings.loop.steps)
 
 
 def build_monitors(settings: RunSettings, model, optimizer, data: Dataset) -> tuple[Monitor, ...]:
@@ -192,4 +237,4 @@ def build_monitors(settings: RunSettings, model, optimizer, data: Dataset) -> tu
 
 def to_plain(cfg: DictConfig) -> dict:
     """The resolved config as plain Python containers (for files and W&B)."""
-    return OmegaConf.to_container(cfg, resolve=True)
+    return resolve(cfg)

@@ -21,9 +21,11 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import errno
 import logging
 import os
 import secrets
+import shutil
 import sys
 import traceback
 from pathlib import Path
@@ -32,8 +34,10 @@ from typing import Optional
 import hydra
 import torch
 from hydra.core.hydra_config import HydraConfig
+from hydra.errors import HydraException
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
 from precond.errors import ConfigError
 from precond.run.checkpoint import CHECKPOINT, CHECKPOINT_FORMAT, atomic_save, rng_state, set_rng_state
@@ -44,8 +48,8 @@ from precond.run.config import (
     build_monitors,
     build_optimizer_from_settings,
     build_schedule,
-    settings_from_config,
-    to_plain,
+    resolve,
+    settings_from_plain,
 )
 from precond.run.files import (
     FINISHED,
@@ -55,9 +59,10 @@ from precond.run.files import (
     environment,
     identifying_overrides,
     write_summary,
+    write_text_atomically,
 )
 from precond.run.interrupts import StopRequest
-from precond.run.loop import LoopSettings, check_target, train
+from precond.run.loop import LoopSettings, train
 from precond.sweep.callbacks import write_sweep_report
 
 log = logging.getLogger("precond")
@@ -85,7 +90,7 @@ class JobInfo:
     @classmethod
     def of(cls, hc) -> JobInfo:
         return cls(run_dir=Path(hc.runtime.output_dir),
-                   overrides=[o for o in hc.overrides.task if not o.startswith("hydra.")],
+                   overrides=_plain_overrides(hc),
                    choices=dict(hc.runtime.choices.items()), multirun=hc.mode == RunMode.MULTIRUN,
                    sweep_dir=str(hc.sweep.dir), cwd=str(hc.runtime.cwd))
 
@@ -94,21 +99,27 @@ def _task_overrides() -> list[str]:
     return JobInfo.of(HydraConfig.get()).overrides
 
 
-def _wandb_settings(cfg: DictConfig, settings: RunSettings, job: JobInfo):
+def _plain_overrides(hc) -> list[str]:
+    """The task's overrides as typed (read unresolved: an override may itself contain ``${...}``)."""
+    return [o for o in OmegaConf.to_container(hc.overrides.task, resolve=False) if not o.startswith("hydra.")]
+
+
+def _wandb_settings(settings: RunSettings, job: JobInfo):
     """The logger settings with this run's group (the sweep), name (its identifying overrides) and tags."""
     choices = job.choices
     tags = [settings.preconditioner.name, f"reg:{settings.regularization.name}",
             f"norm:{settings.normalization.name}", f"model:{choices.get('model')}",
             f"data:{choices.get('dataset')}", *settings.logger.tags]
     return dataclasses.replace(
-        settings.logger, group=Path(job.sweep_dir).name if job.multirun else cfg.name,
-        name=",".join(identifying_overrides(job.overrides)) or cfg.name, tags=tags,
+        settings.logger, group=Path(job.sweep_dir).name if job.multirun else settings.options.name,
+        name=",".join(identifying_overrides(job.overrides)) or settings.options.name, tags=tags,
     )
 
 
-def base_summary(cfg: DictConfig, job: JobInfo) -> dict:
-    return {"seed": cfg.seed, "name": cfg.name, "overrides": job.overrides,
-            **{k: cfg[k] for k in ("stage", "arm") if cfg.get(k) is not None},
+def base_summary(settings: RunSettings, job: JobInfo) -> dict:
+    options = settings.options
+    return {"seed": settings.loop.seed, "name": options.name, "overrides": job.overrides,
+            **{k: getattr(options, k) for k in ("stage", "arm") if getattr(options, k) is not None},
             "choices": {k: v for k, v in job.choices.items() if not k.startswith("hydra")}}
 
 
@@ -117,19 +128,20 @@ def run(cfg: DictConfig, should_stop=None, job: Optional[JobInfo] = None) -> dic
     completed | diverged | failed | interrupted). A dir that holds this same completed run is
     reported, not redone; one that holds another run is refused (:class:`RunDirInUse`)."""
     job = job or JobInfo.of(HydraConfig.get())
-    base = base_summary(cfg, job)
-    with RunDirectory(job.run_dir, to_plain(cfg)) as directory:
+    plain = resolve(cfg)
+    settings = settings_from_plain(plain)  # the whole config, checked before anything is written
+    base = base_summary(settings, job)
+    with RunDirectory(job.run_dir, plain) as directory:
         if directory.finished is not None:
             log.info("%s already holds this finished run (status %s): not redone", job.run_dir,
                      directory.finished["status"])
             return directory.finished
-        save_resolved_config(cfg, job.run_dir)
-        settings = settings_from_config(cfg)
+        save_resolved_config(plain, job.run_dir)
         base.update(environment(settings.device, job.cwd))
-        with open_runlog(cfg, settings, job, directory.checkpoint) as runlog:
+        with open_runlog(plain, settings, job, directory.checkpoint) as runlog:
             with failures_written(runlog, job.run_dir, base):
-                data = load_data(cfg, settings)
-                run_ = prepare(cfg, settings, job, base, runlog, data, directory.checkpoint)
+                data = load_data(settings)
+                run_ = prepare(settings, job, base, runlog, data, directory.checkpoint)
                 summary = {**base, **train(run_.parts.model, run_.parts.optimizer, data, run_.loop, runlog,
                                            monitors=run_.parts.monitors, scheduler=run_.parts.scheduler,
                                            should_stop=should_stop, checkpoint=run_.parts.saver(job.run_dir),
@@ -139,14 +151,14 @@ def run(cfg: DictConfig, should_stop=None, job: Optional[JobInfo] = None) -> dic
     return summary
 
 
-def save_resolved_config(cfg: DictConfig, run_dir: Path) -> None:
+def save_resolved_config(plain: dict, run_dir: Path) -> None:
     """``config.yaml``: the run's config with every interpolation resolved."""
-    OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
+    write_text_atomically(run_dir / "config.yaml", OmegaConf.to_yaml(OmegaConf.create(plain)))
 
 
-def open_runlog(cfg: DictConfig, settings: RunSettings, job: JobInfo, resume: Optional[dict]) -> RunLog:
+def open_runlog(plain: dict, settings: RunSettings, job: JobInfo, resume: Optional[dict]) -> RunLog:
     wandb_id = resume.get("wandb_id") if resume is not None else None
-    return RunLog(job.run_dir, to_plain(cfg), _wandb_settings(cfg, settings, job), wandb_id=wandb_id)
+    return RunLog(job.run_dir, plain, _wandb_settings(settings, job), wandb_id=wandb_id)
 
 
 @contextlib.contextmanager
@@ -167,10 +179,8 @@ def write_failure(runlog: RunLog, run_dir: Path, base: dict, err: Exception) -> 
             "".join(traceback.format_exception(type(err), err, err.__traceback__)), encoding="utf-8")
 
 
-def load_data(cfg: DictConfig, settings: RunSettings):
-    data = build_data(cfg, settings)
-    check_target(settings.loop, data.task)
-    return data
+def load_data(settings: RunSettings):
+    return build_data(settings)
 
 
 @dataclasses.dataclass
@@ -184,12 +194,12 @@ class PreparedRun:
     resume: Optional[dict]
 
 
-def prepare(cfg: DictConfig, settings: RunSettings, job: JobInfo, base: dict, runlog: RunLog, data,
+def prepare(settings: RunSettings, job: JobInfo, base: dict, runlog: RunLog, data,
              resume: Optional[dict]) -> PreparedRun:
     """Build the model, optimizer, schedule and monitors of one run; restore them from ``resume``."""
-    model = build_model(cfg, settings, data)
+    model = build_model(settings, data)
     optimizer = build_optimizer_from_settings(settings, model)
-    scheduler = build_schedule(cfg, optimizer, settings.loop.steps)
+    scheduler = build_schedule(settings, optimizer)
     monitors = build_monitors(settings, model, optimizer, data)
     loop = settings.loop
     if loop.progress and not sys.stderr.isatty():
@@ -280,12 +290,13 @@ def hydra_main(cfg: DictConfig) -> Optional[float]:
             if multirun:
                 return None
             raise SystemExit(2) from None
-        except ConfigError as err:
-            if not (run_dir / "summary.json").exists():
-                write_summary(run_dir, {"status": "failed", "error": str(err), "overrides": _task_overrides()})
+        except ConfigError as err:  # refused before anything of the run was written
             print(f"error: {err}", file=sys.stderr)
-            if multirun:
+            if multirun:  # the sweep's table lists the job as failed, with why
+                if not (run_dir / "summary.json").exists():
+                    write_summary(run_dir, {"status": "failed", "error": str(err), "overrides": _task_overrides()})
                 return None
+            discard_if_only_hydra_files(run_dir)
             raise SystemExit(2) from None
         except Exception as err:
             if not multirun:
@@ -315,12 +326,53 @@ def target_value(summary: dict) -> Optional[float]:
     return value if summary["status"] == "completed" else None
 
 
+def discard_if_only_hydra_files(run_dir: Path) -> None:
+    """Remove the dir Hydra made for a refused run when it holds nothing but Hydra's own files, so the
+    corrected command finds no trace of it (a dir holding anything else is left as it is)."""
+    try:
+        if run_dir.is_dir() and {p.name for p in run_dir.iterdir()} <= {".hydra", "train.log"}:
+            shutil.rmtree(run_dir)
+    except OSError:
+        pass
+
+
+def one_line(err: BaseException) -> str:
+    """A Hydra or OmegaConf error (override syntax, unknown key, missing config) as one line."""
+    lines = [line.strip() for line in str(err).split("Config search path:")[0].splitlines() if line.strip()]
+    cause = err.__cause__
+    if isinstance(cause, OmegaConfBaseException):
+        lines += [line.strip() for line in str(cause).splitlines()[:1] if line.strip()]
+    key = getattr(err, "full_key", None) or getattr(cause, "full_key", None)
+    text = "; ".join(line for line in lines if not line.startswith(("full_key:", "object_type=", "reference_type=")))
+    return f"{key}: {text}" if key else text
+
+
+def os_error_line(err: OSError) -> str:
+    """A failed write (full disk, read-only dir, a file where a dir should be, a name too long) as one line."""
+    what = {errno.ENOSPC: "the disk is full: free space and re-run the same command (finished files are kept)",
+            errno.EROFS: "the file system is read-only: pick a writable hydra.run.dir / hydra.sweep.dir",
+            errno.EACCES: "no permission to write there: pick a writable hydra.run.dir / hydra.sweep.dir",
+            errno.ENAMETOOLONG: "a file name is too long for the file system: shorten name or the overrides",
+            errno.ENOTDIR: "a path component is a file, not a directory: pick another hydra.run.dir",
+            errno.EEXIST: "a file stands where a directory should be: pick another hydra.run.dir"}
+    where = f" ({err.filename})" if err.filename else ""
+    return f"could not write{where}: {err.strerror or err} — {what.get(err.errno, 'check the output directory')}"
+
+
 def main() -> None:
+    """``precond-train``: Hydra's own errors (bad override, unknown key) and failed writes are one line each."""
+    os.environ.setdefault("HYDRA_FULL_ERROR", "1")  # Hydra re-raises instead of printing a block: see below
     try:
         hydra_main()
     except KeyboardInterrupt:  # Ctrl-C outside a run's step loop (e.g. between jobs): no traceback
         print("interrupted", file=sys.stderr)
         raise SystemExit(130) from None
+    except (HydraException, OmegaConfBaseException) as err:
+        print(f"error: {one_line(err)}", file=sys.stderr)
+        raise SystemExit(2) from None
+    except OSError as err:
+        print(f"error: {os_error_line(err)}", file=sys.stderr)
+        raise SystemExit(1) from None
 
 
 if __name__ == "__main__":

@@ -27,11 +27,12 @@ import os
 import platform
 import secrets
 import subprocess
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
 from precond.errors import ConfigError
+from precond.settings import Choice, Seq, Settings, Text, setting
 
 log = logging.getLogger(__name__)
 
@@ -39,8 +40,8 @@ WANDB_MODES = ("online", "offline", "disabled")
 _said_offline = False
 
 
-@dataclass
-class WandbSettings:
+@dataclass(frozen=True)
+class WandbSettings(Settings):
     """The ``logger`` config group: where and how to log to W&B.
 
     ``mode`` is ``online | offline | disabled``; ``logger=none`` is ``disabled`` (plain
@@ -48,22 +49,14 @@ class WandbSettings:
     filled in by the entry point.
     """
 
-    mode: str = "offline"
-    project: str = "precond"
-    entity: Optional[str] = None
-    group: Optional[str] = None
-    name: Optional[str] = None
-    tags: list[str] = field(default_factory=list)
-    job_type: str = "train"
-
-    def __post_init__(self) -> None:
-        if self.mode not in WANDB_MODES:
-            raise ConfigError("mode", f"one of {list(WANDB_MODES)}", self.mode,
-                              "offline needs no account; logger=none logs plain files only")
-        if not isinstance(self.project, str) or not self.project:
-            raise ConfigError("project", "a non-empty W&B project name", self.project)
-        if not isinstance(self.tags, (list, tuple)) or not all(isinstance(t, str) for t in self.tags):
-            raise ConfigError("tags", "a list of strings", self.tags)
+    mode: str = setting(Choice(WANDB_MODES), "offline",
+                        fix="offline needs no account; logger=none logs plain files only")
+    project: str = setting(Text(name_like=True, max_len=128), "precond", doc="W&B project name")
+    entity: Optional[str] = setting(Text(optional=True), None)
+    group: Optional[str] = setting(Text(optional=True), None)
+    name: Optional[str] = setting(Text(optional=True), None)
+    tags: tuple = setting(Seq(Text(), 0, 64), (), fix="e.g. logger.tags=[baseline,v2]")
+    job_type: str = setting(Text(), "train")
 
 
 def _jsonable(value: Any) -> Any:
@@ -210,10 +203,13 @@ def log_sweep_summary(settings: WandbSettings, sweep_dir: str | Path, tables: di
 
 # --- provenance: what a run's summary records about where and how it ran -----------------------
 
+#: config keys that change no result of a run (neither its training nor any number it records): the one
+#: list behind every "these keys do not matter" rule (run-dir reuse, labels, packs)
+RESULT_FREE_KEYS = ("logger", "progress", "checkpoint_every")
+
 #: override keys that do not identify a run: seeds are averaged over, the experiment is the whole
-#: sweep, and logging, progress and checkpointing change no result. The one list used by the sweep report's labels
-#: and by the W&B run names.
-NON_IDENTIFYING_KEYS = ("seed", "experiment", "logger", "progress", "checkpoint_every")
+#: sweep, and the result-free keys change nothing. Used by the sweep report's labels and W&B run names.
+NON_IDENTIFYING_KEYS = ("seed", "experiment", *RESULT_FREE_KEYS)
 
 
 def identifying_overrides(overrides: list[str]) -> list[str]:
@@ -255,9 +251,6 @@ def environment(device, cwd: str | Path) -> dict:
 
 # --- the run directory: never shared, never appended to by another run -------------------------
 
-#: config keys that may differ between two attempts of the same run (they change no result)
-RUN_DIR_FREE_KEYS = ("logger", "progress", "checkpoint_every")
-
 #: statuses of a run that is over: re-running it would give the same result, so it is not redone
 FINISHED = ("completed", "diverged")
 
@@ -267,7 +260,7 @@ class RunDirInUse(ConfigError):
 
 
 def _config_differences(old: dict, new: dict) -> list[str]:
-    keys = sorted((set(old) | set(new)) - set(RUN_DIR_FREE_KEYS))
+    keys = sorted((set(old) | set(new)) - set(RESULT_FREE_KEYS))
     return [k for k in keys if old.get(k) != new.get(k)]
 
 

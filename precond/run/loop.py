@@ -7,7 +7,6 @@ synchronize so asynchronous kernels are charged to the step that queued them.
 from __future__ import annotations
 
 import contextlib
-import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields
@@ -18,9 +17,10 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from precond.data import BatchSampler, Dataset
-from precond.errors import ConfigError
+from precond.metrics import target_reached
 from precond.run.files import RunLog
 from precond.run.monitors import Monitor
+from precond.settings import SEED, Choice, Flag, Int, Nested, Num, Settings, Text, setting
 
 #: steps between non-finite-loss checks (each check synchronizes with the device)
 DIVERGENCE_CHECK_EVERY = 10
@@ -35,71 +35,40 @@ def autocast(precision: str, device: torch.device):
     return contextlib.nullcontext()
 
 
-@dataclass
-class LoopSettings:
-    """Plain settings of one run (the entry point fills them from the config)."""
+@dataclass(frozen=True)
+class Target(Settings):
+    """The ``target`` config node: steps/seconds-to-target are counted until ``metric`` reaches ``value``
+    (loss-like metrics from above, accuracy-like from below); null value: no target."""
 
-    steps: int
-    batch_size: int
-    eval_every: int
-    seed: int = 0
-    target_metric: str = "val/loss"
-    target_value: Optional[float] = None
-    eval_batch_size: int = 4096
-    eval_train_samples: int = 10_000
-    divergence_factor: float = 1e6
-    progress: bool = True
+    metric: str = setting(Text(), "val/loss", doc="a metric logged at every evaluation")
+    value: Optional[float] = setting(Num(optional=True), None)
+
+
+@dataclass(frozen=True)
+class LoopSettings(Settings):
+    """Settings of one run's loop; their names are the top-level config keys."""
+
+    steps: int = setting(Int(lo=1, hi=10**9), 1000, doc="optimizer steps (minibatches)")
+    batch_size: int = setting(Int(lo=1, hi=10**8), 64)
+    eval_every: int = setting(Int(lo=1, hi=10**9), 100, doc="steps between evaluations")
+    seed: int = setting(SEED, 0, doc="training seed (init, batch order)")
+    target: Target = setting(Nested(Target), Target())
+    eval_batch_size: int = setting(Int(lo=1, hi=10**8), 4096, doc="chunk size for evaluation only")
+    eval_train_samples: int = setting(Int(lo=1, hi=10**9), 10_000, doc="training samples behind train/loss")
+    divergence_factor: float = setting(Num(1, lo_open=True, allow_inf=True), 1e6,
+                                       fix="a run is diverged when its loss exceeds this many times the initial loss")
+    progress: bool = setting(Flag(), True, doc="tqdm step bar on stderr")
     #: None: a checkpoint at every evaluation; N > 0: every N steps; 0: only on interrupt
-    checkpoint_every: Optional[int] = None
+    checkpoint_every: Optional[int] = setting(Int(lo=0, optional=True), None,
+                                              fix="null: at every evaluation, N: every N steps, 0: only on interrupt")
     #: fp32 | bf16 (autocast of forward and loss; see :func:`autocast`)
-    precision: str = "fp32"
-
-    def __post_init__(self) -> None:
-        for key in ("steps", "batch_size", "eval_every", "eval_batch_size", "eval_train_samples"):
-            value = getattr(self, key)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ConfigError(key, "a positive integer", value)
-        if self.checkpoint_every is not None and (not isinstance(self.checkpoint_every, int) or isinstance(
-                self.checkpoint_every, bool) or self.checkpoint_every < 0):
-            raise ConfigError("checkpoint_every", "null (at every evaluation) or an integer >= 0 (0: only on "
-                              "interrupt)", self.checkpoint_every)
-        if self.precision not in PRECISIONS:
-            raise ConfigError("precision", f"one of {list(PRECISIONS)}", self.precision,
-                              "bf16 runs the forward pass under bfloat16 autocast (float32 weights)")
-        if not isinstance(self.seed, int) or isinstance(self.seed, bool) or self.seed < 0:
-            raise ConfigError("seed", "a non-negative integer", self.seed)
-        if self.target_value is not None and (isinstance(self.target_value, bool) or not isinstance(
-                self.target_value, (int, float)) or not math.isfinite(self.target_value)):
-            raise ConfigError("target.value", "a finite number or null", self.target_value)
-        if isinstance(self.divergence_factor, bool) or not isinstance(self.divergence_factor, (int, float)) \
-                or not 1 < self.divergence_factor <= float("inf"):
-            raise ConfigError("divergence_factor", "a number > 1", self.divergence_factor,
-                              "a run is diverged when its loss exceeds this many times the initial loss")
-
-
-def target_metrics(task: str) -> list[str]:
-    """The metrics logged at every evaluation, so the ones a target can be set on."""
-    names = ["train/loss", "val/loss", "train/batch_loss"]
-    return names + (["train/acc", "val/acc"] if task == "classification" else [])
-
-
-def check_target(settings: LoopSettings, task: str) -> None:
-    """``target.metric`` must be one this run logs at every evaluation (a typo would never be reached)."""
-    if settings.target_metric not in target_metrics(task):
-        raise ConfigError("target.metric", f"one of {target_metrics(task)} for a {task} dataset",
-                          settings.target_metric)
+    precision: str = setting(Choice(PRECISIONS), "fp32",
+                             fix="bf16 runs the forward pass under bfloat16 autocast (float32 weights)")
 
 
 def loss_function(task: str) -> Callable[[Tensor, Tensor], Tensor]:
     """MSE for regression (mean over samples and outputs), cross-entropy for classification."""
     return F.mse_loss if task == "regression" else F.cross_entropy
-
-
-def target_reached(metric: str, value: Optional[float], target: Optional[float]) -> bool:
-    """Loss-like metrics reach the target from above, accuracy-like (``acc``) from below."""
-    if target is None or value is None or not math.isfinite(value):
-        return False
-    return value >= target if "acc" in metric else value <= target
 
 
 @torch.no_grad()
@@ -315,7 +284,7 @@ def run_summary(state: LoopState, status: str, settings: LoopSettings) -> dict:
     summary.update({
         "status": status, "steps": state.step, "last_eval_step": state.last["step"],
         "steps_to_target": state.steps_to_target, "seconds_to_target": state.seconds_to_target,
-        "target_metric": settings.target_metric, "target_value": settings.target_value,
+        "target_metric": settings.target.metric, "target_value": settings.target.value,
         "time/checkpoint_s": state.checkpoint_s,
     })
     if state.resumed_at:
@@ -337,7 +306,7 @@ def start_state(record_at, monitors, settings: LoopSettings, runlog: RunLog, dev
     # a run has diverged when its loss is non-finite or this far above the initial training loss
     state = LoopState(step=0, last=last, diverge_above=settings.divergence_factor * max(last["train/loss"], 1e-12),
                       loss_sum=torch.zeros((), device=device), monitor_s=monitor_s)
-    if target_reached(settings.target_metric, last.get(settings.target_metric), settings.target_value):
+    if target_reached(settings.target.metric, last.get(settings.target.metric), settings.target.value):
         state.steps_to_target, state.seconds_to_target = 0, 0.0
     return state
 
@@ -354,7 +323,7 @@ def evaluate_into(state: LoopState, record_at, monitors, settings: LoopSettings,
     if monitors:
         last["time/monitor_s"] = state.monitor_s
     if state.steps_to_target is None and target_reached(
-        settings.target_metric, last.get(settings.target_metric), settings.target_value
+        settings.target.metric, last.get(settings.target.metric), settings.target.value
     ):
         state.steps_to_target, state.seconds_to_target = state.step, state.train_s
     state.last = last

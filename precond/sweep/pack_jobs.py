@@ -15,7 +15,7 @@ from typing import Optional
 from omegaconf import DictConfig
 
 from precond.errors import ConfigError
-from precond.run.config import settings_from_config
+from precond.run.config import resolve, settings_from_plain
 from precond.run.entry import (
     JobInfo,
     base_summary,
@@ -27,7 +27,6 @@ from precond.run.entry import (
     prepare,
     save_resolved_config,
     target_value,
-    to_plain,
     write_failure,
 )
 from precond.run.files import RunDirectory, RunDirInUse, environment, write_summary
@@ -50,9 +49,13 @@ def run_pack(jobs: list[tuple[DictConfig, JobInfo]], should_stop=None) -> list:
     with contextlib.ExitStack() as stack:
         by_step: dict[Optional[int], list] = {}
         for i, (cfg, job) in enumerate(jobs):
-            try:
-                directory = stack.enter_context(RunDirectory(job.run_dir, to_plain(cfg)))
-            except RunDirInUse as err:
+            try:  # the whole config is checked before anything is written into the job's dir
+                plain = resolve(cfg)
+                settings = settings_from_plain(plain)
+                directory = stack.enter_context(RunDirectory(job.run_dir, plain))
+            except ConfigError as err:  # RunDirInUse included
+                if not isinstance(err, RunDirInUse):
+                    write_summary(job.run_dir, {"status": "failed", "error": str(err), "overrides": job.overrides})
                 results[i] = err
                 continue
             if directory.finished is not None:
@@ -62,7 +65,7 @@ def run_pack(jobs: list[tuple[DictConfig, JobInfo]], should_stop=None) -> list:
                 continue
             # fresh jobs pack together; resumed ones with those stopped at the same step
             step = directory.checkpoint["step"] if directory.checkpoint is not None else None
-            by_step.setdefault(step, []).append((i, cfg, job, directory.checkpoint))
+            by_step.setdefault(step, []).append((i, plain, settings, job, directory.checkpoint))
         for members in by_step.values():
             _train_one_pack(stack, members, results, should_stop)
     for result in results:
@@ -74,21 +77,14 @@ def run_pack(jobs: list[tuple[DictConfig, JobInfo]], should_stop=None) -> list:
 def _train_one_pack(stack: contextlib.ExitStack, members: list, results: list, should_stop) -> None:
     """Build every member (a member that fails to build fails alone), train them as one pack, write their files."""
     prepared, data = [], None
-    for i, cfg, job, checkpoint in members:
-        base = base_summary(cfg, job)
-        try:
-            save_resolved_config(cfg, job.run_dir)
-            settings = settings_from_config(cfg)
-            base.update(environment(settings.device, job.cwd))
-        except ConfigError as err:
-            write_summary(job.run_dir, {**base, "status": "failed", "error": str(err)})
-            results[i] = err
-            continue
-        runlog = stack.enter_context(open_runlog(cfg, settings, job, checkpoint))
+    for i, plain, settings, job, checkpoint in members:
+        base = {**base_summary(settings, job), **environment(settings.device, job.cwd)}
+        save_resolved_config(plain, job.run_dir)
+        runlog = stack.enter_context(open_runlog(plain, settings, job, checkpoint))
         try:
             with failures_written(runlog, job.run_dir, base):
-                data = data or load_data(cfg, settings)  # one dataset: the pack's jobs share its config
-                prepared.append((i, runlog, prepare(cfg, settings, job, base, runlog, data, checkpoint)))
+                data = data or load_data(settings)  # one dataset: the pack's jobs share its config
+                prepared.append((i, runlog, prepare(settings, job, base, runlog, data, checkpoint)))
         except Exception as err:
             results[i] = err
     if not prepared:

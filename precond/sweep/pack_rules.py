@@ -11,14 +11,17 @@ import copy
 import json
 from typing import Optional
 
+from precond.run.files import RESULT_FREE_KEYS
+
 #: values that may differ inside a pack: seeds (init, batch order) and element-wise hyperparameters
 STACKABLE = (
     "seed", "lr", "preconditioner.lr", "preconditioner.betas", "preconditioner.eps", "preconditioner.alpha",
     "preconditioner.momentum", "preconditioner.dampening", "preconditioner.lr_decay",
     "preconditioner.initial_accumulator_value", "regularization.strength",
 )
-#: values that do not enter the computation (names, logging, targets, checkpoint cadence)
-BOOKKEEPING = ("name", "stage", "arm", "logger", "progress", "checkpoint_every", "target")
+#: values that do not enter the computation: the result-free keys, plus names and the target (which
+#: changes what is recorded, steps-to-target, but not how any member trains)
+BOOKKEEPING = ("name", "stage", "arm", "target", *RESULT_FREE_KEYS)
 
 
 def alone_reason(config: dict) -> Optional[str]:

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
+from precond.metrics import target_text
 from precond.run.files import write_text_atomically
 from precond.sweep.runs import ReportError, RunRecord, load_runs, save_figure
 from precond.sweep.tuned_report import tuned_report
@@ -171,7 +172,7 @@ def compare(sweep_dir: str | Path, metric: Optional[str] = None, quiet: bool = F
     if metric not in known:
         raise ReportError(f"--metric {metric!r} is not in these runs' summaries; expected one of {known}")
     target_metric = first.get("target_metric", "?")
-    target = f"{target_metric} {'≥' if 'acc' in target_metric else '≤'} {first.get('target_value')}"
+    target = target_text(target_metric, first.get('target_value'))
     extra = tuple(k for k in EXTRA_COLUMNS if k != metric and any(r.summary.get(k) is not None for r in runs))
     table = format_table(summarize(runs, metric, extra), metric, target)
     notes = "".join(f"\n- {p}" for p in problems)

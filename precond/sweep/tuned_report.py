@@ -18,6 +18,7 @@ import statistics
 from pathlib import Path
 from typing import Optional
 
+from precond.metrics import target_text
 from precond.run.files import write_text_atomically
 from precond.sweep.runs import ReportError, RunRecord, load_runs, save_figure
 from precond.sweep.verdicts import Claim, Verdict, judge
@@ -92,7 +93,7 @@ def tuned_report(sweep_dir: str | Path, quiet: bool = False) -> list[Verdict]:
     tuning = _runs_by_stage(runs, "tuning")
     first = next((r.summary for r in runs if r.summary.get("target_metric")), {})
     metric = first.get("target_metric", "val/loss")
-    target = f"{metric} {'≥' if 'acc' in metric else '≤'} {first.get('target_value')}"
+    target = target_text(metric, first.get('target_value'))
     verdicts = judge_claims(selection, confirmation)
     write_text_atomically(sweep_dir / VERDICTS, json.dumps([v.as_dict() for v in verdicts], indent=2) + "\n")
     text = (f"# {sweep_dir.name}\n\n## Selection\n\nRule: {selection['rule']}. Tuning seeds "

@@ -20,6 +20,7 @@ import statistics
 from dataclasses import dataclass, field
 
 from precond.errors import ConfigError
+from precond.metrics import higher_is_better
 
 SELECTION_RULE = ("most tuning seeds reaching the target, then fewest mean steps to target, then best mean "
                   "final target metric; failed/diverged points rank last")
@@ -102,7 +103,7 @@ class PointResult:
             return (1, 0, math.inf, math.inf)
         reached = [s["steps_to_target"] for s in finished if s.get("steps_to_target") is not None]
         metric = finished[0].get("target_metric", "val/loss")
-        sign = -1.0 if "acc" in metric else 1.0
+        sign = -1.0 if higher_is_better(metric) else 1.0
         values = [s.get(metric) for s in finished]
         final = sign * statistics.fmean(values) if all(v is not None for v in values) else math.inf
         return (0, -len(reached), statistics.fmean(reached) if reached else math.inf, final)
