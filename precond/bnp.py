@@ -1,4 +1,4 @@
-"""BNP: batch-normalization preconditioning (DESIGN.md §4).
+"""BNP: batch-normalization preconditioning (docs/theory.md §4).
 
 No normalization layer in the model. For every ``nn.Linear`` and ``nn.Conv2d``
 (``groups=1``) layer ``u = W h + b``, running statistics of the layer *input*
@@ -191,6 +191,9 @@ class BNPSettings(PreconditionerSettings):
             return diagonal_settings(self.base, lr=self.lr, **self.base_hyper)
         except ConfigError as err:
             raise err.within("base_hyper") from None
+
+    def part(self, key: str):
+        return self.base_settings() if key == "base_hyper" else super().part(key)
 
     def hyper(self) -> dict:
         """Flat keyword arguments of :func:`precond.build_optimizer`: the base step's and BNP's own."""

@@ -1,6 +1,6 @@
 """The step context and the link interface shared by every optimizer link.
 
-An optimizer step is a chain of *links* (DESIGN.md §6)::
+An optimizer step is a chain of *links* (docs/theory.md §6)::
 
     p-regularizers → preconditioner → z-regularizers → momentum → update → prox
 

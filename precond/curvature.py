@@ -1,4 +1,4 @@
-"""Measure Hessian conditioning: ``κ(H)`` in ``p`` and ``κ(PᵀHP)`` in ``z`` (DESIGN.md §1, §5).
+"""Measure Hessian conditioning: ``κ(H)`` in ``p`` and ``κ(PᵀHP)`` in ``z`` (docs/theory.md §1, §5).
 
 In the intrinsic variables ``z`` (``p = P z``, ``P = D^{-1/2}`` read from the live
 optimizer's state at the step of measurement) the Hessian is ``PᵀHP``. The

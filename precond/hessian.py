@@ -1,5 +1,5 @@
 """The Hessian of a mean batch loss as a linear operator, densely for small models, and its
-extreme eigenvalues (DESIGN.md §5).
+extreme eigenvalues (docs/theory.md §5).
 
 The loss is the mean over a fixed list of batches,
 ``L(p) = (1/B) Σ_b loss_fn(model(x_b), y_b)``, so the operator is the same at

@@ -1,4 +1,4 @@
-"""Normalization as preconditioning (DESIGN.md §4): input standardization and norm layers.
+"""Normalization as preconditioning (docs/theory.md §4): input standardization and norm layers.
 
 For a linear layer ``u = W h + b`` the Hessian block of one neuron is
 ``(1/N) Ĥᵀ Dᵢ Ĥ`` with ``Ĥ = [h 1]`` the extended hidden-variable matrix, so

@@ -1,6 +1,6 @@
 """The composed optimizer and the one function that builds it.
 
-A step runs an ordered chain (DESIGN.md §6)::
+A step runs an ordered chain (docs/theory.md §6)::
 
     p-regularizers → preconditioner → z-regularizers → momentum → p ← p − η d → prox
 
@@ -193,9 +193,9 @@ def build_optimizer(
 
     Args:
         params: iterable of tensors or torch param-group dicts.
-        preconditioner: ``sgd | adagrad | rmsprop | adam`` (DESIGN.md §2).
+        preconditioner: ``sgd | adagrad | rmsprop | adam`` (docs/theory.md §2).
         lr: learning rate ``η``.
-        regularization: ``none | l2 | l1 | gradnorm`` (DESIGN.md §3).
+        regularization: ``none | l2 | l1 | gradnorm`` (docs/theory.md §3).
         variable: ``p`` (penalty before the preconditioner) or ``z`` (after it).
         strength: ``λ``; the per-step L2 decay is ``η λ`` (torch convention).
         policy: ``all`` or ``weights`` (only tensors with ``ndim ≥ 2``).

@@ -1,4 +1,4 @@
-"""Diagonal preconditioners and the momentum link (DESIGN.md §2).
+"""Diagonal preconditioners and the momentum link (docs/theory.md §2).
 
 Gradient descent on intrinsic parameters ``z`` with ``p = P z`` is
 preconditioned gradient descent on ``p`` with ``M = P Pᵀ``::

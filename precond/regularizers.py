@@ -1,4 +1,4 @@
-"""Regularization in the chosen variable, ``p`` or ``z = P⁻¹ p`` (DESIGN.md §3).
+"""Regularization in the chosen variable, ``p`` or ``z = P⁻¹ p`` (docs/theory.md §3).
 
 Let ``g`` be the gradient, ``M = P Pᵀ = D⁻¹`` the preconditioner at this step,
 ``d`` the preconditioned direction (``M g``, or ``M m̂`` for Adam), ``η`` the

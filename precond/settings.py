@@ -295,6 +295,14 @@ class Settings:
                                   f"add {f.name}=...")
         return cls(**values)
 
+    def part(self, key: str) -> Settings:
+        """The settings object behind field ``key`` when it holds nested keys (a :class:`Nested` field,
+        or a :class:`Table` whose keys another settings class owns); used to find the rule of a dotted key."""
+        value = getattr(self, key)
+        if isinstance(value, Settings):
+            return value
+        raise KeyError(f"{type(self).__name__}.{key} holds no nested settings")
+
     def to_dict(self) -> dict:
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
 

@@ -16,21 +16,25 @@ import torch
 from omegaconf import OmegaConf
 
 from precond.curvature import measure_curvature
-from precond.run.config import build_data, build_model, build_optimizer_from_settings, settings_from_config
+from precond.errors import ConfigError
+from precond.run.config import build_data, build_model, build_optimizer_from_settings, settings_from_plain
 from precond.run.loop import loss_function
 
 
 def load_run(run_dir: Path, device: str):
-    cfg = OmegaConf.load(run_dir / "config.yaml")
-    cfg.device = device
-    settings = settings_from_config(cfg)
+    """Rebuild a finished run. Its config.yaml is read as data and checked by the schema, which builds
+    only precond's own settings classes (a ``_target_`` naming anything else is refused), and the
+    weights are read with ``weights_only=True``: nothing in a run dir can run code here."""
+    plain = OmegaConf.to_container(OmegaConf.load(run_dir / "config.yaml"), resolve=False)
+    plain["device"] = device
+    settings = settings_from_plain(plain)
     dev = settings.device
-    data = build_data(cfg, settings)
-    model = build_model(cfg, settings, data)
-    model.load_state_dict(torch.load(run_dir / "model.pt", map_location=dev))
+    data = build_data(settings)
+    model = build_model(settings, data)
+    model.load_state_dict(torch.load(run_dir / "model.pt", map_location=dev, weights_only=True))
     optimizer = build_optimizer_from_settings(settings, model)
-    optimizer.load_state_dict(torch.load(run_dir / "optimizer.pt", map_location=dev))
-    return cfg, data, model, optimizer
+    optimizer.load_state_dict(torch.load(run_dir / "optimizer.pt", map_location=dev, weights_only=True))
+    return settings, data, model, optimizer
 
 
 def plot_spectra(results, path: Path) -> None:
@@ -64,8 +68,11 @@ def main() -> None:
     parser.add_argument("--max-matvecs", type=int, default=200)
     parser.add_argument("--device", default="auto")
     args = parser.parse_args()
-    cfg, data, model, optimizer = load_run(args.run_dir, args.device)
-    size = cfg.batch_size
+    try:
+        settings, data, model, optimizer = load_run(args.run_dir, args.device)
+    except (ConfigError, OSError) as err:
+        raise SystemExit(f"error: {args.run_dir}: {err}") from None
+    size = settings.loop.batch_size
     n = min(data.n_train, size * args.batches)
     batches = [(data.x_train[i:i + size], data.y_train[i:i + size]) for i in range(0, n, size)]
     results = [measure_curvature(model, loss_function(data.task), batches, optimizer=optimizer, space=space,

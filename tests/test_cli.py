@@ -122,7 +122,7 @@ def test_logger_none_does_not_import_wandb(tmp_path):
 def test_penalties_run_from_the_cli_and_log_their_metrics(cli, tmp_path, overrides):
     cli(*FAST, *overrides)
     last = read_metrics(tmp_path / "run")[-1]
-    weights = torch.load(tmp_path / "run" / "model.pt")
+    weights = torch.load(tmp_path / "run" / "model.pt", weights_only=True)
     if "regularization.form=prox" in overrides:  # λ‖p‖₁ over every tensor (policy=all), from the saved model
         params = [t for k, t in weights.items() if k.endswith(("weight", "bias"))]
         assert last["reg/penalty"] == pytest.approx(0.05 * sum(float(t.abs().sum()) for t in params), rel=1e-5)

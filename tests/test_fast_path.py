@@ -71,7 +71,7 @@ def test_compiled_model_trains_like_the_eager_model(tmp_path):
     compiled, eager = read_metrics(tmp_path / "true"), read_metrics(tmp_path / "false")
     for a, b in zip(compiled, eager):
         assert a["val/loss"] == pytest.approx(b["val/loss"], rel=1e-4)
-    assert list(torch.load(tmp_path / "true" / "model.pt")) == list(torch.load(tmp_path / "false" / "model.pt"))
+    assert list(torch.load(tmp_path / "true" / "model.pt", weights_only=True)) == list(torch.load(tmp_path / "false" / "model.pt", weights_only=True))
 
 
 def test_cnn_weights_default_to_contiguous_nchw():

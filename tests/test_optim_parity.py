@@ -1,4 +1,4 @@
-"""The composed optimizer reproduces torch.optim to float64 round-off (DESIGN.md §2, §3)."""
+"""The composed optimizer reproduces torch.optim to float64 round-off (docs/theory.md §2, §3)."""
 import copy
 
 import pytest

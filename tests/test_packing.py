@@ -56,10 +56,10 @@ def assert_same_runs(alone, packed, expect_packed=True):
         assert len(ma) == len(mb)
         for ra, rb in zip(ma, mb):
             _close(ra, rb, f"{b} step {ra['step']}")
-        wa, wb = torch.load(a / "model.pt"), torch.load(b / "model.pt")
+        wa, wb = torch.load(a / "model.pt", weights_only=True), torch.load(b / "model.pt", weights_only=True)
         for k in wa:
             torch.testing.assert_close(wb[k], wa[k], rtol=RTOL, atol=1e-12)
-        oa, ob = torch.load(a / "optimizer.pt"), torch.load(b / "optimizer.pt")
+        oa, ob = torch.load(a / "optimizer.pt", weights_only=True), torch.load(b / "optimizer.pt", weights_only=True)
         for i, state in oa["state"].items():
             for k, v in state.items():
                 if isinstance(v, torch.Tensor):
@@ -288,7 +288,7 @@ def test_sigint_mid_pack_leaves_every_member_resumable_with_its_own_wandb_run(tm
         summary = read_summary(job)
         assert summary["status"] == "interrupted" and summary["packed"] == 3
         assert (job / "checkpoint.pt").exists()
-        ids.append(torch.load(job / "checkpoint.pt", weights_only=False)["wandb_id"])
+        ids.append(torch.load(job / "checkpoint.pt", weights_only=True)["wandb_id"])
         assert len(list((job / "wandb").glob("offline-run-*"))) == 1
     assert len(set(ids)) == 3
     stopped_at = read_summary(_jobs(sweep)[0])["steps"]

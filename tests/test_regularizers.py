@@ -1,4 +1,4 @@
-"""L1 and gradient-norm penalties in p or z against literal references written from DESIGN.md §3 (float64)."""
+"""L1 and gradient-norm penalties in p or z against literal references written from docs/theory.md §3 (float64)."""
 import pytest
 import torch
 from torch.func import functional_call, hessian
@@ -64,7 +64,7 @@ def soft(x, t):
 
 
 def run_reference(precond, penalty, form, variable, lam, steps=STEPS):
-    """Literal DESIGN.md §2–3: moments on g (+ p-penalty); z rows as steps on z = P⁻¹p mapped back."""
+    """Literal docs/theory.md §2–3: moments on g (+ p-penalty); z rows as steps on z = P⁻¹p mapped back."""
     model, x, y = _setup()
     names = [n for n, _ in model.named_parameters()]
     shapes = [p.shape for p in model.parameters()]

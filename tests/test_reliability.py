@@ -78,7 +78,7 @@ def test_sigterm_writes_an_interrupted_summary_and_finishes_the_offline_wandb_ru
     assert summary["steps"] >= summary["last_eval_step"] >= 400 and "seed=7" in summary["overrides"]
     records = read_metrics(run_dir)
     assert summary["val/loss"] == records[-1]["val/loss"]
-    assert set(torch.load(run_dir / "model.pt")) == {"1.weight", "1.bias"}
+    assert set(torch.load(run_dir / "model.pt", weights_only=True)) == {"1.weight", "1.bias"}
     assert (run_dir / "optimizer.pt").exists()
     offline = list((run_dir / "wandb").glob("offline-run-*"))
     assert len(offline) == 1

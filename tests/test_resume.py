@@ -50,13 +50,13 @@ def _timeless(records: list[dict]) -> list[dict]:
 
 
 def _assert_same_run(resumed_dir, reference_dir) -> None:
-    a, b = torch.load(resumed_dir / "model.pt"), torch.load(reference_dir / "model.pt")
+    a, b = torch.load(resumed_dir / "model.pt", weights_only=True), torch.load(reference_dir / "model.pt", weights_only=True)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), "parameters differ"
     assert _timeless(read_metrics(resumed_dir)) == _timeless(read_metrics(reference_dir))
     sa, sb = read_summary(resumed_dir), read_summary(reference_dir)
     for key in [k for k in sb if "/" in k and not k.startswith("time/")] + ["status", "steps", "steps_to_target"]:
         assert sa[key] == sb[key], key
-    oa, ob = torch.load(resumed_dir / "optimizer.pt"), torch.load(reference_dir / "optimizer.pt")
+    oa, ob = torch.load(resumed_dir / "optimizer.pt", weights_only=True), torch.load(reference_dir / "optimizer.pt", weights_only=True)
     for pa, pb in zip(oa["state"].values(), ob["state"].values()):
         for k in pb:
             assert (torch.equal(pa[k], pb[k]) if torch.is_tensor(pb[k]) else pa[k] == pb[k]), k
@@ -176,7 +176,7 @@ def test_atomic_save_leaves_the_old_file_when_the_write_fails(tmp_path, monkeypa
     monkeypatch.setattr(torch, "save", disk_full)
     with pytest.raises(OSError):
         atomic_save({"a": torch.zeros(3)}, path)
-    assert torch.equal(torch.load(path)["a"], torch.ones(3))
+    assert torch.equal(torch.load(path, weights_only=True)["a"], torch.ones(3))
     assert [p.name for p in tmp_path.iterdir()] == ["x.pt"]  # no temporary file left behind
 
 

@@ -150,10 +150,23 @@ class TuningSweeper(Sweeper):
                 cfg = copy.deepcopy(base)  # DictConfig.copy is shallow: nested updates would reach base
                 for key, value in point.items():
                     OmegaConf.update(cfg, key, value, merge=False)
-                try:
-                    settings_from_config(cfg)
+                try:  # every per-run check: types, ranges, batch size vs data, target vs dataset, ...
+                    settings = settings_from_config(cfg)
                 except ConfigError as err:
                     _refuse(f"hydra.sweeper.arms.{arm.name} at {point}: {err}")
+            self._check_claim_metrics(arm.name, settings)
+
+    def _check_claim_metrics(self, arm: str, settings) -> None:
+        """Every claim side on this arm names a value its runs record (else no verdict could ever be given)."""
+        from precond.run.config import why_not_recorded
+
+        for i, claim in enumerate(self.claims):
+            for side in claim.sides:
+                if isinstance(side, float) or side.arm != arm:
+                    continue
+                reason = why_not_recorded(side.metric, settings)
+                if reason is not None:
+                    _refuse(f"hydra.sweeper.claims[{i}].metric: {side.metric!r} for arm {arm}: {reason}")
 
     def _fixed_overrides(self, arguments: list[str]) -> list[str]:
         """The command line's overrides, applied to every run; a sweep list there is refused."""

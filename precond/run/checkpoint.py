@@ -29,6 +29,9 @@ import torch
 
 CHECKPOINT = "checkpoint.pt"
 CHECKPOINT_FORMAT = 1
+#: what a checkpoint must hold to resume from it (one that lacks any is set aside like a damaged one)
+CHECKPOINT_KEYS = ("format", "step", "loop", "model", "optimizer", "scheduler", "monitors", "rng", "wandb_id")
+LOOP_KEYS = {"step", "last", "diverge_above", "loss_sum", "sampler"}
 
 
 def rng_state() -> dict:
@@ -105,4 +108,11 @@ def load_checkpoint(run_dir: str | Path) -> Optional[dict]:
         raise CheckpointError(f"{path} is damaged ({type(err).__name__}: {str(err)[:100]})") from err
     if not isinstance(checkpoint, dict) or checkpoint.get("format") != CHECKPOINT_FORMAT:
         raise CheckpointError(f"{path} is not a format-{CHECKPOINT_FORMAT} precond checkpoint")
+    missing = sorted(set(CHECKPOINT_KEYS) - set(checkpoint))
+    loop = checkpoint.get("loop")
+    if missing or not isinstance(loop, dict) or sorted(LOOP_KEYS - set(loop)):
+        what = missing or sorted(LOOP_KEYS - set(loop)) if isinstance(loop, dict) else ["loop"]
+        raise CheckpointError(f"{path} lacks {what}")
+    if not isinstance(checkpoint["step"], int) or checkpoint["step"] != loop["step"]:
+        raise CheckpointError(f"{path} has an inconsistent step ({checkpoint['step']!r} vs loop {loop['step']!r})")
     return checkpoint

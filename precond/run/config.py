@@ -33,7 +33,17 @@ from precond.run.files import WandbSettings
 from precond.run.loop import LoopSettings, loss_function
 from precond.run.monitors import CurvatureMonitor, Monitor, RegularizationMonitor
 from precond.schedules import ScheduleSpec
-from precond.settings import LEARNING_RATE, Choice, Flag, Rule, Settings, Text, refuse_unknown_keys, setting
+from precond.settings import (
+    LEARNING_RATE,
+    Choice,
+    Flag,
+    Rule,
+    Settings,
+    Text,
+    refuse_unknown_keys,
+    rule_of,
+    setting,
+)
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
@@ -104,6 +114,19 @@ class RunSettings:
         return DTYPES[self.options.dtype]
 
 
+def rule_at(settings: RunSettings, dotted: str) -> Rule:
+    """The rule that checks config key ``dotted`` (``model.widths``, ``target.value``,
+    ``preconditioner.base_hyper.momentum``) in a run with these settings: the schema, asked directly."""
+    head, *rest = dotted.split(".")
+    if head in GROUPS:
+        owner, (head, *rest) = getattr(settings, head), rest
+    else:
+        owner = settings.options if head in RunOptions.keys() else settings.loop
+    while rest:
+        owner, (head, *rest) = owner.part(head), rest
+    return rule_of(type(owner), head)
+
+
 def top_level_keys() -> list[str]:
     return [*RunOptions.keys(), *LoopSettings.keys(), *GROUPS]
 
@@ -154,9 +177,10 @@ def build_group(node: str, value: Any) -> Optional[Settings]:
 def settings_from_plain(plain: dict) -> RunSettings:
     """Check a resolved config in full; raises ConfigError naming the key."""
     refuse_unknown_keys(plain, top_level_keys(), "the top level of the config")
+    # groups first: the top-level lr interpolates preconditioner.lr, whose key the error should name
+    groups = {node: build_group(node, plain.get(node)) for node in GROUPS}
     options = RunOptions.from_mapping({k: v for k, v in plain.items() if k in RunOptions.keys()})
     loop = LoopSettings.from_mapping({k: v for k, v in plain.items() if k in LoopSettings.keys()})
-    groups = {node: build_group(node, plain.get(node)) for node in GROUPS}
     if options.dtype != "float32" and loop.precision == "bf16":
         raise ConfigError("precision", "fp32 with dtype=float64 (bf16 autocast keeps float32 weights)",
                           loop.precision, "use dtype=float32 with precision=bf16")
@@ -238,3 +262,29 @@ def build_monitors(settings: RunSettings, model, optimizer, data: Dataset) -> tu
 def to_plain(cfg: DictConfig) -> dict:
     """The resolved config as plain Python containers (for files and W&B)."""
     return resolve(cfg)
+
+
+#: summary values every run records
+ALWAYS_RECORDED = ("steps_to_target", "seconds_to_target", "steps", "train/loss", "val/loss", "train/batch_loss",
+                   "time/train_s")
+
+
+def why_not_recorded(metric: str, settings: RunSettings) -> Optional[str]:
+    """None when a run with ``settings`` records ``metric`` in its summary, else the reason it does not
+    (a claim on such a metric could never be judged: refused before any run starts)."""
+    if metric in ALWAYS_RECORDED:
+        return None
+    if metric in ("train/acc", "val/acc", "test/acc"):
+        return None if settings.dataset.task == "classification" else "a regression dataset records no accuracy"
+    if metric == "test/loss":
+        return None if getattr(settings.dataset, "n_test", 1) else "dataset.n_test=0 leaves no test split"
+    if metric.startswith("reg/"):
+        return None if settings.regularization.name != "none" else "regularization=none records no reg/ metrics"
+    if metric.startswith("curvature/"):
+        if settings.curvature is None:
+            return "curvature is not measured (curvature=null)"
+        space = metric.split("/")[1]
+        if space in ("p", "z") and space not in settings.curvature.spaces:
+            return f"curvature.spaces={list(settings.curvature.spaces)} does not measure {space}"
+        return None
+    return f"not a value runs record; expected one of {list(ALWAYS_RECORDED)}, */acc, test/loss, reg/*, curvature/*"

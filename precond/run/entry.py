@@ -26,6 +26,7 @@ import logging
 import os
 import secrets
 import shutil
+import signal
 import sys
 import traceback
 from pathlib import Path
@@ -61,7 +62,7 @@ from precond.run.files import (
     write_summary,
     write_text_atomically,
 )
-from precond.run.interrupts import StopRequest
+from precond.run.interrupts import StoppedBetweenRuns, StopRequest, stop_between_runs
 from precond.run.loop import LoopSettings, train
 from precond.sweep.callbacks import write_sweep_report
 
@@ -269,6 +270,16 @@ def log_result(summary: dict) -> None:
     log.info(" ".join(parts))
 
 
+#: the sweep dir of the job running or last run in this process (None for a single run)
+_current_sweep_dir: Optional[Path] = None
+
+
+def note_sweep_dir(sweep_dir: Optional[Path]) -> None:
+    """Remember the sweep this process works on: an interrupt between its jobs writes that sweep's table."""
+    global _current_sweep_dir
+    _current_sweep_dir = sweep_dir
+
+
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="train")
 def hydra_main(cfg: DictConfig) -> Optional[float]:
     """Hydra task: one job; returns the final value of ``target.metric`` of a completed run (None
@@ -282,6 +293,7 @@ def hydra_main(cfg: DictConfig) -> Optional[float]:
     hc = HydraConfig.get()
     multirun = hc.mode == RunMode.MULTIRUN
     run_dir = Path(hc.runtime.output_dir)
+    note_sweep_dir(Path(hc.sweep.dir) if multirun else None)
     with StopRequest() as stop:
         try:
             summary = run(cfg, should_stop=stop)
@@ -359,14 +371,39 @@ def os_error_line(err: OSError) -> str:
     return f"could not write{where}: {err.strerror or err} — {what.get(err.errno, 'check the output directory')}"
 
 
+def refuse_group_paths(argv: list[str]) -> None:
+    """A config-group choice names a file of the config search path (``experiment=adam_l2_vs_adamw``),
+    never a path: ``..`` or an absolute path would make Hydra load a file from elsewhere."""
+    for arg in argv:
+        key, sep, value = arg.partition("=")
+        if not sep or arg.startswith("-") or "." in key.lstrip("+~").split("/")[-1]:
+            continue  # not a group choice (a value override such as lr=0.1 or hydra.run.dir=...)
+        for choice in value.strip("[]").split(","):
+            parts = choice.strip().strip("'\"").split("/")
+            if choice.strip().startswith("/") or ".." in parts:
+                raise ConfigError(key.lstrip("+~"), f"an option of conf/{key.lstrip('+~')}/ by name", choice,
+                                  "config-group choices load only from the config search path, not from paths")
+
+
 def main() -> None:
     """``precond-train``: Hydra's own errors (bad override, unknown key) and failed writes are one line each."""
     os.environ.setdefault("HYDRA_FULL_ERROR", "1")  # Hydra re-raises instead of printing a block: see below
+    stop_between_runs()
     try:
+        refuse_group_paths(sys.argv[1:])
         hydra_main()
-    except KeyboardInterrupt:  # Ctrl-C outside a run's step loop (e.g. between jobs): no traceback
-        print("interrupted", file=sys.stderr)
-        raise SystemExit(130) from None
+    except ConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
+    except (KeyboardInterrupt, StoppedBetweenRuns) as err:  # outside a run's step loop, e.g. between jobs
+        signum = err.signum if isinstance(err, StoppedBetweenRuns) else signal.SIGINT
+        if _current_sweep_dir is not None:
+            write_sweep_report(_current_sweep_dir)
+            print(f"interrupted between jobs: the table of the finished jobs is in {_current_sweep_dir}; re-run "
+                  f"the same command with hydra.sweep.dir={_current_sweep_dir} to run the rest", file=sys.stderr)
+        else:
+            print("interrupted", file=sys.stderr)
+        raise SystemExit(128 + signum) from None
     except (HydraException, OmegaConfBaseException) as err:
         print(f"error: {one_line(err)}", file=sys.stderr)
         raise SystemExit(2) from None

@@ -1,6 +1,6 @@
 """Run records: plain files in the run directory, and optionally Weights & Biases.
 
-Files every run leaves (DESIGN.md §6):
+Files every run leaves (docs/theory.md §6):
 
 * ``config.yaml`` — the resolved configuration (written by the entry point);
 * ``metrics.jsonl`` — one JSON object per logged step (``step``, ``train/loss``,
@@ -282,6 +282,24 @@ def truncate_metrics(path: Path, step: int) -> int:
     return dropped
 
 
+def _say_lost_history(metrics: Path, checkpoint: dict) -> None:
+    """A metrics.jsonl that ends before the checkpoint's last evaluation lost records (a disk that
+    filled, a file edited by hand): say which steps are missing; the run still resumes."""
+    last_eval = (checkpoint["loop"].get("last") or {}).get("step")
+    logged = []
+    if metrics.exists():
+        for line in metrics.read_text(encoding="utf-8", errors="replace").splitlines():
+            try:
+                logged.append(int(json.loads(line)["step"]))
+            except (ValueError, KeyError, TypeError):
+                continue
+    if isinstance(last_eval, int) and (not logged or max(logged) < last_eval):
+        since = f"after step {max(logged)}" if logged else "(metrics.jsonl is missing or empty)"
+        log.warning("%s ends before the checkpoint's last evaluation at step %d: the records %s up to step %d "
+                    "are lost; the run resumes from step %d and logs what follows", metrics, last_eval, since,
+                    last_eval, checkpoint["step"])
+
+
 class RunDirectory:
     """Claim ``run_dir`` for one run of ``config`` (a plain resolved dict) for the life of the context.
 
@@ -355,6 +373,7 @@ class RunDirectory:
                 if dropped:
                     log.info("%s: %d records after the checkpoint's step %d dropped (they are logged again)",
                              metrics, dropped, self.checkpoint["step"])
+            _say_lost_history(metrics, self.checkpoint)
             names = ("summary.json",)
         else:
             names = ("metrics.jsonl", "summary.json")

@@ -21,8 +21,29 @@ log = logging.getLogger("precond")
 
 SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR2)
 
+
+
+class StoppedBetweenRuns(BaseException):
+    """SIGTERM arrived outside any run (e.g. between two jobs of a sweep): nothing to checkpoint."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+
+def _raise_between_runs(signum: int, frame) -> None:
+    raise StoppedBetweenRuns(signum)
+
+
+def stop_between_runs() -> None:
+    """Make SIGTERM outside a run raise :class:`StoppedBetweenRuns`, so the entry point can still write
+    the table of the jobs that finished (the default handler would end the process on the spot)."""
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _raise_between_runs)
+
+
 #: handlers that must not be called again after a graceful stop (they would only kill or ignore)
-_NOT_FORWARDED = (signal.SIG_DFL, signal.SIG_IGN, signal.default_int_handler, None)
+_NOT_FORWARDED = (signal.SIG_DFL, signal.SIG_IGN, signal.default_int_handler, _raise_between_runs, None)
 
 
 class StopRequest:

@@ -20,7 +20,11 @@ def write_sweep_report(sweep_dir: Path) -> list[str]:
         write_report(sweep_dir)
     except Exception as err:  # a report problem must not hide the runs' own results
         log.warning("could not write the comparison report for %s: %s", sweep_dir, err)
-    return [run.summary.get("status", "?") for run in load_runs(sweep_dir)]
+    try:
+        return [run.summary.get("status", "?") for run in load_runs(sweep_dir)]
+    except Exception as err:  # nor take the sweep down
+        log.warning("could not read the runs of %s: %s", sweep_dir, err)
+        return ["?"]
 
 
 class ReportOnMultirunEnd(Callback):

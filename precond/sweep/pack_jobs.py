@@ -23,6 +23,7 @@ from precond.run.entry import (
     finish_run,
     load_data,
     log_result,
+    note_sweep_dir,
     open_runlog,
     prepare,
     save_resolved_config,
@@ -111,6 +112,8 @@ def launch_pack(jobs: list[tuple[DictConfig, JobInfo]]) -> list[Optional[float]]
     """``hydra/launcher=packed``'s task for one pack: :func:`run_pack` with the entry point's rules
     for a sweep (a failed job fails alone; an interrupt writes every member's files and the sweep
     report, then ends the sweep with 128 + signal)."""
+    if jobs:
+        note_sweep_dir(Path(jobs[0][1].sweep_dir))
     with StopRequest() as stop:
         results = run_pack(jobs, should_stop=stop)
     values = []

@@ -206,6 +206,9 @@ def main(argv: Optional[list[str]] = None) -> None:
     except ReportError as err:
         print(f"error: {err}", file=sys.stderr)
         raise SystemExit(2) from None
+    except (OSError, ValueError, KeyError, TypeError) as err:  # a damaged selection.json, an unwritable dir
+        print(f"error: {args.sweep_dir}: could not write the report: {type(err).__name__}: {err}", file=sys.stderr)
+        raise SystemExit(1) from None
 
 
 if __name__ == "__main__":

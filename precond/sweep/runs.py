@@ -60,6 +60,31 @@ def _label(runs: list[RunRecord]) -> None:
         run.label = ",".join(f"{k}={run.overrides.get(k, '-')}" for k in varying) or "all runs"
 
 
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number_or_none(value) -> bool:
+    return value is None or (isinstance(value, (int, float)) and not isinstance(value, bool))
+
+
+def summary_problem(summary: dict) -> Optional[str]:
+    """Why a summary.json cannot be reported as it stands (a value of the wrong type, odd overrides), or None.
+    Metric values (keys with a ``/``) are numbers or null; a report never guesses what a string meant."""
+    if not isinstance(summary.get("status"), str):
+        return f"status is {summary.get('status')!r}, not a string"
+    overrides = summary.get("overrides", [])
+    if not isinstance(overrides, list) or not all(isinstance(o, str) for o in overrides):
+        return f"overrides is {overrides!r}, not a list of key=value strings"
+    for key in ("steps", "steps_to_target", "seed"):
+        if key in summary and summary[key] is not None and not _is_int(summary[key]):
+            return f"{key} is {summary[key]!r}, not an integer"
+    for key, value in summary.items():
+        if ("/" in key or key == "seconds_to_target" or key == "target_value") and not _is_number_or_none(value):
+            return f"{key} is {value!r}, not a number"
+    return None
+
+
 def _job_key(path: Path):
     return (0, int(path.name), "") if path.name.isdigit() else (1, 0, str(path))
 
@@ -75,7 +100,8 @@ def _read_metrics(path: Path) -> tuple[list[dict], int]:
         except json.JSONDecodeError:
             bad += 1
             continue
-        if isinstance(record, dict) and "step" in record:
+        if isinstance(record, dict) and _is_int(record.get("step")) and all(
+                _is_number_or_none(v) for k, v in record.items() if "/" in k):
             records.append(record)
         else:
             bad += 1
@@ -94,6 +120,9 @@ def load_runs(sweep_dir: str | Path, problems: Optional[list[str]] = None) -> li
             summary = json.loads(summary_path.read_text(encoding="utf-8"))
             if not isinstance(summary, dict):
                 raise ValueError("not a JSON object")
+            odd = summary_problem(summary)
+            if odd:
+                raise ValueError(odd)
         except (OSError, UnicodeDecodeError, ValueError) as err:
             if problems is not None:
                 problems.append(f"{summary_path.parent}: skipped, unreadable summary.json ({err})")

@@ -21,13 +21,16 @@ from dataclasses import dataclass, field
 
 from precond.errors import ConfigError
 from precond.metrics import higher_is_better
+from precond.settings import LEARNING_RATE, SEED, Seq
 
 SELECTION_RULE = ("most tuning seeds reaching the target, then fewest mean steps to target, then best mean "
                   "final target metric; failed/diverged points rank last")
 
 
-def _is_int(value) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
+#: a verdict needs at least this many distinct confirmation seeds (the README promises it)
+MIN_CONFIRMATION_SEEDS = 3
+TUNING_SEEDS = Seq(SEED, min_len=1, distinct=True)
+CONFIRMATION_SEEDS = Seq(SEED, min_len=MIN_CONFIRMATION_SEEDS, distinct=True)
 
 
 @dataclass
@@ -60,10 +63,10 @@ class TuningSpec:
     def __post_init__(self) -> None:
         if not isinstance(self.arms, dict) or not self.arms:
             raise ConfigError("arms", "a mapping arm name → {overrides: {...}, grid: {...}}", self.arms)
-        for key in ("tuning_seeds", "confirmation_seeds"):
-            seeds = getattr(self, key)
-            if not isinstance(seeds, (list, tuple)) or not seeds or not all(_is_int(s) and s >= 0 for s in seeds):
-                raise ConfigError(key, "a non-empty list of non-negative integer seeds", seeds)
+        self.tuning_seeds = list(TUNING_SEEDS.check("tuning_seeds", self.tuning_seeds))
+        self.confirmation_seeds = list(CONFIRMATION_SEEDS.check(
+            "confirmation_seeds", self.confirmation_seeds,
+            f"a claim judged on fewer than {MIN_CONFIRMATION_SEEDS} seeds, or on copies of one, proves nothing"))
         if set(self.tuning_seeds) & set(self.confirmation_seeds):
             raise ConfigError("confirmation_seeds", "seeds disjoint from tuning_seeds (a confirmation on the "
                               "seeds that chose the setting confirms nothing)", self.confirmation_seeds)
@@ -80,9 +83,8 @@ class TuningSpec:
         for key, values in grid.items():
             if not isinstance(values, (list, tuple)) or not values:
                 raise ConfigError(f"arms.{name}.grid.{key}", "a non-empty list of values", values)
-            if key == "lr" and not all(isinstance(v, (int, float)) and not isinstance(v, bool) and 0 < v < math.inf
-                                       for v in values):
-                raise ConfigError(f"arms.{name}.grid.lr", "positive finite learning rates", values)
+            if key == "lr":
+                Seq(LEARNING_RATE, min_len=1).check(f"arms.{name}.grid.lr", values)
         if "seed" in grid or "seed" in overrides:
             raise ConfigError(f"arms.{name}", "no seed in an arm (seeds are tuning_seeds/confirmation_seeds)",
                               "seed")
