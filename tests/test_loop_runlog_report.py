@@ -9,9 +9,10 @@ import torch
 
 from precond import build_optimizer
 from precond.data import synthetic
+from precond.metrics import target_reached
 from precond.models import linear
 from precond.run.files import RunLog, write_summary
-from precond.run.loop import LoopSettings, evaluate, target_reached, train
+from precond.run.loop import LoopSettings, evaluate, train
 from precond.sweep.report import compare, summarize
 from precond.sweep.runs import load_runs
 
@@ -21,7 +22,7 @@ def _fit(tmp_path, lr=0.1, precond="adam", monitors=(), steps=40, target=None, d
     torch.manual_seed(0)
     model = linear(data.in_shape, 1)
     opt = build_optimizer(model.parameters(), precond, lr=lr)
-    settings = LoopSettings(steps=steps, batch_size=32, eval_every=10, progress=False, target_value=target,
+    settings = LoopSettings(steps=steps, batch_size=32, eval_every=10, progress=False, target={"value": target},
                             divergence_factor=divergence_factor)
     with RunLog(tmp_path, {}) as log:
         summary = train(model, opt, data, settings, log, monitors=monitors)

@@ -50,13 +50,15 @@ def _timeless(records: list[dict]) -> list[dict]:
 
 
 def _assert_same_run(resumed_dir, reference_dir) -> None:
-    a, b = torch.load(resumed_dir / "model.pt", weights_only=True), torch.load(reference_dir / "model.pt", weights_only=True)
+    a = torch.load(resumed_dir / "model.pt", weights_only=True)
+    b = torch.load(reference_dir / "model.pt", weights_only=True)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), "parameters differ"
     assert _timeless(read_metrics(resumed_dir)) == _timeless(read_metrics(reference_dir))
     sa, sb = read_summary(resumed_dir), read_summary(reference_dir)
     for key in [k for k in sb if "/" in k and not k.startswith("time/")] + ["status", "steps", "steps_to_target"]:
         assert sa[key] == sb[key], key
-    oa, ob = torch.load(resumed_dir / "optimizer.pt", weights_only=True), torch.load(reference_dir / "optimizer.pt", weights_only=True)
+    oa = torch.load(resumed_dir / "optimizer.pt", weights_only=True)
+    ob = torch.load(reference_dir / "optimizer.pt", weights_only=True)
     for pa, pb in zip(oa["state"].values(), ob["state"].values()):
         for k in pb:
             assert (torch.equal(pa[k], pb[k]) if torch.is_tensor(pb[k]) else pa[k] == pb[k]), k

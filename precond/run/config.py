@@ -17,7 +17,7 @@ import re
 from typing import Any, Optional
 
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from precond.combinations import check_combinations
@@ -134,7 +134,14 @@ def top_level_keys() -> list[str]:
 def resolve(cfg: DictConfig) -> dict:
     """The config as plain containers with every interpolation resolved; a failure names its key."""
     try:
-        return OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
+        plain = {}
+        for key in cfg:
+            if key == "hydra":  # Hydra's own node (present while a sweeper checks jobs) is not the run's
+                continue
+            value = cfg[key]
+            plain[key] = (OmegaConf.to_container(value, resolve=True, throw_on_missing=True)
+                          if isinstance(value, (DictConfig, ListConfig)) else value)
+        return plain
     except OmegaConfBaseException as err:
         key = getattr(err, "full_key", None) or "config"
         message = str(err).split("\n")[0]
@@ -212,7 +219,10 @@ def resolve_device(name: str) -> torch.device:
 
 def build_data(settings: RunSettings) -> Dataset:
     """The dataset, resident on the run's device (NHWC images with ``channels_last``)."""
-    data = settings.dataset.build()
+    try:
+        data = settings.dataset.build()
+    except ConfigError as err:  # missing files: known only when they are read
+        raise err.within("dataset") from None
     if settings.normalization.standardizes_inputs:
         data = standardize_inputs(data)
     return data.to(settings.device, settings.dtype, channels_last=settings.options.channels_last)

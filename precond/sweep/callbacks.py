@@ -50,11 +50,14 @@ def _log_tuned_summary_to_wandb(config: DictConfig, sweep_dir: Path) -> None:
         return
     if not (sweep_dir / SELECTION).exists() or not (sweep_dir / VERDICTS).exists():
         return
-    from precond.run.config import instantiate
+    from omegaconf import OmegaConf
+
+    from precond.run.config import build_group
     from precond.run.files import log_sweep_summary
 
     try:
-        run_id = log_sweep_summary(instantiate(config, "logger"), sweep_dir, summary_tables(sweep_dir),
+        logger = build_group("logger", OmegaConf.to_container(config.logger, resolve=True))
+        run_id = log_sweep_summary(logger, sweep_dir, summary_tables(sweep_dir),
                                    {name: sweep_dir / file for name, file in REPORT_IMAGES.items()})
         log.info("W&B summary run %s holds the selection and verdict tables", run_id)
     except Exception as err:  # W&B trouble must not hide the report already written
