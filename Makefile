@@ -23,7 +23,7 @@ run: install  ## main job: SGD vs AdaGrad vs RMSProp vs Adam (3 seeds) on the em
 	$(BIN)/precond-train experiment=compare_preconditioners
 
 test: install  ## fast tests (slow and GPU tests excluded)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --durations=15
 
 test-slow: install  ## every experiment end to end (marker slow)
 	$(BIN)/python -m pytest -q -m slow

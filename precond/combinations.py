@@ -15,8 +15,10 @@ from precond.metrics import target_metrics
 
 def check_combinations(*, preconditioner: Any = None, regularization: Any = None, normalization: Any = None,
                        curvature: Any = None, loop: Any = None, data: Any = None, model: Any = None,
-                       schedule: Any = None) -> None:
+                       schedule: Any = None, options: Any = None) -> None:
     """Refuse combinations no run can train (ConfigError naming the key to change)."""
+    if options is not None:
+        _check_options_against_others(options, loop, data)
     bnp = getattr(preconditioner, "NAME", None) == "bnp"
     if bnp and regularization is not None and regularization.name != "none":
         prox = regularization.name == "l1" and (regularization.form or "prox") == "prox"
@@ -42,6 +44,15 @@ def check_combinations(*, preconditioner: Any = None, regularization: Any = None
         raise ConfigError("normalization", f"a normalization {type(model).__name__} can hold "
                           f"({', '.join(model.normalizations())})", normalization.name,
                           "the linear model has no hidden layer: use normalization=none or input")
+
+
+def _check_options_against_others(options: Any, loop: Any, data: Any) -> None:
+    if loop is not None and options.dtype != "float32" and loop.precision == "bf16":
+        raise ConfigError("precision", "fp32 with dtype=float64 (bf16 autocast keeps float32 weights)",
+                          loop.precision, "use dtype=float32 with precision=bf16")
+    if data is not None and options.channels_last and not data.images():
+        raise ConfigError("channels_last", "false for vector inputs (it sets the memory format of C×H×W images)",
+                          True, "this dataset has vector inputs")
 
 
 def _check_loop_against_others(loop: Any, normalization: Any, curvature: Any, data: Any, schedule: Any) -> None:

@@ -28,6 +28,7 @@ from torch import Tensor, nn
 from precond.data import Dataset
 from precond.hessian import measurement_mode
 from precond.settings import Choice, Settings, setting
+from precond.spectrum import kappa_plus_of
 
 NORMALIZATIONS = ("none", "input", "batchnorm", "layernorm")
 
@@ -96,9 +97,8 @@ def hidden_matrix_kappas(model: nn.Module, inputs: Tensor, rel_tol: float = 1e-1
         ext = torch.cat([h, torch.ones(h.shape[0], 1, dtype=h.dtype, device=h.device)], dim=1)
         eig = torch.linalg.eigvalsh(ext.T @ ext / h.shape[0])
         lam_max = float(eig[-1])
-        positive = eig[eig > rel_tol * lam_max]
         kappa = lam_max / float(eig[0]) if float(eig[0]) > rel_tol * lam_max else None
-        out[name] = {"kappa_hidden": kappa, "kappa_hidden_plus": lam_max / float(positive[0])}
+        out[name] = {"kappa_hidden": kappa, "kappa_hidden_plus": kappa_plus_of(eig, rel_tol)[0]}
     return out
 
 
@@ -120,8 +120,7 @@ def extended_gram_kappas(x: Tensor, rtol: float = 1e-10) -> dict:
         return ext.T @ ext / n
 
     def kappa_plus(m: Tensor) -> float:
-        eig = torch.linalg.eigvalsh(m)
-        return float(eig[-1] / eig[eig > rtol * eig[-1]][0])
+        return kappa_plus_of(torch.linalg.eigvalsh(m), rtol)[0]
 
     std = x.std(dim=0, unbiased=False)
     varying = std > 1e-12

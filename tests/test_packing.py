@@ -308,7 +308,7 @@ def test_a_bad_max_pack_is_refused_in_one_line(tmp_path, capsys, value):
     code = run_in_process(["-m", "hydra/launcher=packed", f"hydra.launcher.max_pack={value}", "seed=0,1",
                            f"hydra.sweep.dir={tmp_path}"])
     err = capsys.readouterr().err
-    assert code == 2 and err.strip().startswith("error: hydra.launcher.max_pack: expected null"), err
+    assert code == 2 and err.strip().startswith("error: hydra.launcher.max_pack: expected an integer >= 2 or null"), err
     assert not list(tmp_path.glob("*/summary.json"))
 
 

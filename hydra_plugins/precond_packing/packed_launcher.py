@@ -118,10 +118,14 @@ def _task_config(cfg: DictConfig) -> DictConfig:
 class PackedLauncher(Launcher):
     def __init__(self, max_pack: Optional[int] = None) -> None:
         super().__init__()
-        if max_pack is not None and (not isinstance(max_pack, int) or isinstance(max_pack, bool) or max_pack < 2):
-            print(f"error: hydra.launcher.max_pack: expected null (no limit) or an integer >= 2, got {max_pack!r}",
-                  file=sys.stderr)
-            raise SystemExit(2)
+        from precond.errors import ConfigError
+        from precond.settings import Int
+
+        try:
+            Int(lo=2, optional=True).check("hydra.launcher.max_pack", max_pack, "null: no limit")
+        except ConfigError as err:
+            print(f"error: {err}", file=sys.stderr)
+            raise SystemExit(2) from None
         self.max_pack = max_pack
         self.config: Optional[DictConfig] = None
         self.task_function = None

@@ -111,7 +111,7 @@ def load_checkpoint(run_dir: str | Path) -> Optional[dict]:
     missing = sorted(set(CHECKPOINT_KEYS) - set(checkpoint))
     loop = checkpoint.get("loop")
     if missing or not isinstance(loop, dict) or sorted(LOOP_KEYS - set(loop)):
-        what = missing or sorted(LOOP_KEYS - set(loop)) if isinstance(loop, dict) else ["loop"]
+        what = missing if missing else (sorted(LOOP_KEYS - set(loop)) if isinstance(loop, dict) else ["loop"])
         raise CheckpointError(f"{path} lacks {what}")
     if not isinstance(checkpoint["step"], int) or checkpoint["step"] != loop["step"]:
         raise CheckpointError(f"{path} has an inconsistent step ({checkpoint['step']!r} vs loop {loop['step']!r})")

@@ -188,16 +188,9 @@ def settings_from_plain(plain: dict) -> RunSettings:
     groups = {node: build_group(node, plain.get(node)) for node in GROUPS}
     options = RunOptions.from_mapping({k: v for k, v in plain.items() if k in RunOptions.keys()})
     loop = LoopSettings.from_mapping({k: v for k, v in plain.items() if k in LoopSettings.keys()})
-    if options.dtype != "float32" and loop.precision == "bf16":
-        raise ConfigError("precision", "fp32 with dtype=float64 (bf16 autocast keeps float32 weights)",
-                          loop.precision, "use dtype=float32 with precision=bf16")
-    data = groups["dataset"]
-    if options.channels_last and not data.images():
-        raise ConfigError("channels_last", "false for vector inputs (it sets the memory format of C×H×W images)",
-                          True, "this dataset has vector inputs")
     check_combinations(preconditioner=groups["preconditioner"], regularization=groups["regularization"],
-                       normalization=groups["normalization"], curvature=groups["curvature"], loop=loop, data=data,
-                       model=groups["model"], schedule=groups["schedule"])
+                       normalization=groups["normalization"], curvature=groups["curvature"], loop=loop,
+                       data=groups["dataset"], model=groups["model"], schedule=groups["schedule"], options=options)
     return RunSettings(options=options, loop=loop, device=resolve_device(options.device), **groups)
 
 

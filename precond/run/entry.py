@@ -374,24 +374,26 @@ def os_error_line(err: OSError) -> str:
 def refuse_group_paths(argv: list[str]) -> None:
     """A config-group choice names a file of the config search path (``experiment=adam_l2_vs_adamw``),
     never a path: ``..`` or an absolute path would make Hydra load a file from elsewhere."""
+    groups = {d.name for d in Path(CONF_DIR).iterdir() if d.is_dir()}
     for arg in argv:
         key, sep, value = arg.partition("=")
-        if not sep or arg.startswith("-") or "." in key.lstrip("+~").split("/")[-1]:
+        key = key.lstrip("+~")
+        if not sep or arg.startswith("-") or not (key in groups or key.startswith("hydra/")):
             continue  # not a group choice (a value override such as lr=0.1 or hydra.run.dir=...)
         for choice in value.strip("[]").split(","):
             parts = choice.strip().strip("'\"").split("/")
             if choice.strip().startswith("/") or ".." in parts:
-                raise ConfigError(key.lstrip("+~"), f"an option of conf/{key.lstrip('+~')}/ by name", choice,
+                raise ConfigError(key, f"an option of conf/{key}/ by name", choice,
                                   "config-group choices load only from the config search path, not from paths")
 
 
 def main() -> None:
     """``precond-train``: Hydra's own errors (bad override, unknown key) and failed writes are one line each."""
     os.environ.setdefault("HYDRA_FULL_ERROR", "1")  # Hydra re-raises instead of printing a block: see below
-    stop_between_runs()
     try:
         refuse_group_paths(sys.argv[1:])
-        hydra_main()
+        with stop_between_runs():
+            hydra_main()
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         raise SystemExit(2) from None

@@ -127,7 +127,6 @@ class RunLog:
         self.wandb_id = wandb_id or secrets.token_hex(4)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.metrics_path = self.run_dir / "metrics.jsonl"
-        self.summary_path = self.run_dir / "summary.json"
         self._metrics = open(self.metrics_path, "a", encoding="utf-8")
         self._summary_written = False
         #: the W&B exit code when the context ends without an exception (1: the run did not complete)

@@ -12,6 +12,7 @@ the request is inert.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import signal
 import threading
@@ -35,11 +36,19 @@ def _raise_between_runs(signum: int, frame) -> None:
     raise StoppedBetweenRuns(signum)
 
 
-def stop_between_runs() -> None:
-    """Make SIGTERM outside a run raise :class:`StoppedBetweenRuns`, so the entry point can still write
-    the table of the jobs that finished (the default handler would end the process on the spot)."""
-    if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, _raise_between_runs)
+@contextlib.contextmanager
+def stop_between_runs():
+    """While active, SIGTERM outside a run raises :class:`StoppedBetweenRuns`, so the entry point can
+    still write the table of the jobs that finished (the default handler would end the process on the
+    spot); the previous handler is restored on exit."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _raise_between_runs)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 #: handlers that must not be called again after a graceful stop (they would only kill or ignore)
