@@ -71,4 +71,24 @@ def read_metrics(run_dir: Path) -> list[dict]:
 
 @pytest.fixture
 def cli(tmp_path):
+    """The CLI in a subprocess (a true end-to-end run: ~3.5 s of interpreter start each)."""
     return lambda *o, **kw: run_cli(tmp_path, *o, **kw)
+
+
+@pytest.fixture
+def here(tmp_path, capsys, monkeypatch):
+    """The same as :func:`cli`, through the entry point in this process: returns an object with
+    ``returncode``, ``stdout`` and ``stderr`` like a finished subprocess."""
+    from types import SimpleNamespace
+
+    def call(*overrides: str, multirun: bool = False, check: bool = True, root: Path = tmp_path):
+        monkeypatch.setenv("HOME", str(root))
+        argv = [*(["-m"] if multirun else []), f"hydra.run.dir={root}/run", f"hydra.sweep.dir={root}/sweep",
+                *overrides]
+        code = run_in_process(argv)
+        out = capsys.readouterr()
+        if check and code != 0:
+            raise AssertionError(f"entry point failed ({code}):\n{out.out}\n{out.err}")
+        return SimpleNamespace(returncode=code, stdout=out.out, stderr=out.err)
+
+    return call

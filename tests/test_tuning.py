@@ -230,3 +230,28 @@ def test_a_bad_arm_is_refused_before_any_run(tmp_path, capsys, arms, message):
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
     assert not (tmp_path / "s" / "0").exists()  # not even the good arm ran
+
+
+@pytest.mark.parametrize("extra,message", [
+    (["hydra.sweeper.confirmation_seeds=[100]"],
+     "hydra.sweeper.confirmation_seeds: expected a list of 3+ distinct values"),
+    (["hydra.sweeper.confirmation_seeds=[100,100,100]"],
+     "hydra.sweeper.confirmation_seeds: expected a list of 3+ distinct values"),
+    (["hydra.sweeper.confirmation_seeds=[0,1,2]"], "hydra.sweeper.confirmation_seeds: expected seeds disjoint"),
+    (["hydra.sweeper.tuning_seeds=[0,0]"], "hydra.sweeper.tuning_seeds: expected a list of 1+ distinct values"),
+    (["hydra.sweeper.claims=[{claim:x,metric:val/acc,better:a,than:b}]"],
+     "hydra.sweeper.claims[0].metric: 'val/acc' for arm a: a regression dataset records no accuracy"),
+    (["hydra.sweeper.claims=[{claim:x,metric:curvature/z/kappa,better:a,than:b}]"],
+     "hydra.sweeper.claims[0].metric: 'curvature/z/kappa' for arm a: curvature is not measured"),
+    (["hydra.sweeper.arms={a:{grid:{lr:[0.5]}},b:{overrides:{batch_size:5000},grid:{lr:[0.5]}}}"],
+     "hydra.sweeper.arms.b at {'lr': 0.5}: batch_size: expected at most the training-split size 2048"),
+    (["hydra.sweeper.arms={a:{grid:{lr:[0.5]}},b:{overrides:{target.metric:val/acc},grid:{lr:[0.5]}}}"],
+     "hydra.sweeper.arms.b at {'lr': 0.5}: target.metric: expected one of"),
+])
+def test_a_tuned_sweep_checks_seeds_claims_and_every_run_before_the_first_run(tmp_path, capsys, extra, message):
+    arms = [] if extra[0].startswith("hydra.sweeper.arms") else ["hydra.sweeper.arms={a:{},b:{}}"]
+    argv = [*TINY, "lr=0.5", *arms, *extra, f"hydra.sweep.dir={tmp_path}/s"]
+    assert run_in_process(argv) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err, err
+    assert not (tmp_path / "s" / "0").exists()
