@@ -169,11 +169,42 @@ class LoopState:
         return loop
 
 
+@dataclass(frozen=True)
+class Beat:
+    """What a run does after optimizer step ``step``: the one cadence of a run alone and of a pack."""
+
+    step: int
+    final: bool
+    evaluate: bool  #: every ``eval_every`` steps and at the last step
+    check_divergence: bool  #: at evaluations and every DIVERGENCE_CHECK_EVERY steps (a host sync each)
+    checkpoint: bool  #: see :func:`checkpoint_due`; never at the last step (the run's files follow)
+
+
+def beat(settings: LoopSettings, step: int) -> Beat:
+    final = step == settings.steps
+    evaluate = step % settings.eval_every == 0 or final
+    return Beat(step, final, evaluate, evaluate or step % DIVERGENCE_CHECK_EVERY == 0,
+                not final and checkpoint_due(settings, step, evaluate))
+
+
 def checkpoint_due(settings: LoopSettings, step: int, at_eval: bool) -> bool:
     """``checkpoint_every``: None → at every evaluation; N > 0 → every N steps; 0 → only on interrupt."""
     if settings.checkpoint_every is None:
         return at_eval
     return settings.checkpoint_every > 0 and step % settings.checkpoint_every == 0
+
+
+def diverged(mean_loss: float, state: LoopState) -> bool:
+    """NaN/inf, or above ``divergence_factor`` × the initial training loss (``not <=`` also catches NaN)."""
+    return not mean_loss <= state.diverge_above
+
+
+def update_progress(progress, state: LoopState, evaluated: bool) -> None:
+    if progress is None:
+        return
+    if evaluated:
+        progress.set_postfix({k: f"{v:.4g}" for k, v in state.last.items() if k in ("train/batch_loss", "val/loss")})
+    progress.update(1)
 
 
 def train(
@@ -253,26 +284,20 @@ def train(
         state.loss_sum += loss
         state.loss_count += 1
         state.step = step
-        final = step == settings.steps
-        at_eval = step % settings.eval_every == 0 or final
-        check = at_eval or step % DIVERGENCE_CHECK_EVERY == 0
-        if check:
+        now = beat(settings, step)
+        if now.check_divergence:
             _sync(device)
         state.train_s += time.perf_counter() - t0
-        if check and not float(state.loss_sum) / state.loss_count <= state.diverge_above:  # also catches NaN
+        if now.check_divergence and diverged(float(state.loss_sum) / state.loss_count, state):
             status = "diverged"
             runlog.log(diverged_record(step, float(loss), state.train_s))
             break
-        if at_eval:
-            evaluate_into(state, record_at, monitors, settings, final)
+        if now.evaluate:
+            evaluate_into(state, record_at, monitors, settings, now.final)
             runlog.log(state.last)
-        if not final and checkpoint_due(settings, step, at_eval):
+        if now.checkpoint:
             save(state)
-        if progress is not None:
-            if at_eval:
-                progress.set_postfix({k: f"{v:.4g}" for k, v in state.last.items()
-                                      if k in ("train/batch_loss", "val/loss")})
-            progress.update(1)
+        update_progress(progress, state, now.evaluate)
     if progress is not None:
         progress.close()
     return run_summary(state, status, settings)

@@ -39,17 +39,18 @@ from precond.data import BatchSampler, Dataset
 from precond.optim import ComposedOptimizer
 from precond.run.files import RunLog
 from precond.run.loop import (
-    DIVERGENCE_CHECK_EVERY,
     LoopSettings,
     LoopState,
     autocast,
-    checkpoint_due,
+    beat,
+    diverged,
     diverged_record,
     evaluate_into,
     evaluation_splits,
     progress_bar,
     run_summary,
     start_state,
+    update_progress,
 )
 
 #: modules the explicit batched forward handles; any other model is batched with vmap
@@ -354,35 +355,32 @@ def train_pack(members: list[PackMember], data: Dataset, should_stop: Optional[C
         for j in live:
             states[j].loss_count += 1
             states[j].step = step
-        final = step == settings.steps
-        at_eval = step % settings.eval_every == 0 or final
-        check = at_eval or step % DIVERGENCE_CHECK_EVERY == 0
-        means = (loss_sums / states[live[0]].loss_count).tolist() if check else None  # the one host sync
+        now = beat(settings, step)  # the members share steps, eval_every and so the cadence
+        means = (loss_sums / states[live[0]].loss_count).tolist() if now.check_divergence else None  # one sync
         share = (time.perf_counter() - t0) / len(live)
         for j in live:
             states[j].train_s += share
-        if check:
+        if now.check_divergence:
             for j in live:
-                if not means[j] <= states[j].diverge_above:  # also catches NaN
+                if diverged(means[j], states[j]):
                     statuses[j], active[j] = "diverged", False
                     members[j].runlog.log(diverged_record(step, float(losses[j]), states[j].train_s))
                     export(j)
                     stacked.freeze(j, packed)
             live = [j for j in live if active[j]]
-        if at_eval and live:
-            metrics = _evaluate_splits(stacked, data, settings, final)
+        if now.evaluate and live:
+            metrics = _evaluate_splits(stacked, data, settings, now.final)
             for j in live:
                 if members[j].monitors:
                     export(j)
                 states[j].loss_sum = loss_sums[j]
-                evaluate_into(states[j], record_at(j), members[j].monitors, members[j].settings, final)
+                evaluate_into(states[j], record_at(j), members[j].monitors, members[j].settings, now.final)
                 members[j].runlog.log(states[j].last)
             loss_sums.zero_()
         for j in live:
-            if not final and checkpoint_due(members[j].settings, step, at_eval):
+            if beat(members[j].settings, step).checkpoint:  # checkpoint_every may differ (it changes no result)
                 save(j)
-        if progress is not None:
-            progress.update(1)
+        update_progress(progress, states[live[0]] if live else states[0], now.evaluate)
     if progress is not None:
         progress.close()
     for j in jobs:
