@@ -1,12 +1,11 @@
 """The tuning stage (grid per arm, selection rule, confirmation) and verdicts as data."""
 import json
-import math
+import statistics
 
 import pytest
 
 from precond.errors import ConfigError
-from precond.sweep.tuning import Arm, PointResult, TuningSpec, at_edge, overrides_for, select
-from precond.sweep.verdicts import Claim, judge
+from precond.sweep.tuning import Arm, NoEligiblePoint, PointResult, TuningSpec, at_edge, overrides_for, select
 from tests.conftest import read_summary, run_in_process
 
 
@@ -19,24 +18,33 @@ def _choose(points: dict, grid=None, metric="val/loss"):
     return select(arm, [PointResult({"lr": lr}, runs) for lr, runs in points.items()])
 
 
-def test_selection_rule_reached_first_then_steps_then_final_value():
-    # more seeds reaching the target beats fewer steps on one seed
+def test_selection_chooses_the_lowest_median_among_points_that_reach_and_hold_on_every_seed():
+    # a point that reached on one seed only is not eligible, however fast
     assert _choose({0.1: [_run(steps=50), _run()], 0.3: [_run(steps=300), _run(steps=400)]}).chosen == {"lr": 0.3}
-    # same count reached: fewer mean steps
-    assert _choose({0.1: [_run(steps=200)], 0.3: [_run(steps=100)], 1.0: [_run(steps=150)]}).chosen == {"lr": 0.3}
-    # nobody reaches: the best final value decides
-    assert _choose({0.1: [_run(value=0.4)], 0.3: [_run(value=0.2)], 1.0: [_run(value=0.3)]}).chosen == {"lr": 0.3}
-    # accuracy is better when higher
+    # among eligible points the lowest median wins (the median, not the mean: one slow seed does not decide)
+    points = {0.1: [_run(steps=100), _run(steps=100), _run(steps=900)], 0.3: [_run(steps=200)] * 3}
+    assert _choose(points).chosen == {"lr": 0.1}
+    # nobody reaches and holds: the best median final value decides, and the basis says so
+    choice = _choose({0.1: [_run(value=0.4)], 0.3: [_run(value=0.2)], 1.0: [_run(value=0.3)]})
+    assert choice.chosen == {"lr": 0.3} and choice.basis.startswith("median final target metric")
     acc = {0.1: [_run(value=0.9, metric="val/acc")], 0.3: [_run(value=0.7, metric="val/acc")],
            1.0: [_run(value=0.8, metric="val/acc")]}
     assert _choose(acc).chosen == {"lr": 0.1}
 
 
-def test_a_point_with_a_diverged_or_failed_seed_ranks_below_any_finished_point():
+def test_a_point_with_a_diverged_or_failed_seed_is_ineligible_and_an_arm_without_any_is_invalid():
     points = {0.1: [_run(value=0.9)], 0.3: [_run(steps=10), _run(status="diverged")], 1.0: [_run(status="failed")]}
     assert _choose(points).chosen == {"lr": 0.1}
-    with pytest.raises(RuntimeError, match="every point of its grid failed"):
+    assert PointResult({"lr": 0.3}, points[0.3]).standing() == ("ineligible", "a tuning run ended diverged")
+    with pytest.raises(NoEligiblePoint, match=r"^arm a: no grid point is eligible"):
         _choose({0.1: [_run(status="diverged")], 0.3: [_run(status="failed")]})
+
+
+def test_a_run_that_reached_but_lost_the_target_is_not_held():
+    lost = {"status": "completed", "steps_to_target": None, "steps_to_first_hit": 50, "target_metric": "val/loss",
+            "val/loss": 1.9}
+    assert PointResult({"lr": 1.0}, [lost, _run(steps=60)]).standing()[0] == "completed"
+    assert _choose({1.0: [lost, _run(steps=60)], 0.03: [_run(steps=400)] * 2}).chosen == {"lr": 0.03}
 
 
 def test_a_choice_at_the_edge_of_the_grid_is_flagged():
@@ -72,87 +80,67 @@ def test_a_bad_tuning_spec_names_its_key(kwargs, key):
     assert str(err.value).startswith(f"{key}:")
 
 
-def _by_seed(**arms):
-    return {arm: {seed: ({"status": "completed", **v} if isinstance(v, dict) else {"status": v})
-                  for seed, v in enumerate(values)} for arm, values in arms.items()}
-
-
-def test_verdict_rule_holds_fails_inconclusive():
-    claim = Claim("a is lower than b", better="a", than="b", metric="val/loss")
-    lower = [{"val/loss": 0.1}, {"val/loss": 0.2}, {"val/loss": 0.3}]
-    higher = [{"val/loss": 0.5}, {"val/loss": 0.6}, {"val/loss": 0.7}]
-    assert judge(claim, _by_seed(a=lower, b=higher)).verdict == "holds"
-    assert judge(claim, _by_seed(a=higher, b=lower)).verdict == "fails"
-    mixed = [{"val/loss": 0.1}, {"val/loss": 0.9}, {"val/loss": 0.3}]
-    assert judge(claim, _by_seed(a=mixed, b=higher)).verdict == "inconclusive"  # means favour a, one seed does not
-    assert judge(claim, _by_seed(a=lower, b=lower)).verdict == "inconclusive"  # ties
-    assert judge(claim, _by_seed(a=[*lower[:2], "failed"], b=higher)).verdict == "inconclusive"  # missing
-    up = Claim("a is higher", better="a", than="b", metric="val/loss", direction="higher")
-    assert judge(up, _by_seed(a=higher, b=lower)).verdict == "holds"
-
-
-def test_never_reaching_the_target_is_worse_than_reaching_it():
-    claim = Claim("a is faster", better="a", than="b", metric="steps_to_target")
-    reached = [{"steps_to_target": 100}, {"steps_to_target": 150}]
-    never = [{"steps_to_target": None}, {"steps_to_target": None}]
-    verdict = judge(claim, _by_seed(a=reached, b=never))
-    assert verdict.verdict == "holds" and verdict.evidence["than"]["never_reached"] == 2
-    assert judge(claim, _by_seed(a=never, b=never)).verdict == "inconclusive"
-    json.dumps(verdict.as_dict(), allow_nan=False)  # evidence is plain JSON (no Infinity)
-
-
-def test_a_claim_can_compare_two_metrics_of_one_arm():
-    claim = Claim("κ in z below κ in p", better={"arm": "adam", "metric": "curvature/z/kappa"},
-                  than={"arm": "adam", "metric": "curvature/p/kappa"})
-    runs = _by_seed(adam=[{"curvature/z/kappa": 10.0, "curvature/p/kappa": 1e4}] * 3)
-    assert judge(claim, runs).verdict == "holds"
-
-
-@pytest.mark.parametrize("kwargs,key", [
-    (dict(claim="", better="a", than="b", metric="m"), "claim"),
-    (dict(claim="c", better="a", than="b"), "metric"),
-    (dict(claim="c", better="a", than="b", metric="m", direction="down"), "direction"),
-    (dict(claim="c", better={"arm": "a"}, than="b", metric="m"), "better"),
-])
-def test_a_bad_claim_names_its_key(kwargs, key):
-    with pytest.raises(ConfigError) as err:
-        Claim(**kwargs)
-    assert str(err.value).startswith(f"{key}:")
-
-
 TINY = ["hydra/sweeper=tuned", "hydra.mode=MULTIRUN", "steps=40", "eval_every=10", "target.value=0.3",
-        "preconditioner=sgd", "hydra.sweeper.tuning_seeds=[0]", "hydra.sweeper.confirmation_seeds=[5,6,7]"]
+        "preconditioner=sgd", "hydra.sweeper.tuning_seeds=[0,1]", "hydra.sweeper.confirmation_seeds=[5,6,7]"]
 ARMS = ("hydra.sweeper.arms={fast:{grid:{lr:[0.1,0.3,1.0]}},slow:{grid:{lr:[1e-6,2e-6,4e-6]}},"
-        "same_as_fast:{grid:{lr:[0.1,0.3,1.0]}}}")
+        "same_as_fast:{grid:{lr:[0.1,0.3,1.0]}},broken:{grid:{lr:[1e4,1e5]}}}")
 CLAIMS = ("hydra.sweeper.claims=[{claim:built to hold,metric:val/loss,better:fast,than:slow},"
-          "{claim:built to fail,metric:val/loss,better:slow,than:fast},"
-          "{claim:built to be inconclusive,metric:val/loss,better:fast,than:same_as_fast}]")
+          "{claim:built to be equivalent,metric:val/loss,better:fast,than:same_as_fast,margin:0.05},"
+          "{claim:built to be invalid,metric:val/loss,better:fast,than:broken}]")
+EIGHT = "hydra.sweeper.confirmation_seeds=[5,6,7,8,9,10,11,12]"
 
 
-def test_a_tiny_tuned_sweep_selects_confirms_and_judges(tmp_path):
+def test_a_tiny_tuned_sweep_gets_holds_equivalent_and_invalid_where_built_to(tmp_path):
     sweep = tmp_path / "sweep"
-    assert run_in_process([*TINY, ARMS, CLAIMS, f"hydra.sweep.dir={sweep}"]) == 0
+    assert run_in_process([*TINY, "target.value=0.55", EIGHT, ARMS, CLAIMS, f"hydra.sweep.dir={sweep}"]) == 0
     selection = json.loads((sweep / "selection.json").read_text())
     assert selection["arms"]["slow"]["chosen"] == {"lr": 4e-6} and selection["arms"]["slow"]["at_edge"] == ["lr"]
-    assert selection["arms"]["fast"]["grid"] == {"lr": [0.1, 0.3, 1.0]}
-    assert selection["arms"]["fast"]["tuning_seeds"] == [0]
-    assert selection["arms"]["fast"]["confirmation_seeds"] == [5, 6, 7]
-    # the chosen point is the best of its grid by the rule, read back from the tuning runs
-    tuning = [read_summary(sweep / str(i)) for i in range(9)]
-    fast = {float(s["overrides"][-4].split("=")[1]): s for s in tuning if s["arm"] == "fast"}
-    best = min(fast, key=lambda lr: (-(fast[lr]["steps_to_target"] is not None),
-                                     fast[lr]["steps_to_target"] or math.inf, fast[lr]["val/loss"]))
+    assert selection["arms"]["fast"]["tuning_seeds"] == [0, 1]
+    assert selection["arms"]["broken"]["chosen"] is None and "no grid point is eligible" in \
+        selection["arms"]["broken"]["invalid"]
+    assert [p["eligible"] for p in selection["arms"]["broken"]["points"]] == [False, False]
+    # the chosen point is the best of its grid by the rule, read back from the tuning runs (dirs say what they hold)
+    fast = {lr: [read_summary(sweep / "tuning" / "fast" / f"lr={lr}" / f"seed{s}") for s in (0, 1)]
+            for lr in (0.1, 0.3, 1.0)}
+    held = {lr: runs for lr, runs in fast.items() if all(r["steps_to_target"] is not None for r in runs)}
+    assert len(held) >= 2 and selection["arms"]["fast"]["basis"].startswith("median steps")
+    best = min(held, key=lambda lr: (statistics.median(r["steps_to_target"] for r in held[lr]),
+                                     statistics.median(r["val/loss"] for r in held[lr])))
     assert selection["arms"]["fast"]["chosen"] == {"lr": best}
-    confirmation = [read_summary(sweep / str(i)) for i in range(9, 18)]
-    assert {(s["stage"], s["arm"]) for s in confirmation} == {("confirmation", a) for a in ("fast", "slow",
-                                                                                              "same_as_fast")}
-    assert sorted({s["seed"] for s in confirmation}) == [5, 6, 7]
+    confirmation = list((sweep / "confirmation").rglob("summary.json"))
+    assert len(confirmation) == 3 * 8  # the invalid arm is never confirmed
     verdicts = json.loads((sweep / "verdicts.json").read_text())
-    assert [v["verdict"] for v in verdicts] == ["holds", "fails", "inconclusive"]
-    assert all(set(v) == {"claim", "verdict", "rule", "evidence"} for v in verdicts)
+    assert [v["verdict"] for v in verdicts] == ["holds", "equivalent", "invalid"]
+    assert verdicts[2]["reason"].startswith("arm broken never trained")
+    assert {"claim", "verdict", "rule", "reason", "n", "wins", "losses", "ties", "effect", "p_value",
+            "p_adjusted", "evidence"} <= set(verdicts[0])
+    assert verdicts[0]["p_adjusted"] == pytest.approx(2 * verdicts[0]["p_value"])  # Holm over the 2 tested claims
     report = (sweep / "comparison.md").read_text()
-    assert "**holds** — built to hold" in report and "⚠ edge of grid" in report
+    assert "1 holds, 0 fails, 1 equivalent, 0 inconclusive, 1 invalid; 0 identities" in report
+    assert "| built to hold | **holds** |" in report and "⚠ edge of grid" in report
     assert (sweep / "lr_sensitivity.png").stat().st_size > 0 and (sweep / "confirmation.png").stat().st_size > 0
+
+
+def test_more_confirmation_seeds_reuse_every_earlier_run_and_judge_exactly_the_declared_seeds(tmp_path):
+    sweep = tmp_path / "sweep"
+    arms, claims = ("hydra.sweeper.arms={fast:{grid:{lr:[0.1,0.3]}},slow:{grid:{lr:[1e-6,2e-6]}}}",
+                    "hydra.sweeper.claims=[{claim:c,metric:val/loss,better:fast,than:slow}]")
+    assert run_in_process([*TINY, arms, claims, f"hydra.sweep.dir={sweep}"]) == 0
+    before = {p: p.read_bytes() for p in sweep.rglob("metrics.jsonl")}
+    assert len(before) == 2 * 2 * 2 + 2 * 3
+    more = "hydra.sweeper.confirmation_seeds=[5,6,7,8,9,10]"
+    assert run_in_process([*TINY, more, arms, claims, f"hydra.sweep.dir={sweep}"]) == 0
+    after = {p: p.read_bytes() for p in sweep.rglob("metrics.jsonl")}
+    assert {p: after[p] for p in before} == before  # every earlier run reused as it was
+    assert sorted(str(p.relative_to(sweep).parent) for p in set(after) - set(before)) == sorted(
+        f"confirmation/{arm}/lr={lr}/seed{s}" for arm, lr in
+        (("fast", json.loads((sweep / "selection.json").read_text())["arms"]["fast"]["chosen"]["lr"]),
+         ("slow", 2e-6)) for s in (8, 9, 10))
+    verdict = json.loads((sweep / "verdicts.json").read_text())[0]
+    assert verdict["evidence"]["seeds"] == [5, 6, 7, 8, 9, 10] and verdict["n"] == 6
+    # and back to three: the report judges those three only, though six are on disk
+    assert run_in_process([*TINY, arms, claims, f"hydra.sweep.dir={sweep}"]) == 0
+    assert json.loads((sweep / "verdicts.json").read_text())[0]["evidence"]["seeds"] == [5, 6, 7]
 
 
 def test_a_rerun_tuned_sweep_redoes_nothing(tmp_path):
@@ -190,20 +178,12 @@ def test_with_wandb_the_tuned_sweep_logs_a_summary_run_holding_the_tables(tmp_pa
     assert len(runs) == 1  # the summary run; each job's own run lives in its job dir
     tables = {p.name.split("_")[0]: json.loads(p.read_text()) for p in runs[0].rglob("*.table.json")}
     assert set(tables) == {"selection", "verdicts"}
-    assert tables["verdicts"]["data"][0][:2] == ["a is lower", "holds"]
+    verdict = json.loads((sweep / "verdicts.json").read_text())[0]["verdict"]
+    assert tables["verdicts"]["data"][0][:2] == ["a is lower", verdict]
     assert [row[0] for row in tables["selection"]["data"]] == ["a", "b"]
     assert len(list(runs[0].rglob("*.png"))) == 2
-    config = (sweep / "0" / "config.yaml").read_text()
+    config = (sweep / "tuning" / "a" / "lr=0.1" / "seed0" / "config.yaml").read_text()
     assert "stage: tuning" in config and "arm: a" in config  # every run's W&B config carries its stage and arm
-
-
-def test_a_claim_against_a_threshold_is_judged_on_every_seed():
-    claim = Claim("bn's Hessian is singular", better={"arm": "bn", "metric": "curvature/p/null_dim"}, than=0,
-                  direction="higher")
-    assert judge(claim, _by_seed(bn=[{"curvature/p/null_dim": 4}] * 3)).verdict == "holds"
-    assert judge(claim, _by_seed(bn=[{"curvature/p/null_dim": 0}] * 3)).verdict == "fails"
-    assert judge(claim, _by_seed(bn=[{"curvature/p/null_dim": 4}, {"curvature/p/null_dim": 0}])).verdict == \
-        "inconclusive"
 
 
 def test_the_optuna_example_tunes_on_the_value_the_entry_point_returns(tmp_path):
@@ -237,8 +217,8 @@ def test_a_bad_arm_is_refused_before_any_run(tmp_path, capsys, arms, message):
      "hydra.sweeper.confirmation_seeds: expected a list of 3+ distinct values"),
     (["hydra.sweeper.confirmation_seeds=[100,100,100]"],
      "hydra.sweeper.confirmation_seeds: expected a list of 3+ distinct values"),
-    (["hydra.sweeper.confirmation_seeds=[0,1,2]"], "hydra.sweeper.confirmation_seeds: expected seeds disjoint"),
-    (["hydra.sweeper.tuning_seeds=[0,0]"], "hydra.sweeper.tuning_seeds: expected a list of 1+ distinct values"),
+    (["hydra.sweeper.confirmation_seeds=[1,2,3]"], "hydra.sweeper.confirmation_seeds: expected seeds disjoint"),
+    (["hydra.sweeper.tuning_seeds=[0,0]"], "hydra.sweeper.tuning_seeds: expected a list of 2+ distinct values"),
     (["hydra.sweeper.claims=[{claim:x,metric:val/acc,better:a,than:b}]"],
      "hydra.sweeper.claims[0].metric: 'val/acc' for arm a: a regression dataset records no accuracy"),
     (["hydra.sweeper.claims=[{claim:x,metric:curvature/z/kappa,better:a,than:b}]"],

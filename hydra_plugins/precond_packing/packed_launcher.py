@@ -49,6 +49,9 @@ class PackedLauncherConf:
 ConfigStore.instance().store(group="hydra/launcher", name="packed", node=PackedLauncherConf, provider="precond")
 
 
+SUBDIR = "hydra.sweep.subdir"
+
+
 class JobComposer:
     """A job's config as ``load_sweep_config`` would compose it, at the cost of a copy.
 
@@ -73,6 +76,8 @@ class JobComposer:
         return self(sweep_overrides)
 
     def _is_composition(self, override) -> bool:
+        if override.key_or_group == SUBDIR:  # a value: where the job's files go (the tuned sweep sets it)
+            return False
         return (override.is_hydra_override() or override.package is not None
                 or self.loader.repository.group_exists(override.key_or_group))
 
@@ -85,9 +90,12 @@ class JobComposer:
         if key not in self.composed:
             self.composed[key] = self.compose(self.master, list(key))
         cfg = copy.deepcopy(self.composed[key])
-        ConfigLoaderImpl._apply_overrides_to_config(values, cfg)
+        ConfigLoaderImpl._apply_overrides_to_config([o for o in values if o.key_or_group != SUBDIR], cfg)
         app = [o for o in parsed if not o.is_hydra_override()]
         with read_write(cfg.hydra), open_dict(cfg.hydra):
+            for o in values:
+                if o.key_or_group == SUBDIR:
+                    cfg.hydra.sweep.subdir = o.value()
             cfg.hydra.overrides.task = [o.input_line for o in app]
             dirname = cfg.hydra.job.config.override_dirname
             cfg.hydra.job.override_dirname = get_overrides_dirname(

@@ -40,8 +40,8 @@ class TuningSweeperConf:
     arms: Any = None
     #: the search space every arm shares (an arm's own grid replaces keys of it)
     grid: Any = None
-    tuning_seeds: list[Any] = field(default_factory=lambda: [0])
-    confirmation_seeds: list[Any] = field(default_factory=lambda: [100, 101, 102])
+    tuning_seeds: list[Any] = field(default_factory=lambda: [0, 1])
+    confirmation_seeds: list[Any] = field(default_factory=lambda: list(range(100, 110)))
     #: claims judged on the confirmation runs (precond.sweep.verdicts.Claim fields)
     claims: Any = None
 
@@ -87,7 +87,14 @@ class TuningSweeper(Sweeper):
 
     def sweep(self, arguments: list[str]) -> Any:
         from precond.run.files import write_text_atomically
-        from precond.sweep.tuning import SELECTION_RULE, PointResult, overrides_for, select
+        from precond.sweep.tuning import (
+            SELECTION_RULE,
+            NoEligiblePoint,
+            PointResult,
+            overrides_for,
+            select,
+            subdir_override,
+        )
 
         fixed = self._fixed_overrides(arguments)
         sweep_dir = Path(self.config.hydra.sweep.dir)
@@ -97,12 +104,12 @@ class TuningSweeper(Sweeper):
         self._check_arms(arms, fixed)
         tuning = [(arm, point, seed) for arm in arms for point in arm.points() for seed in self.spec.tuning_seeds]
         log.info("tuning: %d runs (%s)", len(tuning), ", ".join(f"{a.name}: {len(a.points())} points" for a in arms))
-        returns = self.launcher.launch([fixed + overrides_for(a, p, s, "tuning") for a, p, s in tuning],
-                                       initial_job_idx=0)
+        returns = self.launcher.launch([fixed + overrides_for(a, p, s, "tuning") + [subdir_override(a, p, s, "tuning")]
+                                        for a, p, s in tuning], initial_job_idx=0)
         summaries = [_summary_of(r) for r in returns]
         selection = {"rule": SELECTION_RULE, "tuning_seeds": list(self.spec.tuning_seeds),
                      "confirmation_seeds": list(self.spec.confirmation_seeds), "fixed_overrides": fixed,
-                     "claims": [_claim_dict(c) for c in self.claims], "arms": {}}
+                     "claims": [c.as_dict() for c in self.claims], "arms": {}}
         chosen = {}
         for arm in arms:
             results = [PointResult(p, [summ for (a, pp, _), summ in zip(tuning, summaries)
@@ -110,22 +117,26 @@ class TuningSweeper(Sweeper):
             entry = {"overrides": arm.overrides, "grid": arm.grid, "tuning_seeds": list(self.spec.tuning_seeds),
                      "confirmation_seeds": list(self.spec.confirmation_seeds),
                      "points": [{"point": r.point, "score": _jsonable_score(r.score()),
+                                 "eligible": r.standing()[0] != "ineligible", "standing": r.standing()[0],
+                                 "reason": r.standing()[1],
                                  "statuses": [s.get("status") for s in r.summaries]} for r in results]}
             try:
                 choice = select(arm, results)
-                entry.update(chosen=choice.chosen, at_edge=choice.at_edge, score=_jsonable_score(choice.score))
+                entry.update(chosen=choice.chosen, at_edge=choice.at_edge, score=_jsonable_score(choice.score),
+                             basis=choice.basis)
                 chosen[arm.name] = (arm, choice.chosen)
                 if choice.at_edge:
                     log.warning("arm %s: chosen %s at the edge of its grid for %s: widen the grid", arm.name,
                                 choice.chosen, choice.at_edge)
-            except RuntimeError as err:
-                entry.update(chosen=None, at_edge=[], error=str(err))
+            except NoEligiblePoint as err:  # the arm is invalid: no confirmation runs, every claim on it invalid
+                entry.update(chosen=None, at_edge=[], invalid=str(err))
                 log.error("%s", err)
             selection["arms"][arm.name] = entry
         write_text_atomically(sweep_dir / "selection.json", json.dumps(selection, indent=2, default=str) + "\n")
         confirm = [(arm, point, seed) for arm, point in chosen.values() for seed in self.spec.confirmation_seeds]
         log.info("confirmation: %d runs", len(confirm))
-        confirmation = self.launcher.launch([fixed + overrides_for(a, p, s, "confirmation") for a, p, s in confirm],
+        confirmation = self.launcher.launch([fixed + overrides_for(a, p, s, "confirmation")
+                                             + [subdir_override(a, p, s, "confirmation")] for a, p, s in confirm],
                                             initial_job_idx=len(tuning))
         return [list(returns), list(confirmation)]
 
@@ -182,11 +193,6 @@ class TuningSweeper(Sweeper):
 
 def _plain(value):
     return OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value
-
-
-def _claim_dict(claim) -> dict:
-    return {"claim": claim.claim, "better": claim.better, "than": claim.than, "metric": claim.metric,
-            "direction": claim.direction}
 
 
 def _jsonable_score(score: tuple) -> list:

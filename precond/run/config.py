@@ -268,8 +268,8 @@ def to_plain(cfg: DictConfig) -> dict:
 
 
 #: summary values every run records
-ALWAYS_RECORDED = ("steps_to_target", "seconds_to_target", "steps", "train/loss", "val/loss", "train/batch_loss",
-                   "time/train_s")
+ALWAYS_RECORDED = ("steps_to_target", "seconds_to_target", "steps_to_first_hit", "seconds_to_first_hit", "steps",
+                   "train/loss", "val/loss", "train/batch_loss", "time/train_s")
 
 
 def why_not_recorded(metric: str, settings: RunSettings) -> Optional[str]:
@@ -281,6 +281,9 @@ def why_not_recorded(metric: str, settings: RunSettings) -> Optional[str]:
         return None if settings.dataset.task == "classification" else "a regression dataset records no accuracy"
     if metric == "test/loss":
         return None if getattr(settings.dataset, "n_test", 1) else "dataset.n_test=0 leaves no test split"
+    if metric.endswith("_after_warmup"):
+        return None if getattr(settings.preconditioner, "bnp_warmup", 0) else "only a method with a warm-up " \
+            "(preconditioner=bnp with bnp_warmup > 0) records times after its warm-up"
     if metric.startswith("reg/"):
         return None if settings.regularization.name != "none" else "regularization=none records no reg/ metrics"
     if metric.startswith("curvature/"):

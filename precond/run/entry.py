@@ -41,6 +41,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from precond.errors import ConfigError
+from precond.metrics import after_warmup
 from precond.run.checkpoint import CHECKPOINT, CHECKPOINT_FORMAT, atomic_save, rng_state, set_rng_state
 from precond.run.config import (
     RunSettings,
@@ -119,9 +120,13 @@ def _wandb_settings(settings: RunSettings, job: JobInfo):
 
 def base_summary(settings: RunSettings, job: JobInfo) -> dict:
     options = settings.options
-    return {"seed": settings.loop.seed, "name": options.name, "overrides": job.overrides,
+    base = {"seed": settings.loop.seed, "name": options.name, "overrides": job.overrides,
             **{k: getattr(options, k) for k in ("stage", "arm") if getattr(options, k) is not None},
             "choices": {k: v for k, v in job.choices.items() if not k.startswith("hydra")}}
+    warmup = getattr(settings.preconditioner, "bnp_warmup", None)  # steps that only collect statistics
+    if warmup:
+        base["warmup_steps"] = warmup
+    return base
 
 
 def run(cfg: DictConfig, should_stop=None, job: Optional[JobInfo] = None) -> dict:
@@ -217,6 +222,8 @@ def prepare(settings: RunSettings, job: JobInfo, base: dict, runlog: RunLog, dat
 
 def finish_run(run_: PreparedRun, runlog: RunLog, summary: dict) -> None:
     """The files of a run that ended: weights, optimizer state, summary; the checkpoint goes once finished."""
+    if summary.get("warmup_steps"):
+        summary.update(after_warmup(summary, summary["warmup_steps"]))
     atomic_save(run_.parts.model.state_dict(), run_.run_dir / "model.pt")
     atomic_save(run_.parts.optimizer.state_dict(), run_.run_dir / "optimizer.pt")
     runlog.write_summary(summary)

@@ -17,7 +17,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from precond.data import BatchSampler, Dataset
-from precond.metrics import target_reached
+from precond.metrics import time_to_target
 from precond.run.files import RunLog
 from precond.run.monitors import Monitor
 from precond.settings import SEED, Choice, Flag, Int, Nested, Num, Settings, Text, setting
@@ -152,8 +152,8 @@ class LoopState:
     train_s: float = 0.0
     monitor_s: float = 0.0
     checkpoint_s: float = 0.0
-    steps_to_target: Optional[int] = None
-    seconds_to_target: Optional[float] = None
+    #: (step, target metric, train seconds) at every evaluation: the time to target is read from it
+    target_trace: list = field(default_factory=list)
     resumed_at: list = field(default_factory=list)
 
     def state_dict(self, sampler: BatchSampler) -> dict:
@@ -308,7 +308,8 @@ def run_summary(state: LoopState, status: str, settings: LoopSettings) -> dict:
     summary = {k: v for k, v in state.last.items() if "/" in k}
     summary.update({
         "status": status, "steps": state.step, "last_eval_step": state.last["step"],
-        "steps_to_target": state.steps_to_target, "seconds_to_target": state.seconds_to_target,
+        **time_to_target(state.target_trace, settings.target.metric, settings.target.value,
+                         held=status != "diverged"),
         "target_metric": settings.target.metric, "target_value": settings.target.value,
         "time/checkpoint_s": state.checkpoint_s,
     })
@@ -331,9 +332,13 @@ def start_state(record_at, monitors, settings: LoopSettings, runlog: RunLog, dev
     # a run has diverged when its loss is non-finite or this far above the initial training loss
     state = LoopState(step=0, last=last, diverge_above=settings.divergence_factor * max(last["train/loss"], 1e-12),
                       loss_sum=torch.zeros((), device=device), monitor_s=monitor_s)
-    if target_reached(settings.target.metric, last.get(settings.target.metric), settings.target.value):
-        state.steps_to_target, state.seconds_to_target = 0, 0.0
+    _trace(state, settings)
     return state
+
+
+def _trace(state: LoopState, settings: LoopSettings) -> None:
+    value = state.last.get(settings.target.metric)
+    state.target_trace.append((state.step, None if value is None else float(value), state.train_s))
 
 
 def evaluate_into(state: LoopState, record_at, monitors, settings: LoopSettings, final: bool) -> None:
@@ -347,11 +352,8 @@ def evaluate_into(state: LoopState, record_at, monitors, settings: LoopSettings,
     last["time/train_s"] = state.train_s
     if monitors:
         last["time/monitor_s"] = state.monitor_s
-    if state.steps_to_target is None and target_reached(
-        settings.target.metric, last.get(settings.target.metric), settings.target.value
-    ):
-        state.steps_to_target, state.seconds_to_target = state.step, state.train_s
     state.last = last
+    _trace(state, settings)
 
 
 def progress_bar(settings: LoopSettings, initial: int = 0, desc: Optional[str] = None):

@@ -76,11 +76,12 @@ def summary_problem(summary: dict) -> Optional[str]:
     overrides = summary.get("overrides", [])
     if not isinstance(overrides, list) or not all(isinstance(o, str) for o in overrides):
         return f"overrides is {overrides!r}, not a list of key=value strings"
-    for key in ("steps", "steps_to_target", "seed"):
+    for key in ("steps", "seed"):
         if key in summary and summary[key] is not None and not _is_int(summary[key]):
             return f"{key} is {summary[key]!r}, not an integer"
     for key, value in summary.items():
-        if ("/" in key or key == "seconds_to_target" or key == "target_value") and not _is_number_or_none(value):
+        if ("/" in key or key.startswith(("steps_to_", "seconds_to_")) or key == "target_value") \
+                and not _is_number_or_none(value):
             return f"{key} is {value!r}, not a number"
     return None
 

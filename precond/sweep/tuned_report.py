@@ -18,13 +18,15 @@ import statistics
 from pathlib import Path
 from typing import Optional
 
-from precond.metrics import target_text
+from precond.metrics import TIME_TO_TARGET_RULE, target_text
 from precond.run.files import write_text_atomically
 from precond.sweep.runs import ReportError, RunRecord, load_runs, save_figure
-from precond.sweep.verdicts import Claim, Verdict, judge
+from precond.sweep.verdicts import RULE, Claim, Verdict, count_states, judge_all
 
 SELECTION = "selection.json"
 VERDICTS = "verdicts.json"
+#: a fastest arm that holds the target within fewer evaluation intervals is resolved too coarsely
+MIN_INTERVALS = 20
 KAPPA_COLUMNS = ("curvature/p/kappa", "curvature/z/kappa", "curvature/p/kappa_plus", "curvature/p/lam_min",
                  "curvature/p/null_dim")
 
@@ -39,9 +41,61 @@ def _runs_by_stage(runs: list[RunRecord], stage: str) -> dict:
 
 
 def judge_claims(selection: dict, confirmation: dict) -> list[Verdict]:
-    """Every claim of ``selection`` judged on the confirmation runs (``{arm: [RunRecord]}``)."""
-    by_seed = {arm: {r.summary.get("seed"): r.summary for r in runs} for arm, runs in confirmation.items()}
-    return [judge(Claim(**c), by_seed) for c in selection.get("claims", [])]
+    """Every claim of ``selection`` judged on exactly the confirmation seeds it declares (runs of other
+    seeds in the dir are not looked at), Holm-adjusted over the experiment's empirical claims."""
+    seeds = list(selection.get("confirmation_seeds", []))
+    by_seed = {arm: {r.summary.get("seed"): r.summary for r in runs if r.summary.get("seed") in seeds}
+               for arm, runs in confirmation.items()}
+    invalid = {arm: e["invalid"] for arm, e in selection["arms"].items() if e.get("invalid")}
+    return judge_all([Claim(**c) for c in selection.get("claims", [])], by_seed, seeds, invalid)
+
+
+def _verdict_table(verdicts: list[Verdict]) -> str:
+    lines = ["| claim | verdict | effect (median, ≥95 % interval) | for / against / tied | p (Holm) |",
+             "|---|---|---|---|---|"]
+    for v in verdicts:
+        effect = v.effect
+        if effect:
+            shown = _effect_text(effect)
+        else:
+            shown = "—"
+        p = "—" if v.p_value is None else f"{v.p_value:.3g} ({v.p_adjusted:.3g})"
+        lines.append(f"| {v.claim} | **{v.verdict}** | {shown} | {v.wins} / {v.losses} / {v.ties} of {v.n} | {p} |")
+    return "\n".join(lines)
+
+
+def _effect_text(effect: dict) -> str:
+    def one(x):
+        if x in ("inf", "-inf"):
+            return ("∞" if x == "inf" else ("0" if effect["scale"] == "ratio" else "−∞"))
+        return f"×{math.exp(x):.3g}" if effect["scale"] == "ratio" else f"{x:+.3g}"
+
+    low, high = effect["ci"]
+    return f"{one(effect['estimate'])} [{one(low)}, {one(high)}] (margin {effect['margin']:g})"
+
+
+def headline(verdicts: list) -> str:
+    """``3 holds, 1 fails, 0 equivalent, 2 inconclusive, 1 invalid; 2 identities (not counted as support)``."""
+    c = count_states(verdicts)
+    return (f"{c['holds']} holds, {c['fails']} fails, {c['equivalent']} equivalent, {c['inconclusive']} "
+            f"inconclusive, {c['invalid']} invalid; {c['identity']} identities (not counted as support)")
+
+
+def too_easy(confirmation: dict) -> Optional[str]:
+    """A warning when the fastest arm needs fewer than :data:`MIN_INTERVALS` evaluation intervals:
+    steps to target are then resolved too coarsely to separate methods."""
+    fastest = None
+    for arm, runs in confirmation.items():
+        steps = [r.summary.get("steps_to_target") for r in runs if r.summary.get("status") == "completed"]
+        if steps and all(isinstance(x, (int, float)) for x in steps):
+            median = statistics.median(steps)
+            interval = next((r.metrics[1]["step"] - r.metrics[0]["step"] for r in runs if len(r.metrics) > 1), None)
+            if interval and (fastest is None or median / interval < fastest[1]):
+                fastest = (arm, median / interval)
+    if fastest is not None and fastest[1] < MIN_INTERVALS:
+        return (f"too easy to resolve: the fastest arm ({fastest[0]}) holds the target after {fastest[1]:.1f} "
+                f"evaluation intervals (< {MIN_INTERVALS}); raise the target or evaluate more often")
+    return None
 
 
 def _pm(values: list) -> str:
@@ -56,7 +110,7 @@ def _selection_table(selection: dict) -> str:
     lines = ["| arm | chosen | grid searched | tuning seeds |", "|---|---|---|---|"]
     for arm, entry in selection["arms"].items():
         if entry.get("chosen") is None:
-            chosen = f"none ({entry.get('error', 'every point failed')})"
+            chosen = f"**invalid**: {entry.get('invalid') or entry.get('error', 'no eligible point')}"
         else:
             chosen = ", ".join(f"{k}={v}" + (" ⚠ edge of grid" if k in entry["at_edge"] else "")
                                for k, v in entry["chosen"].items()) or "(no grid)"
@@ -94,20 +148,27 @@ def tuned_report(sweep_dir: str | Path, quiet: bool = False) -> list[Verdict]:
     first = next((r.summary for r in runs if r.summary.get("target_metric")), {})
     metric = first.get("target_metric", "val/loss")
     target = target_text(metric, first.get('target_value'))
+    seeds = list(selection.get("confirmation_seeds", []))
+    confirmation = {arm: [r for r in rs if r.summary.get("seed") in seeds] for arm, rs in confirmation.items()}
     verdicts = judge_claims(selection, confirmation)
     write_text_atomically(sweep_dir / VERDICTS, json.dumps([v.as_dict() for v in verdicts], indent=2) + "\n")
+    warning = too_easy(confirmation)
     text = (f"# {sweep_dir.name}\n\n## Selection\n\nRule: {selection['rule']}. Tuning seeds "
-            f"{selection['tuning_seeds']}, confirmation seeds {selection['confirmation_seeds']}.\n\n"
+            f"{selection['tuning_seeds']}, confirmation seeds {selection['confirmation_seeds']}. "
+            f"Time to target: {TIME_TO_TARGET_RULE}.\n\n"
             f"{_selection_table(selection)}\n\n## Confirmation (chosen setting, fresh seeds)\n\n"
-            f"{_confirmation_table(confirmation, metric, target)}\n\n## Verdicts\n\n"
+            f"{_confirmation_table(confirmation, metric, target)}\n\n"
+            + (f"⚠ {warning}\n\n" if warning else "")
+            + f"## Verdicts\n\n{headline(verdicts)}.\n\n"
+            + (_verdict_table(verdicts) + "\n\n" if verdicts else "")
             + ("".join(f"- {v.line()}\n" for v in verdicts) or "- (no claims declared)\n")
-            + (f"\nRule: {verdicts[0].rule}.\n" if verdicts else "")
+            + f"\nRule: {RULE}.\n"
             + "\n![lr sensitivity](lr_sensitivity.png)\n![confirmation](confirmation.png)\n"
             + ("\nNot in the tables:" + "".join(f"\n- {p}" for p in problems) + "\n" if problems else ""))
     write_text_atomically(sweep_dir / "comparison.md", text)
     (sweep_dir / "comparison.png").unlink(missing_ok=True)  # a plain report's plot from an interrupted stage
     plot_lr_sensitivity(tuning, selection, metric, sweep_dir / "lr_sensitivity.png")
-    plot_confirmation(confirmation, metric, sweep_dir / "confirmation.png")
+    plot_confirmation(confirmation, metric, sweep_dir / "confirmation.png", first.get("target_value"))
     if not quiet:
         print(text)
     return verdicts
@@ -146,6 +207,12 @@ def plot_lr_sensitivity(tuning: dict, selection: dict, metric: str, path: Path) 
                  if (v := [x for x in points[lr] if x is not None and math.isfinite(x)]) and len(v) == len(points[lr])]
         if means:
             ax.plot(*zip(*means), color=color, linestyle=style, label=arm)
+        ineligible = {p["point"].get("lr") for p in selection["arms"].get(arm, {}).get("points", [])
+                      if not p.get("eligible", True)}
+        crossed = [(lr, statistics.fmean(ok)) for lr in lrs if lr in ineligible
+                   and (ok := [v for v in points[lr] if v is not None and math.isfinite(v)])]
+        if crossed:
+            ax.scatter(*zip(*crossed), marker="x", s=50, color=color, linewidths=1.5)
         chosen = (selection["arms"].get(arm, {}).get("chosen") or {}).get("lr")
         if chosen is not None and any(lr == chosen for lr, _ in means):
             ax.scatter([chosen], [dict(means)[chosen]], s=120, facecolors="none", edgecolors=color, linewidths=2)
@@ -154,7 +221,8 @@ def plot_lr_sensitivity(tuning: dict, selection: dict, metric: str, path: Path) 
         ax.set_yscale("log")
     ax.set_xlabel("lr")
     ax.set_ylabel(f"final {metric}")
-    ax.set_title("lr sensitivity (tuning runs; circle = chosen; missing = diverged/failed)", fontsize=10)
+    ax.set_title("lr sensitivity (tuning runs; circle = chosen; × = ineligible; missing = diverged/failed)",
+                 fontsize=10)
     ax.grid(True, which="both", alpha=0.3)
     if ax.get_legend_handles_labels()[0]:
         ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
@@ -179,7 +247,7 @@ def _lr_of(run: RunRecord) -> Optional[float]:
     return None
 
 
-def plot_confirmation(confirmation: dict, metric: str, path: Path) -> Path:
+def plot_confirmation(confirmation: dict, metric: str, path: Path, target: Optional[float] = None) -> Path:
     """``metric`` vs step and vs ``time/train_s`` of the confirmation runs, per arm."""
     plt = _pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(13, 4.5), sharey=True)
@@ -194,6 +262,8 @@ def plot_confirmation(confirmation: dict, metric: str, path: Path) -> Path:
                 a.plot(*zip(*curve), color=color, linestyle=style, alpha=0.8, lw=1,
                        label=f"{arm} (n={len(curves)})" if i == 0 else None)
     for a, x_label in zip(axes, ("step", "training seconds (time/train_s)")):
+        if target is not None:
+            a.axhline(target, color="black", linestyle=":", lw=1, label="target" if a is axes[1] else None)
         a.set_xlabel(x_label)
         if "loss" in metric:
             a.set_yscale("log")
@@ -215,10 +285,11 @@ def summary_tables(sweep_dir: str | Path) -> dict:
     sel_rows = [[arm, json.dumps(e.get("chosen")), ",".join(e.get("at_edge", [])), json.dumps(e["grid"]),
                  json.dumps(e["tuning_seeds"]), json.dumps(e["confirmation_seeds"])]
                 for arm, e in selection["arms"].items()]
-    verdict_rows = [[v["claim"], v["verdict"], v["evidence"]["wins"], v["evidence"]["losses"], v["evidence"]["pairs"],
-                     v["rule"]] for v in verdicts]
+    verdict_rows = [[v["claim"], v["verdict"], v.get("reason", ""), v.get("wins"), v.get("losses"), v.get("ties"),
+                     v.get("n"), json.dumps(v.get("effect")), v.get("p_value"), v.get("p_adjusted")] for v in verdicts]
     return {"selection": (["arm", "chosen", "at_edge", "grid", "tuning_seeds", "confirmation_seeds"], sel_rows),
-            "verdicts": (["claim", "verdict", "seeds_for", "seeds_against", "seeds", "rule"], verdict_rows)}
+            "verdicts": (["claim", "verdict", "reason", "wins", "losses", "ties", "n", "effect", "p_value",
+                          "p_adjusted"], verdict_rows)}
 
 
 REPORT_IMAGES = {"lr_sensitivity": "lr_sensitivity.png", "confirmation": "confirmation.png"}

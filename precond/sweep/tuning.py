@@ -3,14 +3,20 @@ chosen by a stated rule, then confirmed on fresh seeds.
 
 An experiment declares, per arm, overrides that define it (``{"preconditioner": "sgd"}``) and a
 search space (``{"lr": [1e-3, ..., 1]}``, the cartesian product of the lists); tuning seeds;
-confirmation seeds (disjoint from the tuning seeds). :func:`select` applies the rule:
+confirmation seeds (at least 3, distinct, disjoint from the at least 2 tuning seeds).
+:func:`select` applies :data:`SELECTION_RULE`:
 
-1. most tuning seeds reaching the target (``steps_to_target`` not None), then
-2. fewest mean steps to the target over those seeds, then
-3. best mean final value of the target metric (lower for losses, higher for ``*acc*``);
+1. a grid point is *eligible* when every one of its tuning runs completed and reached **and held**
+   the target (``steps_to_target``, :data:`precond.metrics.TIME_TO_TARGET_RULE`); the eligible
+   point with the lowest **median** steps to target wins (ties: the best median final metric);
+2. when no point is eligible so (a target nobody holds), the points whose tuning runs all completed
+   are ranked by their median final target metric (lower for losses, higher for ``*acc*``);
+3. an arm with neither is **invalid** (:class:`NoEligiblePoint`): it is reported with its reason and
+   never "chosen".
 
-a point whose run failed, diverged or did not finish ranks last. A chosen value at the edge of
-its grid (the smallest or largest of ≥ 3 values) is flagged: the grid should be widened.
+A point that touched the target and lost it again is not eligible: a setting chosen for a lucky
+first crossing does not survive fresh seeds. A chosen value at the edge of its grid (the smallest
+or largest of ≥ 3 values) is flagged: the grid should be widened.
 """
 from __future__ import annotations
 
@@ -23,13 +29,17 @@ from precond.errors import ConfigError
 from precond.metrics import higher_is_better
 from precond.settings import LEARNING_RATE, SEED, Seq
 
-SELECTION_RULE = ("most tuning seeds reaching the target, then fewest mean steps to target, then best mean "
-                  "final target metric; failed/diverged points rank last")
+SELECTION_RULE = ("a grid point is eligible when every tuning run completed and reached and held the target; the "
+                  "eligible point with the lowest median steps to target is chosen (ties: the best median final "
+                  "target metric); when no point is eligible so, the points whose tuning runs all completed are "
+                  "ranked by their median final target metric; an arm with neither is invalid")
 
 
 #: a verdict needs at least this many distinct confirmation seeds (the README promises it)
 MIN_CONFIRMATION_SEEDS = 3
-TUNING_SEEDS = Seq(SEED, min_len=1, distinct=True)
+#: a setting chosen on one seed is chosen on noise: at least two tuning seeds
+MIN_TUNING_SEEDS = 2
+TUNING_SEEDS = Seq(SEED, min_len=MIN_TUNING_SEEDS, distinct=True)
 CONFIRMATION_SEEDS = Seq(SEED, min_len=MIN_CONFIRMATION_SEEDS, distinct=True)
 
 
@@ -57,8 +67,8 @@ class TuningSpec:
 
     arms: dict
     grid: dict = field(default_factory=dict)
-    tuning_seeds: list = field(default_factory=lambda: [0])
-    confirmation_seeds: list = field(default_factory=lambda: [100, 101, 102])
+    tuning_seeds: list = field(default_factory=lambda: [0, 1])
+    confirmation_seeds: list = field(default_factory=lambda: list(range(100, 110)))
 
     def __post_init__(self) -> None:
         if not isinstance(self.arms, dict) or not self.arms:
@@ -93,33 +103,63 @@ class TuningSpec:
 
 @dataclass
 class PointResult:
-    """The tuning runs of one grid point of one arm."""
+    """The tuning runs of one grid point of one arm, and where they stand under :data:`SELECTION_RULE`."""
 
     point: dict
     summaries: list
 
+    def _completed(self) -> bool:
+        return bool(self.summaries) and all(s.get("status") == "completed" for s in self.summaries)
+
+    def _final(self) -> list:
+        metric = self.summaries[0].get("target_metric", "val/loss")
+        return [s.get(metric) for s in self.summaries]
+
+    def standing(self) -> tuple[str, str]:
+        """``held`` (every tuning run completed, reached and held the target), ``completed`` (every run
+        completed with a finite final metric) or ``ineligible``, with the reason."""
+        if not self._completed():
+            statuses = sorted({s.get("status", "missing") for s in self.summaries} - {"completed"})
+            return "ineligible", f"a tuning run ended {', '.join(statuses) or 'missing'}"
+        if not all(isinstance(v, (int, float)) and math.isfinite(v) for v in self._final()):
+            return "ineligible", "a tuning run has no finite final target metric"
+        held = [s.get("steps_to_target") is not None for s in self.summaries]
+        if all(held):
+            return "held", "every tuning run reached and held the target"
+        return "completed", f"{held.count(False)} of {len(held)} tuning runs did not reach and hold the target"
+
+    def median_steps(self) -> float:
+        return statistics.median(s["steps_to_target"] for s in self.summaries)
+
+    def median_final(self) -> float:
+        """The median final target metric, signed so that smaller is better."""
+        metric = self.summaries[0].get("target_metric", "val/loss")
+        return (-1.0 if higher_is_better(metric) else 1.0) * statistics.median(self._final())
+
     def score(self) -> tuple:
         """Sort key of :data:`SELECTION_RULE` (smaller is better)."""
-        finished = [s for s in self.summaries if s.get("status") == "completed"]
-        if len(finished) < len(self.summaries) or not finished:
-            return (1, 0, math.inf, math.inf)
-        reached = [s["steps_to_target"] for s in finished if s.get("steps_to_target") is not None]
-        metric = finished[0].get("target_metric", "val/loss")
-        sign = -1.0 if higher_is_better(metric) else 1.0
-        values = [s.get(metric) for s in finished]
-        final = sign * statistics.fmean(values) if all(v is not None for v in values) else math.inf
-        return (0, -len(reached), statistics.fmean(reached) if reached else math.inf, final)
+        standing, _ = self.standing()
+        if standing == "held":
+            return (0, self.median_steps(), self.median_final())
+        if standing == "completed":
+            return (1, math.inf, self.median_final())
+        return (2, math.inf, math.inf)
+
+
+class NoEligiblePoint(RuntimeError):
+    """An arm none of whose grid points can be chosen: the arm is invalid, never silently "chosen"."""
 
 
 @dataclass
 class Choice:
-    """The chosen point of one arm and whether it sits at the edge of its grid."""
+    """The chosen point of one arm, on which basis, and whether it sits at the edge of its grid."""
 
     arm: str
     chosen: dict
     at_edge: list
     score: tuple
     points: list
+    basis: str
 
 
 def at_edge(point: dict, grid: dict) -> list[str]:
@@ -134,11 +174,19 @@ def at_edge(point: dict, grid: dict) -> list[str]:
 
 
 def select(arm: Arm, results: list[PointResult]) -> Choice:
-    """The best point of ``arm`` by :data:`SELECTION_RULE` (the first in grid order on a tie)."""
+    """The best point of ``arm`` by :data:`SELECTION_RULE` (the first in grid order on a tie).
+
+    Raises :class:`NoEligiblePoint` when no point's tuning runs all completed with a finite metric.
+    """
     best = min(results, key=lambda r: r.score())
-    if best.score()[0] == 1:
-        raise RuntimeError(f"arm {arm.name}: every point of its grid failed or diverged; widen or move the grid")
-    return Choice(arm.name, best.point, at_edge(best.point, arm.grid), best.score(), results)
+    tier = best.score()[0]
+    if tier == 2:
+        reasons = sorted({r.standing()[1] for r in results})
+        raise NoEligiblePoint(f"arm {arm.name}: no grid point is eligible ({'; '.join(reasons)}); widen or move "
+                              "the grid")
+    basis = "median steps to reach and hold the target" if tier == 0 else \
+        "median final target metric (no point reached and held the target on every tuning seed)"
+    return Choice(arm.name, best.point, at_edge(best.point, arm.grid), best.score(), results, basis)
 
 
 def format_value(value) -> str:
@@ -156,3 +204,15 @@ def overrides_for(arm: Arm, point: dict, seed: int, stage: str) -> list[str]:
     return [*(f"{k}={format_value(v)}" for k, v in merged.items()), f"seed={seed}", f"stage={stage}",
             f"arm={arm.name}"]
 
+
+
+def run_subdir(arm: Arm, point: dict, seed: int, stage: str) -> str:
+    """Where a tuned sweep's run lives inside the sweep dir, named by what it holds
+    (``tuning/adam/lr=0.1/seed0``): re-running the experiment with more seeds finds every earlier run
+    in its place (reused, not redone), and a dir never holds another run than its name says."""
+    values = ",".join(f"{k}={format_value(v)}" for k, v in point.items()) or "default"
+    return "/".join(part.replace("/", "_") for part in (stage, arm.name, values, f"seed{seed}"))
+
+
+def subdir_override(arm: Arm, point: dict, seed: int, stage: str) -> str:
+    return f"hydra.sweep.subdir='{run_subdir(arm, point, seed, stage)}'"

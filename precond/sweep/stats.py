@@ -1,0 +1,103 @@
+"""Distribution-free statistics for paired comparisons over seeds (exact for the sample sizes used).
+
+* :func:`sign_test` — one-sided exact sign test: ``P(W ≥ wins)`` for ``W ~ Binomial(wins + losses, ½)``
+  (ties are dropped before it is called).
+* :func:`signed_rank_test` — one-sided exact Wilcoxon signed-rank test of ``H₀``: the differences
+  are symmetric about 0, against "shifted upwards": ``P(T⁺ ≥ t⁺)`` with ``T⁺`` the sum of the ranks of
+  the positive differences (zeros dropped, tied magnitudes get mid-ranks; the null distribution is
+  enumerated over the 2ⁿ sign patterns of the actual ranks, so ties are handled exactly).
+* :func:`median_interval` — the median of paired effects with the order-statistic confidence
+  interval ``[x₍ₖ₎, x₍ₙ₋ₖ₊₁₎]``, ``k`` the largest with ``P(Binomial(n, ½) < k) ≤ α/2``: its coverage is
+  at least ``1 − α`` for any continuous distribution (the interval the sign test inverts to). It
+  works with ±∞ values, which stand for censored pairs (one side never reached the target).
+* :func:`holm` — Holm's step-down adjustment of a family of p-values (controls the family-wise error).
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from itertools import product
+
+
+def _binomial_tail(n: int, k: int) -> float:
+    """``P(X ≥ k)`` for ``X ~ Binomial(n, ½)``."""
+    if k <= 0:
+        return 1.0
+    return sum(math.comb(n, i) for i in range(k, n + 1)) / 2**n
+
+
+def sign_test(wins: int, losses: int) -> float:
+    """One-sided exact sign test: the chance of ``wins`` or more wins in ``wins + losses`` fair coin flips."""
+    return _binomial_tail(wins + losses, wins)
+
+
+def _ranks(values: Sequence[float]) -> list[float]:
+    """Ranks 1..n of ``values``; tied values share their mid-rank."""
+    order = sorted(range(len(values)), key=lambda i: values[i])
+    ranks = [0.0] * len(values)
+    i = 0
+    while i < len(order):
+        j = i
+        while j + 1 < len(order) and values[order[j + 1]] == values[order[i]]:
+            j += 1
+        for m in range(i, j + 1):
+            ranks[order[m]] = (i + j) / 2 + 1
+        i = j + 1
+    return ranks
+
+
+#: above this many non-zero differences the signed-rank null is taken from its normal approximation
+EXACT_SIGNED_RANK_MAX = 20
+
+
+def signed_rank_test(differences: Sequence[float]) -> float:
+    """One-sided Wilcoxon signed-rank p-value for "the differences are shifted above 0" (zeros dropped)."""
+    d = [x for x in differences if x != 0]
+    n = len(d)
+    if n == 0:
+        return 1.0
+    ranks = _ranks([abs(x) for x in d])
+    observed = sum(r for r, x in zip(ranks, d) if x > 0)
+    if n <= EXACT_SIGNED_RANK_MAX:
+        at_least = sum(1 for signs in product((0, 1), repeat=n)
+                       if sum(r for r, s in zip(ranks, signs) if s) >= observed - 1e-9)
+        return at_least / 2**n
+    mean = sum(ranks) / 2
+    sd = math.sqrt(sum(r * r for r in ranks) / 4)
+    z = (observed - mean - 0.5) / sd  # continuity correction
+    return 0.5 * math.erfc(z / math.sqrt(2))
+
+
+def median_interval(values: Sequence[float], alpha: float = 0.05) -> tuple[float, tuple[float, float], float]:
+    """(median, (low, high), coverage) of ``values``; ``(-inf, inf)`` when n is too small for ``1 − alpha``."""
+    x = sorted(values)
+    n = len(x)
+    if n == 0:
+        raise ValueError("median_interval needs at least one value")
+    median = x[n // 2] if n % 2 else _mid(x[n // 2 - 1], x[n // 2])
+    k = 0
+    while k + 1 <= n // 2 and 1 - 2 * (1 - _binomial_tail(n, k + 1)) >= 1 - alpha:
+        k += 1  # P(X < k+1) ≤ α/2: the (k+1)-th order statistics still bound a 1 − α interval
+    if k == 0:
+        return median, (-math.inf, math.inf), 1.0
+    coverage = 1 - 2 * (1 - _binomial_tail(n, k))
+    return median, (x[k - 1], x[n - k]), coverage
+
+
+def _mid(a: float, b: float) -> float:
+    """The midpoint of two middle values; ±∞ (censored pairs) stay infinite, and −∞ with +∞ gives 0."""
+    if a == -math.inf and b == math.inf:
+        return 0.0
+    return (a + b) / 2
+
+
+def holm(pvalues: Sequence[float]) -> list[float]:
+    """Holm-adjusted p-values, in the input's order: ``max over j ≤ i of min(1, (m − j) p₍ⱼ₎)``."""
+    m = len(pvalues)
+    order = sorted(range(m), key=lambda i: pvalues[i])
+    adjusted = [1.0] * m
+    running = 0.0
+    for rank, i in enumerate(order):
+        running = max(running, min(1.0, (m - rank) * pvalues[i]))
+        adjusted[i] = running
+    return adjusted

@@ -1,0 +1,79 @@
+"""The verdict statistics against scipy.stats and closed forms."""
+from __future__ import annotations
+
+import math
+import random
+
+import pytest
+from scipy import stats as scipy_stats
+
+from precond.sweep.stats import holm, median_interval, sign_test, signed_rank_test
+
+
+@pytest.mark.parametrize(("wins", "losses"), [(10, 0), (9, 1), (8, 2), (5, 5), (0, 7), (3, 0), (12, 3)])
+def test_sign_test_is_scipys_exact_binomial_test(wins, losses):
+    expected = scipy_stats.binomtest(wins, wins + losses, 0.5, alternative="greater").pvalue
+    assert sign_test(wins, losses) == pytest.approx(expected, rel=1e-12)
+
+
+def test_sign_test_closed_forms():
+    assert sign_test(10, 0) == 2**-10  # every one of ten seeds: 1/1024
+    assert sign_test(3, 0) == 0.125  # the old "3 seeds, all must win" rule: a 12.5 % false-holds rate
+    assert sign_test(0, 0) == 1.0
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_signed_rank_test_is_scipys_exact_wilcoxon(seed):
+    rng = random.Random(seed)
+    n = rng.randint(4, 12)
+    d = [round(rng.gauss(0.4, 1.0), 6) for _ in range(n)]
+    expected = scipy_stats.wilcoxon(d, alternative="greater", method="exact").pvalue
+    assert signed_rank_test(d) == pytest.approx(expected, rel=1e-9)
+
+
+def test_signed_rank_test_with_tied_magnitudes_enumerates_the_mid_ranks():
+    d = [1.0, 1.0, -1.0, 2.0, 3.0, -3.0, 4.0]  # ties: scipy's exact mode does not take them; count by hand
+    ranks = {1.0: 2.0, 2.0: 4.0, 3.0: 5.5, 4.0: 7.0}
+    r = [ranks[abs(x)] for x in d]
+    observed = sum(ri for ri, x in zip(r, d) if x > 0)
+    from itertools import product
+
+    count = sum(1 for s in product((0, 1), repeat=len(d)) if sum(ri for ri, si in zip(r, s) if si) >= observed)
+    assert signed_rank_test(d) == pytest.approx(count / 2 ** len(d))
+
+
+def test_signed_rank_test_normal_approximation_beyond_the_exact_range():
+    rng = random.Random(3)
+    d = [rng.gauss(0.3, 1.0) for _ in range(40)]
+    expected = scipy_stats.wilcoxon(d, alternative="greater", method="approx", correction=True).pvalue
+    assert signed_rank_test(d) == pytest.approx(expected, rel=1e-6)
+
+
+def test_median_interval_matches_order_statistics_and_binomial_coverage():
+    x = [5.0, 1.0, 9.0, 3.0, 7.0, 2.0, 8.0, 4.0, 6.0, 10.0]
+    median, (low, high), coverage = median_interval(x)
+    assert median == 5.5 and (low, high) == (2.0, 9.0)  # n = 10: the 2nd and 9th order statistics
+    assert coverage == pytest.approx(1 - 2 * scipy_stats.binom.cdf(1, 10, 0.5))
+    assert coverage >= 0.95 and 1 - 2 * scipy_stats.binom.cdf(2, 10, 0.5) < 0.95  # the narrowest such pair
+
+
+def test_median_interval_keeps_censored_values_and_is_unbounded_when_n_is_too_small():
+    median, (low, high), _ = median_interval([1.0, 2.0, math.inf, math.inf, math.inf, math.inf, 3.0, 4.0, 5.0, 6.0])
+    assert median == 5.5 and low == 2.0 and high == math.inf
+    assert median_interval([1.0, 2.0, 3.0])[1] == (-math.inf, math.inf)  # 3 seeds cannot bound a 95 % interval
+
+
+def test_median_interval_coverage_by_simulation():
+    rng = random.Random(0)
+    covered = 0
+    for _ in range(2000):
+        _, (low, high), _ = median_interval([rng.expovariate(1.0) for _ in range(10)])
+        covered += low <= math.log(2) <= high
+    assert covered / 2000 >= 0.96  # nominal 0.979 for n = 10
+
+
+def test_holm_against_the_textbook_example():
+    p = [0.01, 0.04, 0.03, 0.005]
+    # sorted 0.005, 0.01, 0.03, 0.04 → ×4, ×3, ×2, ×1 = 0.02, 0.03, 0.06, 0.04 → running max 0.02, 0.03, 0.06, 0.06
+    assert holm(p) == pytest.approx([0.03, 0.06, 0.06, 0.02])
+    assert holm([]) == [] and holm([0.7]) == [0.7] and holm([0.6, 0.6]) == [1.0, 1.0]
