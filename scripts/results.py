@@ -12,6 +12,7 @@ hyperparameters per arm, the tables, the plots and the verdict lines. Nothing is
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import platform
 import shutil
@@ -38,6 +39,30 @@ EXPERIMENTS = [
                    "scale_invariance", "adam_l2_vs_adamw", "l1_sparsity", "gradnorm_p_vs_z", "bn_vs_bnp_mlp")),
 ]
 COPIED = ("comparison.md", "verdicts.json", "selection.json", "lr_sensitivity.png", "confirmation.png")
+#: what a result depends on: the package, the Hydra plugins, the configs and the check scripts. A change to
+#: any of these makes tests/test_results_current.py fail until `make results` regenerates the results
+DEPENDS_ON = ("precond/**/*.py", "hydra_plugins/**/*.py", "conf/**/*.yaml", "scripts/check_local_rate.py",
+              "scripts/check_standardization.py", "scripts/results.py")
+
+
+def fingerprint(root: Path = ROOT) -> str:
+    """sha256 over the files results depend on (paths and contents, in sorted order)."""
+    digest = hashlib.sha256()
+    files = sorted({f for pattern in DEPENDS_ON for f in root.glob(pattern) if f.is_file()})
+    for f in files:
+        digest.update(str(f.relative_to(root)).encode() + b"\0" + f.read_bytes() + b"\0")
+    return digest.hexdigest()
+
+
+def provenance(out: Path) -> dict:
+    """The commit (``-dirty`` when tracked files differ from it), the fingerprint of what the result depends on,
+    and the resolved config the experiment ran on (a tuned sweep's multirun.yaml)."""
+    commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT, capture_output=True,
+                           text=True).stdout.strip()
+    config = out / "multirun.yaml"
+    return {"commit": commit + ("-dirty" if dirty else ""), "fingerprint": fingerprint(),
+            "config": config.read_text(encoding="utf-8") if config.exists() else None}
 
 
 def run(name: str, command: list[str], keep: bool) -> dict:
@@ -56,6 +81,7 @@ def run(name: str, command: list[str], keep: bool) -> dict:
     for file in COPIED:
         if (out / file).exists():
             shutil.copy(out / file, docs / file)
+    (docs / "provenance.json").write_text(json.dumps(provenance(out), indent=2) + "\n", encoding="utf-8")
     shown = " ".join(["python" if a == PY else a.replace(str(out), f"outputs/results/{name}") for a in argv])
     print(f"{name}: exit {proc.returncode} in {seconds:.0f} s", flush=True)
     return {"name": name, "command": shown, "seconds": seconds, "exit": proc.returncode}

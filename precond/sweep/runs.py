@@ -65,7 +65,8 @@ def _is_int(value) -> bool:
 
 
 def _is_number_or_none(value) -> bool:
-    return value is None or (isinstance(value, (int, float)) and not isinstance(value, bool))
+    """A metric value as runs record it: a number, a flag (``curvature/p/converged``) or null."""
+    return value is None or isinstance(value, (int, float))
 
 
 def summary_problem(summary: dict) -> Optional[str]:
