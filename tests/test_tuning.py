@@ -235,3 +235,29 @@ def test_a_tuned_sweep_checks_seeds_claims_and_every_run_before_the_first_run(tm
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err, err
     assert not (tmp_path / "s" / "0").exists()
+
+
+def test_a_relative_target_is_set_from_the_tuned_baseline_and_used_for_selection_and_confirmation(tmp_path):
+    from precond.sweep.tuning import relative_target
+
+    sweep = tmp_path / "sweep"
+    arms = "hydra.sweeper.arms={base:{grid:{lr:[1e-6,1e-5]}},fast:{grid:{lr:[0.1,0.3]}}}"
+    argv = [*TINY, arms, "hydra.sweeper.target={relative_to:base,factor:0.9}", f"hydra.sweep.dir={sweep}"]
+    assert run_in_process(argv) == 0
+    selection = json.loads((sweep / "selection.json").read_text())
+    base = [read_summary(p.parent) for p in (sweep / "tuning" / "base").rglob("summary.json")]
+    per_seed = [min(s["val/loss"] for s in base if s["seed"] == seed) for seed in (0, 1)]
+    assert selection["target"]["value"] == pytest.approx(statistics.median(per_seed) * 0.9)
+    assert selection["target"]["value"] == pytest.approx(relative_target(base, 0.9))
+    confirmation = [read_summary(p.parent) for p in (sweep / "confirmation").rglob("summary.json")]
+    assert confirmation and all(s["target_value"] == pytest.approx(selection["target"]["value"]) for s in confirmation)
+    # 0.9 × the slow baseline's best is well within reach of the fast arm: it is selected on reach and hold
+    assert selection["arms"]["fast"]["basis"].startswith("median steps")
+    assert selection["arms"]["base"]["basis"].startswith("median final")  # the baseline never beats 0.9 × itself
+
+
+def test_a_bad_relative_target_is_refused():
+    with pytest.raises(ConfigError, match=r"^target.relative_to: expected one of \['a'\]"):
+        TuningSpec(arms={"a": {}}, target={"relative_to": "b", "factor": 1.1})
+    with pytest.raises(ConfigError, match=r"^target.factor"):
+        TuningSpec(arms={"a": {}}, target={"relative_to": "a", "factor": -1})

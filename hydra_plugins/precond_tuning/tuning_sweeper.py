@@ -44,6 +44,8 @@ class TuningSweeperConf:
     confirmation_seeds: list[Any] = field(default_factory=lambda: list(range(100, 110)))
     #: claims judged on the confirmation runs (precond.sweep.verdicts.Claim fields)
     claims: Any = None
+    #: {relative_to: <arm>, factor: <number>}: the target set from that arm's tuning runs (null: target.value)
+    target: Any = None
 
 
 ConfigStore.instance().store(group="hydra/sweeper", name="tuned", node=TuningSweeperConf, provider="precond")
@@ -55,14 +57,15 @@ def _refuse(message: str) -> None:
 
 
 class TuningSweeper(Sweeper):
-    def __init__(self, arms: dict, grid: dict, tuning_seeds: list, confirmation_seeds: list, claims: list):
+    def __init__(self, arms: dict, grid: dict, tuning_seeds: list, confirmation_seeds: list, claims: list,
+                 target: Any = None):
         from precond.errors import ConfigError
         from precond.sweep.tuning import TuningSpec
         from precond.sweep.verdicts import Claim
 
         try:
             self.spec = TuningSpec(arms=_plain(arms), grid=_plain(grid) or {}, tuning_seeds=_plain(tuning_seeds),
-                                   confirmation_seeds=_plain(confirmation_seeds))
+                                   confirmation_seeds=_plain(confirmation_seeds), target=_plain(target))
             self.claims = [Claim(**_plain(c)) for c in (claims or [])]
         except ConfigError as err:
             _refuse(str(err.within("hydra.sweeper")))
@@ -107,7 +110,8 @@ class TuningSweeper(Sweeper):
         returns = self.launcher.launch([fixed + overrides_for(a, p, s, "tuning") + [subdir_override(a, p, s, "tuning")]
                                         for a, p, s in tuning], initial_job_idx=0)
         summaries = [_summary_of(r) for r in returns]
-        selection = {"rule": SELECTION_RULE, "tuning_seeds": list(self.spec.tuning_seeds),
+        target = self._relative_target(tuning, returns, summaries)
+        selection = {"rule": SELECTION_RULE, "target": target, "tuning_seeds": list(self.spec.tuning_seeds),
                      "confirmation_seeds": list(self.spec.confirmation_seeds), "fixed_overrides": fixed,
                      "claims": [c.as_dict() for c in self.claims], "arms": {}}
         chosen = {}
@@ -135,7 +139,8 @@ class TuningSweeper(Sweeper):
         write_text_atomically(sweep_dir / "selection.json", json.dumps(selection, indent=2, default=str) + "\n")
         confirm = [(arm, point, seed) for arm, point in chosen.values() for seed in self.spec.confirmation_seeds]
         log.info("confirmation: %d runs", len(confirm))
-        confirmation = self.launcher.launch([fixed + overrides_for(a, p, s, "confirmation")
+        at_target = [f"target.value={target['value']!r}"] if target else []
+        confirmation = self.launcher.launch([fixed + overrides_for(a, p, s, "confirmation") + at_target
                                              + [subdir_override(a, p, s, "confirmation")] for a, p, s in confirm],
                                             initial_job_idx=len(tuning))
         return [list(returns), list(confirmation)]
@@ -167,6 +172,26 @@ class TuningSweeper(Sweeper):
                     _refuse(f"hydra.sweeper.arms.{arm.name} at {point}: {err}")
             self._check_claim_metrics(arm.name, settings)
 
+    def _relative_target(self, tuning: list, returns: list, summaries: list) -> Optional[dict]:
+        """With ``target: {relative_to, factor}``: the target from the baseline's tuning runs, and every tuning
+        summary's times to target re-read from its metrics with it (in place, for the selection)."""
+        from precond.metrics import time_to_target
+        from precond.sweep.tuning import RELATIVE_TARGET_RULE, relative_target
+
+        if self.spec.target is None:
+            return None
+        baseline = [s for (arm, _, _), s in zip(tuning, summaries) if arm.name == self.spec.target["relative_to"]]
+        value = relative_target(baseline, self.spec.target["factor"])
+        for ret, summary in zip(returns, summaries):
+            records = _records_of(ret)
+            metric = summary.get("target_metric", "val/loss")
+            trace = [(r["step"], r.get(metric), r.get("time/train_s", 0.0)) for r in records if metric in r]
+            summary.update(time_to_target(trace, metric, value, held=summary.get("status") != "diverged"),
+                           target_value=value)
+        log.info("target set from arm %s: %s = %.6g", self.spec.target["relative_to"],
+                 summaries[0].get("target_metric"), value)
+        return {**self.spec.target, "value": value, "rule": RELATIVE_TARGET_RULE}
+
     def _check_claim_metrics(self, arm: str, settings) -> None:
         """Every claim side on this arm names a value its runs record (else no verdict could ever be given)."""
         from precond.run.config import why_not_recorded
@@ -197,6 +222,15 @@ def _plain(value):
 
 def _jsonable_score(score: tuple) -> list:
     return [None if isinstance(v, float) and v in (float("inf"), float("-inf")) else v for v in score]
+
+
+def _records_of(ret: JobReturn) -> list:
+    """The run's metrics.jsonl records (none when unreadable)."""
+    try:
+        path = Path(ret.hydra_cfg.hydra.runtime.output_dir) / "metrics.jsonl"
+        return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    except (AttributeError, OSError, ValueError):
+        return []
 
 
 def _summary_of(ret: JobReturn) -> dict:

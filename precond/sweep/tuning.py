@@ -24,10 +24,12 @@ import itertools
 import math
 import statistics
 from dataclasses import dataclass, field
+from typing import Optional
 
 from precond.errors import ConfigError
 from precond.metrics import higher_is_better
-from precond.settings import LEARNING_RATE, SEED, Seq
+from precond.settings import LEARNING_RATE, SEED, Num, Seq
+from precond.settings import Choice as OneOf
 
 SELECTION_RULE = ("a grid point is eligible when every tuning run completed and reached and held the target; the "
                   "eligible point with the lowest median steps to target is chosen (ties: the best median final "
@@ -70,6 +72,9 @@ class TuningSpec:
     tuning_seeds: list = field(default_factory=lambda: [0, 1])
     confirmation_seeds: list = field(default_factory=lambda: list(range(100, 110)))
 
+    #: ``{relative_to: <arm>, factor: <number>}``: the target is set from that arm's tuning runs
+    target: Optional[dict] = None
+
     def __post_init__(self) -> None:
         if not isinstance(self.arms, dict) or not self.arms:
             raise ConfigError("arms", "a mapping arm name → {overrides: {...}, grid: {...}}", self.arms)
@@ -81,6 +86,11 @@ class TuningSpec:
             raise ConfigError("confirmation_seeds", "seeds disjoint from tuning_seeds (a confirmation on the "
                               "seeds that chose the setting confirms nothing)", self.confirmation_seeds)
         self.arm_list = [self._arm(name, spec) for name, spec in self.arms.items()]
+        if self.target is not None:
+            if not isinstance(self.target, dict) or set(self.target) != {"relative_to", "factor"}:
+                raise ConfigError("target", "{relative_to: <arm>, factor: <number>}", self.target)
+            OneOf(tuple(self.arms)).check("target.relative_to", self.target["relative_to"])
+            self.target = {**self.target, "factor": Num(0, lo_open=True).check("target.factor", self.target["factor"])}
 
     def _arm(self, name: str, spec) -> Arm:
         spec = spec or {}
@@ -216,3 +226,22 @@ def run_subdir(arm: Arm, point: dict, seed: int, stage: str) -> str:
 
 def subdir_override(arm: Arm, point: dict, seed: int, stage: str) -> str:
     return f"hydra.sweep.subdir='{run_subdir(arm, point, seed, stage)}'"
+
+
+RELATIVE_TARGET_RULE = ("the target is the median over tuning seeds of the baseline arm's best final value (over "
+                        "its grid) times the factor; every tuning run's time to target is re-read from its metrics "
+                        "with it, and the confirmation runs train with it")
+
+
+def relative_target(baseline: list[dict], factor: float) -> float:
+    """The target set from a tuned baseline (in the spirit of AlgoPerf's workload targets): per tuning seed
+    the best final ``target_metric`` of the baseline's completed runs over its grid, the median of those
+    over seeds, times ``factor`` (above 1 loosens a loss target, below 1 an accuracy target)."""
+    done = [s for s in baseline if s.get("status") == "completed"]
+    if not done:
+        raise NoEligiblePoint("the baseline arm of the relative target has no completed tuning run")
+    metric = done[0].get("target_metric", "val/loss")
+    pick = max if higher_is_better(metric) else min
+    best = [pick(s[metric] for s in done if s.get("seed") == seed and isinstance(s.get(metric), (int, float)))
+            for seed in sorted({s.get("seed") for s in done})]
+    return statistics.median(best) * factor
