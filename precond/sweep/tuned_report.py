@@ -56,7 +56,7 @@ def _verdict_table(verdicts: list[Verdict]) -> str:
     for v in verdicts:
         effect = v.effect
         if effect:
-            shown = _effect_text(effect)
+            shown = effect_text(effect)
         else:
             shown = "—"
         p = "—" if v.p_value is None else f"{v.p_value:.3g} ({v.p_adjusted:.3g})"
@@ -64,7 +64,8 @@ def _verdict_table(verdicts: list[Verdict]) -> str:
     return "\n".join(lines)
 
 
-def _effect_text(effect: dict) -> str:
+def effect_text(effect: dict) -> str:
+    """An effect as people read it: ×ratio (than/better) or ±difference, with its interval and margin."""
     def one(x):
         if x in ("inf", "-inf"):
             return ("∞" if x == "inf" else ("0" if effect["scale"] == "ratio" else "−∞"))
