@@ -181,3 +181,5 @@ class CurvatureSettings(Settings):
     bn_mode: str = setting(BN_MODE, "train")
     hvp_mode: str = setting(HVP_MODE, "double_backward")
     layers: bool = setting(Flag(), True, doc="κ(ĤᵀĤ) of every Linear layer's extended input")
+    enabled: bool = setting(Flag(), True, doc="false: configured but not measured (a tuned sweep's tuning runs)")
+    at_start: bool = setting(Flag(), True, doc="also measure at step 0 (false: every `every` steps and at the end)")

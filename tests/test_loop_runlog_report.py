@@ -173,3 +173,21 @@ def test_schedules_log_the_closed_form_learning_rate(tmp_path, schedule, kwargs,
     assert len(records) == 21
     for r in records:
         assert r["lr"] == pytest.approx(expected(r["step"]), rel=1e-12, abs=1e-15), r["step"]
+
+
+def test_curvature_at_start_false_skips_step_zero_only(tmp_path):
+    from precond.curvature import CurvatureSettings
+    from precond.run.loop import loss_function
+    from precond.run.monitors import CurvatureMonitor
+
+    data = synthetic(n_train=256, n_val=64, n_test=0, features=4)
+    torch.manual_seed(0)
+    model = linear(data.in_shape, 1)
+    opt = build_optimizer(model.parameters(), "adam", lr=0.01)
+    monitor = CurvatureMonitor(model, loss_function(data.task), data.x_train, data.y_train, opt,
+                               CurvatureSettings(every=10, spaces=("p",), layers=False, at_start=False), 32)
+    settings = LoopSettings(steps=20, batch_size=32, eval_every=10, progress=False)
+    with RunLog(tmp_path, {}) as log:
+        train(model, opt, data, settings, log, monitors=(monitor,))
+    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [("curvature/p/lam_max" in r) for r in records] == [False, True, True]

@@ -256,6 +256,16 @@ def test_a_relative_target_is_set_from_the_tuned_baseline_and_used_for_selection
     assert selection["arms"]["base"]["basis"].startswith("median final")  # the baseline never beats 0.9 × itself
 
 
+def test_tuning_only_overrides_are_limited_to_what_the_selection_never_reads():
+    assert TuningSpec(arms={"a": {}}, tuning_overrides={"curvature.enabled": False}).tuning_overrides
+    with pytest.raises(ConfigError, match=r"^tuning_overrides: expected a mapping of keys among"):
+        TuningSpec(arms={"a": {}}, tuning_overrides={"lr": 0.1})  # that would tune one thing, confirm another
+    arm = Arm("a", {}, {"lr": [0.1]})
+    assert overrides_for(arm, {"lr": 0.1}, 0, "tuning", {"curvature.enabled": False})[1] == "curvature.enabled=false"
+    assert "curvature.enabled=false" not in overrides_for(arm, {"lr": 0.1}, 100, "confirmation",
+                                                          {"curvature.enabled": False})
+
+
 def test_a_bad_relative_target_is_refused():
     with pytest.raises(ConfigError, match=r"^target.relative_to: expected one of \['a'\]"):
         TuningSpec(arms={"a": {}}, target={"relative_to": "b", "factor": 1.1})

@@ -46,6 +46,8 @@ class TuningSweeperConf:
     claims: Any = None
     #: {relative_to: <arm>, factor: <number>}: the target set from that arm's tuning runs (null: target.value)
     target: Any = None
+    #: overrides of the tuning runs only, for values the selection never reads: {curvature.enabled: false}
+    tuning_overrides: Any = None
 
 
 ConfigStore.instance().store(group="hydra/sweeper", name="tuned", node=TuningSweeperConf, provider="precond")
@@ -58,14 +60,15 @@ def _refuse(message: str) -> None:
 
 class TuningSweeper(Sweeper):
     def __init__(self, arms: dict, grid: dict, tuning_seeds: list, confirmation_seeds: list, claims: list,
-                 target: Any = None):
+                 target: Any = None, tuning_overrides: Any = None):
         from precond.errors import ConfigError
         from precond.sweep.tuning import TuningSpec
         from precond.sweep.verdicts import Claim
 
         try:
             self.spec = TuningSpec(arms=_plain(arms), grid=_plain(grid) or {}, tuning_seeds=_plain(tuning_seeds),
-                                   confirmation_seeds=_plain(confirmation_seeds), target=_plain(target))
+                                   confirmation_seeds=_plain(confirmation_seeds), target=_plain(target),
+                                   tuning_overrides=_plain(tuning_overrides) or {})
             self.claims = [Claim(**_plain(c)) for c in (claims or [])]
         except ConfigError as err:
             _refuse(str(err.within("hydra.sweeper")))
@@ -107,8 +110,10 @@ class TuningSweeper(Sweeper):
         self._check_arms(arms, fixed)
         tuning = [(arm, point, seed) for arm in arms for point in arm.points() for seed in self.spec.tuning_seeds]
         log.info("tuning: %d runs (%s)", len(tuning), ", ".join(f"{a.name}: {len(a.points())} points" for a in arms))
-        returns = self.launcher.launch([fixed + overrides_for(a, p, s, "tuning") + [subdir_override(a, p, s, "tuning")]
-                                        for a, p, s in tuning], initial_job_idx=0)
+        only = self.spec.tuning_overrides
+        returns = self.launcher.launch([fixed + overrides_for(a, p, s, "tuning", only)
+                                        + [subdir_override(a, p, s, "tuning")] for a, p, s in tuning],
+                                       initial_job_idx=0)
         summaries = [_summary_of(r) for r in returns]
         target = self._relative_target(tuning, returns, summaries)
         selection = {"rule": SELECTION_RULE, "target": target, "tuning_seeds": list(self.spec.tuning_seeds),
@@ -157,7 +162,8 @@ class TuningSweeper(Sweeper):
 
         for arm in arms:
             points = arm.points()
-            overrides = fixed + overrides_for(arm, points[0], self.spec.tuning_seeds[0], "tuning")
+            overrides = fixed + overrides_for(arm, points[0], self.spec.tuning_seeds[0], "tuning",
+                                              self.spec.tuning_overrides)
             try:
                 base = self.hydra_context.config_loader.load_sweep_config(self.config, overrides)
             except Exception as err:  # an unknown group option or key: Hydra's own message, first line
@@ -167,9 +173,15 @@ class TuningSweeper(Sweeper):
                 for key, value in point.items():
                     OmegaConf.update(cfg, key, value, merge=False)
                 try:  # every per-run check: types, ranges, batch size vs data, target vs dataset, ...
-                    settings = settings_from_config(cfg)
+                    settings_from_config(cfg)
                 except ConfigError as err:
                     _refuse(f"hydra.sweeper.arms.{arm.name} at {point}: {err}")
+            confirming = fixed + overrides_for(arm, points[0], self.spec.confirmation_seeds[0], "confirmation")
+            try:  # what a confirmation run records (tuning-only overrides may switch measurements off)
+                settings = settings_from_config(self.hydra_context.config_loader.load_sweep_config(self.config,
+                                                                                                   confirming))
+            except ConfigError as err:
+                _refuse(f"hydra.sweeper.arms.{arm.name} (confirmation): {err}")
             self._check_claim_metrics(arm.name, settings)
 
     def _relative_target(self, tuning: list, returns: list, summaries: list) -> Optional[dict]:

@@ -253,7 +253,7 @@ def build_monitors(settings: RunSettings, model, optimizer, data: Dataset) -> tu
     monitors: list[Monitor] = []
     if settings.regularization.name != "none":
         monitors.append(RegularizationMonitor(optimizer))
-    if settings.curvature is not None:
+    if settings.curvature is not None and settings.curvature.enabled:
         try:
             monitors.append(CurvatureMonitor(model, loss_function(data.task), data.x_train, data.y_train, optimizer,
                                              settings.curvature, settings.loop.batch_size, seed=settings.loop.seed))
@@ -287,8 +287,8 @@ def why_not_recorded(metric: str, settings: RunSettings) -> Optional[str]:
     if metric.startswith("reg/"):
         return None if settings.regularization.name != "none" else "regularization=none records no reg/ metrics"
     if metric.startswith("curvature/"):
-        if settings.curvature is None:
-            return "curvature is not measured (curvature=null)"
+        if settings.curvature is None or not settings.curvature.enabled:
+            return "curvature is not measured (curvature=null, or curvature.enabled=false)"
         space = metric.split("/")[1]
         if space in ("p", "z") and space not in settings.curvature.spaces:
             return f"curvature.spaces={list(settings.curvature.spaces)} does not measure {space}"

@@ -73,7 +73,8 @@ class CurvatureMonitor:
         self.seconds = 0.0
 
     def __call__(self, step: int, final: bool) -> dict:
-        if step % self.settings.every != 0 and not final:
+        skip_start = step == 0 and not final and not self.settings.at_start
+        if (step % self.settings.every != 0 and not final) or skip_start:
             return {}
         t0 = time.perf_counter()
         metrics: dict = {}

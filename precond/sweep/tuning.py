@@ -74,6 +74,9 @@ class TuningSpec:
 
     #: ``{relative_to: <arm>, factor: <number>}``: the target is set from that arm's tuning runs
     target: Optional[dict] = None
+    #: overrides of the tuning runs only, for what the selection never reads (``curvature.enabled: false``: κ
+    #: is measured on the confirmation runs the claims are judged on, not on every grid point)
+    tuning_overrides: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if not isinstance(self.arms, dict) or not self.arms:
@@ -86,6 +89,9 @@ class TuningSpec:
             raise ConfigError("confirmation_seeds", "seeds disjoint from tuning_seeds (a confirmation on the "
                               "seeds that chose the setting confirms nothing)", self.confirmation_seeds)
         self.arm_list = [self._arm(name, spec) for name, spec in self.arms.items()]
+        if not isinstance(self.tuning_overrides, dict) or set(self.tuning_overrides) - TUNING_ONLY:
+            raise ConfigError("tuning_overrides", f"a mapping of keys among {sorted(TUNING_ONLY)} (values the "
+                              "selection never reads)", self.tuning_overrides)
         if self.target is not None:
             if not isinstance(self.target, dict) or set(self.target) != {"relative_to", "factor"}:
                 raise ConfigError("target", "{relative_to: <arm>, factor: <number>}", self.target)
@@ -201,6 +207,8 @@ def select(arm: Arm, results: list[PointResult]) -> Choice:
 
 def format_value(value) -> str:
     """A grid value as a Hydra override value (floats in a form that round-trips)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
     if isinstance(value, float):
         return repr(value)
     if isinstance(value, (list, tuple)):
@@ -208,10 +216,16 @@ def format_value(value) -> str:
     return str(value)
 
 
-def overrides_for(arm: Arm, point: dict, seed: int, stage: str) -> list[str]:
-    """The Hydra overrides of one run: the arm's own, the grid point, the seed, stage and arm tags."""
-    merged = {**arm.overrides, **point}
-    return [*(f"{k}={format_value(v)}" for k, v in merged.items()), f"seed={seed}", f"stage={stage}",
+#: keys a tuned experiment may set for its tuning runs only: they change what is measured, not how a run trains
+TUNING_ONLY = frozenset({"curvature.enabled", "checkpoint_every"})
+
+
+def overrides_for(arm: Arm, point: dict, seed: int, stage: str, tuning_only: Optional[dict] = None) -> list[str]:
+    """The Hydra overrides of one run: the arm's own, the grid point, the seed, stage and arm tags (and, for
+    tuning runs, ``tuning_only``)."""
+    merged = {**arm.overrides, **point, **((tuning_only or {}) if stage == "tuning" else {})}
+    return [*(f"{k}={'null' if v is None else format_value(v)}" for k, v in merged.items()), f"seed={seed}",
+            f"stage={stage}",
             f"arm={arm.name}"]
 
 
