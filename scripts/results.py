@@ -63,8 +63,10 @@ def provenance(out: Path, name: str) -> dict:
     """The commit (``-dirty`` when tracked files differ from it), the fingerprint of what the result depends on,
     and the resolved config the experiment ran on (a tuned sweep's multirun.yaml)."""
     commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
-    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT, capture_output=True,
-                           text=True).stdout.strip()
+    changed = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT, capture_output=True,
+                             text=True).stdout.splitlines()
+    # what make results writes itself (the reports, the README's Results) does not make the tree dirty
+    dirty = [line for line in changed if not line[3:].startswith(("docs/results/", "README.md"))]
     config = out / "multirun.yaml"
     return {"commit": commit + ("-dirty" if dirty else ""), "fingerprint": fingerprint(ROOT, name),
             "config": config.read_text(encoding="utf-8") if config.exists() else None}

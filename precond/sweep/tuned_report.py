@@ -69,7 +69,7 @@ def effect_text(effect: dict) -> str:
     def one(x):
         if x in ("inf", "-inf"):
             return ("∞" if x == "inf" else ("0" if effect["scale"] == "ratio" else "−∞"))
-        return f"×{math.exp(x):.3g}" if effect["scale"] == "ratio" else f"{x:+.3g}"
+        return f"×{math.exp(x):.3g}" if effect["scale"] == "ratio" else f"{x + 0.0:+.3g}"  # + 0.0: no "-0"
 
     low, high = effect["ci"]
     return f"{one(effect['estimate'])} [{one(low)}, {one(high)}] (margin {effect['margin']:g})"
