@@ -65,7 +65,7 @@ def test_compare_preconditioners_experiment_smoke(cli, tmp_path):
     assert {s["seed"] for s in confirmation} == {100, 101, 102}
     assert all(s.get("packed", 0) > 1 for s in tuning)  # the experiment packs its jobs
     # κ is measured where the claims are judged (confirmation), not on every grid point (tuning_overrides)
-    assert all("curvature/z/kappa" not in s for s in tuning) and all("curvature/z/kappa" in s for s in confirmation)
+    assert all("curvature/p/lam_max" not in s for s in tuning) and all("curvature/p/lam_max" in s for s in confirmation)
     assert "## Verdicts" in proc.stdout and len(json.loads((sweep / "verdicts.json").read_text())) == 4
     assert "curvature/z/kappa" in proc.stdout
 
