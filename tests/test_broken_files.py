@@ -168,3 +168,48 @@ def test_the_analysis_script_runs_no_code_from_a_crafted_config(tmp_path):
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode != 0 and "dataset._target_: expected one of the settings classes" in proc.stderr
     assert not marker.exists()
+
+
+class _SignalAfterTheLastStep:
+    """Stands in for StopRequest: SIGTERM 'arrives' once the job's last step is taken (poll ``after + 1``)."""
+
+    def __init__(self, after: int):
+        self.after, self.polls, self.signum = after, 0, None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return None
+
+    def __call__(self) -> bool:
+        self.polls += 1
+        if self.polls > self.after:
+            self.signum = signal.SIGTERM
+        return self.signum is not None
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + (self.signum or 0)
+
+    def forward(self) -> None:
+        pass
+
+
+@pytest.mark.parametrize("launcher", ["basic", "packed"])
+def test_a_signal_after_a_jobs_last_step_still_stops_the_sweep(tmp_path, monkeypatch, launcher):
+    from precond.run import entry
+    from precond.sweep import pack_jobs
+
+    for module in (entry, pack_jobs):
+        monkeypatch.setattr(module, "StopRequest", lambda: _SignalAfterTheLastStep(10))
+    sweep = tmp_path / "sweep"
+    argv = ["-m", f"hydra/launcher={launcher}", "steps=10", "eval_every=5", "lr=0.01,0.02", "model=mlp",
+            "normalization=batchnorm" if launcher == "basic" else "normalization=none", f"hydra.sweep.dir={sweep}"]
+    if launcher == "packed":  # two packs of two: one per preconditioner
+        argv.append("preconditioner=sgd,adam")
+    assert run_in_process(argv) == 128 + signal.SIGTERM
+    finished = [read_summary(p.parent)["status"] for p in sweep.rglob("summary.json")]
+    assert finished and set(finished) == {"completed"}  # the job(s) before the signal, complete
+    assert len(finished) == (1 if launcher == "basic" else 2)  # and nothing after it
+    assert (sweep / "comparison.md").exists()

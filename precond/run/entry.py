@@ -336,6 +336,12 @@ def hydra_main(cfg: DictConfig) -> Optional[float]:
             write_sweep_report(Path(hc.sweep.dir))
         stop.forward()  # e.g. submitit's USR2 handler: requeue this job, which then resumes
         raise SystemExit(stop.exit_code)
+    if multirun and stop():  # the signal came after the job's last step: the job is done, the sweep stops here
+        print(f"interrupted after job {hc.job.num} finished: the table of the finished jobs is in {hc.sweep.dir}; "
+              f"re-run the same command with hydra.sweep.dir={hc.sweep.dir} to run the rest", file=sys.stderr)
+        write_sweep_report(Path(hc.sweep.dir))
+        stop.forward()
+        raise SystemExit(stop.exit_code)
     return target_value(summary)
 
 

@@ -124,10 +124,12 @@ def launch_pack(jobs: list[tuple[DictConfig, JobInfo]]) -> list[Optional[float]]
         else:
             values.append(target_value(result))
     stopped = [r for r in results if isinstance(r, dict) and r["status"] == "interrupted"]
-    if stopped:
+    if stopped or stop():  # a signal after the pack's last step also ends the sweep, once its files are written
         sweep_dir = jobs[0][1].sweep_dir
-        print(f"interrupted at step {stopped[0]['steps']}: checkpoints written for {len(stopped)} packed jobs; "
-              f"re-run the same command with hydra.sweep.dir={sweep_dir} to resume", file=sys.stderr)
+        where = (f"at step {stopped[0]['steps']}: checkpoints written for {len(stopped)} packed jobs" if stopped
+                 else "after a pack finished")
+        print(f"interrupted {where}; re-run the same command with hydra.sweep.dir={sweep_dir} to resume",
+              file=sys.stderr)
         write_sweep_report(Path(sweep_dir))
         stop.forward()
         raise SystemExit(stop.exit_code)
