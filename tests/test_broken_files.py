@@ -151,7 +151,7 @@ def test_sigterm_between_two_sweep_jobs_writes_the_table_of_the_finished_ones(tm
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 128 + signal.SIGTERM and "Traceback" not in err, err
     assert "interrupted between jobs" in err
-    assert "| all runs | 1/1 |" in (sweep / "comparison.md").read_text()  # the one job that finished
+    assert "| all runs | 0.01 | 1/1 |" in (sweep / "comparison.md").read_text()  # the one job that finished
     assert read_summary(sweep / "0")["status"] == "completed" and not (sweep / "1" / "summary.json").exists()
 
 

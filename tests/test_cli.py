@@ -166,7 +166,7 @@ def test_analyze_curvature_script_reads_a_finished_run(cli, tmp_path):
 
 
 def test_bnp_at_batch_size_one_trains_the_mlp_on_the_default_data(here, tmp_path):
-    here("preconditioner=bnp", "batch_size=1", "model=mlp", "steps=600", "eval_every=200")
+    here("preconditioner=bnp", "batch_size=1", "model=mlp", "lr=3e-4", "steps=600", "eval_every=200")
     records = read_metrics(tmp_path / "run")
     assert read_summary(tmp_path / "run")["status"] == "completed"
     assert records[-1]["val/loss"] < 0.5 * records[0]["val/loss"]

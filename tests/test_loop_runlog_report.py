@@ -126,7 +126,7 @@ def test_report_groups_by_varying_overrides_and_averages_seeds(tmp_path):
     assert rows["preconditioner=adam"].final_std == pytest.approx(statistics.stdev([0.1, 0.3]))
     assert rows["preconditioner=sgd"].steps_to_target == pytest.approx(35)
     table = compare(tmp_path, quiet=True)
-    assert "| preconditioner=adam | 2/2 | 0.2 ± 0.14 |" in table
+    assert "| preconditioner=adam | — | 2/2 | 0.2 ± 0.14 |" in table  # lr: no config.yaml in these dirs
     assert (tmp_path / "comparison.png").exists()
 
 

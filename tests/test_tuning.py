@@ -271,3 +271,36 @@ def test_a_bad_relative_target_is_refused():
         TuningSpec(arms={"a": {}}, target={"relative_to": "b", "factor": 1.1})
     with pytest.raises(ConfigError, match=r"^target.factor"):
         TuningSpec(arms={"a": {}}, target={"relative_to": "a", "factor": -1})
+
+
+def test_a_diverged_optuna_trial_is_a_failed_trial_and_the_best_comes_from_the_others(tmp_path, capsys):
+    """One trial diverges (lr=1000), one completes: Optuna hears 'failed' for the first, with why."""
+    import yaml
+
+    sweep = tmp_path / "sweep"
+    argv = ["-m", "experiment=optuna_lr", "preconditioner=sgd", "steps=30", "eval_every=10", "lr=choice(0.1,1000.0)",
+            "hydra.sweeper.n_trials=3", f"hydra.sweep.dir={sweep}"]  # TPE with seed 0 draws lr 1000, 0.1, 1000
+    assert run_in_process(argv) == 0
+    summaries = [read_summary(sweep / str(i)) for i in range(3)]
+    completed = [s for s in summaries if s["status"] == "completed"]
+    diverged = [s for s in summaries if s["status"] == "diverged"]
+    assert completed and diverged and all("lr=1000.0" in s["overrides"] for s in diverged)
+    best = yaml.safe_load((sweep / "optimization_results.yaml").read_text())
+    assert best["best_value"] == min(s["val/loss"] for s in completed) and best["best_params"] == {"lr": 0.1}
+    out = capsys.readouterr()
+    failed = [line for line in (out.out + out.err).splitlines() if "reported to Optuna as a failed trial" in line]
+    assert len(failed) == len(diverged) and all("lr=1000.0" in m and "the run diverged (at step" in m for m in failed)
+    assert "float-castable" not in out.out + out.err
+
+
+def test_an_optuna_search_in_which_every_trial_diverges_ends_with_a_report_and_exit_1(tmp_path):
+    import yaml
+
+    sweep = tmp_path / "sweep"
+    argv = ["-m", "experiment=optuna_lr", "preconditioner=sgd", "steps=30", "eval_every=10", "lr=choice(500.0,1000.0)",
+            "hydra.sweeper.n_trials=2", f"hydra.sweep.dir={sweep}"]
+    assert run_in_process(argv) == 1
+    results = yaml.safe_load((sweep / "optimization_results.yaml").read_text())
+    assert results["best_value"] is None and "no trial completed" in results["problem"]
+    table = (sweep / "comparison.md").read_text()
+    assert "| lr=500.0 |" in table and "| lr=1000.0 |" in table and table.count("0/1 (1 diverged)") == 2

@@ -32,6 +32,7 @@ from precond.regularizers import RegularizationSpec
 from precond.run.files import WandbSettings
 from precond.run.loop import LoopSettings, loss_function
 from precond.run.monitors import CurvatureMonitor, Monitor, RegularizationMonitor
+from precond.run.paths import Paths
 from precond.schedules import ScheduleSpec
 from precond.settings import (
     LEARNING_RATE,
@@ -57,6 +58,7 @@ GROUPS: dict[str, tuple[type[Settings], bool]] = {
     "schedule": (ScheduleSpec, False),
     "logger": (WandbSettings, False),
     "curvature": (CurvatureSettings, True),
+    "paths": (Paths, False),
 }
 
 
@@ -103,6 +105,7 @@ class RunSettings:
     schedule: ScheduleSpec
     logger: WandbSettings
     curvature: Optional[CurvatureSettings]
+    paths: Paths
     device: torch.device
 
     @property

@@ -42,6 +42,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from precond.errors import ConfigError
 from precond.metrics import after_warmup
+from precond.provenance import environment
 from precond.run.checkpoint import CHECKPOINT, CHECKPOINT_FORMAT, atomic_save, rng_state, set_rng_state
 from precond.run.config import (
     RunSettings,
@@ -58,23 +59,38 @@ from precond.run.files import (
     RunDirectory,
     RunDirInUse,
     RunLog,
-    environment,
     identifying_overrides,
     write_summary,
     write_text_atomically,
 )
 from precond.run.interrupts import StoppedBetweenRuns, StopRequest, stop_between_runs
 from precond.run.loop import LoopSettings, train
+from precond.run.paths import default_data_root
 from precond.sweep.callbacks import write_sweep_report
 
 log = logging.getLogger("precond")
 
-CONF_DIR = str(Path(__file__).resolve().parents[2] / "conf")
+
+
+def config_dir() -> str:
+    """The configs: the repository's top-level ``conf/`` when precond runs from its source tree
+    (editable install, checkout), else the copy the wheel carries inside the package (``precond/conf``)."""
+    package = Path(__file__).resolve().parents[1]
+    source_tree = package.parent / "conf"
+    if (source_tree / "train.yaml").is_file() and (package.parent / "pyproject.toml").is_file():
+        return str(source_tree)
+    return str(package / "conf")
+
+
+CONF_DIR = config_dir()
 
 # ${run_id:} in conf/train.yaml's default run dir: pid + random, so two runs started in the same
 # second never share a directory (cached: one value per process, the same at every resolution)
 if not OmegaConf.has_resolver("run_id"):
     OmegaConf.register_new_resolver("run_id", lambda: f"{os.getpid()}{secrets.token_hex(2)}", use_cache=True)
+# ${precond_default_data_root:} in conf/paths/default.yaml: used when PRECOND_DATA_ROOT is not set
+if not OmegaConf.has_resolver("precond_default_data_root"):
+    OmegaConf.register_new_resolver("precond_default_data_root", default_data_root)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -88,6 +104,17 @@ class JobInfo:
     multirun: bool
     sweep_dir: str
     cwd: str
+
+    @property
+    def label(self) -> Optional[str]:
+        """A sweep job's name in log lines: ``job 3``, or its place below the sweep dir for a tuned sweep."""
+        if not self.multirun:
+            return None
+        try:
+            where = self.run_dir.relative_to(self.sweep_dir).as_posix()
+        except ValueError:
+            where = self.run_dir.name
+        return f"job {where}"
 
     @classmethod
     def of(cls, hc) -> JobInfo:
@@ -107,14 +134,17 @@ def _plain_overrides(hc) -> list[str]:
 
 
 def _wandb_settings(settings: RunSettings, job: JobInfo):
-    """The logger settings with this run's group (the sweep), name (its identifying overrides) and tags."""
-    choices = job.choices
+    """The logger settings with precond's defaults where the user left them null: group (the sweep,
+    or ``name`` for a single run), name (the run's identifying overrides), job_type (``train``, or
+    the tuned sweep's stage); precond's own tags go before the user's."""
+    choices, user = job.choices, settings.logger
     tags = [settings.preconditioner.name, f"reg:{settings.regularization.name}",
             f"norm:{settings.normalization.name}", f"model:{choices.get('model')}",
-            f"data:{choices.get('dataset')}", *settings.logger.tags]
+            f"data:{choices.get('dataset')}", *user.tags]
     return dataclasses.replace(
-        settings.logger, group=Path(job.sweep_dir).name if job.multirun else settings.options.name,
-        name=",".join(identifying_overrides(job.overrides)) or settings.options.name, tags=tags,
+        user, group=user.group or (Path(job.sweep_dir).name if job.multirun else settings.options.name),
+        name=user.name or ",".join(identifying_overrides(job.overrides)) or settings.options.name, tags=tags,
+        job_type=user.job_type or settings.options.stage or "train",
     )
 
 
@@ -143,7 +173,7 @@ def run(cfg: DictConfig, should_stop=None, job: Optional[JobInfo] = None) -> dic
                      directory.finished["status"])
             return directory.finished
         save_resolved_config(plain, job.run_dir)
-        base.update(environment(settings.device, job.cwd))
+        base.update(environment(settings.device))
         with open_runlog(plain, settings, job, directory.checkpoint) as runlog:
             with failures_written(runlog, job.run_dir, base):
                 data = load_data(settings)
@@ -151,7 +181,7 @@ def run(cfg: DictConfig, should_stop=None, job: Optional[JobInfo] = None) -> dic
                 summary = {**base, **train(run_.parts.model, run_.parts.optimizer, data, run_.loop, runlog,
                                            monitors=run_.parts.monitors, scheduler=run_.parts.scheduler,
                                            should_stop=should_stop, checkpoint=run_.parts.saver(job.run_dir),
-                                           resume=run_.resume)}
+                                           resume=run_.resume, label=job.label)}
             finish_run(run_, runlog, summary)
     log_result(summary)
     return summary
@@ -208,8 +238,6 @@ def prepare(settings: RunSettings, job: JobInfo, base: dict, runlog: RunLog, dat
     scheduler = build_schedule(settings, optimizer)
     monitors = build_monitors(settings, model, optimizer, data)
     loop = settings.loop
-    if loop.progress and not sys.stderr.isatty():
-        loop = dataclasses.replace(loop, progress=False)
     base["parameters"] = sum(p.numel() for p in model.parameters())
     parts = RunParts(model, optimizer, scheduler, monitors, runlog.wandb_id)
     if resume is not None:
@@ -227,10 +255,15 @@ def finish_run(run_: PreparedRun, runlog: RunLog, summary: dict) -> None:
     atomic_save(run_.parts.model.state_dict(), run_.run_dir / "model.pt")
     atomic_save(run_.parts.optimizer.state_dict(), run_.run_dir / "optimizer.pt")
     runlog.write_summary(summary)
+    runlog.log_model(run_.run_dir / "model.pt", {key: summary.get(key) for key in MODEL_METADATA})
     if summary["status"] in FINISHED:  # after the summary: a crash before it leaves the checkpoint
         (run_.run_dir / CHECKPOINT).unlink(missing_ok=True)
     else:
         runlog.exit_code = 1  # the W&B run ends with an exit record that says it did not complete
+
+
+#: summary values that travel with the model artifact
+MODEL_METADATA = ("status", "steps", "val/loss", "val/acc", "test/loss", "test/acc", "seed", "git_commit")
 
 
 @dataclasses.dataclass
@@ -288,9 +321,9 @@ def note_sweep_dir(sweep_dir: Optional[Path]) -> None:
 
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="train")
-def hydra_main(cfg: DictConfig) -> Optional[float]:
-    """Hydra task: one job; returns the final value of ``target.metric`` of a completed run (None
-    otherwise), so a Hydra optimizing sweeper (Optuna) can tune on it.
+def hydra_main(cfg: DictConfig) -> float | NotCompleted:
+    """Hydra task: one job; returns the final value of ``target.metric`` of a completed run (a
+    :class:`NotCompleted` otherwise), so a Hydra optimizing sweeper (Optuna) can tune on it.
 
     Single run: a config error prints one line and exits 2; an interrupt writes the run's
     files and exits 128 + signal. In a sweep, any failure (config error or exception) fails
@@ -307,14 +340,14 @@ def hydra_main(cfg: DictConfig) -> Optional[float]:
         except RunDirInUse as err:  # nothing is written into another run's directory
             print(f"error: {err}", file=sys.stderr)
             if multirun:
-                return None
+                return NotCompleted("failed", str(err))
             raise SystemExit(2) from None
         except ConfigError as err:  # refused before anything of the run was written
             print(f"error: {err}", file=sys.stderr)
             if multirun:  # the sweep's table lists the job as failed, with why
                 if not (run_dir / "summary.json").exists():
                     write_summary(run_dir, {"status": "failed", "error": str(err), "overrides": _task_overrides()})
-                return None
+                return NotCompleted("failed", str(err))
             discard_if_only_hydra_files(run_dir)
             raise SystemExit(2) from None
         except Exception as err:
@@ -327,7 +360,7 @@ def hydra_main(cfg: DictConfig) -> Optional[float]:
                       run_dir / "error.txt")
             if not (run_dir / "error.txt").exists():
                 (run_dir / "error.txt").write_text(traceback.format_exc(), encoding="utf-8")
-            return None
+            return NotCompleted("failed", f"{type(err).__name__}: {err}")
     if summary["status"] == "interrupted":
         where = f"hydra.sweep.dir={hc.sweep.dir}" if multirun else f"hydra.run.dir={run_dir}"
         print(f"interrupted at step {summary['steps']}: checkpoint written to {run_dir}; re-run the same "
@@ -345,10 +378,26 @@ def hydra_main(cfg: DictConfig) -> Optional[float]:
     return target_value(summary)
 
 
-def target_value(summary: dict) -> Optional[float]:
-    """What a job returns to the sweeper: the final ``target.metric`` of a completed run, else None."""
-    value = summary.get(summary.get("target_metric", "val/loss"))
-    return value if summary["status"] == "completed" else None
+@dataclasses.dataclass(frozen=True)
+class NotCompleted:
+    """What a job that did not complete returns to its sweeper instead of a value. An optimizing
+    sweeper must not read it as a number: precond's Optuna sweeper (``hydra/sweeper=optuna``, see
+    ``hydra_plugins/precond_optuna``) reports the trial to Optuna as failed, with this text."""
+
+    status: str
+    reason: str
+
+    def __str__(self) -> str:
+        return f"the run {self.status} ({self.reason})" if self.reason else f"the run {self.status}"
+
+
+def target_value(summary: dict) -> float | NotCompleted:
+    """What a job returns to the sweeper: the final ``target.metric`` of a completed run, else why not."""
+    if summary.get("status") != "completed":
+        status = summary.get("status", "failed")
+        reason = summary.get("error") or (f"at step {summary['steps']}" if summary.get("steps") is not None else "")
+        return NotCompleted(status, str(reason))
+    return summary.get(summary.get("target_metric", "val/loss"))
 
 
 def discard_if_only_hydra_files(run_dir: Path) -> None:

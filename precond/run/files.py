@@ -18,25 +18,25 @@ per process). The W&B run is finished also when training raises.
 """
 from __future__ import annotations
 
-import functools
 import json
 import logging
 import math
 import netrc
 import os
-import platform
 import secrets
-import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
 from precond.errors import ConfigError
-from precond.settings import Choice, Seq, Settings, Text, setting
+from precond.metrics import higher_is_better
+from precond.settings import Choice, Flag, Seq, Settings, Text, setting
 
 log = logging.getLogger(__name__)
 
 WANDB_MODES = ("online", "offline", "disabled")
+#: metrics whose W&B summary holds the best value (min for losses, max for accuracies) and the last
+BEST_TRACKED = ("train/loss", "val/loss", "train/batch_loss", "train/acc", "val/acc")
 _said_offline = False
 
 
@@ -45,8 +45,10 @@ class WandbSettings(Settings):
     """The ``logger`` config group: where and how to log to W&B.
 
     ``mode`` is ``online | offline | disabled``; ``logger=none`` is ``disabled`` (plain
-    files only, wandb never imported). ``group``, ``name`` and ``tags`` of a run are
-    filled in by the entry point.
+    files only, wandb never imported). ``group``, ``name``, ``job_type`` and ``notes`` left
+    null get precond's defaults (group: the sweep, or ``name`` for a single run; name: the
+    run's identifying overrides; job_type: ``train``); ``tags`` are added to precond's own
+    (preconditioner, regularization, normalization, model, data).
     """
 
     mode: str = setting(Choice(WANDB_MODES), "offline",
@@ -56,7 +58,10 @@ class WandbSettings(Settings):
     group: Optional[str] = setting(Text(optional=True), None)
     name: Optional[str] = setting(Text(optional=True), None)
     tags: tuple = setting(Seq(Text(), 0, 64), (), fix="e.g. logger.tags=[baseline,v2]")
-    job_type: str = setting(Text(), "train")
+    job_type: Optional[str] = setting(Text(optional=True), None, doc="default: train (summary for a sweep's report)")
+    notes: Optional[str] = setting(Text(optional=True, max_len=10_000), None, doc="a free-text description")
+    log_model: bool = setting(Flag(), True, doc="the final model.pt as a W&B artifact (type model)")
+    log_report: bool = setting(Flag(), True, doc="a sweep's report files as a W&B artifact (type report)")
 
 
 def _jsonable(value: Any) -> Any:
@@ -132,6 +137,7 @@ class RunLog:
         #: the W&B exit code when the context ends without an exception (1: the run did not complete)
         self.exit_code = 0
         self._wandb_run = None
+        self._log_model = False
         if wandb_settings is not None and wandb_settings.mode != "disabled":
             self._wandb_run = self._start_wandb(config, wandb_settings)
 
@@ -141,10 +147,13 @@ class RunLog:
         mode = resolve_wandb_mode(s.mode)
         run = wandb.init(
             project=s.project, entity=s.entity, group=s.group, name=s.name, tags=list(s.tags),
-            job_type=s.job_type, config=config, dir=str(self.run_dir), mode=mode, reinit="create_new",
-            id=self.wandb_id, resume="allow",
+            job_type=s.job_type or "train", notes=s.notes, config=config, dir=str(self.run_dir), mode=mode,
+            reinit="create_new", id=self.wandb_id, resume="allow",
         )
         run.define_metric("time/train_s", summary="max")  # training seconds: an x-axis on the dashboard
+        for metric in BEST_TRACKED:  # the summary holds the best and the last value of each
+            run.define_metric(metric, summary=("max" if higher_is_better(metric) else "min") + ",last")
+        self._log_model = s.log_model
         return run
 
     def log(self, metrics: dict[str, Any]) -> None:
@@ -161,9 +170,20 @@ class RunLog:
         clean = write_summary(self.run_dir, summary)
         self._summary_written = True
         if self._wandb_run is not None:
-            for k, v in clean.items():
-                if isinstance(v, (int, float, str, bool)) or v is None:
+            for k, v in clean.items():  # the BEST_TRACKED metrics keep W&B's {best, last}: not overwritten
+                if k not in BEST_TRACKED and (isinstance(v, (int, float, str, bool)) or v is None):
                     self._wandb_run.summary[k] = v
+
+    def log_model(self, path: Path, metadata: dict[str, Any]) -> None:
+        """The final weights as a W&B artifact (type ``model``), unless ``logger.log_model=false``."""
+        if self._wandb_run is None or not self._log_model:
+            return
+        import wandb
+
+        artifact = wandb.Artifact(f"model-{self.wandb_id}", type="model",
+                                  metadata={k: _jsonable(v) for k, v in metadata.items()})
+        artifact.add_file(str(path))
+        self._wandb_run.log_artifact(artifact)
 
     def close(self, exit_code: int = 0) -> None:
         self._metrics.close()
@@ -180,31 +200,67 @@ class RunLog:
         self.close(exit_code=1 if exc is not None else self.exit_code)
 
 
-def log_sweep_summary(settings: WandbSettings, sweep_dir: str | Path, tables: dict, images: dict) -> str:
+def log_sweep_summary(settings: WandbSettings, sweep_dir: str | Path, tables: dict, images: dict,
+                      report_files: list[Path] = ()) -> str:
     """One W&B run (``job_type=summary``) in the sweep's group holding the report: ``tables`` maps a
-    name to ``(columns, rows)`` (logged as ``wandb.Table``), ``images`` a name to a PNG path.
+    name to ``(columns, rows)`` (logged as ``wandb.Table``), ``images`` a name to a PNG path, and
+    ``report_files`` go into one artifact of type ``report`` (unless ``logger.log_report=false``).
     Returns the run's id."""
     import wandb
 
     sweep_dir = Path(sweep_dir)
-    run = wandb.init(project=settings.project, entity=settings.entity, group=sweep_dir.name,
+    run = wandb.init(project=settings.project, entity=settings.entity, group=settings.group or sweep_dir.name,
                      name=f"{sweep_dir.name}/summary", job_type="summary", tags=[*settings.tags, "summary"],
-                     config={"sweep_dir": str(sweep_dir)}, dir=str(sweep_dir),
+                     notes=settings.notes, config={"sweep_dir": str(sweep_dir)}, dir=str(sweep_dir),
                      mode=resolve_wandb_mode(settings.mode), reinit="create_new")
     try:
-        run.log({name: wandb.Table(columns=list(columns), data=[list(r) for r in rows])
-                 for name, (columns, rows) in tables.items()})
-        run.log({name: wandb.Image(str(path)) for name, path in images.items() if Path(path).exists()})
+        if tables:
+            run.log({name: wandb.Table(columns=list(columns), data=[list(r) for r in rows])
+                     for name, (columns, rows) in tables.items()})
+        if any(Path(path).exists() for path in images.values()):
+            run.log({name: wandb.Image(str(path)) for name, path in images.items() if Path(path).exists()})
+        present = [Path(f) for f in report_files if Path(f).is_file()]
+        if settings.log_report and present:
+            artifact = wandb.Artifact(f"report-{_artifact_name(sweep_dir.name)}", type="report",
+                                      metadata={"sweep_dir": str(sweep_dir)})
+            for path in present:
+                artifact.add_file(str(path), name=path.name)
+            run.log_artifact(artifact)
     finally:
         run.finish()
     return run.id
 
 
-# --- provenance: what a run's summary records about where and how it ran -----------------------
+def _artifact_name(text: str) -> str:
+    """W&B artifact names allow letters, digits, ``-``, ``_`` and ``.``."""
+    return "".join(c if c.isalnum() or c in "-_." else "-" for c in text)[:120]
+
+
+# --- keys that change no result --------------------------------------------------------------
 
 #: config keys that change no result of a run (neither its training nor any number it records): the one
 #: list behind every "these keys do not matter" rule (run-dir reuse, labels, packs)
-RESULT_FREE_KEYS = ("logger", "progress", "checkpoint_every")
+RESULT_FREE_KEYS = ("logger", "progress", "progress_every_s", "checkpoint_every", "paths", "dataset.root",
+                    "dataset.cache_dir", "dataset.download")
+
+
+def is_under(key: str, keys) -> bool:
+    """True when dotted ``key`` is one of ``keys`` or lies below one (``paths.data_root`` under ``paths``)."""
+    return any(key == k or key.startswith(k + ".") for k in keys)
+
+
+def without_keys(config: dict, keys) -> dict:
+    """A copy of a nested config without the dotted ``keys``."""
+    def strip(node: dict, prefix: str) -> dict:
+        out = {}
+        for name, value in node.items():
+            dotted = f"{prefix}{name}"
+            if dotted in keys:
+                continue
+            out[name] = strip(value, dotted + ".") if isinstance(value, dict) else value
+        return out
+
+    return strip(config, "")
 
 #: override keys that do not identify a run: seeds are averaged over, the experiment is the whole
 #: sweep, and the result-free keys change nothing. Used by the sweep report's labels and W&B run names.
@@ -215,37 +271,10 @@ def identifying_overrides(overrides: list[str]) -> list[str]:
     """``key=value`` overrides minus ``hydra.*`` and :data:`NON_IDENTIFYING_KEYS` (and their sub-keys)."""
     out = []
     for override in overrides:
-        key = override.split("=", 1)[0].lstrip("+~")
-        root = key.split(".", 1)[0].split("/", 1)[0]
-        if root != "hydra" and root not in NON_IDENTIFYING_KEYS:
+        key = override.split("=", 1)[0].lstrip("+~").replace("/", ".")
+        if not is_under(key, ("hydra", *NON_IDENTIFYING_KEYS)):
             out.append(override)
     return out
-
-
-@functools.lru_cache(maxsize=8)
-def git_commit(cwd: str | Path) -> Optional[str]:
-    """The commit of the checkout at ``cwd`` (``-dirty`` when tracked files changed), or None.
-    Read once per process and directory (a sweep's jobs share it; two subprocesses per job add up)."""
-    try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, timeout=5)
-        if commit.returncode != 0:
-            return None
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=cwd,
-                               capture_output=True, text=True, timeout=5).stdout.strip()
-        return commit.stdout.strip() + ("-dirty" if dirty else "")
-    except (OSError, subprocess.SubprocessError, ValueError):
-        return None
-
-
-def environment(device, cwd: str | Path) -> dict:
-    """Device, library versions and code version of a run (part of every summary)."""
-    import torch
-
-    env = {"device": str(device), "torch": torch.__version__, "python": platform.python_version(),
-           "git_commit": git_commit(cwd)}
-    if getattr(device, "type", None) == "cuda":
-        env["gpu"] = torch.cuda.get_device_name(device)
-    return env
 
 
 # --- the run directory: never shared, never appended to by another run -------------------------
@@ -259,8 +288,8 @@ class RunDirInUse(ConfigError):
 
 
 def _config_differences(old: dict, new: dict) -> list[str]:
-    keys = sorted((set(old) | set(new)) - set(RESULT_FREE_KEYS))
-    return [k for k in keys if old.get(k) != new.get(k)]
+    old, new = without_keys(old, RESULT_FREE_KEYS), without_keys(new, RESULT_FREE_KEYS)
+    return [k for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
 
 
 def truncate_metrics(path: Path, step: int) -> int:

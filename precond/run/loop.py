@@ -20,6 +20,7 @@ from precond.data import BatchSampler, Dataset
 from precond.metrics import time_to_target
 from precond.run.files import RunLog
 from precond.run.monitors import Monitor
+from precond.run.progress import make_progress
 from precond.settings import SEED, Choice, Flag, Int, Nested, Num, Settings, Text, setting
 
 #: steps between non-finite-loss checks (each check synchronizes with the device)
@@ -57,7 +58,8 @@ class LoopSettings(Settings):
     eval_train_samples: int = setting(Int(lo=1, hi=10**9), 10_000, doc="training samples behind train/loss")
     divergence_factor: float = setting(Num(1, lo_open=True, allow_inf=True), 1e6,
                                        fix="a run is diverged when its loss exceeds this many times the initial loss")
-    progress: bool = setting(Flag(), True, doc="tqdm step bar on stderr")
+    progress: bool = setting(Flag(), True, doc="a step bar on a terminal, a log line every progress_every_s otherwise")
+    progress_every_s: float = setting(Num(0, lo_open=True), 30.0, doc="seconds between progress lines (not a tty)")
     #: None: a checkpoint at every evaluation; N > 0: every N steps; 0: only on interrupt
     checkpoint_every: Optional[int] = setting(Int(lo=0, optional=True), None,
                                               fix="null: at every evaluation, N: every N steps, 0: only on interrupt")
@@ -199,12 +201,11 @@ def diverged(mean_loss: float, state: LoopState) -> bool:
     return not mean_loss <= state.diverge_above
 
 
-def update_progress(progress, state: LoopState, evaluated: bool) -> None:
-    if progress is None:
-        return
-    if evaluated:
-        progress.set_postfix({k: f"{v:.4g}" for k, v in state.last.items() if k in ("train/batch_loss", "val/loss")})
-    progress.update(1)
+def progress_values(state: LoopState) -> dict:
+    """What a progress line shows: the mean minibatch loss since the last record, the last val/loss, val/acc."""
+    values = {"batch loss": float(state.loss_sum) / state.loss_count} if state.loss_count else {}
+    values.update({k: v for k, v in state.last.items() if k in ("val/loss", "val/acc") and v is not None})
+    return values
 
 
 def train(
@@ -218,6 +219,7 @@ def train(
     should_stop: Optional[Callable[[], bool]] = None,
     checkpoint: Optional[Callable[[dict], None]] = None,
     resume: Optional[dict] = None,
+    label: Optional[str] = None,
 ) -> dict:
     """Train for ``settings.steps`` minibatch steps; log every ``eval_every`` steps (and at 0 and the end).
 
@@ -261,7 +263,7 @@ def train(
     else:
         state = start_state(record_at, monitors, settings, runlog, device)
     status = "completed"
-    progress = progress_bar(settings, initial=state.step)
+    progress = make_progress(settings.progress, settings.progress_every_s, settings.steps, state.step, label)
     for step in range(state.step + 1, settings.steps + 1):
         if should_stop is not None and should_stop():
             status = "interrupted"
@@ -297,7 +299,8 @@ def train(
             runlog.log(state.last)
         if now.checkpoint:
             save(state)
-        update_progress(progress, state, now.evaluate)
+        if progress is not None:
+            progress.advance(step, now.evaluate, lambda: progress_values(state))
     if progress is not None:
         progress.close()
     return run_summary(state, status, settings)
@@ -356,11 +359,3 @@ def evaluate_into(state: LoopState, record_at, monitors, settings: LoopSettings,
     _trace(state, settings)
 
 
-def progress_bar(settings: LoopSettings, initial: int = 0, desc: Optional[str] = None):
-    """A tqdm step bar on stderr (None when ``progress`` is off)."""
-    if not settings.progress:
-        return None
-    from tqdm.auto import tqdm
-
-    return tqdm(total=settings.steps, initial=initial, unit="step", desc=desc, leave=False, mininterval=1.0,
-                dynamic_ncols=True)

@@ -34,31 +34,51 @@ class ReportOnMultirunEnd(Callback):
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)
         statuses = write_sweep_report(sweep_dir)
-        _log_tuned_summary_to_wandb(config, sweep_dir)
+        _log_sweep_to_wandb(config, sweep_dir)
         bad = [s for s in statuses if s in ("failed", "interrupted")]
         if bad:
             log.error("%d of %d jobs did not complete (see the table and their summary.json)", len(bad),
                       len(statuses))
             raise SystemExit(1)
+        problem = _optimizer_problem(sweep_dir)
+        if problem:
+            log.error("the sweep found no best value: %s", problem)
+            raise SystemExit(1)
 
 
-def _log_tuned_summary_to_wandb(config: DictConfig, sweep_dir: Path) -> None:
-    """With a W&B logger, a tuned sweep also gets one summary run: selection and verdict tables, plots."""
+def _optimizer_problem(sweep_dir: Path):
+    """Why an optimizing sweep (precond's Optuna sweeper) ended without a best value, else None."""
+    try:
+        from hydra_plugins.precond_optuna.guarded_optuna import no_best_value
+    except ImportError:  # hydra-optuna-sweeper not installed: no Optuna sweep ran
+        return None
+    return no_best_value(sweep_dir)
+
+
+#: files of a sweep's report, logged together as one W&B artifact (those present)
+REPORT_FILES = ("comparison*.md", "comparison*.png", "selection.json", "verdicts.json", "lr_sensitivity.png",
+                "confirmation.png", "optimization_results.yaml")
+
+
+def _log_sweep_to_wandb(config: DictConfig, sweep_dir: Path) -> None:
+    """With a W&B logger, a sweep also gets one summary run in its group: the selection and verdict
+    tables of a tuned sweep, the report's plots, and every report file as one artifact."""
     from precond.sweep.tuned_report import REPORT_IMAGES, SELECTION, VERDICTS, summary_tables
 
     if config.get("logger") is None or config.logger.get("mode", "disabled") == "disabled":
-        return
-    if not (sweep_dir / SELECTION).exists() or not (sweep_dir / VERDICTS).exists():
         return
     from omegaconf import OmegaConf
 
     from precond.run.config import build_group
     from precond.run.files import log_sweep_summary
 
+    tuned = (sweep_dir / SELECTION).exists() and (sweep_dir / VERDICTS).exists()
+    images = REPORT_IMAGES if tuned else {"comparison": "comparison.png"}
+    files = sorted({path for pattern in REPORT_FILES for path in sweep_dir.glob(pattern)})
     try:
         logger = build_group("logger", OmegaConf.to_container(config.logger, resolve=True))
-        run_id = log_sweep_summary(logger, sweep_dir, summary_tables(sweep_dir),
-                                   {name: sweep_dir / file for name, file in REPORT_IMAGES.items()})
-        log.info("W&B summary run %s holds the selection and verdict tables", run_id)
+        run_id = log_sweep_summary(logger, sweep_dir, summary_tables(sweep_dir) if tuned else {},
+                                   {name: sweep_dir / file for name, file in images.items()}, files)
+        log.info("W&B summary run %s holds the sweep's report", run_id)
     except Exception as err:  # W&B trouble must not hide the report already written
         log.warning("could not log the W&B summary run: %s", err)

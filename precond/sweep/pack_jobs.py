@@ -15,9 +15,11 @@ from typing import Optional
 from omegaconf import DictConfig
 
 from precond.errors import ConfigError
+from precond.provenance import environment
 from precond.run.config import resolve, settings_from_plain
 from precond.run.entry import (
     JobInfo,
+    NotCompleted,
     base_summary,
     failures_written,
     finish_run,
@@ -30,7 +32,7 @@ from precond.run.entry import (
     target_value,
     write_failure,
 )
-from precond.run.files import RunDirectory, RunDirInUse, environment, write_summary
+from precond.run.files import RunDirectory, RunDirInUse, write_summary
 from precond.run.interrupts import StopRequest
 from precond.sweep.callbacks import write_sweep_report
 from precond.sweep.pack_training import PackMember, train_pack
@@ -79,28 +81,29 @@ def _train_one_pack(stack: contextlib.ExitStack, members: list, results: list, s
     """Build every member (a member that fails to build fails alone), train them as one pack, write their files."""
     prepared, data = [], None
     for i, plain, settings, job, checkpoint in members:
-        base = {**base_summary(settings, job), **environment(settings.device, job.cwd)}
+        base = {**base_summary(settings, job), **environment(settings.device)}
         save_resolved_config(plain, job.run_dir)
         runlog = stack.enter_context(open_runlog(plain, settings, job, checkpoint))
         try:
             with failures_written(runlog, job.run_dir, base):
                 data = data or load_data(settings)  # one dataset: the pack's jobs share its config
-                prepared.append((i, runlog, prepare(settings, job, base, runlog, data, checkpoint)))
+                prepared.append((i, runlog, prepare(settings, job, base, runlog, data, checkpoint), job.label))
         except Exception as err:
             results[i] = err
     if not prepared:
         return
     log.info("training %d jobs as one pack", len(prepared))
     members = [PackMember(p.parts.model, p.parts.optimizer, p.loop, runlog, p.parts.scheduler, p.parts.monitors,
-                          p.parts.saver(p.run_dir), p.resume) for _, runlog, p in prepared]
+                          p.parts.saver(p.run_dir), p.resume, label=label or "")
+               for _, runlog, p, label in prepared]
     try:
         summaries = train_pack(members, data, should_stop=should_stop)
     except Exception as err:  # the pack's step failed: every member fails with it
-        for i, runlog, p in prepared:
+        for i, runlog, p, _ in prepared:
             write_failure(runlog, p.run_dir, p.base, err)
             results[i] = err
         return
-    for (i, runlog, p), summary in zip(prepared, summaries):
+    for (i, runlog, p, _), summary in zip(prepared, summaries):
         summary = {**p.base, **summary, "packed": len(prepared)}
         finish_run(p, runlog, summary)
         results[i] = summary
@@ -120,7 +123,7 @@ def launch_pack(jobs: list[tuple[DictConfig, JobInfo]]) -> list[Optional[float]]
     for (_, job), result in zip(jobs, results):
         if isinstance(result, Exception):
             print(f"error: {job.run_dir}: {result}", file=sys.stderr)
-            values.append(None)
+            values.append(NotCompleted("failed", str(result)))
         else:
             values.append(target_value(result))
     stopped = [r for r in results if isinstance(r, dict) and r["status"] == "interrupted"]

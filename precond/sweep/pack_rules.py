@@ -21,7 +21,8 @@ STACKABLE = (
 )
 #: values that do not enter the computation: the result-free keys, plus names and the target (which
 #: changes what is recorded, steps-to-target, but not how any member trains)
-BOOKKEEPING = ("name", "stage", "arm", "target", *RESULT_FREE_KEYS)
+BOOKKEEPING = ("name", "stage", "arm", "target", "dataset.target_metric", "dataset.target_value",
+               *RESULT_FREE_KEYS)
 
 
 def alone_reason(config: dict) -> Optional[str]:

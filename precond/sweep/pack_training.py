@@ -47,11 +47,10 @@ from precond.run.loop import (
     diverged_record,
     evaluate_into,
     evaluation_splits,
-    progress_bar,
     run_summary,
     start_state,
-    update_progress,
 )
+from precond.run.progress import make_progress
 
 #: modules the explicit batched forward handles; any other model is batched with vmap
 _ELEMENTWISE = (nn.ReLU, nn.Tanh, nn.GELU, nn.Identity)
@@ -248,6 +247,27 @@ class PackMember:
     monitors: tuple = ()
     checkpoint: Optional[Callable[[dict], None]] = None
     resume: Optional[dict] = None
+    #: the job's name in progress lines (its run dir below the sweep dir)
+    label: str = ""
+
+
+def pack_label(labels: list[str]) -> str:
+    """``pack of 12: job 0, job 1, job 2, job 3, …``: the prefix of a pack's progress lines."""
+    shown = ", ".join(labels[:4]) + (", …" if len(labels) > 4 else "")
+    return f"pack of {len(labels)}: {shown}" if shown else f"pack of {len(labels)}"
+
+
+def member_values(states: list, live: list[int], loss_sums: Tensor, labels: list[str]) -> dict:
+    """A pack's progress values: how many members still train, and the lowest and highest mean
+    minibatch loss since the last record with the job each belongs to (one host sync)."""
+    values: dict = {"training": f"{len(live)}/{len(states)}"}
+    counts = [states[j].loss_count for j in live]
+    if live and all(counts):
+        means = (loss_sums[live] / torch.tensor(counts, dtype=loss_sums.dtype, device=loss_sums.device)).tolist()
+        low, high = min(range(len(live)), key=means.__getitem__), max(range(len(live)), key=means.__getitem__)
+        values[f"lowest batch loss ({labels[live[low]]})"] = means[low]
+        values[f"highest ({labels[live[high]]})"] = means[high]
+    return values
 
 
 @torch.no_grad()
@@ -325,7 +345,8 @@ def train_pack(members: list[PackMember], data: Dataset, should_stop: Optional[C
     loss_sums = torch.stack([s.loss_sum for s in states])
     statuses = ["completed" for _ in jobs]
     active = [True for _ in jobs]
-    progress = progress_bar(settings, initial=states[0].step, desc=f"pack of {len(members)}")
+    progress = make_progress(settings.progress, settings.progress_every_s, settings.steps, states[0].step,
+                             pack_label([m.label for m in members]))
     learning_rates = _LearningRates(device, stacked.params[0].dtype)
     for step in range(states[0].step + 1, settings.steps + 1):
         live = [j for j in jobs if active[j]]
@@ -380,7 +401,9 @@ def train_pack(members: list[PackMember], data: Dataset, should_stop: Optional[C
         for j in live:
             if beat(members[j].settings, step).checkpoint:  # checkpoint_every may differ (it changes no result)
                 save(j)
-        update_progress(progress, states[live[0]] if live else states[0], now.evaluate)
+        if progress is not None:
+            labels = [m.label for m in members]
+            progress.advance(step, now.evaluate, lambda: member_values(states, live, loss_sums, labels))
     if progress is not None:
         progress.close()
     for j in jobs:

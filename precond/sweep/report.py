@@ -3,7 +3,10 @@
 Runs are grouped by their overrides with ``seed`` removed, so ``-m
 preconditioner=sgd,adam seed=0,1,2`` gives two groups of three runs.
 ``precond-report SWEEP_DIR`` (or the automatic report at the end of a
-multirun) writes ``comparison.md`` and ``comparison.png`` into the sweep dir.
+multirun) writes ``comparison.md`` and ``comparison.png`` into the sweep dir for the runs'
+target metric; ``--metric M`` writes ``comparison_<M>.md``/``.png`` beside them. The table
+shows each group's varying hyperparameters (always its learning rate, read from each run's
+``config.yaml``); the plot marks the target and lists the runs it cannot show.
 """
 from __future__ import annotations
 
@@ -26,6 +29,39 @@ EXTRA_COLUMNS = ("val/acc", "test/acc", "reg/sparsity", "curvature/p/kappa", "cu
                  "curvature/p/lam_max", "curvature/z/lam_max")
 
 
+#: resolved config keys that count as hyperparameters of an arm (leaves below these roots)
+HYPER_ROOTS = ("lr", "batch_size", "steps", "preconditioner", "regularization", "normalization", "schedule")
+#: leaves that are names or duplicates, never shown as hyperparameter columns
+NOT_HYPER = ("preconditioner.lr", "preconditioner.name", "regularization.name", "normalization.name",
+             "schedule.name")
+
+
+def _leaves(node, prefix: str = "") -> dict:
+    if isinstance(node, dict):
+        out = {}
+        for key, value in node.items():
+            if key != "_target_":
+                out.update(_leaves(value, f"{prefix}{key}."))
+        return out
+    return {prefix[:-1]: node}
+
+
+def hyperparameters(run: RunRecord) -> dict:
+    """The run's resolved hyperparameters (flattened: ``preconditioner.momentum``), from config.yaml."""
+    config = run.config
+    leaves = _leaves({k: config[k] for k in HYPER_ROOTS if k in config})
+    return {k: v for k, v in leaves.items() if k not in NOT_HYPER}
+
+
+def varying_hyperparameters(runs: list[RunRecord]) -> list[str]:
+    """``lr`` and every hyperparameter whose value differs between the sweep's runs (seeds aside)."""
+    values: dict[str, set] = {}
+    for run in runs:
+        for key, value in hyperparameters(run).items():
+            values.setdefault(key, set()).add(repr(value))
+    return ["lr"] + [k for k, v in values.items() if len(v) > 1 and k != "lr"]
+
+
 @dataclass
 class Row:
     label: str
@@ -38,6 +74,8 @@ class Row:
     seconds_to_target: Optional[float]
     extras: dict = field(default_factory=dict)
     statuses: dict = field(default_factory=dict)
+    hyper: dict = field(default_factory=dict)
+    target: str = ""
 
 
 def _mean_std(values: list[float]) -> tuple[Optional[float], Optional[float]]:
@@ -47,8 +85,16 @@ def _mean_std(values: list[float]) -> tuple[Optional[float], Optional[float]]:
     return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
 
 
-def summarize(runs: list[RunRecord], metric: str, extra_columns: tuple[str, ...] = ()) -> list[Row]:
-    """One row per group: final ``metric`` mean ± std over completed runs, steps/seconds-to-target."""
+def _one_value(values: list) -> str:
+    shown = list(dict.fromkeys("—" if v is None else format(v, ".4g") if isinstance(v, float) else str(v)
+                               for v in values))
+    return shown[0] if len(shown) == 1 else " / ".join(shown)
+
+
+def summarize(runs: list[RunRecord], metric: str, extra_columns: tuple[str, ...] = (),
+              hyper_columns: tuple[str, ...] = ()) -> list[Row]:
+    """One row per group: final ``metric`` mean ± std over completed runs, steps/seconds-to-target,
+    the group's ``hyper_columns`` values and its target."""
     groups: dict[str, list[RunRecord]] = {}
     for run in runs:
         groups.setdefault(run.label, []).append(run)
@@ -64,8 +110,15 @@ def summarize(runs: list[RunRecord], metric: str, extra_columns: tuple[str, ...]
             seconds_to_target=statistics.fmean(r.summary["seconds_to_target"] for r in hit) if hit else None,
             extras={key: _mean_std([r.summary.get(key) for r in done]) for key in extra_columns},
             statuses=dict(Counter(r.summary.get("status", "?") for r in members if r not in done)),
+            hyper={key: _one_value([hyperparameters(r).get(key) for r in members]) for key in hyper_columns},
+            target=_one_value([_target_of(r) for r in members]),
         ))
     return rows
+
+
+def _target_of(run: RunRecord) -> Optional[str]:
+    metric = run.summary.get("target_metric")
+    return None if metric is None else target_text(metric, run.summary.get("target_value"))
 
 
 def _fmt(value: Optional[float], spec: str = ".4g") -> str:
@@ -77,17 +130,25 @@ def _pm(mean_std: tuple[Optional[float], Optional[float]]) -> str:
     return "—" if mean is None else f"{mean:.4g} ± {std:.2g}"
 
 
-def format_table(rows: list[Row], metric: str, target: str) -> str:
-    """A Markdown table; steps/seconds-to-target average the runs that reached the target."""
+def format_table(rows: list[Row], metric: str) -> str:
+    """A Markdown table; steps/seconds-to-target average the runs that reached the target. The
+    target is in the header when every group shares it, else a column of its own."""
     extras = list(rows[0].extras) if rows else []
+    hyper = list(rows[0].hyper) if rows else []
+    targets = {r.target for r in rows}
+    shared = len(targets) == 1
+    reached = f"reached {next(iter(targets))}" if shared else "reached target"
     lines = [
-        f"| run | completed | final {metric} (mean ± std) | reached {target} | steps to target | "
-        f"seconds to target |" + "".join(f" {k} |" for k in extras),
-        "|---|---|---|---|---|---|" + "---|" * len(extras),
+        "| run |" + "".join(f" {k} |" for k in hyper) + ("" if shared else " target |")
+        + f" completed | final {metric} (mean ± std) | {reached} | steps to target | seconds to target |"
+        + "".join(f" {k} |" for k in extras),
+        "|---|" + "---|" * (len(hyper) + (0 if shared else 1)) + "---|---|---|---|---|" + "---|" * len(extras),
     ]
     for r in rows:
         others = "".join(f" ({n} {status})" for status, n in r.statuses.items())
-        lines.append(f"| {r.label} | {r.completed}/{r.runs}{others} | {_pm((r.final_mean, r.final_std))} | "
+        lines.append(f"| {r.label} |" + "".join(f" {r.hyper[k]} |" for k in hyper)
+                     + ("" if shared else f" {r.target} |")
+                     + f" {r.completed}/{r.runs}{others} | {_pm((r.final_mean, r.final_std))} | "
                      f"{r.reached}/{r.completed} | {_fmt(r.steps_to_target, '.0f')} | "
                      f"{_fmt(r.seconds_to_target, '.3f')} |" + "".join(f" {_pm(r.extras[k])} |" for k in extras))
     return "\n".join(lines)
@@ -112,11 +173,38 @@ def _mean_curve(members: list[RunRecord], metric: str):
     return steps, [statistics.fmean(c) for c in cols], [min(c) for c in cols], [max(c) for c in cols], len(curves)
 
 
-def plot(runs: list[RunRecord], metric: str, path: str | Path, title: str = "") -> Path:
-    """``metric`` vs step per group: mean line and min–max band over seeds, log y for losses.
+#: panels per row of the comparison plot (a grid that fits a page)
+PANEL_COLUMNS = 3
 
-    With two or more varying overrides and at most 6 values of the first one, one panel per
-    value of the first override (shared axes), one line per value of the others.
+
+def log_scale(metric: str) -> bool:
+    """Losses and condition numbers span decades: plotted on a log axis."""
+    return "loss" in metric or "kappa" in metric or "lam_max" in metric
+
+
+def not_plotted(runs: list[RunRecord], metric: str) -> list[str]:
+    """One line per run the plot cannot show as a finished curve: failed, diverged, interrupted
+    (with the reason when its summary gives one), or with no ``metric`` records."""
+    lines = []
+    for run in runs:
+        status = run.summary.get("status", "?")
+        seed = run.summary.get("seed")
+        who = f"{run.label} (seed {seed})" if seed is not None else run.label
+        if status != "completed":
+            why = run.summary.get("error") or (f"at step {run.summary['steps']}" if run.summary.get("steps") else "")
+            lines.append(f"{who}: {status}" + (f" — {str(why)[:90]}" if why else ""))
+        elif not run.series(metric)[0]:
+            lines.append(f"{who}: no {metric} records")
+    return lines
+
+
+def plot(runs: list[RunRecord], metric: str, path: str | Path, title: str = "",
+         target: Optional[float] = None) -> Path:
+    """``metric`` vs step per group: mean line and min–max band over seeds, log y for losses and κ,
+    the target as a dashed line, and the runs that are not (or not fully) shown listed below.
+
+    With two or more varying overrides and at most 9 values of the first one, one panel per
+    value of the first override (shared axes, up to 3 per row), one line per value of the others.
     """
     import matplotlib
 
@@ -129,15 +217,23 @@ def plot(runs: list[RunRecord], metric: str, path: str | Path, title: str = "") 
     panels: dict[str, list[str]] = {}
     for label in groups:
         panels.setdefault(_facet(label)[0], []).append(label)
-    if len(panels) > 6:
+    if len(panels) > 3 * PANEL_COLUMNS:
         panels = {"": list(groups)}
     n = len(panels)
-    fig, axes = plt.subplots(1, n, figsize=(4.2 * n + 1.5 if n > 1 else 7, 4.5), sharey=True, squeeze=False)
+    cols = min(n, PANEL_COLUMNS)
+    rows = math.ceil(n / cols)
+    missing = not_plotted(runs, metric)
+    note_height = 0.16 * min(len(missing), 12) + (0.3 if missing else 0)
+    size = (4.6 * cols + (2.4 if cols == 1 else 0.8), 3.9 * rows + note_height)
+    fig, axes = plt.subplots(rows, cols, figsize=size, sharey=True, sharex=True, squeeze=False)
     line_names = list(dict.fromkeys(_facet(label)[1] if panel else label
                                     for panel, labels in panels.items() for label in labels))
     palette = plt.get_cmap("tab10" if len(line_names) <= 10 else "tab20").colors
     color = {name: palette[k % len(palette)] for k, name in enumerate(line_names)}  # same line, same color
-    for ax, (panel, labels) in zip(axes[0], panels.items()):
+    flat = [ax for row in axes for ax in row]
+    for ax in flat[n:]:
+        ax.set_visible(False)
+    for ax, (panel, labels) in zip(flat, panels.items()):
         for label in labels:
             curve = _mean_curve(groups[label], metric)
             if curve is None:
@@ -147,16 +243,42 @@ def plot(runs: list[RunRecord], metric: str, path: str | Path, title: str = "") 
             ax.plot(steps, mean, color=color[name], label=f"{name} (n={count})")
             if count > 1:
                 ax.fill_between(steps, low, high, color=color[name], alpha=0.2)
-        if "loss" in metric:
+        if target is not None:
+            ax.axhline(target, color="black", linestyle="--", linewidth=1, label=f"target {target:g}")
+        if log_scale(metric):
             ax.set_yscale("log")
-        ax.set_xlabel("step")
         ax.set_title(panel, fontsize=10)
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize=7)
-    axes[0][0].set_ylabel(metric)
+    for ax in axes[-1]:
+        ax.set_xlabel("step")
+    for row in axes:
+        row[0].set_ylabel(metric)
     fig.suptitle(title or f"{metric} vs step (mean, band = min–max over seeds)", fontsize=11)
-    fig.tight_layout()
+    if missing:
+        more = [f"... and {len(missing) - 12} more (see the comparison table)"] if len(missing) > 12 else []
+        fig.text(0.01, 0.01, "not shown or cut short:\n" + "\n".join(missing[:12] + more), fontsize=7,
+                 va="bottom", family="monospace")
+        fig.tight_layout(rect=(0, note_height / fig.get_figheight(), 1, 1))
+    else:
+        fig.tight_layout()
     return save_figure(fig, path)
+
+
+def report_paths(sweep_dir: Path, metric: str, default: bool) -> tuple[Path, Path]:
+    """``comparison.md``/``.png`` for the default metric, ``comparison_<metric>.md``/``.png`` for another."""
+    stem = "comparison" if default else "comparison_" + "".join(c if c.isalnum() else "-" for c in metric)
+    return sweep_dir / f"{stem}.md", sweep_dir / f"{stem}.png"
+
+
+def default_metric(runs: list[RunRecord]) -> str:
+    """The runs' target metric (val/acc on classification data), else val/loss, else train/loss."""
+    targets = [r.summary.get("target_metric") for r in runs if r.summary.get("target_metric")]
+    common = max(set(targets), key=targets.count) if targets else None
+    for metric in (common, "val/loss", "train/loss"):
+        if metric and any(metric in r.summary for r in runs):
+            return metric
+    return "train/loss"
 
 
 def compare(sweep_dir: str | Path, metric: Optional[str] = None, quiet: bool = False) -> str:
@@ -166,24 +288,28 @@ def compare(sweep_dir: str | Path, metric: Optional[str] = None, quiet: bool = F
     runs = load_runs(sweep_dir, problems)
     if not runs:
         raise ReportError(f"no readable run directories (with summary.json) under {sweep_dir}")
-    first = runs[0].summary
-    metric = metric or ("val/loss" if any("val/loss" in r.summary for r in runs) else "train/loss")
+    default = default_metric(runs)
+    metric = metric or default
     known = sorted({k for r in runs for k, v in r.summary.items() if "/" in k and isinstance(v, (int, float))})
     if metric not in known:
         raise ReportError(f"--metric {metric!r} is not in these runs' summaries; expected one of {known}")
-    target_metric = first.get("target_metric", "?")
-    target = target_text(target_metric, first.get('target_value'))
     extra = tuple(k for k in EXTRA_COLUMNS if k != metric and any(r.summary.get(k) is not None for r in runs))
-    table = format_table(summarize(runs, metric, extra), metric, target)
+    table = format_table(summarize(runs, metric, extra, tuple(varying_hyperparameters(runs))), metric)
+    missing = not_plotted(runs, metric)
     notes = "".join(f"\n- {p}" for p in problems)
-    text = f"# {sweep_dir.name}\n\n{table}\n" + (f"\nNot in the table:{notes}\n" if problems else "")
-    write_text_atomically(sweep_dir / "comparison.md", text)
-    plot(runs, metric, sweep_dir / "comparison.png", title=f"{sweep_dir.name}: {metric}")
+    text = (f"# {sweep_dir.name}\n\n{table}\n" + (f"\nNot in the table:{notes}\n" if problems else "")
+            + ("\nNot shown (or cut short) in the plot:\n" + "".join(f"\n- {m}" for m in missing) + "\n"
+               if missing else ""))
+    md_path, png_path = report_paths(sweep_dir, metric, default=metric == default)
+    write_text_atomically(md_path, text)
+    targets = {(r.summary.get("target_metric"), r.summary.get("target_value")) for r in runs}
+    line = next(iter(targets))[1] if len(targets) == 1 and next(iter(targets))[0] == metric else None
+    plot(runs, metric, png_path, title=f"{sweep_dir.name}: {metric}", target=line)
     if not quiet:
         print(table)
         for problem in problems:
             print(f"warning: {problem}", file=sys.stderr)
-        print(f"\nwrote {sweep_dir / 'comparison.md'} and {sweep_dir / 'comparison.png'}")
+        print(f"\nwrote {md_path} and {png_path}")
     return table
 
 
@@ -199,7 +325,8 @@ def write_report(sweep_dir: str | Path, quiet: bool = False, metric: Optional[st
 def main(argv: Optional[list[str]] = None) -> None:
     parser = argparse.ArgumentParser(prog="precond-report", description=__doc__.split("\n")[0])
     parser.add_argument("sweep_dir", help="a Hydra sweep directory (outputs/sweeps/...)")
-    parser.add_argument("--metric", default=None, help="metric to compare (default val/loss)")
+    parser.add_argument("--metric", default=None, help="metric to compare (default: the runs' target metric); "
+                        "another metric than the default writes comparison_<metric>.md/.png beside the default report")
     args = parser.parse_args(argv)
     try:
         write_report(args.sweep_dir, metric=args.metric)

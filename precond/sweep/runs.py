@@ -39,11 +39,25 @@ class RunRecord:
     metrics: list[dict] = field(default_factory=list)
 
     label: str = ""
+    _config: Optional[dict] = field(default=None, repr=False, compare=False)
 
     @property
     def overrides(self) -> dict[str, str]:
         pairs = (o.split("=", 1) for o in identifying_overrides(self.summary.get("overrides", [])) if "=" in o)
         return {k.lstrip("+~"): v for k, v in pairs}
+
+    @property
+    def config(self) -> dict:
+        """The run's resolved config.yaml (empty when it is missing or unreadable); read once."""
+        if self._config is None:
+            import yaml
+
+            try:
+                loaded = yaml.safe_load((self.path / "config.yaml").read_text(encoding="utf-8"))
+            except (OSError, UnicodeDecodeError, yaml.YAMLError):
+                loaded = None
+            self._config = loaded if isinstance(loaded, dict) else {}
+        return self._config
 
     def series(self, metric: str) -> tuple[list[int], list[float]]:
         pts = [(r["step"], r[metric]) for r in self.metrics if r.get(metric) is not None]

@@ -1,0 +1,109 @@
+"""The plain sweep report a researcher reads at a glance: hyperparameters in the table, one file per
+metric, a panel grid, log axes, the target as a line, and the runs the plot cannot show listed."""
+import json
+
+import pytest
+import yaml
+
+from precond.run.files import write_summary
+from precond.sweep import report
+from precond.sweep.report import compare, main
+from tests.conftest import run_in_process
+
+
+def _fake_run(path, overrides, status="completed", final=0.1, lr=0.01, metric="val/loss", kappa=None, error=None):
+    path.mkdir(parents=True)
+    summary = {"status": status, metric: final if status == "completed" else None, "overrides": overrides,
+               "steps_to_target": None, "seconds_to_target": None, "target_metric": "val/loss",
+               "target_value": 0.05, "seed": 0, "steps": 30}
+    if kappa is not None:
+        summary["curvature/z/kappa"] = kappa
+    if error:
+        summary["error"] = error
+    write_summary(path, summary)
+    steps = range(0, 31, 10) if status == "completed" else range(0, 11, 10)
+    (path / "metrics.jsonl").write_text("\n".join(json.dumps({"step": s, metric: final * 10 ** (1 - s / 30),
+                                                              "curvature/z/kappa": 1e3 / (s + 1)}) for s in steps))
+    (path / "config.yaml").write_text(yaml.safe_dump({"lr": lr, "preconditioner": {"name": "adam", "eps": 1e-8}}))
+
+
+@pytest.fixture
+def figures(monkeypatch):
+    """Every figure the report saves, kept open for inspection."""
+    kept = []
+
+    def keep(fig, path):
+        kept.append(fig)
+        fig.savefig(path)
+        return path
+
+    monkeypatch.setattr(report, "save_figure", keep)
+    return kept
+
+
+def test_the_table_shows_the_learning_rate_each_arm_used(tmp_path):
+    sweep = tmp_path / "sweep"
+    assert run_in_process(["-m", "preconditioner=sgd,adam,adagrad", "steps=10", "eval_every=5",
+                           f"hydra.sweep.dir={sweep}"]) == 0
+    table = (sweep / "comparison.md").read_text()
+    # no lr on the command line: each arm ran at its preconditioner's default for model=linear
+    defaults = yaml.safe_load((report.Path(__file__).parents[1] / "conf/model/linear.yaml").read_text())["default_lr"]
+    for arm in ("sgd", "adam", "adagrad"):
+        assert f"| preconditioner={arm} | {defaults[arm]:.4g} |" in table
+    assert table.splitlines()[2].startswith("| run | lr |")
+
+
+def test_a_hyperparameter_that_varies_gets_its_own_column(tmp_path):
+    _fake_run(tmp_path / "0", ["preconditioner.eps=1e-8"], lr=0.01)
+    _fake_run(tmp_path / "1", ["preconditioner.eps=1e-3"], lr=0.01)
+    (tmp_path / "1" / "config.yaml").write_text(yaml.safe_dump({"lr": 0.01, "preconditioner": {"eps": 1e-3}}))
+    table = compare(tmp_path, quiet=True)
+    assert "| run | lr | preconditioner.eps |" in table and "| 0.01 | 0.001 |" in table
+
+
+def test_another_metric_goes_to_its_own_files_and_leaves_the_default_report(tmp_path, capsys):
+    for i, lr in enumerate((0.01, 0.1)):
+        _fake_run(tmp_path / str(i), [f"lr={lr}"], lr=lr, kappa=10.0 * (i + 1))
+    main([str(tmp_path)])
+    default = (tmp_path / "comparison.md").read_bytes()
+    main([str(tmp_path), "--metric", "curvature/z/kappa"])
+    assert (tmp_path / "comparison.md").read_bytes() == default
+    assert "final curvature/z/kappa" in (tmp_path / "comparison_curvature-z-kappa.md").read_text()
+    assert (tmp_path / "comparison_curvature-z-kappa.png").stat().st_size > 1000
+
+
+def test_five_panels_make_a_grid_that_fits_a_page(tmp_path, figures):
+    for i, model in enumerate(("a", "b", "c", "d", "e")):
+        for j, lr in enumerate((0.01, 0.1)):
+            _fake_run(tmp_path / f"{i}{j}", [f"model.kind={model}", f"lr={lr}"], lr=lr)
+    compare(tmp_path, quiet=True)
+    (fig,) = figures
+    width_px = fig.get_size_inches()[0] * 120  # save_figure's dpi
+    visible = [ax for ax in fig.axes if ax.get_visible()]
+    assert len(visible) == 5 and width_px <= 1800
+    assert len({round(ax.get_position().y0, 2) for ax in visible}) == 2  # two rows, not one wide row
+
+
+@pytest.mark.parametrize("metric,log", [("val/loss", True), ("curvature/z/kappa", True), ("val/acc", False)])
+def test_losses_and_kappa_are_plotted_on_log_axes(tmp_path, figures, metric, log):
+    _fake_run(tmp_path / "0", ["lr=0.1"], metric=metric, final=0.5)
+    compare(tmp_path, metric=metric, quiet=True)
+    assert (figures[0].axes[0].get_yscale() == "log") is log
+
+
+def test_the_target_is_drawn_as_a_line_on_its_own_metric(tmp_path, figures):
+    _fake_run(tmp_path / "0", ["lr=0.1"])
+    compare(tmp_path, quiet=True)
+    lines = [line for line in figures[0].axes[0].get_lines() if "target" in line.get_label()]
+    assert len(lines) == 1 and set(lines[0].get_ydata()) == {0.05}
+
+
+def test_failed_and_diverged_jobs_are_listed_under_the_plot(tmp_path, figures):
+    _fake_run(tmp_path / "0", ["lr=0.01"])
+    _fake_run(tmp_path / "1", ["lr=10"], status="diverged", lr=10)
+    _fake_run(tmp_path / "2", ["lr=-1"], status="failed", lr=0.02, error="lr: expected a number > 0, got -1")
+    compare(tmp_path, quiet=True)
+    text = "\n".join(t.get_text() for t in figures[0].texts)
+    assert "lr=10 (seed 0): diverged" in text and "lr=-1 (seed 0): failed — lr: expected a number > 0" in text
+    md = (tmp_path / "comparison.md").read_text()
+    assert "Not shown (or cut short) in the plot" in md and "lr=10 (seed 0): diverged" in md
