@@ -26,7 +26,8 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
-def _is_int(value: Any) -> bool:
+def is_int(value: Any) -> bool:
+    """An int that is not a bool (``True`` is an int to Python, never to a config)."""
     return isinstance(value, int) and not isinstance(value, bool)
 
 
@@ -110,7 +111,7 @@ class Int(Rule):
         return "an integer"
 
     def accepts(self, value: Any) -> bool:
-        return _is_int(value) and (self.lo is None or value >= self.lo) and (self.hi is None or value <= self.hi)
+        return is_int(value) and (self.lo is None or value >= self.lo) and (self.hi is None or value <= self.hi)
 
     def refused(self) -> list[Any]:
         return [1.5, self.lo - 1 if self.lo is not None else self.hi + 1]

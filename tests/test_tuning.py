@@ -184,6 +184,13 @@ def test_with_wandb_the_tuned_sweep_logs_a_summary_run_holding_the_tables(tmp_pa
     assert len(list(runs[0].rglob("*.png"))) == 2
     config = (sweep / "tuning" / "a" / "lr=0.1" / "seed0" / "config.yaml").read_text()
     assert "stage: tuning" in config and "arm: a" in config  # every run's W&B config carries its stage and arm
+    from tests.wandb_records import offline_run
+
+    assert offline_run(sweep / "tuning" / "a" / "lr=0.1" / "seed0")["run"].job_type == "tuning"
+    (confirmed,) = (sweep / "confirmation" / "a").glob("*/seed5")  # whichever lr the selection chose
+    assert offline_run(confirmed)["run"].job_type == "confirmation"
+    report = [a for a in offline_run(sweep)["artifacts"] if a.type == "report"]
+    assert {e.path for e in report[0].manifest.contents} >= {"comparison.md", "selection.json", "verdicts.json"}
 
 
 def test_the_optuna_example_tunes_on_the_value_the_entry_point_returns(tmp_path):
@@ -254,6 +261,17 @@ def test_a_relative_target_is_set_from_the_tuned_baseline_and_used_for_selection
     # 0.9 × the slow baseline's best is well within reach of the fast arm: it is selected on reach and hold
     assert selection["arms"]["fast"]["basis"].startswith("median steps")
     assert selection["arms"]["base"]["basis"].startswith("median final")  # the baseline never beats 0.9 × itself
+
+
+def test_a_relative_target_whose_baseline_never_completes_ends_with_one_line_and_the_tuning_table(tmp_path, capsys):
+    sweep = tmp_path / "sweep"
+    arms = "hydra.sweeper.arms={base:{grid:{lr:[1e4,1e5]}},fast:{grid:{lr:[0.1,0.3]}}}"  # base diverges
+    argv = [*TINY, arms, "hydra.sweeper.target={relative_to:base,factor:0.9}", f"hydra.sweep.dir={sweep}"]
+    assert run_in_process(argv) == 1
+    err = capsys.readouterr().err
+    assert "error: hydra.sweeper.target.relative_to: the baseline arm of the relative target has no completed" in err
+    assert "Traceback" not in err and not (sweep / "confirmation").exists()
+    assert "(2 diverged)" in (sweep / "comparison.md").read_text()  # the tuning runs are reported
 
 
 def test_tuning_only_overrides_are_limited_to_what_the_selection_never_reads():

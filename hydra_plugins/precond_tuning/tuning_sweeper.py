@@ -188,12 +188,21 @@ class TuningSweeper(Sweeper):
         """With ``target: {relative_to, factor}``: the target from the baseline's tuning runs, and every tuning
         summary's times to target re-read from its metrics with it (in place, for the selection)."""
         from precond.metrics import time_to_target
-        from precond.sweep.tuning import RELATIVE_TARGET_RULE, relative_target
+        from precond.sweep.callbacks import write_sweep_report
+        from precond.sweep.tuning import RELATIVE_TARGET_RULE, NoEligiblePoint, relative_target
 
         if self.spec.target is None:
             return None
         baseline = [s for (arm, _, _), s in zip(tuning, summaries) if arm.name == self.spec.target["relative_to"]]
-        value = relative_target(baseline, self.spec.target["factor"])
+        try:
+            value = relative_target(baseline, self.spec.target["factor"])
+        except NoEligiblePoint as err:  # nothing to set the target from: the tuning runs' table, then stop
+            sweep_dir = Path(self.config.hydra.sweep.dir)
+            write_sweep_report(sweep_dir)
+            print(f"error: hydra.sweeper.target.relative_to: {err}, so no target can be set and nothing is "
+                  f"confirmed; the tuning runs' table is in {sweep_dir} — widen or move that arm's grid",
+                  file=sys.stderr)
+            raise SystemExit(1) from None
         for ret, summary in zip(returns, summaries):
             records = _records_of(ret)
             metric = summary.get("target_metric", "val/loss")

@@ -265,11 +265,6 @@ def build_monitors(settings: RunSettings, model, optimizer, data: Dataset) -> tu
     return tuple(monitors)
 
 
-def to_plain(cfg: DictConfig) -> dict:
-    """The resolved config as plain Python containers (for files and W&B)."""
-    return resolve(cfg)
-
-
 #: summary values every run records
 ALWAYS_RECORDED = ("steps_to_target", "seconds_to_target", "steps_to_first_hit", "seconds_to_first_hit", "steps",
                    "train/loss", "val/loss", "train/batch_loss", "time/train_s")

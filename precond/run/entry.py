@@ -103,7 +103,6 @@ class JobInfo:
     choices: dict
     multirun: bool
     sweep_dir: str
-    cwd: str
 
     @property
     def label(self) -> Optional[str]:
@@ -121,7 +120,7 @@ class JobInfo:
         return cls(run_dir=Path(hc.runtime.output_dir),
                    overrides=_plain_overrides(hc),
                    choices=dict(hc.runtime.choices.items()), multirun=hc.mode == RunMode.MULTIRUN,
-                   sweep_dir=str(hc.sweep.dir), cwd=str(hc.runtime.cwd))
+                   sweep_dir=str(hc.sweep.dir))
 
 
 def _task_overrides() -> list[str]:

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Optional
 
 from precond.run.files import identifying_overrides
+from precond.settings import is_int
 
 
 class ReportError(ValueError):
@@ -74,10 +75,6 @@ def _label(runs: list[RunRecord]) -> None:
         run.label = ",".join(f"{k}={run.overrides.get(k, '-')}" for k in varying) or "all runs"
 
 
-def _is_int(value) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
 def _is_number_or_none(value) -> bool:
     """A metric value as runs record it: a number, a flag (``curvature/p/converged``) or null."""
     return value is None or isinstance(value, (int, float))
@@ -92,7 +89,7 @@ def summary_problem(summary: dict) -> Optional[str]:
     if not isinstance(overrides, list) or not all(isinstance(o, str) for o in overrides):
         return f"overrides is {overrides!r}, not a list of key=value strings"
     for key in ("steps", "seed"):
-        if key in summary and summary[key] is not None and not _is_int(summary[key]):
+        if key in summary and summary[key] is not None and not is_int(summary[key]):
             return f"{key} is {summary[key]!r}, not an integer"
     for key, value in summary.items():
         if ("/" in key or key.startswith(("steps_to_", "seconds_to_")) or key == "target_value") \
@@ -116,7 +113,7 @@ def _read_metrics(path: Path) -> tuple[list[dict], int]:
         except json.JSONDecodeError:
             bad += 1
             continue
-        if isinstance(record, dict) and _is_int(record.get("step")) and all(
+        if isinstance(record, dict) and is_int(record.get("step")) and all(
                 _is_number_or_none(v) for k, v in record.items() if "/" in k):
             records.append(record)
         else:

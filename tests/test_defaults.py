@@ -1,0 +1,55 @@
+"""Defaults that work: each dataset's own target, each model family's learning rates, and training with them."""
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+
+from precond.metrics import target_metrics
+from precond.run.config import settings_from_config
+from precond.run.entry import CONF_DIR
+from tests.conftest import read_summary, run_in_process
+
+
+def _options(group: str) -> list[str]:
+    return sorted(p.stem for p in (Path(CONF_DIR) / group).glob("*.yaml"))
+
+
+def _compose(*overrides: str):
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        return compose(config_name="train", overrides=list(overrides))
+
+
+@pytest.mark.parametrize("dataset", _options("dataset"))
+def test_each_dataset_sets_a_target_for_its_task(dataset):
+    settings = settings_from_config(_compose(f"dataset={dataset}"))
+    target, task = settings.loop.target, settings.dataset.task
+    expected = "val/loss" if task == "regression" else "val/acc"
+    assert (target.metric, target.value) == (expected, settings.dataset.target_value)
+    assert target.metric in target_metrics(task) and target.value is not None
+
+
+@pytest.mark.parametrize("model", _options("model"))
+@pytest.mark.parametrize("preconditioner", _options("preconditioner"))
+def test_each_model_family_sets_each_preconditioners_learning_rate(model, preconditioner):
+    data = "dataset=digits"  # images: every model family accepts them
+    cfg = _compose(f"model={model}", f"preconditioner={preconditioner}", data)
+    settings = settings_from_config(cfg)
+    assert settings.lr == getattr(settings.model.default_lr, preconditioner) == cfg.model.default_lr[preconditioner]
+    overridden = _compose(f"model={model}", f"preconditioner={preconditioner}", data, "lr=0.123")
+    assert settings_from_config(overridden).lr == 0.123
+
+
+def test_an_mlp_reaches_0_9_on_the_mnist_subset_in_a_few_hundred_steps_at_its_defaults(tmp_path):
+    assert run_in_process(["model=mlp", "dataset=mnist5k", "steps=400", "eval_every=20",
+                           f"hydra.run.dir={tmp_path}"]) == 0
+    summary = read_summary(tmp_path)
+    assert summary["target_metric"] == "val/acc" and summary["target_value"] == 0.9
+    assert summary["val/acc"] >= 0.9 and summary["steps_to_target"] is not None
+
+
+@pytest.mark.parametrize("model,steps", [pytest.param("resnet", 100, marks=pytest.mark.slow), ("cnn", 150)])
+def test_conv_nets_train_on_digits_at_their_defaults(tmp_path, model, steps):
+    """ResNet-20 stayed at chance on digits at the old one-size-fits-all lr."""
+    assert run_in_process([f"model={model}", "dataset=digits", f"steps={steps}", f"eval_every={steps}",
+                           f"hydra.run.dir={tmp_path}"]) == 0
+    assert read_summary(tmp_path)["val/acc"] >= 0.7  # chance is 0.1
