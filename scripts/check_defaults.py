@@ -6,7 +6,7 @@ final target metric per cell (``*`` when the run reached and held the target, ``
 diverged) and writes it to ``--out/defaults.md``. Conv nets need image data, so they skip the
 synthetic sets; ResNet-18 (11M parameters) is left to a GPU (``--models resnet18``).
 
-    python scripts/check_defaults.py                              # CPU: about 10 min on 2 cores
+    python scripts/check_defaults.py                              # CPU: 20-30 min on 2 cores (mostly ResNet-20)
     python scripts/check_defaults.py --models mlp --datasets mnist5k --steps 300
 """
 from __future__ import annotations
