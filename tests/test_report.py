@@ -107,3 +107,17 @@ def test_failed_and_diverged_jobs_are_listed_under_the_plot(tmp_path, figures):
     assert "lr=10 (seed 0): diverged" in text and "lr=-1 (seed 0): failed — lr: expected a number > 0" in text
     md = (tmp_path / "comparison.md").read_text()
     assert "Not shown (or cut short) in the plot" in md and "lr=10 (seed 0): diverged" in md
+
+
+def test_another_metric_on_a_tuned_sweep_goes_beside_its_tuned_report(tmp_path):
+    sweep = tmp_path / "sweep"
+    argv = ["hydra/sweeper=tuned", "hydra.mode=MULTIRUN", "steps=20", "eval_every=10", "preconditioner=sgd",
+            "hydra.sweeper.arms={a:{grid:{lr:[0.1,0.3]}},b:{grid:{lr:[0.01,0.03]}}}",
+            "hydra.sweeper.claims=[{claim:a is lower,metric:val/loss,better:a,than:b}]",
+            "hydra.sweeper.tuning_seeds=[0,1]", "hydra.sweeper.confirmation_seeds=[5,6,7]", f"hydra.sweep.dir={sweep}"]
+    assert run_in_process(argv) == 0
+    tuned = (sweep / "comparison.md").read_bytes()
+    main([str(sweep), "--metric", "val/loss"])  # the target metric itself: still its own file on a tuned sweep
+    assert (sweep / "comparison.md").read_bytes() == tuned
+    table = (sweep / "comparison_val-loss.md").read_text()
+    assert "final val/loss" in table and "stage=tuning" in table and "stage=confirmation" in table

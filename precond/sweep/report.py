@@ -281,8 +281,9 @@ def default_metric(runs: list[RunRecord]) -> str:
     return "train/loss"
 
 
-def compare(sweep_dir: str | Path, metric: Optional[str] = None, quiet: bool = False) -> str:
-    """Write ``comparison.md`` and ``comparison.png`` in ``sweep_dir``; print and return the table."""
+def compare(sweep_dir: str | Path, metric: Optional[str] = None, quiet: bool = False, beside: bool = False) -> str:
+    """Write ``comparison.md`` and ``comparison.png`` in ``sweep_dir`` (``comparison_<metric>.*`` for a
+    metric other than the runs' target metric, or always with ``beside``); print and return the table."""
     sweep_dir = Path(sweep_dir)
     problems: list[str] = []
     runs = load_runs(sweep_dir, problems)
@@ -300,7 +301,7 @@ def compare(sweep_dir: str | Path, metric: Optional[str] = None, quiet: bool = F
     text = (f"# {sweep_dir.name}\n\n{table}\n" + (f"\nNot in the table:{notes}\n" if problems else "")
             + ("\nNot shown (or cut short) in the plot:\n" + "".join(f"\n- {m}" for m in missing) + "\n"
                if missing else ""))
-    md_path, png_path = report_paths(sweep_dir, metric, default=metric == default)
+    md_path, png_path = report_paths(sweep_dir, metric, default=metric == default and not beside)
     write_text_atomically(md_path, text)
     targets = {(r.summary.get("target_metric"), r.summary.get("target_value")) for r in runs}
     line = next(iter(targets))[1] if len(targets) == 1 and next(iter(targets))[0] == metric else None
@@ -315,9 +316,12 @@ def compare(sweep_dir: str | Path, metric: Optional[str] = None, quiet: bool = F
 
 def write_report(sweep_dir: str | Path, quiet: bool = False, metric: Optional[str] = None) -> None:
     """The report a sweep dir calls for: the tuned report when the tuning sweeper left a
-    ``selection.json``, else the comparison table and plot."""
+    ``selection.json``, else the comparison table and plot. ``metric`` on a tuned sweep adds the
+    plain table and plot of every run for that metric as ``comparison_<metric>.md/.png``."""
     if (Path(sweep_dir) / "selection.json").exists():
         tuned_report(sweep_dir, quiet=quiet)
+        if metric is not None:
+            compare(sweep_dir, metric, quiet=quiet, beside=True)
     else:
         compare(sweep_dir, metric, quiet=quiet)
 
