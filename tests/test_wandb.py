@@ -76,3 +76,21 @@ def test_a_sweep_logs_its_report_files_as_one_artifact_unless_switched_off(home,
     assert len(reports) == 1
     names = {entry.path for entry in reports[0].manifest.contents}
     assert {"comparison.md", "comparison.png"} <= names
+
+
+def test_the_log_reader_rejoins_a_record_that_spans_several_blocks(home):
+    """A 100 KB note is one record cut by W&B into first/middle/last pieces across 32 KiB blocks: the
+    reader must give it back whole, and refuse a file that is not a W&B log."""
+    from tests.wandb_records import BLOCK, raw_records
+
+    import wandb
+
+    note = "".join(f"{i:07d}," for i in range(12_500))  # 100,000 characters, every position distinct
+    run_dir = home / "run"
+    run = wandb.init(project="p", notes=note, dir=str(run_dir), mode="offline", reinit="create_new")
+    run.finish()
+    assert len(note) > 3 * BLOCK and offline_run(run_dir)["run"].notes == note
+    not_a_log = home / "x.wandb"
+    not_a_log.write_bytes(b"PK\x03\x04 a zip file")
+    with pytest.raises(ValueError, match="not a W&B transaction log"):
+        list(raw_records(not_a_log))
