@@ -81,9 +81,9 @@ def test_a_sweep_logs_its_report_files_as_one_artifact_unless_switched_off(home,
 def test_the_log_reader_rejoins_a_record_that_spans_several_blocks(home):
     """A 100 KB note is one record cut by W&B into first/middle/last pieces across 32 KiB blocks: the
     reader must give it back whole, and refuse a file that is not a W&B log."""
-    from tests.wandb_records import BLOCK, raw_records
-
     import wandb
+
+    from tests.wandb_records import BLOCK, raw_records
 
     note = "".join(f"{i:07d}," for i in range(12_500))  # 100,000 characters, every position distinct
     run_dir = home / "run"
