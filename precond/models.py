@@ -16,7 +16,7 @@ from torch import nn
 
 from precond.errors import ConfigError
 from precond.normalization import NORMALIZATIONS, norm_layer
-from precond.settings import LEARNING_RATE, Choice, Int, Nested, Seq, Settings, setting
+from precond.settings import LEARNING_RATE, Choice, Flag, Int, Nested, Seq, Settings, setting
 
 ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh, "gelu": nn.GELU}
 ACTIVATION = Choice(tuple(sorted(ACTIVATIONS)))
@@ -77,17 +77,21 @@ class LinearModel(ModelSpec):
 
 @dataclass(frozen=True)
 class MLPModel(ModelSpec):
-    """``Linear → Norm → act`` for each width, then a Linear output layer."""
+    """``Linear → Norm → act`` for each width (``norm_after_activation``: ``Linear → act → Norm``), then a
+    Linear output layer. Norm after the activation leaves nothing between the norm and the next Linear, so
+    LayerNorm's centring makes ``[1/γ; −Σβ/γ]`` an exact null vector of that Linear's ``Ĥ = [h 1]``."""
 
     widths: tuple = setting(WIDTHS, (64, 64), fix="e.g. model.widths=[64,64]")
     activation: str = setting(ACTIVATION, "relu")
+    norm_after_activation: bool = setting(Flag(), False, doc="Linear → act → Norm instead of Linear → Norm → act")
+    norm_affine: bool = setting(Flag(), True, doc="false: norm layers without learnable γ, β")
 
     def build(self, in_shape, num_outputs, normalization="none"):
         layers: list[nn.Module] = [nn.Flatten()]
         fan_in = math.prod(in_shape)
         for width in self.widths:
-            layers += [nn.Linear(fan_in, width), norm_layer(normalization, width, conv=False),
-                       ACTIVATIONS[self.activation]()]
+            norm, act = norm_layer(normalization, width, conv=False, affine=self.norm_affine), ACTIVATIONS[self.activation]()
+            layers += [nn.Linear(fan_in, width), *((act, norm) if self.norm_after_activation else (norm, act))]
             fan_in = width
         layers.append(nn.Linear(fan_in, num_outputs))
         return nn.Sequential(*layers)

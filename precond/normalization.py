@@ -59,16 +59,17 @@ def standardize_inputs(data: Dataset, eps: float = 1e-8) -> Dataset:
     return replace(data, x_train=apply(data.x_train), x_val=apply(data.x_val), x_test=apply(data.x_test))
 
 
-def norm_layer(kind: str, channels: int, conv: bool) -> nn.Module:
-    """The layer placed after a hidden Linear (``conv=False``) or Conv2d (``conv=True``)."""
+def norm_layer(kind: str, channels: int, conv: bool, affine: bool = True) -> nn.Module:
+    """The layer placed after a hidden Linear (``conv=False``) or Conv2d (``conv=True``); ``affine=False``: no
+    learnable ``γ, β`` (LayerNorm's output then sums to zero over features, exactly)."""
     kind = Normalization(name=kind).name
     if kind in ("none", "input"):
         return nn.Identity()
     if kind == "batchnorm":
-        return nn.BatchNorm2d(channels) if conv else nn.BatchNorm1d(channels)
+        return nn.BatchNorm2d(channels, affine=affine) if conv else nn.BatchNorm1d(channels, affine=affine)
     if kind == "layernorm":
         # GroupNorm with one group normalizes each sample over C×H×W: LayerNorm for feature maps
-        return nn.GroupNorm(1, channels) if conv else nn.LayerNorm(channels)
+        return nn.GroupNorm(1, channels, affine=affine) if conv else nn.LayerNorm(channels, elementwise_affine=affine)
 
 
 def hidden_matrix_kappas(model: nn.Module, inputs: Tensor, rel_tol: float = 1e-10,

@@ -1,0 +1,59 @@
+"""The frozen-statistics BatchNorm reparametrization as a block preconditioner ``P`` (docs/theory.md §4).
+
+For a Linear layer ``u = W h + b`` with input mean ``μ`` and variance ``σ²`` per feature, frozen,
+BatchNorm's variables ``(W̃, b̃)`` with ``u = W̃ (h − μ)/σ + b̃`` (``σ = √(σ² + ε)``) are
+
+    W = W̃ diag(1/σ),     b = b̃ − W̃ (μ/σ).
+
+So ``p = P z`` with ``P`` block-diagonal over neurons: neuron ``i``'s ``[wᵢ; bᵢ] = Jₗ [w̃ᵢ; b̃ᵢ]``,
+``Jₗ = [[diag(1/σ), 0], [−(μ/σ)ᵀ, 1]]``, the same ``(d+1) × (d+1)`` block for every neuron of
+layer ``l``. It is not diagonal, so ``κ(PᵀHP)`` needs this dense form. Gradient descent on ``z``
+is preconditioned descent on ``p`` with ``M = P Pᵀ``, which is BNP's gradient transform
+(:func:`precond.bnp.transform_layer_grads`) when ``μ, σ²`` are the same statistics. The
+first layer's block is input standardization.
+"""
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from precond.hessian import measurement_mode
+from precond.invariance import n_params, param_offsets
+
+#: BatchNorm's default ε
+BN_EPS = 1e-5
+
+
+def layer_input_moments(model: nn.Module, x: Tensor) -> dict[nn.Linear, tuple[Tensor, Tensor]]:
+    """``(μ, σ²)`` (population variance, float64) of the input of every Linear layer over the batch ``x``."""
+    captured: dict[nn.Linear, tuple[Tensor, Tensor]] = {}
+
+    def record(module, args):
+        h = args[0].detach().reshape(-1, module.in_features).double()
+        captured[module] = (h.mean(dim=0), h.var(dim=0, unbiased=False))
+
+    hooks = [m.register_forward_pre_hook(record) for m in model.modules() if isinstance(m, nn.Linear)]
+    try:
+        with torch.no_grad(), measurement_mode(model, "train"):
+            model(x)
+    finally:
+        for h in hooks:
+            h.remove()
+    return captured
+
+
+def bn_reparametrization_matrix(model: nn.Module, x: Tensor, eps: float = BN_EPS) -> Tensor:
+    """Dense ``P`` (n × n, float64) of the reparametrization above for every Linear layer with a bias
+    (other parameters: identity), statistics from the batch ``x`` at the model's current weights."""
+    n, offsets = n_params(model), param_offsets(model)
+    p = torch.eye(n, dtype=torch.float64)
+    for layer, (mean, var) in layer_input_moments(model, x).items():
+        if layer.bias is None or not layer.weight.requires_grad:
+            continue
+        inv_sigma = (var + eps).rsqrt()
+        d_in, w0, b0 = layer.in_features, offsets[id(layer.weight)], offsets[id(layer.bias)]
+        for i in range(layer.out_features):
+            rows = slice(w0 + i * d_in, w0 + (i + 1) * d_in)
+            p[rows, rows] = torch.diag(inv_sigma)
+            p[b0 + i, rows] = -mean * inv_sigma  # b = b̃ − Σⱼ w̃ⱼ μⱼ/σⱼ
+    return p
