@@ -69,7 +69,7 @@ class CurvatureResult:
         return metrics
 
 
-def _flat_P(optimizer, params: Sequence[Tensor]) -> Optional[Tensor]:
+def flat_P(optimizer, params: Sequence[Tensor]) -> Optional[Tensor]:
     """``P = D^{-1/2}`` as a flat vector over ``params`` from the optimizer's current state."""
     denominators = dict((id(p), d) for p, d in optimizer.preconditioner_denominators())
     if all(denominators.get(id(p)) is None for p in params):
@@ -128,7 +128,7 @@ def measure_curvature(
     t0 = time.perf_counter()
     params = [p for p in model.parameters() if p.requires_grad]
     n = sum(p.numel() for p in params)
-    scale = _flat_P(optimizer, params) if space == "z" else None
+    scale = flat_P(optimizer, params) if space == "z" else None
     use_dense = method == "dense" or (method == "auto" and n <= dense_threshold)
     if use_dense:
         require_dense_fits(n)

@@ -41,7 +41,7 @@ EXPERIMENTS = [
       for name in ("compare_preconditioners", "standardization_vs_preconditioning", "normalization_conditioning",
                    "scale_invariance", "adam_l2_vs_adamw", "l1_sparsity", "gradnorm_p_vs_z", "bn_vs_bnp_mlp")),
 ]
-COPIED = ("comparison.md", "verdicts.json", "selection.json", "lr_sensitivity.png", "confirmation.png")
+COPIED = ("comparison.md", "verdicts.json", "selection.json")  # and every plot (*.png) at the top of the output
 #: what a result depends on: the package, the Hydra plugins, the configs and the check scripts. A change to
 #: any of these makes tests/test_results_current.py fail until `make results` regenerates the results
 DEPENDS_ON = ("precond/**/*.py", "hydra_plugins/**/*.py", "conf/**/*.yaml", "scripts/check_local_rate.py",
@@ -85,7 +85,7 @@ def run(name: str, command: list[str], keep: bool) -> dict:
     if docs.exists():
         shutil.rmtree(docs)
     docs.mkdir(parents=True)
-    for file in COPIED:
+    for file in [*COPIED, *sorted(p.name for p in out.glob("*.png"))]:
         if (out / file).exists():
             shutil.copy(out / file, docs / file)
     (docs / "provenance.json").write_text(json.dumps(provenance(out, name), indent=2) + "\n", encoding="utf-8")
@@ -116,7 +116,7 @@ def section(results: list[dict], total: float) -> str:
         text = body.read_text(encoding="utf-8") if body.exists() else "(no report: see the log)\n"
         text = "\n".join(line for line in text.splitlines() if not line.startswith("# "))
         text = text.replace("## ", "#### ")
-        for image in ("lr_sensitivity.png", "confirmation.png"):
+        for image in sorted(p.name for p in (DOCS / r["name"]).glob("*.png")):
             text = text.replace(f"]({image})", f"](docs/results/{r['name']}/{image})")
         status = "" if r["exit"] == 0 else f" — **exit {r['exit']}** (see outputs/results/{r['name']}.log)"
         lines += ["", f"### {r['name']}", "", f"`{r['command']}` — {r['seconds']:.0f} s{status}", "", text.strip()]

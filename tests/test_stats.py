@@ -77,3 +77,30 @@ def test_holm_against_the_textbook_example():
     # sorted 0.005, 0.01, 0.03, 0.04 → ×4, ×3, ×2, ×1 = 0.02, 0.03, 0.06, 0.04 → running max 0.02, 0.03, 0.06, 0.06
     assert holm(p) == pytest.approx([0.03, 0.06, 0.06, 0.02])
     assert holm([]) == [] and holm([0.7]) == [0.7] and holm([0.6, 0.6]) == [1.0, 1.0]
+
+
+def test_loglog_slope_matches_scipy_linregress_and_its_interval_covers_the_true_slope():
+    import random as _random
+
+    import scipy.stats
+
+    from precond.sweep.stats import loglog_slope
+    rng = _random.Random(5)
+    x = [10 ** (i / 4) for i in range(24)]
+    y = [3.0 * v**0.5 * math.exp(rng.gauss(0, 0.2)) for v in x]
+    fit = loglog_slope(x, y, reps=1000)
+    ref = scipy.stats.linregress([math.log(v) for v in x], [math.log(v) for v in y])
+    assert fit.slope == pytest.approx(ref.slope, rel=1e-12) and fit.intercept == pytest.approx(ref.intercept, rel=1e-9)
+    # the bootstrap interval is close to the t interval of ordinary least squares
+    t = scipy.stats.t.ppf(0.975, len(x) - 2)
+    assert fit.ci[0] == pytest.approx(ref.slope - t * ref.stderr, abs=0.03)
+    assert fit.ci[1] == pytest.approx(ref.slope + t * ref.stderr, abs=0.03)
+    assert fit.judge(0.5, 0.1) == "holds" and fit.judge(1.0, 0.1) == "fails" and fit.judge(0.4, 0.05) != "holds"
+
+
+def test_loglog_slope_refuses_too_few_or_nonpositive_points():
+    from precond.sweep.stats import loglog_slope
+    with pytest.raises(ValueError, match="at least 3"):
+        loglog_slope([1, 2], [1, 2])
+    with pytest.raises(ValueError, match="positive"):
+        loglog_slope([1, 2, 0], [1, 2, 3])

@@ -11,11 +11,15 @@
   at least ``1 − α`` for any continuous distribution (the interval the sign test inverts to). It
   works with ±∞ values, which stand for censored pairs (one side never reached the target).
 * :func:`holm` — Holm's step-down adjustment of a family of p-values (controls the family-wise error).
+* :func:`loglog_slope` — a power law ``y ∝ xᵇ`` fitted by least squares on logs, with a percentile
+  bootstrap interval for ``b`` over independent points; :meth:`SlopeFit.judge` turns it into a verdict.
 """
 from __future__ import annotations
 
 import math
+import random
 from collections.abc import Sequence
+from dataclasses import dataclass
 from itertools import product
 
 
@@ -101,3 +105,55 @@ def holm(pvalues: Sequence[float]) -> list[float]:
         running = max(running, min(1.0, (m - rank) * pvalues[i]))
         adjusted[i] = running
     return adjusted
+
+
+@dataclass
+class SlopeFit:
+    """Least-squares fit ``log y = a + b log x`` with a percentile bootstrap interval for the slope ``b``."""
+
+    slope: float
+    intercept: float
+    ci: tuple[float, float]
+    n: int
+    reps: int
+
+    def judge(self, expected: float, tolerance: float) -> str:
+        """``holds`` when the interval lies inside ``expected ± tolerance``, ``fails`` when it lies wholly
+        outside it, else ``inconclusive``."""
+        low, high = expected - tolerance, expected + tolerance
+        if low <= self.ci[0] and self.ci[1] <= high:
+            return "holds"
+        if self.ci[1] < low or self.ci[0] > high:
+            return "fails"
+        return "inconclusive"
+
+
+def _ols(x: Sequence[float], y: Sequence[float]) -> tuple[float, float]:
+    n = len(x)
+    mx, my = sum(x) / n, sum(y) / n
+    sxx = sum((a - mx) ** 2 for a in x)
+    slope = sum((a - mx) * (b - my) for a, b in zip(x, y)) / sxx if sxx > 0 else math.nan
+    return slope, my - slope * mx
+
+
+def loglog_slope(x: Sequence[float], y: Sequence[float], reps: int = 2000, alpha: float = 0.05,
+                 seed: int = 0) -> SlopeFit:
+    """Slope of ``log y`` on ``log x`` (natural logs; the slope does not depend on the base) over independent
+    points, with the ``1 − alpha`` percentile interval of ``reps`` bootstrap resamples of the points
+    (resamples whose ``x`` are all equal are drawn again)."""
+    if len(x) != len(y) or len(x) < 3:
+        raise ValueError("loglog_slope needs at least 3 (x, y) pairs of equal length")
+    if min(x) <= 0 or min(y) <= 0:
+        raise ValueError("loglog_slope needs positive x and y")
+    lx, ly = [math.log(v) for v in x], [math.log(v) for v in y]
+    slope, intercept = _ols(lx, ly)
+    rng = random.Random(seed)
+    slopes = []
+    while len(slopes) < reps:
+        idx = [rng.randrange(len(lx)) for _ in lx]
+        if len({lx[i] for i in idx}) > 1:
+            slopes.append(_ols([lx[i] for i in idx], [ly[i] for i in idx])[0])
+    slopes.sort()
+    low = slopes[int(math.floor(alpha / 2 * reps))]
+    high = slopes[min(reps - 1, int(math.ceil((1 - alpha / 2) * reps)) - 1)]
+    return SlopeFit(slope, intercept, (low, high), len(lx), reps)
