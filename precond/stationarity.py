@@ -55,7 +55,7 @@ def loss_and_grad(model: nn.Module, loss_fn: Callable, x: Tensor, y: Tensor) -> 
     with torch.enable_grad():
         loss = loss_fn(model(x), y)
         grads = torch.autograd.grad(loss, params)
-    return float(loss), torch.cat([g.reshape(-1) for g in grads])
+    return float(loss.detach()), torch.cat([g.reshape(-1) for g in grads])
 
 
 def newton_minimize(model: nn.Module, loss_fn: Callable, x: Tensor, y: Tensor, nulls: Tensor, tol: float = 1e-10,
@@ -110,6 +110,44 @@ def lbfgs_minimize(model: nn.Module, loss_fn: Callable, x: Tensor, y: Tensor, to
             break  # no progress in a whole chunk: stuck (round-off)
         loss = new_loss
     return StationaryPoint(float(g.norm()) / g0_norm, float(g.norm()), loss, done, tol)
+
+
+def saddle_free_newton(model: nn.Module, loss_fn: Callable, x: Tensor, y: Tensor, g0_norm: float, tol: float,
+                       max_iter: int = 40, floor: float = 1e-10) -> StationaryPoint:
+    """Newton steps with ``|H|`` (eigenvalues by absolute value, floored at ``floor·max|λ|``) and a line search
+    that never raises the loss: quadratic convergence near a minimizer, and an escape from the saddles
+    where L-BFGS stalls (negative curvature becomes a descent direction). Dense ``H``: small models only."""
+    loss, g = loss_and_grad(model, loss_fn, x, y)
+    it = 0
+    for it in range(1, max_iter + 1):
+        if float(g.norm()) <= tol * g0_norm:
+            break
+        lam, vectors = torch.linalg.eigh(dense_hessian(model, loss_fn, [(x, y)]))
+        step = vectors @ ((vectors.T @ g) / lam.abs().clamp_min(floor * float(lam.abs().max())))
+        p0, t = flat_params(model), 1.0
+        while True:
+            set_flat_params(model, p0 - t * step)
+            new_loss, new_g = loss_and_grad(model, loss_fn, x, y)
+            if new_loss <= loss or t < 1e-8:
+                break
+            t /= 2
+        if new_loss > loss:
+            set_flat_params(model, p0)
+            break
+        loss, g = new_loss, new_g
+    return StationaryPoint(float(g.norm()) / g0_norm, float(g.norm()), loss, it, tol)
+
+
+def minimize_network(model: nn.Module, loss_fn: Callable, x: Tensor, y: Tensor, tol: float = 1e-8,
+                     lbfgs_iter: int = 3000, newton_iter: int = 40) -> StationaryPoint:
+    """L-BFGS, then saddle-free Newton, until ``‖∇L‖ ≤ tol·‖∇L(p₀)‖`` (p₀: the model's point on entry)."""
+    _, g0 = loss_and_grad(model, loss_fn, x, y)
+    first = lbfgs_minimize(model, loss_fn, x, y, tol=tol, max_iter=lbfgs_iter)
+    if first.reached:
+        return first
+    second = saddle_free_newton(model, loss_fn, x, y, float(g0.norm()), tol, max_iter=newton_iter)
+    second.iterations += first.iterations
+    return second
 
 
 def stationary_preconditioner(model: nn.Module, loss_fn: Callable, x: Tensor, y: Tensor, name: str, lr: float,
