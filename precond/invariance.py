@@ -37,6 +37,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from precond.spectrum import kappa_plus_of
+
 #: modules that pass a vector through unchanged in shape and carry no parameters of interest here
 _PASS = (nn.Identity, nn.Flatten, nn.Dropout)
 
@@ -107,7 +109,8 @@ def translation_invariances(model: nn.Module, softmax_output: bool) -> list[Dire
         if isinstance(after, nn.LayerNorm):
             out.append(Directions(f"common shift before LayerNorm ({m.in_features + 1})", _common_row_shifts(model, m)))
         if isinstance(before, nn.LayerNorm) and m.bias is not None and not before.elementwise_affine:
-            out.append(Directions(f"null vector of LayerNorm's output ({m.out_features})", _after_layernorm(model, before, m)))
+            out.append(Directions(f"null vector of LayerNorm's output ({m.out_features})",
+                                  _after_layernorm(model, before, m)))
     if softmax_output and linears:
         last = linears[-1]
         out.append(Directions(f"softmax shift ({last.in_features + 1})", _common_row_shifts(model, last)))
@@ -125,11 +128,14 @@ def _after_layernorm(model: nn.Module, norm: nn.LayerNorm, linear: nn.Linear) ->
 
 
 def scale_invariances(model: nn.Module) -> list[Directions]:
-    """Per neuron the weight row ``wᵢ`` of each Linear before BatchNorm; per layer ``(W, b)`` before LayerNorm."""
+    """Per neuron the weight row ``wᵢ`` of each Linear before BatchNorm; per layer ``(W, b)`` before LayerNorm
+    (directly, or through a ReLU, which is positively homogeneous)."""
     layers, out = _layers(model), []
     for i, m in enumerate(layers[:-1]):
         if not isinstance(m, nn.Linear):
             continue
+        relu_then_ln = isinstance(layers[i + 1], nn.ReLU) and i + 2 < len(layers) and \
+            isinstance(layers[i + 2], nn.LayerNorm)
         if isinstance(layers[i + 1], nn.BatchNorm1d):
             rows = []
             for r in range(m.out_features):
@@ -137,9 +143,41 @@ def scale_invariances(model: nn.Module) -> list[Directions]:
                 dw[r] = m.weight.detach()[r].double()
                 rows.append(_column(model, [(m.weight, dw)]))
             out.append(Directions(f"weight rows before BatchNorm ({m.out_features})", torch.stack(rows, dim=1)))
-        if isinstance(layers[i + 1], nn.LayerNorm):
+        if isinstance(layers[i + 1], nn.LayerNorm) or relu_then_ln:
             entries = [(m.weight, m.weight.detach())] + ([(m.bias, m.bias.detach())] if m.bias is not None else [])
             out.append(Directions("whole layer before LayerNorm (1)", _column(model, entries)[:, None]))
+    return out
+
+
+def relu_rescalings(model: nn.Module) -> list[Directions]:
+    """ReLU's positive homogeneity: per hidden unit ``i``, scaling what feeds the ReLU (``wᵢ, bᵢ`` of the Linear,
+    or ``γᵢ, βᵢ`` of an affine norm layer just before it) by ``c`` and the next Linear's column ``aᵢ`` by ``1/c``
+    leaves the outputs unchanged: the direction ``(θᵢ, −aᵢ)``. Not when a LayerNorm follows the ReLU (it mixes
+    units); that case is a whole-layer scale invariance."""
+    layers, out = _layers(model), []
+    for i, m in enumerate(layers):
+        if not isinstance(m, nn.ReLU) or i == 0 or i + 1 >= len(layers) or not isinstance(layers[i + 1], nn.Linear):
+            continue
+        feed, nxt = layers[i - 1], layers[i + 1]
+        if isinstance(feed, (nn.BatchNorm1d, nn.LayerNorm)):
+            if getattr(feed, "weight", None) is None:
+                continue  # no per-unit parameter to scale (the Linear before it is a scale invariance already)
+            params = [feed.weight, feed.bias]
+        elif isinstance(feed, nn.Linear):
+            params = [feed.weight] + ([feed.bias] if feed.bias is not None else [])
+        else:
+            continue
+        cols = []
+        for unit in range(nxt.in_features):
+            entries = []
+            for q in params:
+                d = torch.zeros_like(q, dtype=torch.float64)
+                d[unit] = q.detach()[unit].double()
+                entries.append((q, d))
+            a = torch.zeros_like(nxt.weight, dtype=torch.float64)
+            a[:, unit] = -nxt.weight.detach()[:, unit].double()
+            cols.append(_column(model, [*entries, (nxt.weight, a)]))
+        out.append(Directions(f"ReLU rescaling ({nxt.in_features})", torch.stack(cols, dim=1)))
     return out
 
 
@@ -169,3 +207,13 @@ def null_residuals(matrix: Tensor, directions: Tensor) -> Tensor:
     lam_max = float(torch.linalg.eigvalsh(matrix.double())[-1])
     mv = matrix.double() @ directions.double()
     return mv.norm(dim=0) / (directions.double().norm(dim=0).clamp_min(1e-300) * max(lam_max, 1e-300))
+
+
+def projected_kappa_plus(matrix: Tensor, directions: Tensor) -> dict:
+    """κ⁺ of ``matrix`` on the complement of ``directions`` (None when indefinite there), the eigenvalues left
+    at ``|λ| ≤ NULL_RTOL·λmax`` (null directions no analytic invariance explains, e.g. dead units), and
+    ``λmin/λmax`` there."""
+    eig = projected_eigenvalues(matrix, directions)
+    kappa_plus, null_dim = kappa_plus_of(eig)
+    return {"kappa_plus": kappa_plus, "residual_null": null_dim, "lam_min_ratio": float(eig[0] / eig[-1]),
+            "lam_max": float(eig[-1])}

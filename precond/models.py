@@ -90,7 +90,8 @@ class MLPModel(ModelSpec):
         layers: list[nn.Module] = [nn.Flatten()]
         fan_in = math.prod(in_shape)
         for width in self.widths:
-            norm, act = norm_layer(normalization, width, conv=False, affine=self.norm_affine), ACTIVATIONS[self.activation]()
+            norm = norm_layer(normalization, width, conv=False, affine=self.norm_affine)
+            act = ACTIVATIONS[self.activation]()
             layers += [nn.Linear(fan_in, width), *((act, norm) if self.norm_after_activation else (norm, act))]
             fan_in = width
         layers.append(nn.Linear(fan_in, num_outputs))

@@ -132,3 +132,24 @@ def extended_gram_kappas(x: Tensor, rtol: float = 1e-10) -> dict:
     block = torch.block_diag(correlation, torch.ones(1, 1, dtype=x.dtype))
     return {"kappa_raw": kappa_plus(gram(x)), "kappa_standardized": kappa_plus(gram(standardized)),
             "kappa_correlation": kappa_plus(block), "constant_features": int((~varying).sum())}
+
+
+def relu_activity(model: nn.Module, inputs: Tensor, rare: float = 0.01, bn_mode: str = "train") -> dict[str, dict]:
+    """Per ReLU layer: units never active on ``inputs`` (dead: their incoming weights get no gradient and
+    no curvature, so they are exact null directions of H and of the GGN), and units active on fewer than
+    ``rare`` of the samples (near-null columns of the next layer's ``Ĥ``)."""
+    captured: dict[str, Tensor] = {}
+    hooks = [m.register_forward_hook(lambda m, args, out, name=name: captured.__setitem__(name, out.detach()))
+             for name, m in model.named_modules() if isinstance(m, nn.ReLU)]
+    try:
+        with torch.no_grad(), measurement_mode(model, bn_mode):
+            model(inputs)
+    finally:
+        for h in hooks:
+            h.remove()
+    out = {}
+    for name, act in captured.items():
+        active = (act.reshape(act.shape[0], -1) > 0).double().mean(dim=0)
+        out[name] = {"units": int(active.numel()), "dead": int((active == 0).sum()),
+                     "rare": int(((active > 0) & (active < rare)).sum())}
+    return out

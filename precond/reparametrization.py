@@ -14,6 +14,8 @@ first layer's block is input standardization.
 """
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 from torch import Tensor, nn
 
@@ -42,12 +44,16 @@ def layer_input_moments(model: nn.Module, x: Tensor) -> dict[nn.Linear, tuple[Te
     return captured
 
 
-def bn_reparametrization_matrix(model: nn.Module, x: Tensor, eps: float = BN_EPS) -> Tensor:
+def bn_reparametrization_matrix(model: nn.Module, x: Optional[Tensor], eps: float = BN_EPS,
+                                moments: Optional[dict] = None) -> Tensor:
     """Dense ``P`` (n × n, float64) of the reparametrization above for every Linear layer with a bias
-    (other parameters: identity), statistics from the batch ``x`` at the model's current weights."""
+    (other parameters: identity), statistics from the batch ``x`` at the model's current weights, or
+    the given ``moments`` (``{layer: (μ, σ²)}``, e.g. BNP's running ones: :func:`bnp_moments`)."""
     n, offsets = n_params(model), param_offsets(model)
     p = torch.eye(n, dtype=torch.float64)
-    for layer, (mean, var) in layer_input_moments(model, x).items():
+    moments = layer_input_moments(model, x) if moments is None else moments
+    for layer, (mean, var) in moments.items():
+        mean, var = mean.double(), var.double()
         if layer.bias is None or not layer.weight.requires_grad:
             continue
         inv_sigma = (var + eps).rsqrt()
@@ -57,3 +63,19 @@ def bn_reparametrization_matrix(model: nn.Module, x: Tensor, eps: float = BN_EPS
             p[rows, rows] = torch.diag(inv_sigma)
             p[b0 + i, rows] = -mean * inv_sigma  # b = b̃ − Σⱼ w̃ⱼ μⱼ/σⱼ
     return p
+
+
+def bnp_moments(optimizer, model: nn.Module) -> tuple[dict, float]:
+    """BNP's running ``{layer: (μ, σ²)}`` and its ``ε`` from a precond optimizer's state: with them,
+    :func:`bn_reparametrization_matrix` is the block ``P`` whose ``PPᵀ`` BNP applies (base step SGD)."""
+    moments, eps = {}, None
+    for group in optimizer.param_groups:
+        eps = group.get("bnp_eps", eps)
+    for layer in model.modules():
+        if isinstance(layer, nn.Linear):
+            state = optimizer.state.get(layer.weight, {})
+            if "bnp.mean" in state:
+                moments[layer] = (state["bnp.mean"], state["bnp.var"])
+    if eps is None:
+        raise ValueError("bnp_moments needs an optimizer built with preconditioner='bnp'")
+    return moments, float(eps)

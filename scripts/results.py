@@ -37,6 +37,9 @@ PY = sys.executable
 EXPERIMENTS = [
     ("local_rate", [PY, "scripts/check_local_rate.py", "--out", "{out}"]),
     ("standardization", [PY, "scripts/check_standardization.py", "--out", "{out}"]),
+    ("kappa_scaling", [PY, "scripts/check_kappa_scaling.py", "--out", "{out}"]),
+    ("kappa_trajectory", [PY, "scripts/check_kappa_trajectory.py", "--out", "{out}"]),
+    ("kappa_plus", [PY, "scripts/check_kappa_plus.py", "--out", "{out}"]),
     *((name, [PY, "-m", "precond.run.entry", f"experiment={name}", "hydra.sweep.dir={out}", "progress=false"])
       for name in ("compare_preconditioners", "standardization_vs_preconditioning", "normalization_conditioning",
                    "scale_invariance", "adam_l2_vs_adamw", "l1_sparsity", "gradnorm_p_vs_z", "bn_vs_bnp_mlp")),
@@ -45,7 +48,7 @@ COPIED = ("comparison.md", "verdicts.json", "selection.json")  # and every plot 
 #: what a result depends on: the package, the Hydra plugins, the configs and the check scripts. A change to
 #: any of these makes tests/test_results_current.py fail until `make results` regenerates the results
 DEPENDS_ON = ("precond/**/*.py", "hydra_plugins/**/*.py", "conf/**/*.yaml", "scripts/check_local_rate.py",
-              "scripts/check_standardization.py", "scripts/results.py")
+              "scripts/check_standardization.py", "scripts/check_kappa_*.py", "scripts/results.py")
 
 
 def fingerprint(root: Path = ROOT, experiment: str | None = None) -> str:

@@ -114,3 +114,25 @@ def test_invariances_refuse_a_model_that_is_not_sequential():
 
     with pytest.raises(TypeError, match="Sequential"):
         translation_invariances(Net(), softmax_output=True)
+
+
+@pytest.mark.parametrize(("norm", "after", "affine", "count"),
+                         [("none", False, True, 9), ("batchnorm", False, True, 9), ("layernorm", False, True, 9),
+                          ("layernorm", True, False, 0)])
+def test_relu_rescalings_keep_the_outputs_and_are_null_vectors_of_the_ggn(norm, after, affine, count):
+    """(θᵢ, −aᵢ) is tangent to the orbit θᵢ → cθᵢ, aᵢ → aᵢ/c: the loss changes only to second order along the
+    straight line, and J v = 0, so the GGN maps it to zero exactly."""
+    from precond.ggn import dense_ggn
+    from precond.invariance import relu_rescalings
+
+    model, x, y = _setup(norm, after, affine)
+    v = stack(relu_rescalings(model), sum(p.numel() for p in model.parameters()))
+    assert v.shape[1] == count
+    if count == 0:
+        return
+    with measurement_mode(model, "train"):
+        g = dense_ggn(model, F.cross_entropy, [(x, y)])
+    assert float(null_residuals(g, v).max()) < 1e-10
+    base = _loss_after_move(model, x, y, 0 * v[:, 0], 0.0)
+    for col in v.T:  # first-order invariance: O(t²) change along the line, not O(t)
+        assert abs(_loss_after_move(model, x, y, col, 1e-4) - base) < 1e-6

@@ -69,3 +69,27 @@ def test_P_PT_is_bnps_gradient_transform_with_the_same_statistics():
             g_w, g_b = transform_layer_grads(m, m.weight.grad, m.bias.grad, mean, var, BN_EPS)
             expected += [g_w.reshape(-1), g_b.reshape(-1)]
     torch.testing.assert_close(p @ p.T @ grad, torch.cat(expected), rtol=1e-10, atol=1e-12)
+
+
+def test_bnp_block_P_reproduces_bnps_step_with_its_own_running_statistics():
+    """P Pᵀ g with P from BNP's state is the direction BNP's SGD step applies (momentum 0)."""
+    from precond import build_optimizer
+    from precond.reparametrization import bnp_moments
+
+    model, x, y = _setup()
+    opt = build_optimizer(model.parameters(), "bnp", lr=0.1, model=model, momentum=0.0, bnp_warmup=0)
+    for _ in range(3):
+        opt.zero_grad()
+        F.cross_entropy(model(x[:16]), y[:16]).backward()
+        opt.step()
+    moments, eps = bnp_moments(opt, model)
+    p = bn_reparametrization_matrix(model, None, eps=eps, moments=moments)
+    before = torch.cat([q.detach().reshape(-1) for q in model.parameters()])
+    opt.zero_grad()
+    F.cross_entropy(model(x[:16]), y[:16]).backward()
+    grad = torch.cat([q.grad.reshape(-1) for q in model.parameters()])
+    opt.step()
+    moments, eps = bnp_moments(opt, model)  # the step commits this batch's moments first
+    p = bn_reparametrization_matrix(model, None, eps=eps, moments=moments)
+    after = torch.cat([q.detach().reshape(-1) for q in model.parameters()])
+    torch.testing.assert_close(before - after, 0.1 * p @ p.T @ grad, rtol=1e-9, atol=1e-12)
