@@ -11,8 +11,10 @@ Two problems, ``--seeds`` seeds each, minibatch 32, float64, curvature measured 
   statistics), and λmax of H.
 
 Claims are about the last quarter of the run: the spread max/min of κ(PᵀHP) there (settled when below
-1.5) and its level against κ(H), and for the MLP the level of κ⁺ against the plain network's, judged
-with the paired rule over seeds.
+1.5), its level against κ(H) and against its own early value (the theory's story: κ(PᵀHP) falls as
+the second moment settles), and for the MLP the level of κ⁺ against the plain network's, judged with
+the paired rule over seeds. κ⁺ near 1e7 sits at the cut 1e-7·λmax below which eigenvalues count as
+null: the spectrum reaches down to the cut, and such a κ⁺ is a floor, not a measurement.
 
     python scripts/check_kappa_trajectory.py --out outputs/results/kappa_trajectory
 """
@@ -69,7 +71,8 @@ def linear_run(name: str, lr: float, seed: int) -> dict:
             lmin.append(float(eig[0]))
     tail = last_quarter(kz)
     return {"status": "completed", "steps": steps, "kappa_z": kz, "lam_max": lmax, "lam_min": lmin,
-            "kappa_h": float(eig_h[-1] / eig_h[0]), "tail_max": max(tail), "tail_spread": max(tail) / min(tail)}
+            "kappa_h": float(eig_h[-1] / eig_h[0]), "tail_max": max(tail), "tail_spread": max(tail) / min(tail),
+            "tail_median": sorted(tail)[len(tail) // 2], "first_kappa": kz[0]}
 
 
 def mlp_data():
@@ -124,6 +127,9 @@ def claims() -> list[Claim]:
                          {"arm": arm, "metric": "tail_spread"}, SETTLED, scale="ratio", margin=1.0))
         out.append(Claim(f"least squares, {arm}: κ(PᵀHP) over the last quarter stays below κ(H)",
                          {"arm": arm, "metric": "tail_max"}, {"arm": arm, "metric": "kappa_h"}, scale="ratio"))
+        out.append(Claim(f"least squares, {arm}: κ(PᵀHP) falls as P settles (last-quarter median below its value at "
+                         f"step {EVERY})", {"arm": arm, "metric": "tail_median"}, {"arm": arm, "metric": "first_kappa"},
+                         scale="ratio"))
     out.append(Claim("MLP: BatchNorm's κ⁺ of the GGN over the last quarter is below the plain network's", "batchnorm",
                      "plain", metric="tail_kappa", scale="ratio"))
     out.append(Claim("MLP: BNP's κ⁺(PᵀGP) in its own z over the last quarter is below the plain network's κ⁺(G)",
