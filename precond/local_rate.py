@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Optional
 
 import torch
@@ -44,6 +44,8 @@ class RateResult:
     predicted: float
     observed: float
     steps: int
+    #: ‖g_z‖ at every step of the run (for plots)
+    norms: list = field(default_factory=list, repr=False)
 
     @property
     def exponent_error(self) -> float:
@@ -96,7 +98,7 @@ def gd_rate(model: nn.Module, loss_fn: Callable, x: Tensor, y: Tensor, P: Option
                     start += p.numel()
     half = len(norms) // 2
     observed = (norms[-1] / norms[half]) ** (1.0 / (len(norms) - 1 - half))
-    return RateResult(name, kappa_p, kappa_z, eta, predicted, observed, len(norms))
+    return RateResult(name, kappa_p, kappa_z, eta, predicted, observed, len(norms), norms)
 
 
 def jacobi_P(model: nn.Module, loss_fn: Callable, x: Tensor, y: Tensor) -> Tensor:

@@ -64,7 +64,30 @@ def rate_row(r: RateResult, problem: str) -> list:
             f"{r.observed:.6f}", f"{r.exponent_error:.2%}", r.steps]
 
 
-def quadratic(verdicts: list) -> list:
+def plot(path: Path, panels: dict) -> None:
+    """‖g_z‖/‖g_z,0‖ against step per preconditioner, with the predicted ρᵏ from the second half's start."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 4.5))
+    for ax, (title, results) in zip(axes, panels.items()):
+        for i, r in enumerate(results):
+            norms = torch.tensor(r.norms, dtype=torch.float64) / r.norms[0]
+            steps = torch.arange(1, len(norms) + 1)
+            ax.plot(steps, norms, color=f"C{i}", lw=1.2, label=f"{r.name} (κ {r.kappa_z:.3g})")
+            half = len(norms) // 2
+            ax.plot(steps[half:], norms[half] * r.predicted ** (steps[half:] - steps[half]).double(), color="k",
+                    ls="--", lw=0.8)
+        ax.set(xscale="log", yscale="log", xlabel="step", ylabel="‖g_z‖ / ‖g_z at start‖", title=title)
+        ax.legend(fontsize=7)
+    fig.suptitle("GD at η*: observed ‖g_z‖ (solid) and the predicted ((κ−1)/(κ+1))ᵏ over the second half (dashed)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def quadratic(verdicts: list) -> tuple[list, list]:
     """Least squares: the identity rows, Jacobi's lower κ, and the transient-P control."""
     data = synthetic(n_train=1024, n_val=16, n_test=0, features=16, scale_decades=1.5, data_seed=0)
     x, y = data.x_train.double(), data.y_train.double()
@@ -83,10 +106,10 @@ def quadratic(verdicts: list) -> list:
                             _evidence(jacobi), f"κ(PᵀHP) = {jacobi.kappa_z:.4g} vs κ(H) = {jacobi.kappa_p:.4g}"))
     control = gd_rate(copy.deepcopy(model), F.mse_loss, x, y, transient_adam_P(model, F.mse_loss, x, y),
                       "negative control: adam's P after 300 full-batch steps from init")
-    return [rate_row(r, "least squares") for r in [*results, control]]
+    return [rate_row(r, "least squares") for r in [*results, control]], [*results, control]
 
 
-def softmax(verdicts: list) -> tuple[list, str]:
+def softmax(verdicts: list) -> tuple[list, str, list]:
     """Softmax regression at a near-stationary p*: the rate theorem for I, Jacobi and Adam's stationary P."""
     data = synthetic(task="classification", n_train=1024, n_val=16, n_test=0, features=16, classes=4,
                      scale_decades=1.0, noise=1.0, data_seed=0)
@@ -126,7 +149,7 @@ def softmax(verdicts: list) -> tuple[list, str]:
     note = (f"Softmax regression: Newton reached ‖∇L‖/‖∇L(p₀)‖ = {point.grad_ratio:.1e} in {point.iterations} "
             f"iterations; λmin of H on the complement of the {nulls.shape[1]} softmax-shift directions = "
             f"{lam_min:.3g}; κ is κ⁺ on that complement.")
-    return [rate_row(r, "softmax regression") for r in results], note
+    return [rate_row(r, "softmax regression") for r in results], note, results
 
 
 def _evidence(r: RateResult) -> dict:
@@ -139,8 +162,11 @@ def main() -> None:
     parser.add_argument("--out", default="outputs/results/local_rate")
     args = parser.parse_args()
     verdicts: list = []
-    rows = quadratic(verdicts)
-    softmax_rows, note = softmax(verdicts)
+    rows, quadratic_results = quadratic(verdicts)
+    softmax_rows, note, softmax_results = softmax(verdicts)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    plot(out / "local_rate.png", {"least squares": quadratic_results, "softmax regression near p*": softmax_results})
     table = markdown_table(["problem", "preconditioner", "κ(H)", "κ(PᵀHP)", "step η*", "predicted ρ", "observed ρ",
                             "exponent error", "steps"], rows + softmax_rows)
     intro = ("Float64, full batch, GD at η* = 2/(λmax+λmin) of PᵀHP; the rate is measured over the second half of "
@@ -148,7 +174,7 @@ def main() -> None:
              "theorem on a non-quadratic loss from a perturbation of a near-stationary p*. The negative-control "
              "rows use a transient P read after 300 full-batch Adam steps from the initial point: the rate "
              "formula still applies to that fixed P, but the P itself says nothing about curvature.")
-    print(write_check_report(Path(args.out), "local_rate", [intro, table, note], verdicts))
+    print(write_check_report(out, "local_rate", [intro, table, note, "![local rate](local_rate.png)"], verdicts))
 
 
 if __name__ == "__main__":

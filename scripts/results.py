@@ -44,22 +44,34 @@ EXPERIMENTS = [
       for name in ("compare_preconditioners", "standardization_vs_preconditioning", "normalization_conditioning",
                    "scale_invariance", "adam_l2_vs_adamw", "l1_sparsity", "gradnorm_p_vs_z", "bn_vs_bnp_mlp")),
 ]
+#: experiment → the check script that produces it (the tuned experiments run the entry point)
+CHECK_SCRIPTS = {name: Path(command[1]).name for name, command in EXPERIMENTS if command[1].startswith("scripts/")}
 COPIED = ("comparison.md", "verdicts.json", "selection.json")  # and every plot (*.png) at the top of the output
 #: what a result depends on: the package, the Hydra plugins, the configs and the check scripts. A change to
 #: any of these makes tests/test_results_current.py fail until `make results` regenerates the results
 DEPENDS_ON = ("precond/**/*.py", "hydra_plugins/**/*.py", "conf/**/*.yaml", "scripts/check_local_rate.py",
               "scripts/check_standardization.py", "scripts/check_kappa_*.py", "scripts/results.py")
+#: (a check script counts only for the experiment it produces: see _counts)
 
 
 def fingerprint(root: Path = ROOT, experiment: str | None = None) -> str:
     """sha256 over the files a result depends on (paths and contents, in sorted order): the code, the configs
-    and the scripts, where of conf/experiment/ only ``experiment``'s own file counts."""
+    and the scripts, where of conf/experiment/ only ``experiment``'s own file counts, and of the check scripts
+    only the one that ``experiment`` runs."""
     digest = hashlib.sha256()
-    files = sorted({f for pattern in DEPENDS_ON for f in root.glob(pattern) if f.is_file()
-                    and (f.parent.name != "experiment" or f.stem == experiment)})
+    files = sorted({f for pattern in DEPENDS_ON for f in root.glob(pattern) if f.is_file() and _counts(f, experiment)})
     for f in files:
         digest.update(str(f.relative_to(root)).encode() + b"\0" + f.read_bytes() + b"\0")
     return digest.hexdigest()
+
+
+def _counts(path: Path, experiment: str | None) -> bool:
+    """Another experiment's config file or check script does not change this experiment's result."""
+    if path.parent.name == "experiment":
+        return path.stem == experiment
+    if path.parent.name == "scripts" and path.name.startswith("check_"):
+        return path.name == CHECK_SCRIPTS.get(experiment)
+    return True
 
 
 def provenance(out: Path, name: str) -> dict:

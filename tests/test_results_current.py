@@ -61,3 +61,16 @@ def test_no_committed_selection_chose_a_point_whose_tuning_runs_did_not_hold_the
             assert chosen["standing"] == "held" and entry["basis"].startswith("median steps"), arm
         else:
             assert chosen["standing"] == "completed" and entry["basis"].startswith("median final"), arm
+
+
+def test_a_check_script_counts_only_for_its_own_experiment(tmp_path):
+    script = _results_script()
+    for rel in ("precond/x.py", "scripts/check_local_rate.py", "scripts/check_kappa_plus.py"):
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_text("1")
+    before = {e: script.fingerprint(tmp_path, e) for e in ("local_rate", "kappa_plus", "compare_preconditioners")}
+    (tmp_path / "scripts/check_kappa_plus.py").write_text("2")
+    after = {e: script.fingerprint(tmp_path, e) for e in before}
+    assert after["kappa_plus"] != before["kappa_plus"]
+    assert after["local_rate"] == before["local_rate"] and after["compare_preconditioners"] == before[
+        "compare_preconditioners"]
