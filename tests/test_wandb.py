@@ -94,3 +94,21 @@ def test_the_log_reader_rejoins_a_record_that_spans_several_blocks(home):
     not_a_log.write_bytes(b"PK\x03\x04 a zip file")
     with pytest.raises(ValueError, match="not a W&B transaction log"):
         list(raw_records(not_a_log))
+
+
+def test_the_log_reader_skips_a_zero_trailer_of_exactly_one_header_and_reads_on(tmp_path):
+    """A block whose last 7 bytes are zero padding (the record after it starts the next block) must not end
+    the reading: records after it are still there (the case that made a run record go missing)."""
+    import struct
+
+    from tests.wandb_records import BLOCK, FULL, HEADER, raw_records
+
+    first = b"a" * (BLOCK - 3 * HEADER)  # file header + record header + this leaves exactly 7 bytes
+    second = b"second record"
+    data = b":W&B" + b"\x00" * 3 + struct.pack("<IHB", 0, len(first), FULL) + first
+    data += b"\x00" * HEADER  # the zero trailer
+    assert len(data) == BLOCK
+    data += struct.pack("<IHB", 0, len(second), FULL) + second
+    path = tmp_path / "run.wandb"
+    path.write_bytes(data)
+    assert list(raw_records(path)) == [first, second]

@@ -27,8 +27,9 @@ def raw_records(path: Path):
             pos += left
             continue
         _crc, length, kind = struct.unpack("<IHB", data[pos:pos + HEADER])
-        if kind == 0 and length == 0:
-            break
+        if kind == 0 and length == 0:  # zero padding to the block's end (W&B pads a 7-byte tail too)
+            pos += left
+            continue
         chunk = data[pos + HEADER:pos + HEADER + length]
         pos += HEADER + length
         if kind == FULL:
