@@ -127,6 +127,16 @@ def _after_layernorm(model: nn.Module, norm: nn.LayerNorm, linear: nn.Linear) ->
     return torch.stack(cols, dim=1)
 
 
+def weight_rows(model: nn.Module, linear: nn.Linear) -> Tensor:
+    """Each neuron's weight row ``wᵢ`` of ``linear`` as a flat direction (n × out_features)."""
+    cols = []
+    for r in range(linear.out_features):
+        dw = torch.zeros_like(linear.weight, dtype=torch.float64)
+        dw[r] = linear.weight.detach()[r].double()
+        cols.append(_column(model, [(linear.weight, dw)]))
+    return torch.stack(cols, dim=1)
+
+
 def scale_invariances(model: nn.Module) -> list[Directions]:
     """Per neuron the weight row ``wᵢ`` of each Linear before BatchNorm; per layer ``(W, b)`` before LayerNorm
     (directly, or through a ReLU, which is positively homogeneous)."""
@@ -137,12 +147,7 @@ def scale_invariances(model: nn.Module) -> list[Directions]:
         relu_then_ln = isinstance(layers[i + 1], nn.ReLU) and i + 2 < len(layers) and \
             isinstance(layers[i + 2], nn.LayerNorm)
         if isinstance(layers[i + 1], nn.BatchNorm1d):
-            rows = []
-            for r in range(m.out_features):
-                dw = torch.zeros_like(m.weight, dtype=torch.float64)
-                dw[r] = m.weight.detach()[r].double()
-                rows.append(_column(model, [(m.weight, dw)]))
-            out.append(Directions(f"weight rows before BatchNorm ({m.out_features})", torch.stack(rows, dim=1)))
+            out.append(Directions(f"weight rows before BatchNorm ({m.out_features})", weight_rows(model, m)))
         if isinstance(layers[i + 1], nn.LayerNorm) or relu_then_ln:
             entries = [(m.weight, m.weight.detach())] + ([(m.bias, m.bias.detach())] if m.bias is not None else [])
             out.append(Directions("whole layer before LayerNorm (1)", _column(model, entries)[:, None]))

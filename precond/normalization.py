@@ -72,6 +72,22 @@ def norm_layer(kind: str, channels: int, conv: bool, affine: bool = True) -> nn.
         return nn.GroupNorm(1, channels, affine=affine) if conv else nn.LayerNorm(channels, elementwise_affine=affine)
 
 
+def forward_capture(model: nn.Module, inputs: Tensor, select, bn_mode: str = "train") -> dict[str, tuple]:
+    """``{name: (module, input, output)}`` (detached) of every module with ``select(module)`` in one
+    no-grad forward of ``inputs`` in ``bn_mode`` (buffers restored, hooks removed afterwards)."""
+    captured: dict[str, tuple] = {}
+    hooks = [module.register_forward_hook(
+        lambda m, args, out, name=name: captured.__setitem__(name, (m, args[0].detach(), out.detach())))
+        for name, module in model.named_modules() if select(module)]
+    try:
+        with torch.no_grad(), measurement_mode(model, bn_mode):
+            model(inputs)
+    finally:
+        for h in hooks:
+            h.remove()
+    return captured
+
+
 def hidden_matrix_kappas(model: nn.Module, inputs: Tensor, rel_tol: float = 1e-10,
                          max_features: int = 4096, bn_mode: str = "train") -> dict[str, dict]:
     """``κ(ĤᵀĤ)`` and ``κ⁺`` of ``Ĥ = [h 1]`` for the input ``h`` of every Linear layer.
@@ -80,18 +96,8 @@ def hidden_matrix_kappas(model: nn.Module, inputs: Tensor, rel_tol: float = 1e-1
     smallest eigenvalue above ``rel_tol·λmax`` (a null vector, e.g. ``[1; 0]`` when the rows
     of ``h`` are centred, is left out). Layers wider than ``max_features`` are skipped.
     """
-    captured: dict[str, Tensor] = {}
-    hooks = []
-    for name, module in model.named_modules():
-        if isinstance(module, nn.Linear) and module.in_features <= max_features:
-            hooks.append(module.register_forward_hook(
-                lambda m, args, out, name=name: captured.__setitem__(name, args[0].detach())))
-    try:
-        with torch.no_grad(), measurement_mode(model, bn_mode):
-            model(inputs)
-    finally:
-        for h in hooks:
-            h.remove()
+    captured = {name: inp for name, (_, inp, _) in forward_capture(
+        model, inputs, lambda m: isinstance(m, nn.Linear) and m.in_features <= max_features, bn_mode).items()}
     out = {}
     for name, h in captured.items():
         h = h.reshape(h.shape[0], -1).double()
@@ -138,15 +144,8 @@ def relu_activity(model: nn.Module, inputs: Tensor, rare: float = 0.01, bn_mode:
     """Per ReLU layer: units never active on ``inputs`` (dead: their incoming weights get no gradient and
     no curvature, so they are exact null directions of H and of the GGN), and units active on fewer than
     ``rare`` of the samples (near-null columns of the next layer's ``Ĥ``)."""
-    captured: dict[str, Tensor] = {}
-    hooks = [m.register_forward_hook(lambda m, args, out, name=name: captured.__setitem__(name, out.detach()))
-             for name, m in model.named_modules() if isinstance(m, nn.ReLU)]
-    try:
-        with torch.no_grad(), measurement_mode(model, bn_mode):
-            model(inputs)
-    finally:
-        for h in hooks:
-            h.remove()
+    captured = {name: out for name, (_, _, out) in forward_capture(
+        model, inputs, lambda m: isinstance(m, nn.ReLU), bn_mode).items()}
     out = {}
     for name, act in captured.items():
         active = (act.reshape(act.shape[0], -1) > 0).double().mean(dim=0)

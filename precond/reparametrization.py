@@ -19,8 +19,8 @@ from typing import Optional
 import torch
 from torch import Tensor, nn
 
-from precond.hessian import measurement_mode
 from precond.invariance import n_params, param_offsets
+from precond.normalization import forward_capture
 
 #: BatchNorm's default ε
 BN_EPS = 1e-5
@@ -28,20 +28,11 @@ BN_EPS = 1e-5
 
 def layer_input_moments(model: nn.Module, x: Tensor) -> dict[nn.Linear, tuple[Tensor, Tensor]]:
     """``(μ, σ²)`` (population variance, float64) of the input of every Linear layer over the batch ``x``."""
-    captured: dict[nn.Linear, tuple[Tensor, Tensor]] = {}
-
-    def record(module, args):
-        h = args[0].detach().reshape(-1, module.in_features).double()
-        captured[module] = (h.mean(dim=0), h.var(dim=0, unbiased=False))
-
-    hooks = [m.register_forward_pre_hook(record) for m in model.modules() if isinstance(m, nn.Linear)]
-    try:
-        with torch.no_grad(), measurement_mode(model, "train"):
-            model(x)
-    finally:
-        for h in hooks:
-            h.remove()
-    return captured
+    moments = {}
+    for m, h, _ in forward_capture(model, x, lambda m: isinstance(m, nn.Linear)).values():
+        h = h.reshape(-1, m.in_features).double()
+        moments[m] = (h.mean(dim=0), h.var(dim=0, unbiased=False))
+    return moments
 
 
 def bn_reparametrization_matrix(model: nn.Module, x: Optional[Tensor], eps: float = BN_EPS,

@@ -49,6 +49,7 @@ from precond.invariance import (
     scale_invariances,
     stack,
     translation_invariances,
+    weight_rows,
 )
 from precond.models import mlp
 from precond.neuron_blocks import neuron_bounds
@@ -87,16 +88,7 @@ def invariances(model: nn.Module) -> torch.Tensor:
 
 def hidden_weight_rows(model: nn.Module) -> torch.Tensor:
     """Every hidden neuron's weight row as a direction (the scale-invariant ones under BatchNorm)."""
-    from precond.invariance import _column  # one flat direction from (param, value) pairs
-
-    cols = []
-    linears = [m for m in model if isinstance(m, nn.Linear)][:-1]
-    for m in linears:
-        for r in range(m.out_features):
-            dw = torch.zeros_like(m.weight, dtype=torch.float64)
-            dw[r] = m.weight.detach()[r]
-            cols.append(_column(model, [(m.weight, dw)]))
-    return torch.stack(cols, dim=1)
+    return torch.cat([weight_rows(model, m) for m in [m for m in model if isinstance(m, nn.Linear)][:-1]], dim=1)
 
 
 def ones_null_residual(model: nn.Module, x: torch.Tensor) -> float:
