@@ -1,5 +1,6 @@
 """W&B the way its users work, checked offline by reading each run's .wandb file back."""
 import json
+import time
 
 import pytest
 
@@ -83,13 +84,21 @@ def test_the_log_reader_rejoins_a_record_that_spans_several_blocks(home):
     reader must give it back whole, and refuse a file that is not a W&B log."""
     import wandb
 
-    from tests.wandb_records import BLOCK, raw_records
+    from tests.wandb_records import BLOCK, raw_records, records
 
     note = "".join(f"{i:07d}," for i in range(12_500))  # 100,000 characters, every position distinct
     run_dir = home / "run"
     run = wandb.init(project="p", notes=note, dir=str(run_dir), mode="offline", reinit="create_new")
     run.finish()
-    assert len(note) > 3 * BLOCK and offline_run(run_dir)["run"].notes == note
+    record = offline_run(run_dir)["run"]
+    for _ in range(50):  # under a loaded machine the W&B service may still be writing the log: wait, ≤ 10 s
+        if record is not None:
+            break
+        time.sleep(0.2)
+        record = offline_run(run_dir)["run"]
+    kinds = [kind for kind, _ in records(next(run_dir.glob("wandb/offline-run-*/*.wandb")))]
+    assert record is not None, f"no run record in the log; record kinds: {kinds}"
+    assert len(note) > 3 * BLOCK and record.notes == note
     not_a_log = home / "x.wandb"
     not_a_log.write_bytes(b"PK\x03\x04 a zip file")
     with pytest.raises(ValueError, match="not a W&B transaction log"):
