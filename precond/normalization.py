@@ -27,7 +27,7 @@ from torch import Tensor, nn
 
 from precond.data import Dataset
 from precond.hessian import measurement_mode
-from precond.settings import Choice, Settings, setting
+from precond.settings import Choice, Flag, Settings, setting
 from precond.spectrum import kappa_plus_of
 
 NORMALIZATIONS = ("none", "input", "batchnorm", "layernorm")
@@ -35,13 +35,19 @@ NORMALIZATIONS = ("none", "input", "batchnorm", "layernorm")
 
 @dataclass(frozen=True)
 class Normalization(Settings):
-    """The ``normalization`` config group: ``name`` is one of ``NORMALIZATIONS``."""
+    """The ``normalization`` config group: ``name`` is one of ``NORMALIZATIONS``.
+
+    ``standardize_inputs`` adds input standardization to any choice (``name=input`` implies it): a
+    comparison of BatchNorm, no normalization and BNP is only fair when every arm sees the same
+    inputs, because BNP standardizes its first layer's input as part of its transform.
+    """
 
     name: str = setting(Choice(NORMALIZATIONS), "none")
+    standardize_inputs: bool = setting(Flag(), False)
 
     @property
     def standardizes_inputs(self) -> bool:
-        return self.name == "input"
+        return self.name == "input" or self.standardize_inputs
 
 
 def standardize_inputs(data: Dataset, eps: float = 1e-8) -> Dataset:

@@ -154,6 +154,9 @@ class ComposedOptimizer(torch.optim.Optimizer):
         value = self.penalty.value(groups)
         if value is not None:
             out["reg/penalty"] = value
+        share = self.penalty.share()
+        if share is not None:
+            out["reg/penalty_share"] = share
         return out
 
     def preconditioner_denominators(self) -> list[tuple[Tensor, Optional[Tensor]]]:
@@ -185,6 +188,7 @@ def build_optimizer(
     form: Optional[str] = None,
     backend: Optional[str] = None,
     r: Optional[float] = None,
+    max_m: Optional[float] = None,
     buffers: Iterable[Tensor] = (),
     model: Optional[torch.nn.Module] = None,
     **hyper,
@@ -203,6 +207,8 @@ def build_optimizer(
         backend: gradnorm only: ``finite_difference`` (default; one extra
             forward/backward) or ``double_backward`` (graph kept in the step's backward).
         r: gradnorm finite-difference step (default ``λ``).
+        max_m: gradnorm in z: ``M`` is capped at this value in the penalty (default
+            :data:`precond.regularizers.DEFAULT_MAX_M`), so ``λMH(Mg)`` stays bounded where ``v̂ → 0``.
         buffers: gradnorm finite difference: tensors restored after the extra
             pass (pass ``model.buffers()`` to protect BatchNorm running statistics).
         model: required by ``preconditioner="bnp"`` (its Linear/Conv2d layers get
@@ -225,7 +231,7 @@ def build_optimizer(
     """
     spec = preconditioner_settings(preconditioner, lr, hyper)
     reg = RegularizationSpec(name=regularization, variable=variable, strength=strength, policy=policy, form=form,
-                             backend=backend, r=r)
+                             backend=backend, r=r, max_m=max_m)
     check_combinations(preconditioner=spec, regularization=reg)
     bnp_link, bnp_defaults = None, {}
     if isinstance(spec, BNPSettings):
@@ -243,7 +249,8 @@ def build_optimizer(
 
     before, after, post = [], [], []
     if reg.name != "none":
-        link = make_penalty(reg.name, reg.variable, form=reg.form, backend=reg.backend, r=reg.r, buffers=buffers)
+        link = make_penalty(reg.name, reg.variable, form=reg.form, backend=reg.backend, r=reg.r, max_m=reg.max_m,
+                            buffers=buffers)
         if type(link).after_update is not Link.after_update:
             post.append(link)  # proximal maps act on p after the update, in either variable
         else:

@@ -29,6 +29,7 @@ penalized is the *policy*: ``all`` or ``weights`` (tensors with ``ndim ≥ 2``).
 """
 from __future__ import annotations
 
+import math
 import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -83,6 +84,11 @@ class Penalty(Link):
     def value(self, groups: list[tuple[float, list[Tensor]]]) -> Optional[float]:
         """The penalty on ``p`` summed over ``(strength λ, penalized tensors)`` groups (for logging),
         or None when it has no closed form here."""
+        return None
+
+    def share(self) -> Optional[float]:
+        """The penalty term's share of the last step's direction on the penalized tensors,
+        ``‖λ·term‖ / ‖direction without it‖`` (for calibrating λ), or None when not tracked."""
         return None
 
 
@@ -197,12 +203,21 @@ class BackwardCreatesGraph(TorchFunctionMode):
         return func(*args, **kwargs)
 
 
+#: the default cap on ``M`` in the z gradient-norm penalty (``P ≤ 100``): Adam's ``M = 1/(√v̂ + ε)`` reaches
+#: ``1/ε = 1e8`` where a coordinate's gradients vanish, and the penalty's step ``λ M H (M g)`` carries ``M``
+#: twice, so without a cap one quiet coordinate makes the step explode at any useful ``λ``
+DEFAULT_MAX_M = 1.0e4
+
+
 class GradNorm(Penalty):
-    """Gradient-norm penalty: ``½‖∇f‖²`` (p) or ``½ gᵀMg`` with ``M`` fixed (z).
+    """Gradient-norm penalty: ``½‖∇f‖²`` (p) or ``½ gᵀM̃g`` with ``M̃`` fixed (z).
 
     p: ``g ← g + λ H g`` before the preconditioner (enters the moments).
-    z: ``d ← d + λ M H (M g)`` after it, ``M`` from this step's preconditioner,
-    ``g`` the raw minibatch gradient (not Adam's ``m̂``).
+    z: ``d ← d + λ M̃ H (M̃ g)`` after it, ``M̃ = min(M, max_m)`` elementwise from this step's
+    preconditioner (``max_m`` default :data:`DEFAULT_MAX_M`), ``g`` the raw minibatch gradient
+    (not Adam's ``m̂``). The cap bounds the penalty's step by ``λ max_m² ‖H‖ ‖g‖`` whatever the
+    optimizer's ``ε``; on coordinates where ``M ≤ max_m`` the penalty is exactly ``½ gᵀMg``.
+    :meth:`share` reports ``‖λ·term‖ / ‖direction‖`` of the last step, to calibrate ``λ``.
 
     Hessian-vector products on the same minibatch, by
 
@@ -223,13 +238,15 @@ class GradNorm(Penalty):
     needs_closure = True
 
     def __init__(self, variable: str, backend: str, r: Optional[float] = None,
-                 buffers: Iterable[Tensor] = ()):
+                 buffers: Iterable[Tensor] = (), max_m: Optional[float] = None):
         super().__init__(variable)
         self.backend = backend
         self.r = r
+        self.max_m = DEFAULT_MAX_M if max_m is None else float(max_m)
         self.buffers = list(buffers)
         self.needs_graph = backend == "double_backward"
         self.last_penalty: Optional[float] = None
+        self._last_norms: Optional[tuple[Tensor, Tensor]] = None  # (‖λ·term‖², ‖direction‖²) of the last step
 
     @property
     def needs_precond(self) -> bool:
@@ -241,6 +258,7 @@ class GradNorm(Penalty):
             return directions
         # per group: M on the penalized params (z only), v = g (p) or M g (z)
         ms = [ctx.M(idx) if self.variable == "z" and idx else None for ctx, idx in zip(ctxs, selected)]
+        ms = [None if m is None else torch._foreach_clamp_max(m, self.max_m) for m in ms]
         grads = [[ctx.grads[i] for i in idx] for ctx, idx in zip(ctxs, selected)]
         vs = [g if m is None else torch._foreach_mul(g, m) for g, m in zip(grads, ms)]
         self.last_penalty = sum(0.5 * ctx.group["strength"] * torch.stack([(a * b).sum() for a, b in zip(g, v)]).sum()
@@ -248,14 +266,24 @@ class GradNorm(Penalty):
         params = [ctx.params[i] for ctx, idx in zip(ctxs, selected) for i in idx]
         hv = self.hvp(ctxs, params, [t for g in grads for t in g], [t for v in vs for t in v])
         out, start = [list(d) for d in directions], 0
+        term_sq, direction_sq = [], []
         for c, (ctx, idx, m) in enumerate(zip(ctxs, selected, ms)):
             terms, start = hv[start:start + len(idx)], start + len(idx)
             if not idx:
                 continue
             if m is not None:
                 torch._foreach_mul_(terms, m)  # z: M H (M g)
+            term_sq.append(ctx.group["strength"] ** 2 * _sum_sq(terms))
+            direction_sq.append(_sum_sq([out[c][i] for i in idx]))
             out[c] = _add_scaled(ctx, out[c], idx, terms, "strength")
+        self._last_norms = (sum(term_sq), sum(direction_sq))
         return out
+
+    def share(self) -> Optional[float]:
+        if self._last_norms is None:
+            return None
+        term_sq, direction_sq = (float(x) for x in self._last_norms)
+        return math.sqrt(term_sq / direction_sq) if direction_sq > 0 else None
 
     def value(self, groups):
         """The penalty at the last step: ``λ ½‖g‖²`` (p) or ``λ ½ gᵀMg`` (z)."""
@@ -297,20 +325,24 @@ class GradNorm(Penalty):
 REGULARIZERS = ("l2", "l1", "gradnorm")
 
 
+def _sum_sq(tensors: list[Tensor]) -> Tensor:
+    return torch.stack([(t.double() ** 2).sum() for t in tensors]).sum()
+
+
 def make_penalty(name: str, variable: str, form: Optional[str] = None, backend: Optional[str] = None,
-                 r: Optional[float] = None, buffers: Iterable[Tensor] = ()) -> Penalty:
+                 r: Optional[float] = None, buffers: Iterable[Tensor] = (), max_m: Optional[float] = None) -> Penalty:
     """The link for ``name`` in ``variable``; ``form`` is for L1, ``backend``/``r`` for gradnorm.
 
     The arguments are checked by building their :class:`RegularizationSpec` (the one owner of the rules).
     """
-    spec = RegularizationSpec(name=name, variable=variable, form=form, backend=backend, r=r)
+    spec = RegularizationSpec(name=name, variable=variable, form=form, backend=backend, r=r, max_m=max_m)
     if spec.name == "none":
         raise ConfigError("name", f"one of {list(REGULARIZERS)} (make_penalty builds a penalty)", name)
     if spec.name == "l2":
         return L2(spec.variable)
     if spec.name == "l1":
         return (L1Prox if (spec.form or "prox") == "prox" else L1Subgradient)(spec.variable)
-    return GradNorm(spec.variable, spec.backend or "finite_difference", spec.r, buffers)
+    return GradNorm(spec.variable, spec.backend or "finite_difference", spec.r, buffers, spec.max_m)
 
 
 @dataclass(frozen=True)
@@ -331,11 +363,13 @@ class RegularizationSpec(Settings):
                                   fix="prox gives exact zeros, subgradient does not")
     backend: Optional[str] = setting(Choice(HVP_BACKENDS, optional=True), None)
     r: Optional[float] = setting(Num(0, lo_open=True, optional=True), None, doc="finite-difference step; null = λ")
+    max_m: Optional[float] = setting(Num(0, lo_open=True, optional=True), None,
+                                     doc="gradnorm in z: cap on M in the penalty; null = DEFAULT_MAX_M")
 
     def check(self) -> None:
         if self.form is not None and self.name != "l1":
             raise ConfigError("form", f"null with regularization {self.name} (form is an l1 setting)", self.form)
-        for key in ("backend", "r"):
+        for key in ("backend", "r", "max_m"):
             if getattr(self, key) is not None and self.name != "gradnorm":
                 raise ConfigError(key, f"null with regularization {self.name} (a gradnorm setting)", getattr(self, key))
 
@@ -345,6 +379,6 @@ class RegularizationSpec(Settings):
             return {"regularization": "none"}
         kwargs = {"regularization": self.name, "variable": self.variable, "strength": self.strength,
                   "policy": self.policy}
-        kwargs.update({k: v for k, v in (("form", self.form), ("backend", self.backend), ("r", self.r))
-                       if v is not None})
+        kwargs.update({k: v for k, v in (("form", self.form), ("backend", self.backend), ("r", self.r),
+                                         ("max_m", self.max_m)) if v is not None})
         return kwargs

@@ -41,8 +41,9 @@ EXPERIMENTS = [
     ("kappa_trajectory", [PY, "scripts/check_kappa_trajectory.py", "--out", "{out}"]),
     ("kappa_plus", [PY, "scripts/check_kappa_plus.py", "--out", "{out}"]),
     *((name, [PY, "-m", "precond.run.entry", f"experiment={name}", "hydra.sweep.dir={out}", "progress=false"])
-      for name in ("compare_preconditioners", "standardization_vs_preconditioning", "normalization_conditioning",
-                   "scale_invariance", "adam_l2_vs_adamw", "l1_sparsity", "gradnorm_p_vs_z", "bn_vs_bnp_mlp")),
+      for name in ("compare_preconditioners", "momentum_vs_preconditioning", "standardization_vs_preconditioning",
+                   "normalization_conditioning", "scale_invariance", "adam_l2_vs_adamw", "l1_sparsity",
+                   "gradnorm_p_vs_z", "adam_eps_sensitivity", "bn_vs_bnp_mlp", "bnp_sensitivity")),
 ]
 #: experiment → the check script that produces it (the tuned experiments run the entry point)
 CHECK_SCRIPTS = {name: Path(command[1]).name for name, command in EXPERIMENTS if command[1].startswith("scripts/")}

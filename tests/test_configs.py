@@ -155,3 +155,25 @@ def test_validate_names_the_bad_key(overrides, key):
 def test_device_cuda_without_gpu_is_a_config_error():
     with pytest.raises(ConfigError, match="device: expected a CUDA GPU"):
         settings_from_config(_compose("device=cuda"))
+
+
+@pytest.mark.parametrize("normalization", ["none", "batchnorm", "layernorm"])
+def test_standardize_inputs_adds_input_standardization_to_any_normalization(normalization):
+    """normalization.standardize_inputs=true gives the same inputs as normalization=input (train-split mean 0, std 1
+    per feature), with the norm layers of the chosen normalization; false leaves the raw inputs."""
+    base = ("dataset=digits", "model=mlp", f"normalization={normalization}")
+    raw = build_data(settings_from_config(_compose(*base)))
+    standardized = build_data(settings_from_config(_compose(*base, "normalization.standardize_inputs=true")))
+    reference = build_data(settings_from_config(_compose("dataset=digits", "model=mlp", "normalization=input")))
+    torch.testing.assert_close(standardized.x_train, reference.x_train)
+    torch.testing.assert_close(standardized.x_val, reference.x_val)
+    assert not torch.allclose(raw.x_train, reference.x_train)
+    settings = settings_from_config(_compose(*base, "normalization.standardize_inputs=true"))
+    model = build_model(settings, standardized)
+    has_norm = any(isinstance(m, (torch.nn.BatchNorm1d, torch.nn.LayerNorm)) for m in model.modules())
+    assert has_norm == (normalization != "none")
+
+
+def test_standardize_inputs_must_be_a_flag():
+    with pytest.raises(ConfigError, match="normalization.standardize_inputs: expected true or false"):
+        settings_from_config(_compose("normalization.standardize_inputs=maybe"))

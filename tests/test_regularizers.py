@@ -26,11 +26,11 @@ def _batch(x, y, k):
     return x[idx], y[idx]
 
 
-def run_ours(precond, penalty, form, variable, strength, backend="double_backward", steps=STEPS, r=None):
+def run_ours(precond, penalty, form, variable, strength, backend="double_backward", steps=STEPS, r=None, max_m=None):
     model, x, y = _setup()
     kw = dict(form=form) if penalty == "l1" else {}
     if penalty == "gradnorm":
-        kw.update(backend=backend, r=r)
+        kw.update(backend=backend, r=r, max_m=max_m)
     opt = build_optimizer(model.parameters(), precond, lr=LR, regularization=penalty, variable=variable,
                           strength=strength, **kw, **HYPER[precond])
     traj = []
@@ -63,8 +63,10 @@ def soft(x, t):
     return torch.sign(x) * torch.clamp(x.abs() - t, min=0)
 
 
-def run_reference(precond, penalty, form, variable, lam, steps=STEPS):
-    """Literal docs/theory.md §2–3: moments on g (+ p-penalty); z rows as steps on z = P⁻¹p mapped back."""
+def run_reference(precond, penalty, form, variable, lam, steps=STEPS, max_m=1e4, capped=None):
+    """Literal docs/theory.md §2–3: moments on g (+ p-penalty); z rows as steps on z = P⁻¹p mapped back.
+    The z gradient-norm penalty uses M̃ = min(M, max_m); ``capped`` (a list) collects how many entries the
+    cap changed per step."""
     model, x, y = _setup()
     names = [n for n, _ in model.named_parameters()]
     shapes = [p.shape for p in model.parameters()]
@@ -107,7 +109,10 @@ def run_reference(precond, penalty, form, variable, lam, steps=STEPS):
             elif penalty == "l1" and form == "subgradient":
                 dz = dz + lam * torch.sign(z)
             elif penalty == "gradnorm":
-                dz = dz + lam * P * (H @ (M * g))  # ∇_z ½ g(Pz)ᵀ M g(Pz) = Pᵀ H M g
+                Mt = M.clamp(max=max_m)  # the step in p is λ M̃ H (M̃ g): in z it is P⁻¹ of that
+                dz = dz + lam * (Mt / P) * (H @ (Mt * g))  # uncapped: ∇_z ½ g(Pz)ᵀ M g(Pz) = Pᵀ H M g
+                if capped is not None:
+                    capped.append(int((M > max_m).sum()))
             if precond == "sgd":  # heavy ball (P = I, so z = p)
                 buf = dz.clone() if buf is None else 0.9 * buf + dz
                 dz = buf
@@ -331,3 +336,81 @@ def test_double_backward_keeps_tensor_backward_untouched_outside_its_closure():
     opt.zero_grad()
     torch.nn.functional.mse_loss(model(x), y).backward()  # outside the step: a plain backward
     assert not next(model.parameters()).grad.requires_grad
+
+
+def test_the_z_gradnorm_penalty_caps_m_elementwise_as_the_reference_does():
+    """With max_m below some of Adam's M the capped step equals the literal M̃ = min(M, max_m) reference,
+    and differs from the uncapped one (the cap is exercised, not idle)."""
+    capped = []
+    ref = run_reference("adam", "gradnorm", None, "z", 0.05, max_m=3.0, capped=capped)
+    assert sum(capped) > 0 and min(capped) < len(ref[0])  # some entries capped, not all
+    ours = run_ours("adam", "gradnorm", None, "z", 0.05, max_m=3.0)
+    torch.testing.assert_close(ours, ref, rtol=1e-9, atol=1e-11)
+    uncapped = run_reference("adam", "gradnorm", None, "z", 0.05, max_m=float("inf"))
+    assert (uncapped - ref).abs().max() > 1e-3
+
+
+def _one_adam_gradnorm_z_step(max_m):
+    """One Adam step with the z gradient-norm penalty on ½Σhᵢwᵢ², from w with one coordinate at 1e-9:
+    its gradient is ~1e-9, so Adam's M = 1/(√v̂ + ε) there is ~1e8 while its curvature h is 1."""
+    from precond.regularizers import GradNorm
+
+    w = torch.nn.Parameter(torch.tensor([1.0, 0.5, 1e-9], dtype=torch.float64))
+    h = torch.tensor([1.0, 2.0, 1.0], dtype=torch.float64)
+    opt = build_optimizer([w], "adam", lr=1e-3, regularization="gradnorm", variable="z", strength=1e-3,
+                          backend="double_backward", max_m=max_m)
+
+    def closure():
+        opt.zero_grad()
+        loss = 0.5 * (h * w**2).sum()
+        loss.backward(create_graph=torch.is_grad_enabled() and GradNorm in map(type, opt.direction_links))
+        return loss
+
+    before = w.detach().clone()
+    opt.step(closure)
+    return float((w.detach() - before).abs().max()), next(l for l in opt.direction_links if isinstance(l, GradNorm))
+
+
+def test_the_default_cap_keeps_the_z_penalty_bounded_where_adams_m_reaches_one_over_eps():
+    """Uncapped, the penalty's step on the quiet coordinate is λ·M·h·(Mg) ~ 1e-3·1e8·1·0.1: it explodes. With the
+    default cap (1e4) the step stays near Adam's own (≈ lr)."""
+    from precond.regularizers import DEFAULT_MAX_M
+
+    moved, link = _one_adam_gradnorm_z_step(None)
+    assert link.max_m == DEFAULT_MAX_M
+    assert moved < 0.01
+    moved_uncapped, _ = _one_adam_gradnorm_z_step(1e12)
+    assert moved_uncapped > 1.0  # ×1000 Adam's own step
+
+
+@pytest.mark.parametrize("precond,variable", [("sgd", "p"), ("adam", "z")])
+def test_penalty_share_is_the_terms_norm_over_the_directions(precond, variable):
+    """reg/penalty_share = ‖λ·term‖/‖direction without it‖ at the last step, from a dense Hessian (float64):
+    p with SGD: ‖λHg‖/‖g‖; z with Adam's first step (m̂ = g, v̂ = g²): ‖λM̃HM̃g‖/‖M̃... g/(|g|+ε)‖."""
+    model, x, y = _setup()
+    lam = 0.01
+    names = [n for n, _ in model.named_parameters()]
+    loss = _flat_loss(model, names, [p.shape for p in model.parameters()])
+    theta = torch.cat([p.detach().flatten() for p in model.parameters()])
+    xb, yb = _batch(x, y, 0)
+    g = torch.func.grad(loss)(theta, xb, yb)
+    H = hessian(loss)(theta, xb, yb)
+    if variable == "p":
+        expected = (lam * H @ g).norm() / g.norm()
+    else:
+        M = 1.0 / (g.abs() + 1e-8)
+        Mt = M.clamp(max=1e4)
+        expected = (lam * Mt * (H @ (Mt * g))).norm() / (g * M).norm()
+    opt = build_optimizer(model.parameters(), precond, lr=LR, regularization="gradnorm", variable=variable,
+                          strength=lam, backend="double_backward")
+    opt.step(_closure(model, opt, xb, yb))
+    share = opt.regularization_metrics()["reg/penalty_share"]
+    assert share == pytest.approx(float(expected), rel=1e-9)
+
+
+def test_max_m_outside_gradnorm_is_a_clear_error():
+    from precond.errors import ConfigError
+
+    model, _, _ = _setup()
+    with pytest.raises(ConfigError, match="max_m"):
+        build_optimizer(model.parameters(), "adam", regularization="l2", variable="z", strength=0.1, max_m=10.0)

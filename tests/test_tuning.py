@@ -322,3 +322,84 @@ def test_an_optuna_search_in_which_every_trial_diverges_ends_with_a_report_and_e
     assert results["best_value"] is None and "no trial completed" in results["problem"]
     table = (sweep / "comparison.md").read_text()
     assert "| lr=500.0 |" in table and "| lr=1000.0 |" in table and table.count("0/1 (1 diverged)") == 2
+
+
+def test_an_arm_with_one_grid_point_is_confirmed_without_tuning_runs(tmp_path):
+    sweep = tmp_path / "sweep"
+    arms = "hydra.sweeper.arms={fixed:{grid:{lr:[0.3]}},searched:{grid:{lr:[0.1,0.3]}}}"
+    assert run_in_process([*TINY, arms, f"hydra.sweep.dir={sweep}"]) == 0
+    selection = json.loads((sweep / "selection.json").read_text())
+    assert selection["arms"]["fixed"]["chosen"] == {"lr": 0.3} and selection["arms"]["fixed"]["tuning_seeds"] == []
+    assert "nothing to tune" in selection["arms"]["fixed"]["basis"]
+    assert not (sweep / "tuning" / "fixed").exists()
+    assert len(list((sweep / "tuning" / "searched").rglob("summary.json"))) == 4
+    assert len(list((sweep / "confirmation" / "fixed").rglob("summary.json"))) == 3
+    assert "none (one grid point)" in (sweep / "comparison.md").read_text()
+
+
+def test_a_grid_claim_is_judged_per_tuning_seed_and_draws_the_heat_maps(tmp_path):
+    """A claim with stage: tuning reads grid/* values of the whole lr × momentum grid per tuning seed; the
+    per-seed values in its evidence are those recomputed here from the tuning runs on disk."""
+    from precond.sweep.grid_metrics import grid_values
+
+    sweep = tmp_path / "sweep"
+    grid = "hydra.sweeper.grid={lr:[0.01,0.1,0.3],preconditioner.momentum:[0.0,0.5]}"
+    arms = "hydra.sweeper.arms={a:{},b:{grid:{lr:[0.001,0.01,0.03]}}}"
+    claims = ("hydra.sweeper.claims=[{claim:a is broader,stage:tuning,metric:grid/near_optimal_fraction,"
+              "better:a,than:b,direction:higher}]")
+    assert run_in_process([*TINY, "target.value=0.5", grid, arms, claims, "hydra.sweeper.tuning_seeds=[0,1,2]",
+                           f"hydra.sweep.dir={sweep}"]) == 0
+    verdict = json.loads((sweep / "verdicts.json").read_text())[0]
+    assert verdict["evidence"]["seeds"] == [0, 1, 2] and verdict["n"] == 3
+    selection = json.loads((sweep / "selection.json").read_text())
+    for arm, side in (("a", "better"), ("b", "than")):
+        runs = [read_summary(p.parent) for p in (sweep / "tuning" / arm).rglob("summary.json")]
+        assert len(runs) == 6 * 3
+        values = grid_values(runs, selection["arms"][arm]["grid"], "val/loss")
+        assert verdict["evidence"][side]["values"] == [values[s]["grid/near_optimal_fraction"] for s in (0, 1, 2)]
+    assert (sweep / "grid_heatmap.png").stat().st_size > 0
+    assert "![grid heat map](grid_heatmap.png)" in (sweep / "comparison.md").read_text()
+
+
+@pytest.mark.parametrize("claim,message", [
+    ("{claim:c,metric:grid/near_optimal_fraction,better:a,than:b}", "go with stage: tuning"),
+    ("{claim:c,stage:tuning,metric:val/loss,better:a,than:b}", "go with stage: tuning"),
+    ("{claim:c,stage:tuning,metric:grid/near_optimal_fraction,better:a,than:one}", "its grid has one point"),
+    ("{claim:c,stage:later,metric:val/loss,better:a,than:b}", "stage"),
+])
+def test_a_grid_claim_without_a_grid_or_stage_is_refused_before_any_run(tmp_path, capsys, claim, message):
+    arms = "hydra.sweeper.arms={a:{grid:{lr:[0.1,0.3]}},b:{grid:{lr:[0.1,0.3]}},one:{grid:{lr:[0.1]}}}"
+    sweep = tmp_path / "sweep"
+    assert run_in_process([*TINY, arms, f"hydra.sweeper.claims=[{claim}]", f"hydra.sweep.dir={sweep}"]) == 2
+    assert message in capsys.readouterr().err
+    assert not list(sweep.rglob("summary.json"))
+
+
+def test_a_sensitivity_curve_plots_and_states_the_median_of_each_value_from_the_confirmation_runs(tmp_path):
+    sweep = tmp_path / "sweep"
+    arms = ("hydra.sweeper.arms={m0:{overrides:{preconditioner.momentum:0.0}},"
+            "m5:{overrides:{preconditioner.momentum:0.5}},m9:{overrides:{preconditioner.momentum:0.9}}}")
+    assert run_in_process([*TINY, "hydra.sweeper.grid={lr:[0.1]}", arms,
+                           "hydra.sweeper.sensitivity={preconditioner.momentum:{sgd:[m0,m5,m9]}}",
+                           f"hydra.sweep.dir={sweep}"]) == 0
+    assert not (sweep / "tuning").exists()  # one grid point per arm: nothing to tune
+    medians = {arm: statistics.median(read_summary(sweep / "confirmation" / arm / "lr=0.1" / f"seed{s}")["val/loss"]
+                                      for s in (5, 6, 7)) for arm in ("m0", "m5", "m9")}
+    low, high = min(medians.values()), max(medians.values())
+    report = (sweep / "comparison.md").read_text()
+    line = next(x for x in report.splitlines() if x.startswith("- sgd, preconditioner.momentum") and "val/loss" in x)
+    assert f"from {low:.4g}" in line and f"to {high:.4g}" in line
+    assert (sweep / "sensitivity.png").stat().st_size > 0
+
+
+@pytest.mark.parametrize("sensitivity,message", [
+    ("{preconditioner.momentum:{sgd:[a,ghost]}}", "sensitivity.preconditioner.momentum.sgd"),
+    ("{preconditioner.momentum:{sgd:[a,b]}}", "arms.b.overrides.preconditioner.momentum"),
+    ("{preconditioner.momentum:{sgd:[a]}}", "at least two arms"),
+])
+def test_a_bad_sensitivity_curve_is_refused_before_any_run(tmp_path, capsys, sensitivity, message):
+    arms = "hydra.sweeper.arms={a:{overrides:{preconditioner.momentum:0.5}},b:{}}"
+    sweep = tmp_path / "sweep"
+    assert run_in_process([*TINY, arms, f"hydra.sweeper.sensitivity={sensitivity}", f"hydra.sweep.dir={sweep}"]) == 2
+    assert message in capsys.readouterr().err
+    assert not list(sweep.rglob("summary.json"))

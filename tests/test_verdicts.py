@@ -138,3 +138,17 @@ def test_default_margins_follow_the_scale():
     assert Claim("c", better="a", than="b", metric="val/acc").margin == 0.005
     with pytest.raises(ConfigError, match="^margin"):
         Claim("c", better="a", than="b", metric="steps_to_target", margin=0.5)
+
+
+def test_pairs_in_which_neither_side_reached_the_target_never_make_an_equivalence():
+    """Two arms that both never reach the target tie on every seed; that is not "the advantage is gone"."""
+    claim = Claim("a is faster", better="a", than="b", metric="steps_to_target")
+    runs = _runs(a=[1.0] * 10, b=[1.0] * 10)
+    for arm in ("a", "b"):
+        for seed in SEEDS:
+            runs[arm][seed]["steps_to_target"] = None
+    v = _one(claim, runs)
+    assert (v.wins, v.losses, v.ties) == (0, 0, 10) and v.effect["both_unreached"] == 10
+    assert v.verdict == "inconclusive" and "neither side reached the target on 10 of 10" in v.reason
+    reached = _runs(a=[200.0] * 10, b=[201.0] * 10)  # measured ties within the margin: equivalent
+    assert _one(claim, reached).verdict == "equivalent"

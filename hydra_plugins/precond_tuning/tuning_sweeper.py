@@ -48,6 +48,8 @@ class TuningSweeperConf:
     target: Any = None
     #: overrides of the tuning runs only, for values the selection never reads: {curvature.enabled: false}
     tuning_overrides: Any = None
+    #: {config key: {series: [arm, ...]}}: arms read as a sensitivity curve in that key (the report plots them)
+    sensitivity: Any = None
 
 
 ConfigStore.instance().store(group="hydra/sweeper", name="tuned", node=TuningSweeperConf, provider="precond")
@@ -60,7 +62,7 @@ def _refuse(message: str) -> None:
 
 class TuningSweeper(Sweeper):
     def __init__(self, arms: dict, grid: dict, tuning_seeds: list, confirmation_seeds: list, claims: list,
-                 target: Any = None, tuning_overrides: Any = None):
+                 target: Any = None, tuning_overrides: Any = None, sensitivity: Any = None):
         from precond.errors import ConfigError
         from precond.sweep.tuning import TuningSpec
         from precond.sweep.verdicts import Claim
@@ -68,7 +70,8 @@ class TuningSweeper(Sweeper):
         try:
             self.spec = TuningSpec(arms=_plain(arms), grid=_plain(grid) or {}, tuning_seeds=_plain(tuning_seeds),
                                    confirmation_seeds=_plain(confirmation_seeds), target=_plain(target),
-                                   tuning_overrides=_plain(tuning_overrides) or {})
+                                   tuning_overrides=_plain(tuning_overrides) or {},
+                                   sensitivity=_plain(sensitivity) or {})
             self.claims = [Claim(**_plain(c)) for c in (claims or [])]
         except ConfigError as err:
             _refuse(str(err.within("hydra.sweeper")))
@@ -108,7 +111,11 @@ class TuningSweeper(Sweeper):
         OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
         arms = self.spec.arm_list
         self._check_arms(arms, fixed)
-        tuning = [(arm, point, seed) for arm in arms for point in arm.points() for seed in self.spec.tuning_seeds]
+        baseline = (self.spec.target or {}).get("relative_to")
+        # an arm with one grid point has nothing to choose: it is confirmed without tuning runs (unless a relative
+        # target is read from its tuning runs)
+        searched = [arm for arm in arms if len(arm.points()) > 1 or arm.name == baseline]
+        tuning = [(arm, point, seed) for arm in searched for point in arm.points() for seed in self.spec.tuning_seeds]
         log.info("tuning: %d runs (%s)", len(tuning), ", ".join(f"{a.name}: {len(a.points())} points" for a in arms))
         only = self.spec.tuning_overrides
         returns = self.launcher.launch([fixed + overrides_for(a, p, s, "tuning", only)
@@ -118,9 +125,17 @@ class TuningSweeper(Sweeper):
         target = self._relative_target(tuning, returns, summaries)
         selection = {"rule": SELECTION_RULE, "target": target, "tuning_seeds": list(self.spec.tuning_seeds),
                      "confirmation_seeds": list(self.spec.confirmation_seeds), "fixed_overrides": fixed,
-                     "claims": [c.as_dict() for c in self.claims], "arms": {}}
+                     "claims": [c.as_dict() for c in self.claims], "sensitivity": self.spec.sensitivity, "arms": {}}
         chosen = {}
         for arm in arms:
+            if arm not in searched:
+                selection["arms"][arm.name] = {
+                    "overrides": arm.overrides, "grid": arm.grid, "tuning_seeds": [],
+                    "confirmation_seeds": list(self.spec.confirmation_seeds), "points": [],
+                    "chosen": arm.points()[0], "at_edge": [], "score": None,
+                    "basis": "the only point of its grid (nothing to tune: no tuning runs)"}
+                chosen[arm.name] = (arm, arm.points()[0])
+                continue
             results = [PointResult(p, [summ for (a, pp, _), summ in zip(tuning, summaries)
                                        if a is arm and pp == p]) for p in arm.points()]
             entry = {"overrides": arm.overrides, "grid": arm.grid, "tuning_seeds": list(self.spec.tuning_seeds),
@@ -216,10 +231,21 @@ class TuningSweeper(Sweeper):
     def _check_claim_metrics(self, arm: str, settings) -> None:
         """Every claim side on this arm names a value its runs record (else no verdict could ever be given)."""
         from precond.run.config import why_not_recorded
+        from precond.sweep.grid_metrics import GRID_METRICS, is_grid_metric
 
         for i, claim in enumerate(self.claims):
             for side in claim.sides:
                 if isinstance(side, float) or side.arm != arm:
+                    continue
+                if claim.stage == "tuning" or is_grid_metric(side.metric):
+                    grid = next(a for a in self.spec.arm_list if a.name == arm).grid
+                    if claim.stage != "tuning" or not is_grid_metric(side.metric):
+                        names = [*GRID_METRICS, "grid/pareto@S"]
+                        _refuse(f"hydra.sweeper.claims[{i}]: grid metrics {names} go with stage: "
+                                f"tuning and only there (got stage {claim.stage!r}, metric {side.metric!r})")
+                    if len(grid) < 1 or max(len(v) for v in grid.values()) < 2:
+                        _refuse(f"hydra.sweeper.claims[{i}].metric: {side.metric!r} for arm {arm}: its grid has "
+                                "one point; a grid claim needs a grid")
                     continue
                 reason = why_not_recorded(side.metric, settings)
                 if reason is not None:

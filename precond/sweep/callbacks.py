@@ -57,7 +57,8 @@ def _optimizer_problem(sweep_dir: Path):
 
 #: files of a sweep's report, logged together as one W&B artifact (those present)
 REPORT_FILES = ("comparison*.md", "comparison*.png", "selection.json", "verdicts.json", "lr_sensitivity.png",
-                "confirmation.png", "optimization_results.yaml")
+                "confirmation.png", "grid_heatmap.png", "pareto.png",
+                "sensitivity.png", "optimization_results.yaml")
 
 
 def _log_sweep_to_wandb(config: DictConfig, sweep_dir: Path) -> None:
@@ -78,7 +79,8 @@ def _log_sweep_to_wandb(config: DictConfig, sweep_dir: Path) -> None:
     try:
         logger = build_group("logger", OmegaConf.to_container(config.logger, resolve=True))
         run_id = log_sweep_summary(logger, sweep_dir, summary_tables(sweep_dir) if tuned else {},
-                                   {name: sweep_dir / file for name, file in images.items()}, files)
+                                   {name: sweep_dir / file for name, file in images.items()
+                                    if (sweep_dir / file).exists()}, files)
         log.info("W&B summary run %s holds the sweep's report", run_id)
     except Exception as err:  # W&B trouble must not hide the report already written
         log.warning("could not log the W&B summary run: %s", err)

@@ -77,6 +77,9 @@ class TuningSpec:
     #: overrides of the tuning runs only, for what the selection never reads (``curvature.enabled: false``: κ
     #: is measured on the confirmation runs the claims are judged on, not on every grid point)
     tuning_overrides: dict = field(default_factory=dict)
+    #: ``{config key: {series: [arm, ...]}}``: arms that differ in that key's value (set in their overrides), read
+    #: as a sensitivity curve per series (the report plots the confirmation runs against the value)
+    sensitivity: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if not isinstance(self.arms, dict) or not self.arms:
@@ -92,11 +95,29 @@ class TuningSpec:
         if not isinstance(self.tuning_overrides, dict) or set(self.tuning_overrides) - TUNING_ONLY:
             raise ConfigError("tuning_overrides", f"a mapping of keys among {sorted(TUNING_ONLY)} (values the "
                               "selection never reads)", self.tuning_overrides)
+        self._check_sensitivity()
         if self.target is not None:
             if not isinstance(self.target, dict) or set(self.target) != {"relative_to", "factor"}:
                 raise ConfigError("target", "{relative_to: <arm>, factor: <number>}", self.target)
             OneOf(tuple(self.arms)).check("target.relative_to", self.target["relative_to"])
             self.target = {**self.target, "factor": Num(0, lo_open=True).check("target.factor", self.target["factor"])}
+
+    def _check_sensitivity(self) -> None:
+        if not isinstance(self.sensitivity, dict):
+            raise ConfigError("sensitivity", "a mapping config key → {series: [arm, ...]}", self.sensitivity)
+        arms = {arm.name: arm for arm in self.arm_list}
+        for key, series in self.sensitivity.items():
+            if not isinstance(series, dict) or not series:
+                raise ConfigError(f"sensitivity.{key}", "a mapping series name → [arm, ...]", series)
+            for name, members in series.items():
+                if not isinstance(members, (list, tuple)) or len(members) < 2:
+                    raise ConfigError(f"sensitivity.{key}.{name}", "a list of at least two arms", members)
+                for arm in members:
+                    OneOf(tuple(arms)).check(f"sensitivity.{key}.{name}", arm)
+                    value = arms[arm].overrides.get(key)
+                    if not isinstance(value, (int, float)) or isinstance(value, bool):
+                        raise ConfigError(f"arms.{arm}.overrides.{key}", f"a number (the arm is on the {key} "
+                                          "sensitivity curve)", value)
 
     def _arm(self, name: str, spec) -> Arm:
         spec = spec or {}

@@ -19,7 +19,8 @@ also be a number (a threshold). :data:`RULE` is the rule every verdict states:
 * **Margin** of practical relevance per claim: default a ratio of 1.25 for steps, seconds and κ, 0.5
   points (0.005) for accuracies, 0 otherwise (``margin:`` in the claim sets it).
 * **States**: ``holds`` — adjusted p < 0.05 and median effect beyond +margin; ``fails`` — the mirror
-  image; ``equivalent`` — the interval lies inside ±margin ("the advantage is gone"); ``inconclusive``
+  image; ``equivalent`` — the interval lies inside ±margin ("the advantage is gone") and no pair is a
+  tie of two sides that both never reached the target (that tie measured nothing); ``inconclusive``
   — none of these; ``invalid`` — an arm never trained (no eligible grid point), more than one declared
   run failed or is missing, or the metric is undefined on more than one seed; ``identity`` — a claim
   true by construction (``identity: true``), verified on every seed to its ``tolerance``, and kept out
@@ -39,9 +40,13 @@ ALPHA = 0.05
 RULE = ("per seed the log-ratio (steps, seconds, κ) or difference (accuracies) of the two sides, a never-reached "
         "side counting by its sign; exact sign test (censored pairs) or Wilcoxon signed-rank, two-sided, "
         "Holm-adjusted within the experiment; holds/fails when adjusted p < 0.05 and the median effect is beyond "
-        "the margin, equivalent when its ≥ 95 % interval lies inside ±margin; invalid when an arm never trained, "
+        "the margin, equivalent when its ≥ 95 % interval lies inside ±margin (and no pair is two never-reached "
+        "sides); invalid when an arm never trained, "
         "more than one run failed or the metric is undefined on more than one seed")
 STATES = ("holds", "fails", "equivalent", "inconclusive", "invalid", "identity")
+#: where a claim's values come from: the confirmation runs of each arm's chosen setting (default), or each arm's
+#: whole tuning grid, one value per tuning seed (``grid/*`` metrics, :mod:`precond.sweep.grid_metrics`)
+STAGES = ("confirmation", "tuning")
 DIRECTIONS = ("lower", "higher")
 SCALES = ("ratio", "difference")
 #: metrics where "not reached" is a value: worse than any reached one
@@ -80,10 +85,12 @@ class Claim:
     margin: Optional[float] = None
     identity: bool = False
     tolerance: Optional[float] = None
+    stage: str = "confirmation"
 
     def __post_init__(self) -> None:
         if not isinstance(self.claim, str) or not self.claim:
             raise ConfigError("claim", "a sentence stating the claim", self.claim)
+        self.stage = Choice(STAGES).check("stage", self.stage, "tuning: judged on grid/* metrics over the tuning seeds")
         self.direction = Choice(DIRECTIONS).check("direction", self.direction, "which values are better")
         self.identity = Flag().check("identity", self.identity)
         self.sides = (self._side("better", self.better), self._side("than", self.than))
@@ -116,7 +123,7 @@ class Claim:
     def as_dict(self) -> dict:
         return {"claim": self.claim, "better": self.better, "than": self.than, "metric": self.metric,
                 "direction": self.direction, "scale": self.scale, "margin": self.margin, "identity": self.identity,
-                "tolerance": self.tolerance}
+                "tolerance": self.tolerance, "stage": self.stage}
 
 
 @dataclass
@@ -222,10 +229,13 @@ def judge(claim: Claim, runs: dict, seeds: list, invalid_arms: Optional[dict] = 
         statistic, p_holds, p_fails = "Wilcoxon signed-rank", signed_rank_test(d), signed_rank_test([-e for e in d])
     estimate, (low, high), coverage = median_interval(d)
     verdict.p_value = min(1.0, 2 * min(p_holds, p_fails))
+    # a pair in which neither side reached the target is a tie that measured nothing: it cannot show equivalence
+    unreached = sum(1 for a, b in pairs if isinstance(a, float) and isinstance(b, float) and math.isinf(a)
+                    and math.isinf(b) and a == b)
     verdict.effect = {"statistic": statistic, "scale": claim.scale,
                       "measure": "median log-ratio than/better" if claim.scale == "ratio" else "median difference",
                       "estimate": _jsonable(estimate), "ci": [_jsonable(low), _jsonable(high)],
-                      "coverage": coverage, "margin": claim.margin}
+                      "coverage": coverage, "margin": claim.margin, "both_unreached": unreached}
     verdict.verdict = "inconclusive"  # settled by judge_all after the multiplicity adjustment
     return verdict
 
@@ -243,9 +253,15 @@ def _judge_identity(claim: Claim, verdict: Verdict, pairs: list, d: list) -> Ver
     return verdict
 
 
-def judge_all(claims: list[Claim], runs: dict, seeds: list, invalid_arms: Optional[dict] = None) -> list[Verdict]:
-    """Every claim of one experiment: tested, Holm-adjusted over the empirical ones, and settled."""
-    verdicts = [judge(c, runs, seeds, invalid_arms) for c in claims]
+def judge_all(claims: list[Claim], runs: dict, seeds: list, invalid_arms: Optional[dict] = None,
+              tuning: Optional[tuple[dict, list]] = None) -> list[Verdict]:
+    """Every claim of one experiment: tested, Holm-adjusted over the empirical ones, and settled.
+    ``tuning``: ``(runs, seeds)`` of per-tuning-seed grid values, for claims with ``stage: tuning``."""
+    def context(claim: Claim) -> tuple[dict, list]:
+        return tuning if claim.stage == "tuning" and tuning is not None else (
+            ({}, []) if claim.stage == "tuning" else (runs, seeds))
+
+    verdicts = [judge(c, *context(c), invalid_arms) for c in claims]
     tested = [i for i, v in enumerate(verdicts) if v.p_value is not None]
     for i, p in zip(tested, holm([verdicts[i].p_value for i in tested])):
         verdicts[i].p_adjusted = p
@@ -266,8 +282,11 @@ def _settle(claim: Claim, v: Verdict) -> None:
         v.verdict, why = "holds", "significant and beyond the margin"
     elif significant and estimate < -m:
         v.verdict, why = "fails", "significant, and beyond the margin against the claim"
-    elif m > 0 and -m < low and high < m:
+    elif m > 0 and -m < low and high < m and not v.effect.get("both_unreached"):
         v.verdict, why = "equivalent", "the interval lies inside ± the margin"
+    elif m > 0 and -m < low and high < m:
+        v.verdict, why = "inconclusive", (f"neither side reached the target on {v.effect['both_unreached']} of {v.n} "
+                                          "seeds: a tie that measured nothing, not an equivalence")
     elif significant:
         v.verdict, why = "inconclusive", "significant, but the effect is within the margin"
     else:
