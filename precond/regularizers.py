@@ -29,7 +29,6 @@ penalized is the *policy*: ``all`` or ``weights`` (tensors with ``ndim ≥ 2``).
 """
 from __future__ import annotations
 
-import math
 import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -87,8 +86,9 @@ class Penalty(Link):
         return None
 
     def share(self) -> Optional[float]:
-        """The penalty term's share of the last step's direction on the penalized tensors,
-        ``‖λ·term‖ / ‖direction without it‖`` (for calibrating λ), or None when not tracked."""
+        """The penalty term's share of the step's direction on the penalized tensors,
+        ``‖λ·term‖ / ‖direction without it‖``, averaged over the steps since the last call (for calibrating λ),
+        or None when not tracked."""
         return None
 
 
@@ -217,7 +217,8 @@ class GradNorm(Penalty):
     preconditioner (``max_m`` default :data:`DEFAULT_MAX_M`), ``g`` the raw minibatch gradient
     (not Adam's ``m̂``). The cap bounds the penalty's step by ``λ max_m² ‖H‖ ‖g‖`` whatever the
     optimizer's ``ε``; on coordinates where ``M ≤ max_m`` the penalty is exactly ``½ gᵀMg``.
-    :meth:`share` reports ``‖λ·term‖ / ‖direction‖`` of the last step, to calibrate ``λ``.
+    :meth:`share` reports the mean of ``‖λ·term‖ / ‖direction‖`` over the steps since it was last read (an
+    evaluation interval), to calibrate ``λ``.
 
     Hessian-vector products on the same minibatch, by
 
@@ -246,7 +247,9 @@ class GradNorm(Penalty):
         self.buffers = list(buffers)
         self.needs_graph = backend == "double_backward"
         self.last_penalty: Optional[float] = None
-        self._last_norms: Optional[tuple[Tensor, Tensor]] = None  # (‖λ·term‖², ‖direction‖²) of the last step
+        # Σ over steps of ‖λ·term‖/‖direction‖ since the last read, kept on the device (no sync per step), and the count
+        self._share_sum: Optional[Tensor] = None
+        self._share_steps = 0
 
     @property
     def needs_precond(self) -> bool:
@@ -276,14 +279,18 @@ class GradNorm(Penalty):
             term_sq.append(ctx.group["strength"] ** 2 * _sum_sq(terms))
             direction_sq.append(_sum_sq([out[c][i] for i in idx]))
             out[c] = _add_scaled(ctx, out[c], idx, terms, "strength")
-        self._last_norms = (sum(term_sq), sum(direction_sq))
+        ratio = (sum(term_sq) / sum(direction_sq).clamp_min(1e-300)).sqrt()
+        self._share_sum = ratio if self._share_sum is None else self._share_sum + ratio
+        self._share_steps += 1
         return out
 
     def share(self) -> Optional[float]:
-        if self._last_norms is None:
+        """The mean over the steps since the last call of ``‖λ·term‖ / ‖direction without it‖`` (then reset)."""
+        if not self._share_steps:
             return None
-        term_sq, direction_sq = (float(x) for x in self._last_norms)
-        return math.sqrt(term_sq / direction_sq) if direction_sq > 0 else None
+        mean = float(self._share_sum) / self._share_steps
+        self._share_sum, self._share_steps = None, 0
+        return mean
 
     def value(self, groups):
         """The penalty at the last step: ``λ ½‖g‖²`` (p) or ``λ ½ gᵀMg`` (z)."""

@@ -8,8 +8,8 @@ from precond.sweep.grid_metrics import best_value_slope, grid_values, near_optim
 GRID = {"lr": [0.001, 0.01, 0.1], "regularization.strength": [0.0001, 0.01, 1.0]}
 
 
-def _summary(lr, lam, acc, seed=0, status="completed"):
-    return {"status": status, "seed": seed, "val/acc": acc, "target_metric": "val/acc",
+def _summary(lr, lam, acc, seed=0, status="completed", steps=None):
+    return {"status": status, "seed": seed, "val/acc": acc, "target_metric": "val/acc", "steps_to_target": steps,
             "overrides": [f"lr={lr!r}", f"regularization.strength={lam!r}", f"seed={seed}", "arm=a"]}
 
 
@@ -41,9 +41,11 @@ def test_best_value_slope_is_the_least_squares_slope_of_log_best_lambda_on_log_l
 def test_grid_values_per_seed_count_a_diverged_run_as_worst_and_refuse_an_incomplete_grid():
     runs = [_summary(lr, lam, 0.9, seed=0) for lr in GRID["lr"] for lam in GRID["regularization.strength"]]
     runs[0] = _summary(0.001, 0.0001, 0.99, seed=0, status="diverged")  # its value must not count
-    runs[1] = _summary(0.001, 0.01, 0.95, seed=0)
+    runs[1] = _summary(0.001, 0.01, 0.95, seed=0, steps=120.0)
+    runs[2] = _summary(0.001, 1.0, 0.9, seed=0, steps=300.0)
     runs += [_summary(0.01, 0.01, 0.9, seed=1)]  # seed 1 has one point of nine
     values = grid_values(runs, GRID, "val/acc")
     assert values[0]["status"] == "completed"
     assert values[0]["grid/near_optimal_fraction"] == pytest.approx(1 / 9)  # only 0.95 is within 0.01 of 0.95
+    assert values[0]["grid/target_fraction"] == pytest.approx(2 / 9)  # two runs held the target
     assert values[1]["status"] == "failed" and "8 grid points" in values[1]["error"]

@@ -414,3 +414,24 @@ def test_max_m_outside_gradnorm_is_a_clear_error():
     model, _, _ = _setup()
     with pytest.raises(ConfigError, match="max_m"):
         build_optimizer(model.parameters(), "adam", regularization="l2", variable="z", strength=0.1, max_m=10.0)
+
+
+def test_penalty_share_is_the_mean_over_the_steps_since_it_was_last_read():
+    """Two steps, then a read: the mean of the two per-step shares (each checked against ‖λHg‖/‖g‖ with SGD, P = I,
+    from a dense Hessian at that step's parameters); then the count starts again."""
+    model, x, y = _setup()
+    lam = 0.05
+    names = [n for n, _ in model.named_parameters()]
+    loss = _flat_loss(model, names, [p.shape for p in model.parameters()])
+    opt = build_optimizer(model.parameters(), "sgd", lr=LR, regularization="gradnorm", variable="p", strength=lam,
+                          backend="double_backward")
+    shares = []
+    for k in range(2):
+        xb, yb = _batch(x, y, k)
+        theta = torch.cat([p.detach().flatten() for p in model.parameters()])
+        g = torch.func.grad(loss)(theta, xb, yb)
+        shares.append(float((lam * hessian(loss)(theta, xb, yb) @ g).norm() / g.norm()))
+        opt.step(_closure(model, opt, xb, yb))
+    assert shares[0] != pytest.approx(shares[1], rel=1e-3)  # the mean is not just one of them
+    assert opt.regularization_metrics()["reg/penalty_share"] == pytest.approx(sum(shares) / 2, rel=1e-9)
+    assert "reg/penalty_share" not in opt.regularization_metrics()  # nothing since the last read

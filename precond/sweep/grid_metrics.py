@@ -6,6 +6,8 @@ For one arm, one tuning seed and ``f(x)`` the final target metric of the run at 
 * ``grid/near_optimal_fraction`` — the fraction of grid points within :data:`NEAR_OPTIMAL` of that
   seed's best ``f`` (an absolute 0.01 for accuracies, a factor 1.1 for losses). A broad optimum
   (Loshchilov & Hutter's claim for AdamW against Adam + L2 over ``lr × λ``) is a large fraction.
+* ``grid/target_fraction`` — the fraction of grid points whose run reached and held the target: the
+  part of the search space that works at all.
 * ``grid/best_value_slope`` — for a grid of two numeric keys ``(a, b)`` (``lr`` and ``λ``): per value of
   ``a`` the ``b`` with the best ``f``, and the least-squares slope of ``log b*`` on ``log a``. It is 0
   when the best ``λ`` does not depend on ``lr`` (decoupled) and −1 when only the product ``lr·λ``
@@ -27,7 +29,7 @@ from precond.metrics import higher_is_better
 
 #: how close to the best a grid point must be to count as near-optimal: absolute for accuracies, a ratio for losses
 NEAR_OPTIMAL = {"acc": 0.01, "loss_ratio": 1.1}
-GRID_METRICS = ("grid/near_optimal_fraction", "grid/best_value_slope")
+GRID_METRICS = ("grid/near_optimal_fraction", "grid/target_fraction", "grid/best_value_slope")
 PARETO = "grid/pareto@"
 SPARSITY = "reg/sparsity"
 
@@ -121,10 +123,13 @@ def grid_values(summaries: list[dict], grid: dict, metric: str, pareto_levels: t
     ``pareto_levels``: the sparsities ``S`` at which ``grid/pareto@S`` is read."""
     by_seed: dict = {}
     fronts: dict = {}
+    held: dict = {}
     for summary in summaries:
         point = point_of(summary, grid)
         if point is not None:
             by_seed.setdefault(summary.get("seed"), {})[point] = _goodness(summary, metric)
+            held.setdefault(summary.get("seed"), {})[point] = (summary.get("status") == "completed"
+                                                               and summary.get("steps_to_target") is not None)
             value, sparsity = summary.get(metric), summary.get(SPARSITY)
             if summary.get("status") == "completed" and isinstance(value, (int, float)) and \
                     isinstance(sparsity, (int, float)):
@@ -136,6 +141,7 @@ def grid_values(summaries: list[dict], grid: dict, metric: str, pareto_levels: t
             out[seed] = {"status": "failed", "error": f"{size - len(goodness)} grid points have no run"}
             continue
         out[seed] = {"status": "completed", "grid/near_optimal_fraction": near_optimal_fraction(goodness, metric),
+                     "grid/target_fraction": sum(held[seed].values()) / size,
                      "grid/best_value_slope": best_value_slope(goodness, grid),
                      **{f"{PARETO}{level:g}": pareto_value(fronts.get(seed, []), level, metric)
                         for level in pareto_levels}}

@@ -33,8 +33,9 @@ SENSITIVITY_METRICS = ("steps_to_target", "steps_to_target_after_warmup", "reg/s
 VERDICTS = "verdicts.json"
 #: a fastest arm that holds the target within fewer evaluation intervals is resolved too coarsely
 MIN_INTERVALS = 20
-KAPPA_COLUMNS = ("curvature/p/kappa", "curvature/z/kappa", "curvature/p/kappa_plus", "curvature/p/lam_min",
-                 "curvature/p/null_dim")
+KAPPA_COLUMNS = ("curvature/p/kappa", "curvature/z/kappa", "curvature/p/kappa_plus", "curvature/p/lam_max",
+                 "curvature/z/lam_max", "curvature/p/lam_min", "curvature/p/null_dim", "reg/sparsity",
+                 "reg/penalty_share")
 
 
 def _runs_by_stage(runs: list[RunRecord], stage: str) -> dict:
@@ -136,7 +137,7 @@ def _selection_table(selection: dict) -> str:
 
 
 def _confirmation_table(confirmation: dict, metric: str, target: str) -> str:
-    kappas = [k for k in KAPPA_COLUMNS if any(r.summary.get(k) is not None for rs in confirmation.values() for r in rs)]
+    kappas = [k for k in KAPPA_COLUMNS if any(r.summary.get(k) for rs in confirmation.values() for r in rs)]
     lines = [f"| arm | completed | final {metric} | reached {target} | steps to target | seconds to target |"
              + "".join(f" {k} |" for k in kappas), "|---|---|---|---|---|---|" + "---|" * len(kappas)]
     for arm, runs in confirmation.items():
@@ -272,7 +273,8 @@ def plot_grid_heatmaps(tuning: dict, selection: dict, metric: str, path: Path) -
     import numpy as np
 
     plt = _pyplot()
-    fig, axes = plt.subplots(1, len(arms), figsize=(4.6 * len(arms) + 1.2, 4.2), squeeze=False)
+    fig, axes = plt.subplots(1, len(arms), figsize=(5.2 * len(arms) + 1.4, 4.6), squeeze=False,
+                             layout="constrained")
     panels = []
     for arm in arms:
         entry = selection["arms"][arm]
@@ -300,7 +302,7 @@ def plot_grid_heatmaps(tuning: dict, selection: dict, metric: str, path: Path) -
         ax.set_xticks(range(len(rows)), [f"{v:g}" for v in rows], fontsize=7, rotation=45)
         ax.set_yticks(range(len(cols)), [f"{v:g}" for v in cols], fontsize=7)
         ax.set_xlabel(keys[0])
-        ax.set_ylabel(keys[1])
+        ax.set_ylabel(keys[1], fontsize=8)
         if np.isfinite(grid).any():
             best = np.nanmax(grid) if higher_is_better(metric) else np.nanmin(grid)
             width = NEAR_OPTIMAL["acc"] if higher_is_better(metric) else None
@@ -317,8 +319,9 @@ def plot_grid_heatmaps(tuning: dict, selection: dict, metric: str, path: Path) -
                                        fill=False, edgecolor="red", linewidth=2))
         fraction = f"{statistics.median(fractions):.2f}" if fractions else "—"
         slope = f"{statistics.median(slopes):+.2f}" if slopes else "—"
-        ax.set_title(f"{arm}\nnear-optimal fraction {fraction}, best-{keys[1]} slope {slope}", fontsize=8)
-    fig.colorbar(image, ax=list(axes[0]), label=f"final {metric} (median over tuning seeds)", shrink=0.9)
+        ax.set_title(f"{arm}\nnear-optimal fraction {fraction}\nslope of log best {keys[1].split('.')[-1]} on log "
+                     f"{keys[0].split('.')[-1]}: {slope}", fontsize=8)
+    fig.colorbar(image, ax=list(axes[0]), label=f"final {metric} (median over tuning seeds)", shrink=0.85)
     within = NEAR_OPTIMAL["acc"] if higher_is_better(metric) else f"×{NEAR_OPTIMAL['loss_ratio']}"
     fig.suptitle(f"tuning grids (red box = chosen; bold = within {within} of the best)", fontsize=9)
     save_figure(fig, path)
@@ -365,6 +368,10 @@ def plot_pareto(tuning: dict, selection: dict, metric: str, path: Path) -> Optio
         ax.step(*zip(*reversed(front)), where="post", color=color, linestyle=style, lw=1.5)
     for level in levels:
         ax.axvline(level, color="black", linestyle=":", lw=1)
+    lows = [y for arm_points in ax.collections for _, y in arm_points.get_offsets()]
+    if lows and better:  # a grid point that destroyed the model (chance accuracy) would flatten the fronts
+        top = max(lows)
+        ax.set_ylim(max(min(lows), top - 0.15) - 0.005, top + 0.005)
     ax.set_xlabel("final reg/sparsity (fraction of exact zeros)")
     ax.set_ylabel(f"final {metric}")
     ax.set_title("sparsity–accuracy Pareto fronts over each arm's lr × λ grid (dots: median over tuning seeds)",
@@ -403,12 +410,12 @@ def sensitivity_text(confirmation: dict, selection: dict, metric: str) -> str:
         valued = [(x, m, v) for x, m, v in points if m is not None]
         low = min(valued, key=lambda p: p[1])
         high = max(valued, key=lambda p: p[1])
-        runs = max(len(v) for _, _, v in points)
-        held = "" if shown == metric else f" ({', '.join(f'{len(v)}' for _, _, v in points)} runs held the target)"
+        seeds = len(selection.get("confirmation_seeds", [])) or max(len(v) for _, _, v in points)
+        counted = (f"runs that held the target per value: {', '.join(str(len(v)) for _, _, v in points)} of {seeds}"
+                   if shown.startswith("steps_to_target") else f"{seeds} seeds per value")
+        ratio = f", ×{high[1] / low[1]:.3g} over the range" if low[1] > 0 else ""
         lines.append(f"- {name}, {key} ∈ {{{', '.join(f'{x:g}' for x, _, _ in points)}}}: median {shown} from "
-                     f"{low[1]:.4g} ({key}={low[0]:g}) to {high[1]:.4g} ({key}={high[0]:g}), ×{high[1] / low[1]:.3g}"
-                     f" over the range; ≤ {runs} seeds per value{held}." if low[1] > 0 else
-                     f"- {name}, {key}: median {shown} from {low[1]:.4g} to {high[1]:.4g}{held}.")
+                     f"{low[1]:.4g} ({key}={low[0]:g}) to {high[1]:.4g} ({key}={high[0]:g}){ratio}; {counted}.")
     return "\n".join(lines) or "- (no confirmation run completed)"
 
 
