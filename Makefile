@@ -19,7 +19,7 @@ $(BIN)/precond-train: pyproject.toml
 	$(BIN)/pip install -q -e '.[dev,cluster,tune]'
 	touch $@
 
-run: install  ## main job: SGD vs AdaGrad vs RMSProp vs Adam (3 seeds) on the embedded ill-conditioned problem
+run: install  ## main job: tuned SGD (± momentum) vs AdaGrad vs RMSProp vs Adam (β₁ = 0.9, 0) on the embedded ill-conditioned problem
 	$(BIN)/precond-train experiment=compare_preconditioners
 
 test: install  ## fast tests (slow and GPU tests excluded)

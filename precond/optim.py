@@ -154,7 +154,7 @@ class ComposedOptimizer(torch.optim.Optimizer):
         value = self.penalty.value(groups)
         if value is not None:
             out["reg/penalty"] = value
-        share = self.penalty.share()
+        share = self.penalty.share(self.state)
         if share is not None:
             out["reg/penalty_share"] = share
         return out

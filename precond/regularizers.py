@@ -85,7 +85,7 @@ class Penalty(Link):
         or None when it has no closed form here."""
         return None
 
-    def share(self) -> Optional[float]:
+    def share(self, state: Optional[dict] = None) -> Optional[float]:
         """The penalty term's share of the step's direction on the penalized tensors,
         ``‖λ·term‖ / ‖direction without it‖``, averaged over the steps since the last call (for calibrating λ),
         or None when not tracked."""
@@ -247,9 +247,9 @@ class GradNorm(Penalty):
         self.buffers = list(buffers)
         self.needs_graph = backend == "double_backward"
         self.last_penalty: Optional[float] = None
-        # Σ over steps of ‖λ·term‖/‖direction‖ since the last read, kept on the device (no sync per step), and the count
-        self._share_sum: Optional[Tensor] = None
-        self._share_steps = 0
+        # Σ over steps of ‖λ·term‖/‖direction‖ since the last read and their count live in the optimizer state of
+        # the first penalized tensor (checkpointed with it: a resumed run logs the same shares); this is that tensor
+        self._anchor: Optional[Tensor] = None
 
     @property
     def needs_precond(self) -> bool:
@@ -279,17 +279,23 @@ class GradNorm(Penalty):
             term_sq.append(ctx.group["strength"] ** 2 * _sum_sq(terms))
             direction_sq.append(_sum_sq([out[c][i] for i in idx]))
             out[c] = _add_scaled(ctx, out[c], idx, terms, "strength")
-        ratio = (sum(term_sq) / sum(direction_sq).clamp_min(1e-300)).sqrt()
-        self._share_sum = ratio if self._share_sum is None else self._share_sum + ratio
-        self._share_steps += 1
+        ratio = (sum(term_sq) / sum(direction_sq).clamp_min(1e-300)).sqrt()  # on the device: no sync per step
+        c = next(c for c, idx in enumerate(selected) if idx)
+        self._anchor = ctxs[c].params[selected[c][0]]
+        state = ctxs[c].states[selected[c][0]]
+        # kept in the tensor's dtype: torch's load_state_dict casts float state to it, and a resumed run must match
+        state[self.key("share_sum")] = state.get(self.key("share_sum"), 0.0) + ratio.to(self._anchor.dtype)
+        state[self.key("share_steps")] = state.get(self.key("share_steps"), 0) + 1
         return out
 
-    def share(self) -> Optional[float]:
-        """The mean over the steps since the last call of ``‖λ·term‖ / ‖direction without it‖`` (then reset)."""
-        if not self._share_steps:
+    def share(self, state: Optional[dict] = None) -> Optional[float]:
+        """The mean over the steps since the last call of ``‖λ·term‖ / ‖direction without it‖`` (then reset);
+        ``state``: the optimizer's state (where the running sum is kept)."""
+        if self._anchor is None or state is None or not state.get(self._anchor, {}).get(self.key("share_steps")):
             return None
-        mean = float(self._share_sum) / self._share_steps
-        self._share_sum, self._share_steps = None, 0
+        entry = state[self._anchor]
+        mean = float(entry[self.key("share_sum")]) / entry[self.key("share_steps")]
+        entry[self.key("share_sum")], entry[self.key("share_steps")] = 0.0, 0
         return mean
 
     def value(self, groups):

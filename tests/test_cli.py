@@ -55,18 +55,20 @@ def test_compare_preconditioners_experiment_smoke(cli, tmp_path):
     """The main job (make run), shrunk: a tuned experiment through the real CLI."""
     proc = cli("experiment=compare_preconditioners", "steps=20", "eval_every=10", "curvature.every=20",
                "hydra.sweeper.grid.lr=[0.01,0.1]", "hydra.sweeper.arms.sgd.grid.lr=[0.1,1.0]",
+               "hydra.sweeper.arms.sgd_momentum.grid={lr:[0.1,1.0],preconditioner.momentum:[0.9]}",
                "hydra.sweeper.tuning_seeds=[0,1]", "hydra.sweeper.confirmation_seeds=[100,101,102]")
     sweep = tmp_path / "sweep"
     tuning = [read_summary(p.parent) for p in (sweep / "tuning").rglob("summary.json")]
     confirmation = [read_summary(p.parent) for p in (sweep / "confirmation").rglob("summary.json")]
-    assert len(tuning) == 4 * 2 * 2 and {s["stage"] for s in tuning} == {"tuning"}
-    assert len(confirmation) == 4 * 3 and {s["stage"] for s in confirmation} == {"confirmation"}
+    assert len(tuning) == 6 * 2 * 2 and {s["stage"] for s in tuning} == {"tuning"}  # 6 arms × 2 points × 2 seeds
+    assert len(confirmation) == 6 * 3 and {s["stage"] for s in confirmation} == {"confirmation"}
+    assert {s["arm"] for s in confirmation} == {"sgd", "sgd_momentum", "adagrad", "rmsprop", "adam", "adam_beta1_0"}
     assert {s["choices"]["preconditioner"] for s in confirmation} == {"sgd", "adagrad", "rmsprop", "adam"}
     assert {s["seed"] for s in confirmation} == {100, 101, 102}
     assert all(s.get("packed", 0) > 1 for s in tuning)  # the experiment packs its jobs
     # κ is measured where the claims are judged (confirmation), not on every grid point (tuning_overrides)
     assert all("curvature/p/lam_max" not in s for s in tuning) and all("curvature/p/lam_max" in s for s in confirmation)
-    assert "## Verdicts" in proc.stdout and len(json.loads((sweep / "verdicts.json").read_text())) == 4
+    assert "## Verdicts" in proc.stdout and len(json.loads((sweep / "verdicts.json").read_text())) == 8
     assert "curvature/z/kappa" in proc.stdout
 
 

@@ -68,3 +68,16 @@ def test_the_loop_records_reach_and_hold(tmp_path):
     trace = [(r["step"], r.get("val/loss"), r["time/train_s"]) for r in records]
     assert summary["steps_to_target"] == time_to_target(trace, "val/loss", 0.3)["steps_to_target"]
     assert summary["steps_to_target"] is not None and summary["steps_to_first_hit"] <= summary["steps_to_target"]
+
+
+@pytest.mark.parametrize("warmup", [0, 20])
+def test_a_bnp_run_records_its_times_after_the_warm_up_also_when_the_warm_up_is_zero(here, tmp_path, warmup):
+    """steps_to_target_after_warmup = max(steps_to_target − bnp_warmup, 0): at warm-up 0 it is the total (a
+    sensitivity curve over the warm-up must not lose its first point)."""
+    from tests.conftest import read_summary
+
+    here("preconditioner=bnp", "model=mlp", "dataset=digits", "steps=60", "eval_every=5", "lr=0.01",
+         "target.value=0.5", f"preconditioner.bnp_warmup={warmup}", "progress=false")
+    summary = read_summary(tmp_path / "run")
+    assert summary["warmup_steps"] == warmup and summary["steps_to_target"] is not None
+    assert summary["steps_to_target_after_warmup"] == max(summary["steps_to_target"] - warmup, 0.0)

@@ -280,8 +280,8 @@ def why_not_recorded(metric: str, settings: RunSettings) -> Optional[str]:
     if metric == "test/loss":
         return None if getattr(settings.dataset, "n_test", 1) else "dataset.n_test=0 leaves no test split"
     if metric.endswith("_after_warmup"):
-        return None if getattr(settings.preconditioner, "bnp_warmup", 0) else "only a method with a warm-up " \
-            "(preconditioner=bnp with bnp_warmup > 0) records times after its warm-up"
+        return None if getattr(settings.preconditioner, "bnp_warmup", None) is not None else "only a method " \
+            "with a warm-up (preconditioner=bnp) records times after its warm-up"
     if metric.startswith("reg/"):
         return None if settings.regularization.name != "none" else "regularization=none records no reg/ metrics"
     if metric.startswith("curvature/"):

@@ -153,7 +153,7 @@ def base_summary(settings: RunSettings, job: JobInfo) -> dict:
             **{k: getattr(options, k) for k in ("stage", "arm") if getattr(options, k) is not None},
             "choices": {k: v for k, v in job.choices.items() if not k.startswith("hydra")}}
     warmup = getattr(settings.preconditioner, "bnp_warmup", None)  # steps that only collect statistics
-    if warmup:
+    if warmup is not None:  # a method with a warm-up setting records times after it, also at 0 (= the totals)
         base["warmup_steps"] = warmup
     return base
 
@@ -249,7 +249,7 @@ def prepare(settings: RunSettings, job: JobInfo, base: dict, runlog: RunLog, dat
 
 def finish_run(run_: PreparedRun, runlog: RunLog, summary: dict) -> None:
     """The files of a run that ended: weights, optimizer state, summary; the checkpoint goes once finished."""
-    if summary.get("warmup_steps"):
+    if summary.get("warmup_steps") is not None:
         summary.update(after_warmup(summary, summary["warmup_steps"]))
     atomic_save(run_.parts.model.state_dict(), run_.run_dir / "model.pt")
     atomic_save(run_.parts.optimizer.state_dict(), run_.run_dir / "optimizer.pt")
