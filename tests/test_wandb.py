@@ -1,6 +1,5 @@
 """W&B the way its users work, checked offline by reading each run's .wandb file back."""
 import json
-import time
 
 import pytest
 
@@ -90,12 +89,7 @@ def test_the_log_reader_rejoins_a_record_that_spans_several_blocks(home):
     run_dir = home / "run"
     run = wandb.init(project="p", notes=note, dir=str(run_dir), mode="offline", reinit="create_new")
     run.finish()
-    record = offline_run(run_dir)["run"]
-    for _ in range(50):  # under a loaded machine the W&B service may still be writing the log: wait, ≤ 10 s
-        if record is not None:
-            break
-        time.sleep(0.2)
-        record = offline_run(run_dir)["run"]
+    record = offline_run(run_dir)["run"]  # read once the log ends with its exit record
     kinds = [kind for kind, _ in records(next(run_dir.glob("wandb/offline-run-*/*.wandb")))]
     assert record is not None, f"no run record in the log; record kinds: {kinds}"
     assert len(note) > 3 * BLOCK and record.notes == note

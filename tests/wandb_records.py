@@ -54,14 +54,36 @@ def records(path: Path):
         yield kind, getattr(record, kind) if kind else None
 
 
+#: how long to wait for W&B's service to finish writing a log after ``run.finish()`` returned
+WRITE_TIMEOUT_S = 30.0
+
+
+def finished_records(path: Path, timeout: float = WRITE_TIMEOUT_S) -> list:
+    """The records of a log once W&B has written all of it: ``run.finish()`` can return before the
+    service process has flushed the file (seen under load as a log without its run record), and the
+    last record of a finished run is ``exit``; wait for it (≤ ``timeout`` s), then read."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while True:
+        found = list(records(path)) if Path(path).exists() else []
+        if (found and found[-1][0] == "exit") or time.monotonic() > deadline:
+            return found
+        time.sleep(0.1)
+
+
 def offline_run(run_dir: Path) -> dict:
     """The one offline W&B run under ``run_dir/wandb``: its run record, the final summary (updates
-    applied in order) and its artifacts."""
-    files = list(Path(run_dir).glob("wandb/offline-run-*/*.wandb"))
+    applied in order) and its artifacts (read once W&B has finished writing the log)."""
+    import time
+
+    deadline = time.monotonic() + WRITE_TIMEOUT_S
+    while not (files := list(Path(run_dir).glob("wandb/offline-run-*/*.wandb"))) and time.monotonic() < deadline:
+        time.sleep(0.1)
     if len(files) != 1:
         raise AssertionError(f"expected one offline W&B run under {run_dir}, found {files}")
     run, summary, artifacts = None, {}, []
-    for kind, message in records(files[0]):
+    for kind, message in finished_records(files[0]):
         if kind == "run":
             run = message
         elif kind == "summary":

@@ -19,6 +19,22 @@ class ReportError(ValueError):
     """Nothing to report (no readable runs) or a metric the runs do not have: one line for the user."""
 
 
+def pyplot():
+    """matplotlib's pyplot on the Agg backend, imported only when a plot is drawn."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def palette(plt, n: int) -> list[tuple]:
+    """Distinct (color, linestyle) pairs: tab10 up to 10 arms, then tab10 again with dashes."""
+    colors = plt.get_cmap("tab10").colors
+    return [(colors[k % 10], "-" if k < 10 else "--") for k in range(n)]
+
+
 def save_figure(fig, path: str | Path) -> Path:
     """Save a matplotlib figure as PNG atomically (temp file + rename) and close it."""
     import matplotlib.pyplot as plt
