@@ -50,11 +50,16 @@ SELECTIONS = sorted((ROOT / "docs" / "results").glob("*/selection.json"))
 @pytest.mark.parametrize("path", SELECTIONS, ids=lambda p: p.parent.name)
 def test_no_committed_selection_chose_a_point_whose_tuning_runs_did_not_hold_the_target(path):
     """Where any grid point reached and held the target on every tuning seed, the chosen point is one of
-    those; a choice by final metric happens only when no point did; an arm with no eligible point is invalid."""
+    those; a choice by final metric happens only when no point did; an arm with no eligible point is invalid; an
+    arm with a one-point grid has no tuning runs and that point."""
     for arm, entry in json.loads(path.read_text())["arms"].items():
         standings = [p["standing"] for p in entry["points"]]
         if entry.get("chosen") is None:
             assert entry.get("invalid") and "held" not in standings and "completed" not in standings, arm
+            continue
+        if not entry["points"]:  # one grid point: nothing to choose, no tuning runs
+            assert entry["tuning_seeds"] == [] and entry["basis"].startswith("the only point"), arm
+            assert [entry["chosen"]] == [dict(zip(entry["grid"], v)) for v in zip(*entry["grid"].values())], arm
             continue
         chosen = next(p for p in entry["points"] if p["point"] == entry["chosen"])
         if "held" in standings:
