@@ -361,20 +361,6 @@ def test_a_grid_claim_is_judged_per_tuning_seed_and_draws_the_heat_maps(tmp_path
     assert "![grid heat map](grid_heatmap.png)" in (sweep / "comparison.md").read_text()
 
 
-@pytest.mark.parametrize("claim,message", [
-    ("{claim:c,metric:grid/near_optimal_fraction,better:a,than:b}", "go with stage: tuning"),
-    ("{claim:c,stage:tuning,metric:val/loss,better:a,than:b}", "go with stage: tuning"),
-    ("{claim:c,stage:tuning,metric:grid/near_optimal_fraction,better:a,than:one}", "its grid has one point"),
-    ("{claim:c,stage:later,metric:val/loss,better:a,than:b}", "stage"),
-])
-def test_a_grid_claim_without_a_grid_or_stage_is_refused_before_any_run(tmp_path, capsys, claim, message):
-    arms = "hydra.sweeper.arms={a:{grid:{lr:[0.1,0.3]}},b:{grid:{lr:[0.1,0.3]}},one:{grid:{lr:[0.1]}}}"
-    sweep = tmp_path / "sweep"
-    assert run_in_process([*TINY, arms, f"hydra.sweeper.claims=[{claim}]", f"hydra.sweep.dir={sweep}"]) == 2
-    assert message in capsys.readouterr().err
-    assert not list(sweep.rglob("summary.json"))
-
-
 def test_a_sensitivity_curve_plots_and_states_the_median_of_each_value_from_the_confirmation_runs(tmp_path):
     sweep = tmp_path / "sweep"
     arms = ("hydra.sweeper.arms={m0:{overrides:{preconditioner.momentum:0.0}},"
@@ -392,14 +378,24 @@ def test_a_sensitivity_curve_plots_and_states_the_median_of_each_value_from_the_
     assert (sweep / "sensitivity.png").stat().st_size > 0
 
 
-@pytest.mark.parametrize("sensitivity,message", [
-    ("{preconditioner.momentum:{sgd:[a,ghost]}}", "sensitivity.preconditioner.momentum.sgd"),
-    ("{preconditioner.momentum:{sgd:[a,b]}}", "arms.b.overrides.preconditioner.momentum"),
-    ("{preconditioner.momentum:{sgd:[a]}}", "at least two arms"),
-])
-def test_a_bad_sensitivity_curve_is_refused_before_any_run(tmp_path, capsys, sensitivity, message):
-    arms = "hydra.sweeper.arms={a:{overrides:{preconditioner.momentum:0.5}},b:{}}"
+GRID_ARMS = "hydra.sweeper.arms={a:{grid:{lr:[0.1,0.3]}},b:{grid:{lr:[0.1,0.3]}},one:{grid:{lr:[0.1]}}}"
+CURVE_ARMS = "hydra.sweeper.arms={a:{overrides:{preconditioner.momentum:0.5}},b:{}}"
+
+
+@pytest.mark.parametrize("arms,declaration,message", [
+    (GRID_ARMS, "claims=[{claim:c,metric:grid/near_optimal_fraction,better:a,than:b}]", "go with stage: tuning"),
+    (GRID_ARMS, "claims=[{claim:c,stage:tuning,metric:val/loss,better:a,than:b}]", "go with stage: tuning"),
+    (GRID_ARMS, "claims=[{claim:c,stage:tuning,metric:grid/near_optimal_fraction,better:a,than:one}]",
+     "its grid has one point"),
+    (GRID_ARMS, "claims=[{claim:c,stage:later,metric:val/loss,better:a,than:b}]", "stage"),
+    (CURVE_ARMS, "sensitivity={preconditioner.momentum:{sgd:[a,ghost]}}", "sensitivity.preconditioner.momentum.sgd"),
+    (CURVE_ARMS, "sensitivity={preconditioner.momentum:{sgd:[a,b]}}", "arms.b.overrides.preconditioner.momentum"),
+    (CURVE_ARMS, "sensitivity={preconditioner.momentum:{sgd:[a]}}", "at least two arms"),
+], ids=["grid-metric-without-stage", "stage-without-grid-metric", "one-point-grid", "unknown-stage",
+        "curve-unknown-arm", "curve-arm-without-value", "curve-of-one"])
+def test_a_bad_grid_claim_or_sensitivity_curve_is_refused_before_any_run(tmp_path, capsys, arms, declaration,
+                                                                         message):
     sweep = tmp_path / "sweep"
-    assert run_in_process([*TINY, arms, f"hydra.sweeper.sensitivity={sensitivity}", f"hydra.sweep.dir={sweep}"]) == 2
+    assert run_in_process([*TINY, arms, f"hydra.sweeper.{declaration}", f"hydra.sweep.dir={sweep}"]) == 2
     assert message in capsys.readouterr().err
     assert not list(sweep.rglob("summary.json"))
