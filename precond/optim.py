@@ -31,6 +31,18 @@ from precond.regularizers import BackwardCreatesGraph, Penalty, RegularizationSp
 ParamsT = Union[Iterable[Tensor], Iterable[dict]]
 
 
+def _without_dynamo_wrapper(name: str):
+    """``torch.optim.Optimizer``'s method ``name`` without its ``torch._disable_dynamo`` wrapper.
+
+    The wrapper imports ``torch._dynamo`` on its first call (about 1 s per process, more than
+    a short run trains). It only matters when dynamo traces the optimizer, which precond never
+    asks for (``compile=true`` compiles the model's forward), so the undecorated method does
+    the same work without the import.
+    """
+    method = getattr(torch.optim.Optimizer, name)
+    return getattr(method, "__wrapped__", method)
+
+
 class ComposedOptimizer(torch.optim.Optimizer):
     """A ``torch.optim.Optimizer`` whose step is a chain of links.
 
@@ -44,6 +56,11 @@ class ComposedOptimizer(torch.optim.Optimizer):
         momentum: heavy-ball link, or None when the preconditioner has its own.
         post: links applied to ``p`` after the update (proximal maps).
     """
+
+    add_param_group = _without_dynamo_wrapper("add_param_group")
+    zero_grad = _without_dynamo_wrapper("zero_grad")
+    state_dict = _without_dynamo_wrapper("state_dict")
+    load_state_dict = _without_dynamo_wrapper("load_state_dict")
 
     def __init__(
         self,

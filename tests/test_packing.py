@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from precond import build_optimizer
+from precond.sweep.pack_optimizer import PackOptimizer, chain_order, stack_optimizer
 from precond.sweep.pack_rules import pack_key
-from precond.sweep.pack_training import stack_optimizer
 from tests.conftest import read_metrics, read_summary, run_in_process
 
 RTOL = 1e-10
@@ -89,6 +89,28 @@ REGS = [dict(), dict(regularization="l2", variable="p"), dict(regularization="l2
         dict(regularization="l1", variable="z", form="subgradient")]
 
 
+def _solo_and_stacked(specs, shapes, g):
+    """One float64 optimizer per spec over its own parameters, and the stacked parameters ``[J, …]``."""
+    solos, params = [], []
+    for spec in specs:
+        ps = [torch.randn(s, generator=g, dtype=torch.float64, requires_grad=True) for s in shapes]
+        solos.append(build_optimizer(ps, **spec))
+        params.append(ps)
+    stacked = [torch.stack([ps[i].detach() for ps in params]).requires_grad_() for i in range(len(shapes))]
+    return solos, params, stacked
+
+
+def _step_both(solos, params, stacked, step_packed, shapes, g, steps=5):
+    """``steps`` steps with random gradients: each solo optimizer on its own, the pack by ``step_packed``."""
+    for _ in range(steps):
+        grads = [torch.randn((len(solos), *s), generator=g, dtype=torch.float64) for s in shapes]
+        for j, ps in enumerate(params):
+            for i, p in enumerate(ps):
+                p.grad = grads[i][j].clone()
+            solos[j].step()
+        step_packed(grads)
+
+
 @pytest.mark.parametrize("name", sorted(CASES))
 @pytest.mark.parametrize("reg", REGS, ids=lambda r: "-".join(r.values()) or "none")
 def test_packed_optimizer_steps_each_job_as_its_own_optimizer(name, reg):
@@ -96,29 +118,75 @@ def test_packed_optimizer_steps_each_job_as_its_own_optimizer(name, reg):
     g = torch.Generator().manual_seed(0)
     shapes = [(3, 4), (4,)]
     lrs, strengths = [0.1, 0.03, 0.01], [0.0, 0.01, 0.1]
-    solos, params = [], []
-    for j, hyper in enumerate(PER_JOB[name]):
-        ps = [torch.randn(s, generator=g, dtype=torch.float64, requires_grad=True) for s in shapes]
-        extra = {"strength": strengths[j], **reg} if reg else {}
-        solos.append(build_optimizer(ps, name, lr=lrs[j], **extra, **{**CASES[name], **hyper}))
-        params.append(ps)
-    if any(h.get("momentum") == 0.0 for h in PER_JOB[name]) and name == "sgd":
-        solos, params = solos[:2], params[:2]  # momentum 0 and > 0 are not packed together (pack_key)
-    stacked = [torch.stack([ps[i].detach() for ps in params]).requires_grad_() for i in range(len(shapes))]
+    specs = [dict(preconditioner=name, lr=lrs[j], **({"strength": strengths[j], **reg} if reg else {}),
+                  **{**CASES[name], **hyper}) for j, hyper in enumerate(PER_JOB[name])]
+    if name == "sgd":
+        specs = specs[:2]  # momentum 0 and > 0 take different code paths: one chain each (the mixed test)
+    solos, params, stacked = _solo_and_stacked(specs, shapes, g)
     packed = stack_optimizer(solos, stacked)
     packed.param_groups[0]["lr"] = torch.tensor(lrs[:len(solos)], dtype=torch.float64)
-    for _ in range(5):
-        grads = [torch.randn((len(solos), *s), generator=g, dtype=torch.float64) for s in shapes]
-        for j, ps in enumerate(params):
-            for i, p in enumerate(ps):
-                p.grad = grads[i][j].clone()
-            solos[j].step()
+
+    def step(grads):
         for i, p in enumerate(stacked):
             p.grad = grads[i].clone()
         packed.step()
+
+    _step_both(solos, params, stacked, step, shapes, g)
     for j, ps in enumerate(params):
         for i, p in enumerate(ps):
             torch.testing.assert_close(stacked[i][j], p, rtol=1e-12, atol=1e-14)
+
+
+def test_one_pack_of_every_preconditioner_and_regularizer_steps_each_job_as_alone():
+    """Every preconditioner × every regularizer (variable p and z, L1 prox and subgradient), SGD
+    with momentum 0 and > 0, shuffled, as one PackOptimizer over one stacked parameter set:
+    each job's slice equals its own optimizer after 5 steps (float64), and each job's exported
+    state equals its own optimizer's."""
+    g = torch.Generator().manual_seed(1)
+    shapes = [(3, 4), (4,)]
+    specs = []
+    for k, (name, reg) in enumerate((n, r) for n in sorted(CASES) for r in REGS):
+        for hyper in PER_JOB[name][:2]:
+            extra = {"strength": 0.01 * (1 + k % 3), **reg} if reg else {}
+            specs.append(dict(preconditioner=name, lr=0.01 * (1 + len(specs) % 4), **extra,
+                              **{**CASES[name], **hyper}))
+    specs.append(dict(preconditioner="sgd", lr=0.05, momentum=0.0))
+    order = torch.randperm(len(specs), generator=g).tolist()
+    specs = [specs[j] for j in order]
+    solos, params, stacked = _solo_and_stacked(specs, shapes, g)
+    chains = chain_order(solos)
+    assert sorted(chains) == list(range(len(specs)))
+    solos, params = [solos[j] for j in chains], [params[j] for j in chains]
+    stacked = [p[chains].detach().requires_grad_() for p in stacked]
+    packed = PackOptimizer(solos, stacked)
+    assert packed.chains == 4 * len(REGS) + 1  # SGD momentum 0 is a chain of its own
+    lrs = [opt.param_groups[0]["lr"] for opt in solos]
+
+    def step(grads):
+        def backward():  # the pack's closure: here it only sets the stacked gradients
+            for i, p in enumerate(stacked):
+                p.grad = grads[i].clone()
+        packed.step(backward, lrs)
+
+    _step_both(solos, params, stacked, step, shapes, g)
+    for j, ps in enumerate(params):
+        for i, p in enumerate(ps):
+            torch.testing.assert_close(stacked[i][j], p, rtol=1e-12, atol=1e-14)
+    fresh = build_optimizer([torch.zeros(s, dtype=torch.float64) for s in shapes], **specs[chains[3]])
+    packed.export(3, fresh)
+    for i, state in enumerate(solos[3].state.values()):
+        exported = list(fresh.state.values())[i]
+        assert set(exported) == set(state)
+        for key, value in state.items():
+            torch.testing.assert_close(torch.as_tensor(exported[key]), torch.as_tensor(value), rtol=0, atol=0)
+
+
+def test_jobs_of_one_chain_must_be_contiguous():
+    ps = [torch.zeros(3, 2)]
+    solos = [build_optimizer([torch.zeros(2)], name, lr=0.1) for name in ("sgd", "adam", "sgd")]
+    with pytest.raises(ValueError, match="contiguous"):
+        PackOptimizer(solos, ps)
+    assert chain_order(solos) == [0, 2, 1]
 
 
 def test_pack_key_groups_stackable_jobs_and_says_why_others_train_alone():
@@ -131,6 +199,10 @@ def test_pack_key_groups_stackable_jobs_and_says_why_others_train_alone():
     assert pack_key(base)[0] == pack_key(other)[0] is not None
     longer = {**base, "steps": 200}
     assert pack_key(longer)[0] != pack_key(base)[0]
+    other_chain = {**base, "preconditioner": {"name": "sgd", "momentum": 0.9},
+                   "regularization": {"name": "l1", "variable": "z", "strength": 0.3, "form": "prox"}}
+    assert pack_key(other_chain)[0] == pack_key(base)[0]  # one model, one data, one loop: one pack
+    assert pack_key({**base, "model": {"name": "mlp"}})[0] != pack_key(base)[0]
     assert "bnp" in pack_key({**base, "preconditioner": {"name": "bnp"}})[1]
     assert "BatchNorm" in pack_key({**base, "normalization": {"name": "batchnorm"}})[1]
     assert "gradnorm" in pack_key({**base, "regularization": {"name": "gradnorm"}})[1]
@@ -141,19 +213,20 @@ SMALL = ["steps=60", "eval_every=20", "batch_size=32", "dataset.n_train=512", "d
 
 
 def test_four_preconditioners_three_seeds_two_lrs_packed_equal_alone(tmp_path):
-    """The issue's first equivalence case: 4 preconditioners × 3 seeds × 2 lrs on the default problem."""
+    """4 preconditioners × 3 seeds × 2 lrs on the default problem: one pack of 24 (four chains)."""
     sweep = ["preconditioner=sgd,adagrad,rmsprop,adam", "seed=0,1,2", "lr=0.01,0.05", *SMALL]
     alone = _sweep(tmp_path, "alone", "basic", *sweep)
     packed = _sweep(tmp_path, "packed", "packed", *sweep)
     assert_same_runs(alone, packed)
-    assert len(_jobs(packed)) == 24
+    assert [read_summary(p)["packed"] for p in _jobs(packed)] == [24] * 24
 
 
-def test_mlp_with_l2_in_z_and_l1_prox_packed_equal_alone(tmp_path):
-    """An MLP on digits with per-job strengths: L2 in z (AdamW) and the L1 prox in p."""
+def test_mlp_with_l2_in_p_and_z_and_l1_prox_packed_equal_alone(tmp_path):
+    """An MLP on digits with per-job strengths: SGD and Adam with L2 in p and in z (Adam+L2, AdamW) as
+    one pack of four chains, and the L1 prox in p."""
     common = ["model=mlp", "model.widths=[16]", "dataset=digits", "steps=40", "eval_every=20", "batch_size=32",
               "target.metric=val/acc", "target.value=0.5"]
-    for name, reg in (("l2z", ["regularization=l2", "regularization.variable=z"]),
+    for name, reg in (("l2pz", ["preconditioner=sgd,adam", "regularization=l2", "regularization.variable=p,z"]),
                       ("l1", ["regularization=l1", "regularization.variable=p"])):
         sweep = [*common, *reg, "regularization.strength=0.0,0.001,0.01", "seed=0,1", "lr=0.003,0.01"]
         assert_same_runs(_sweep(tmp_path, f"{name}_alone", "basic", *sweep),
@@ -174,20 +247,23 @@ def test_stackable_and_unstackable_jobs_in_one_sweep(tmp_path, capsys):
 
 
 def test_a_diverging_member_stops_alone_and_the_others_go_on(tmp_path):
-    """lr=3 diverges with SGD on the default problem; its files equal its solo run's, the rest is unchanged."""
-    sweep = ["preconditioner=sgd", "lr=0.01,3.0,0.05", "seed=0", *SMALL]
+    """lr=3 diverges with SGD on the default problem, in a pack with Adam; its files equal its solo
+    run's, the rest is unchanged."""
+    sweep = ["preconditioner=sgd,adam", "lr=0.01,3.0,0.05", "seed=0", *SMALL]
     alone = _sweep(tmp_path, "alone", "basic", *sweep)
     packed = _sweep(tmp_path, "packed", "packed", *sweep)
     statuses = [read_summary(p)["status"] for p in _jobs(packed)]
-    assert statuses == ["completed", "diverged", "completed"]
+    assert statuses[:3] == ["completed", "diverged", "completed"] and statuses[4] != "diverged"
     assert_same_runs(alone, packed)
 
 
 def test_an_interrupted_pack_resumes_to_the_uninterrupted_result(tmp_path, monkeypatch):
-    """Stop the pack mid-run: every member leaves a checkpoint; the re-run resumes them as a pack."""
+    """Stop a pack of SGD (L2 in p) and Adam (L2 in z) jobs mid-run: every member leaves a
+    checkpoint; the re-run resumes them as a pack, to the uninterrupted result."""
     from precond.sweep import pack_jobs as train
 
-    sweep = ["preconditioner=adam", "seed=0,1", "lr=0.01,0.03", *SMALL]
+    sweep = ["preconditioner=sgd,adam", "regularization=l2", "regularization.strength=0.01",
+             "regularization.variable=p,z", "seed=0,1", "lr=0.01,0.03", *SMALL]
     reference = _sweep(tmp_path, "reference", "basic", *sweep)
     polls = {"n": 0}
     real = train.run_pack

@@ -1,9 +1,12 @@
 """Which runs can be trained together as one stacked model (:mod:`precond.sweep.pack_training`).
 
-Two runs can share a pack when their resolved configs are equal except for *stackable*
-values — numbers that enter the computation only element-wise, per job — and for
-*bookkeeping* values that do not enter it at all. :func:`pack_key` returns the rest of the
-config as a key (runs with equal keys are packed) or the reason a run must train alone.
+Two runs can share a pack when they train the same model on the same data with the same
+loop: their resolved configs are equal except for *per-job* values — the seed, the learning
+rate and the whole optimizer (preconditioner and regularization: each job's slice of the
+stacked model is stepped by its own chain, :mod:`precond.sweep.pack_optimizer`) — and for
+*bookkeeping* values that do not enter the computation at all. :func:`pack_key` returns the
+rest of the config as a key (runs with equal keys are packed) or the reason a run must train
+alone.
 """
 from __future__ import annotations
 
@@ -13,12 +16,9 @@ from typing import Optional
 
 from precond.run.files import RESULT_FREE_KEYS
 
-#: values that may differ inside a pack: seeds (init, batch order) and element-wise hyperparameters
-STACKABLE = (
-    "seed", "lr", "preconditioner.lr", "preconditioner.betas", "preconditioner.eps", "preconditioner.alpha",
-    "preconditioner.momentum", "preconditioner.dampening", "preconditioner.lr_decay",
-    "preconditioner.initial_accumulator_value", "regularization.strength",
-)
+#: values that may differ inside a pack: seeds (init, batch order), the lr and the optimizer chain
+#: (jobs with equal chains share one stacked optimizer; the others get one per chain)
+PER_JOB = ("seed", "lr", "preconditioner", "regularization")
 #: values that do not enter the computation: the result-free keys, plus names and the target (which
 #: changes what is recorded, steps-to-target, but not how any member trains)
 BOOKKEEPING = ("name", "stage", "arm", "target", "dataset.target_metric", "dataset.target_value",
@@ -53,15 +53,12 @@ def _drop(config: dict, dotted: str) -> None:
 def pack_key(config: dict) -> tuple[Optional[str], Optional[str]]:
     """``(key, None)`` for a packable run, ``(None, reason)`` for one that trains alone.
 
-    The key is the config without its stackable and bookkeeping values; momentum 0 and
-    momentum > 0 take different code paths (no buffer vs a buffer), so that fact stays in it.
+    The key is the config without its per-job and bookkeeping values.
     """
     reason = alone_reason(config)
     if reason is not None:
         return None, reason
     rest = copy.deepcopy(config)
-    momentum = config.get("preconditioner", {}).get("momentum")
-    for dotted in (*STACKABLE, *BOOKKEEPING):
+    for dotted in (*PER_JOB, *BOOKKEEPING):
         _drop(rest, dotted)
-    rest["momentum>0"] = bool(momentum)
     return json.dumps(rest, sort_keys=True, default=str), None

@@ -1,16 +1,17 @@
-"""Packed training: J runs that differ only in stackable values, trained as one stacked model.
+"""Packed training: J runs of one model on one dataset, trained as one stacked model.
 
 Runs of one architecture on one dataset that differ in their seed, learning rate,
-regularization strength or optimizer scalars are independent problems
+optimizer (preconditioner, its scalars, regularizer, its variable and strength) are
+independent problems
 ``min_{p_j} f_j(p_j)``. Stacking their parameters along a leading job axis,
 ``P = [p_1; …; p_J]``, turns them into one problem with a separable objective
 ``F(P) = Σ_j f_j(p_j)``, whose gradient has blocks ``∂F/∂p_j = ∇f_j(p_j)``: one backward
 pass of ``Σ_j f_j`` gives every run's own gradient. The forward pass is
-``vmap(functional_call)`` over the job axis (each job sees its own minibatch), and the
-optimizer is the same composed chain (:mod:`precond.optim`) over the stacked parameters
-with every hyperparameter that differs between jobs held as a per-job tensor
-(:func:`precond.chain.per_param`): all links are element-wise, so each job's slice
-follows exactly the update it would take alone.
+``vmap(functional_call)`` over the job axis (each job sees its own minibatch), and each
+job's slice is stepped by its own composed chain (:mod:`precond.sweep.pack_optimizer`:
+jobs with equal chains share one optimizer over their block of the job axis, every
+hyperparameter that differs between them a per-job tensor); all links are element-wise,
+so each job's slice follows exactly the update it would take alone.
 
 Per job, everything that is not arithmetic on the stacked tensors stays the job's own:
 its initialization (the job's solo model is built with its seed, then stacked), its
@@ -51,6 +52,7 @@ from precond.run.loop import (
     start_state,
 )
 from precond.run.progress import make_progress
+from precond.sweep.pack_optimizer import PackOptimizer, chain_order
 
 #: modules the explicit batched forward handles; any other model is batched with vmap
 _ELEMENTWISE = (nn.ReLU, nn.Tanh, nn.GELU, nn.Identity)
@@ -143,16 +145,6 @@ class StackedModel:
         for name, stacked in self.buffers.items():
             buffers[name].copy_(stacked[job])
 
-    @torch.no_grad()
-    def freeze(self, job: int, optimizer: ComposedOptimizer) -> None:
-        """Zero job ``job``'s slice of the parameters and optimizer state (a diverged job: its values
-        are written out already; zeros keep NaN/inf out of the pack's arithmetic)."""
-        for p in self.params:
-            p[job].zero_()
-            for value in optimizer.state.get(p, {}).values():
-                if isinstance(value, Tensor) and value.shape == p.shape:
-                    value[job].zero_()
-
 
 def job_losses(task: str, out: Tensor, y: Tensor, reduction: str = "mean") -> Tensor:
     """Each job's loss ``[J]`` from outputs ``[J, B, …]`` and targets ``[J, B, …]`` (or ``[B, …]`` shared):
@@ -164,70 +156,6 @@ def job_losses(task: str, out: Tensor, y: Tensor, reduction: str = "mean") -> Te
         target = y.expand(jobs, *y.shape[-1:]) if y.ndim == 1 else y
         per_sample = F.cross_entropy(out.flatten(0, 1), target.flatten(), reduction="none").view(jobs, batch)
     return per_sample.mean(dim=1) if reduction == "mean" else per_sample.sum(dim=1)  # … and over samples
-
-
-def _per_job(values: list, device, dtype):
-    """One hyperparameter over the jobs: the common number, or a per-job tensor where they differ."""
-    if all(v == values[0] for v in values):
-        return values[0]
-    if any(isinstance(v, bool) or not isinstance(v, (int, float)) for v in values):
-        raise ValueError(f"jobs differ in a setting that cannot be stacked: {values}")
-    host = torch.tensor(values, dtype=dtype, pin_memory=torch.device(device).type == "cuda")
-    return host.to(device, non_blocking=True)  # no wait for the device's queue
-
-
-class _LearningRates:
-    """The pack's per-job ``lr`` before each step: each job's own (scheduled) lr, 0 once it has diverged.
-    The tensor is rebuilt only when a value changes (a constant schedule copies nothing per step)."""
-
-    def __init__(self, device, dtype):
-        self.device, self.dtype, self.values, self.value = device, dtype, None, None
-
-    def __call__(self, values: list):
-        if values != self.values:
-            self.values, self.value = values, _per_job(values, self.device, self.dtype)
-        return self.value
-
-
-def stack_optimizer(optimizers: list[ComposedOptimizer], params: list[Tensor]) -> ComposedOptimizer:
-    """The jobs' optimizers as one over the stacked ``params``: the first job's chain, every
-    hyperparameter per job (a tensor where they differ), the jobs' states stacked."""
-    groups = [opt.param_groups for opt in optimizers]
-    if any(len(g) != 1 for g in groups):
-        raise ValueError("packed training needs one param group per job")
-    first = groups[0][0]
-    device, dtype = params[0].device, params[0].dtype
-    defaults = {}
-    for key in first:
-        if key == "params":
-            continue
-        values = [g[0][key] for g in groups]
-        if isinstance(first[key], tuple):  # betas: each entry on its own
-            defaults[key] = tuple(_per_job([v[i] for v in values], device, dtype) for i in range(len(first[key])))
-        else:
-            defaults[key] = _per_job(values, device, dtype)
-    defaults["stacked"] = True  # the links' view of a parameter's own shape drops the leading job axis
-    packed = optimizers[0].with_chain_over(params, defaults)
-    solo_params = [g[0]["params"] for g in groups]
-    for i, p in enumerate(params):
-        states = [opt.state.get(ps[i], {}) for opt, ps in zip(optimizers, solo_params)]  # .get: state is a
-        # defaultdict, and an empty entry would make a fresh optimizer look stepped
-        if not states[0]:
-            continue
-        packed.state[p] = {key: torch.stack([s[key] for s in states]) if isinstance(states[0][key], Tensor)
-                           else _per_job([s[key] for s in states], device, dtype) for key in states[0]}
-    return packed
-
-
-@torch.no_grad()
-def export_optimizer_state(packed: ComposedOptimizer, job: int, optimizer: ComposedOptimizer) -> None:
-    """Job ``job``'s slice of the packed state into its own optimizer (its checkpoint and monitors read it)."""
-    for p, solo in zip(packed.param_groups[0]["params"], optimizer.param_groups[0]["params"]):
-        state = packed.state.get(p)
-        if not state:
-            continue
-        optimizer.state[solo] = {key: value[job].clone() if isinstance(value, Tensor) and value.shape == p.shape
-                                 else value for key, value in state.items()}
 
 
 @dataclass
@@ -306,16 +234,28 @@ def _evaluate_splits(stacked: StackedModel, data: Dataset, settings: LoopSetting
 
 def train_pack(members: list[PackMember], data: Dataset, should_stop: Optional[Callable[[], bool]] = None
                ) -> list[dict]:
-    """Train every member as :func:`precond.run.loop.train` would alone; returns their summaries.
+    """Train every member as :func:`precond.run.loop.train` would alone; returns their summaries
+    (in the members' order).
 
     At the end (and when a member diverges) each member's slice is back in its own model and
-    optimizer, so the caller writes its files as for a run alone.
+    optimizer, so the caller writes its files as for a run alone. Members may differ in their
+    optimizer chain (:mod:`precond.sweep.pack_optimizer`): they are stacked chain by chain.
     """
+    order = chain_order([m.optimizer for m in members])
+    summaries = _train_in_chain_order([members[j] for j in order], data, should_stop)
+    out: list = [None] * len(members)
+    for position, summary in zip(order, summaries):
+        out[position] = summary
+    return out
+
+
+def _train_in_chain_order(members: list[PackMember], data: Dataset, should_stop) -> list[dict]:
+    """:func:`train_pack` for members whose equal chains are contiguous."""
     settings = members[0].settings
     device = data.x_train.device
     jobs = range(len(members))
     stacked = StackedModel([m.model for m in members])
-    packed = stack_optimizer([m.optimizer for m in members], stacked.params)
+    packed = PackOptimizer([m.optimizer for m in members], stacked.params)
     samplers = [BatchSampler(data.n_train, settings.batch_size, m.settings.seed, device) for m in members]
     metrics: list[dict] = []
 
@@ -327,7 +267,7 @@ def train_pack(members: list[PackMember], data: Dataset, should_stop: Optional[C
 
     def export(j: int) -> None:
         stacked.export(j, members[j].model)
-        export_optimizer_state(packed, j, members[j].optimizer)
+        packed.export(j, members[j].optimizer)
 
     def save(j: int) -> None:
         if members[j].checkpoint is not None:
@@ -347,7 +287,6 @@ def train_pack(members: list[PackMember], data: Dataset, should_stop: Optional[C
     active = [True for _ in jobs]
     progress = make_progress(settings.progress, settings.progress_every_s, settings.steps, states[0].step,
                              pack_label([m.label for m in members]))
-    learning_rates = _LearningRates(device, stacked.params[0].dtype)
     for step in range(states[0].step + 1, settings.steps + 1):
         live = [j for j in jobs if active[j]]
         if not live:
@@ -361,16 +300,14 @@ def train_pack(members: list[PackMember], data: Dataset, should_stop: Optional[C
         idx = torch.stack([s.next() for s in samplers])
         xb, yb = data.x_train[idx], data.y_train[idx]
         lrs = [m.optimizer.param_groups[0]["lr"] if active[j] else 0.0 for j, m in enumerate(members)]
-        packed.param_groups[0]["lr"] = learning_rates(lrs)
 
         def closure():
-            packed.zero_grad(set_to_none=True)
             with autocast(settings.precision, device):
                 losses = job_losses(data.task, stacked.forward(xb), yb)
             losses.sum().backward()  # ∂(Σ_j f_j)/∂p_j = ∇f_j(p_j): every job's own gradient
             return losses
 
-        losses = packed.step(closure).detach()
+        losses = packed.step(closure, lrs).detach()
         loss_sums += losses
         _step_schedulers(members, live)
         for j in live:
@@ -387,7 +324,7 @@ def train_pack(members: list[PackMember], data: Dataset, should_stop: Optional[C
                     statuses[j], active[j] = "diverged", False
                     members[j].runlog.log(diverged_record(step, float(losses[j]), states[j].train_s))
                     export(j)
-                    stacked.freeze(j, packed)
+                    packed.freeze(j)
             live = [j for j in live if active[j]]
         if now.evaluate and live:
             metrics = _evaluate_splits(stacked, data, settings, now.final)
