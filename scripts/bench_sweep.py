@@ -9,12 +9,16 @@ the jobs' ``time/train_s``, and how many jobs end with the same final ``val/loss
 summation order grows to O(1) within a few hundred steps, so a few jobs may differ; the float64
 equivalence tests (tests/test_packing.py) are the exact check.
 
+A second table runs the main tuned experiment (``experiment=compare_preconditioners``, the
+job of ``make run``: tuning and confirmation runs, curvature monitors, report and verdicts)
+with each launcher and sets its wall time against the sum of its runs' ``time/train_s``.
+
 On a GPU (``--device cuda``) it adds the 100-job MNIST-shaped MLP sweep and ResNet-18
 training throughput on CIFAR-shaped data with each fast-path option on and off.
 
     python scripts/bench_sweep.py                      # CPU: default problem + MLP on digits, 48 jobs each
     python scripts/bench_sweep.py --device cuda        # + 100-job MLP sweep and ResNet-18 images/s
-    python scripts/bench_sweep.py --cases default --steps 300   # a quick look
+    python scripts/bench_sweep.py --cases default --steps 300 --no-tuned   # a quick look
 """
 from __future__ import annotations
 
@@ -44,9 +48,14 @@ CASES = {
 DEFAULT_STEPS = {"default": 1500, "digits": 1500, "mnist_mlp": 2000}
 
 
+#: the main tuned experiment (``make run``)
+TUNED = "compare_preconditioners"
+
+
 def run_sweep(launcher: str, overrides: list[str], sweep_dir: Path) -> float:
     """Wall seconds of one sweep run as a user runs it (a fresh interpreter)."""
-    args = [sys.executable, "-m", "precond.run.entry", "-m", f"hydra/launcher={launcher}",
+    multirun = [] if any(o.startswith("experiment=") for o in overrides) else ["-m"]  # an experiment sets it
+    args = [sys.executable, "-m", "precond.run.entry", *multirun, f"hydra/launcher={launcher}",
             f"hydra.sweep.dir={sweep_dir}", "progress=false", "logger=none", *overrides]
     t0 = time.perf_counter()
     proc = subprocess.run(args, cwd=ROOT, capture_output=True, text=True)
@@ -57,7 +66,9 @@ def run_sweep(launcher: str, overrides: list[str], sweep_dir: Path) -> float:
 
 
 def summaries(sweep_dir: Path) -> dict[str, dict]:
-    return {p.parent.name: json.loads(p.read_text()) for p in sweep_dir.glob("*/summary.json")}
+    """Every run's summary by its place below the sweep dir (``7``, or ``tuning/adam/lr=0.1/seed=0``)."""
+    return {p.parent.relative_to(sweep_dir).as_posix(): json.loads(p.read_text())
+            for p in sweep_dir.rglob("summary.json")}
 
 
 def compare_sweeps(case: str, overrides: list[str], workdir: Path) -> dict:
@@ -79,6 +90,17 @@ def compare_sweeps(case: str, overrides: list[str], workdir: Path) -> dict:
             "basic_train_s": sum(s["time/train_s"] for s in basic.values()),
             "packed_train_s": sum(s["time/train_s"] for s in packed.values()),
             "same": sum(same(s, packed[k]) for k, s in basic.items())}
+
+
+def tuned_table(device: str, workdir: Path) -> None:
+    """The main tuned experiment with each launcher: wall, Σ train, wall / Σ train, and basic / packed."""
+    row = compare_sweeps(TUNED, [f"experiment={TUNED}", f"device={device}"], workdir)
+    print(f"\n| {TUNED} (tuned) | runs | launcher | wall s | Σ train s | wall / Σ train |\n|---|---|---|---|---|---|")
+    for launcher in ("basic", "packed"):
+        wall, train = row[f"{launcher}_s"], row[f"{launcher}_train_s"]
+        print(f"| | {row['jobs']} | {launcher} | {wall:.1f} | {train:.1f} | **{wall / train:.2f}×** |", flush=True)
+    print(f"\nbasic / packed wall: **{row['basic_s'] / row['packed_s']:.2f}×**; same final val/loss: "
+          f"{row['same']}/{row['jobs']}")
 
 
 def resnet_throughput(device: str, batch: int, steps: int, precision: str, channels_last: bool,
@@ -132,6 +154,7 @@ def main() -> None:
     parser.add_argument("--cases", default=None, help="comma-separated: default,digits,mnist_mlp (default: "
                         "default,digits on CPU; all three on CUDA)")
     parser.add_argument("--steps", type=int, default=None, help="steps per job (default: 1500, MNIST MLP 2000)")
+    parser.add_argument("--no-tuned", action="store_true", help=f"skip the tuned experiment ({TUNED})")
     parser.add_argument("--resnet", action="store_true", help="ResNet-18 images/s (on by default on CUDA)")
     parser.add_argument("--resnet-batch", type=int, default=512)
     parser.add_argument("--resnet-steps", type=int, default=50)
@@ -158,6 +181,8 @@ def main() -> None:
                   f"{(row['basic_s'] - floor) / (row['packed_s'] - floor):.2f}× | {row['basic_train_s']:.1f} | "
                   f"{row['packed_train_s']:.1f} | {row['basic_train_s'] / row['packed_train_s']:.1f}× | "
                   f"{row['same']}/{row['jobs']} |", flush=True)
+        if not args.no_tuned:
+            tuned_table(args.device, Path(tmp))
     for case in cases:
         print(f"\n{case}: {CASES[case][1]}")
     if cuda or args.resnet:

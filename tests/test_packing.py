@@ -52,6 +52,7 @@ def assert_same_runs(alone, packed, expect_packed=True):
         if expect_packed:
             assert sb.get("packed", 0) > 1, b
         sb.pop("packed", None)
+        sa.pop("packed", None)  # a packed reference
         _close({k: v for k, v in sa.items() if k not in ("host", "started")},
                {k: v for k, v in sb.items() if k not in ("host", "started")}, str(b))
         ma, mb = read_metrics(a), read_metrics(b)
@@ -379,6 +380,49 @@ def test_sigint_mid_pack_leaves_every_member_resumable_with_its_own_wandb_run(tm
         assert not (job / "checkpoint.pt").exists()
         runs = sorted((job / "wandb").glob("offline-run-*"))
         assert len(runs) == 2 and all(r.name.endswith(wandb_id) for r in runs)
+
+
+def test_sigkill_mid_mixed_pack_loses_at_most_one_checkpoint_interval_and_resumes_exactly(tmp_path):
+    """A real SIGKILL to a packed sweep of SGD (L2 in p) and Adam (L2 in z) jobs, checkpointed by time
+    every 0.5 s: every member's last checkpoint is at most one interval (plus slack for a loaded
+    machine) old when the process dies, and the same command resumes every member as one pack to
+    exactly the result of the sweep never killed (float64)."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from tests.conftest import ROOT
+
+    argv = ["-m", "hydra/launcher=packed", "preconditioner=sgd,adam", "regularization=l2",
+            "regularization.strength=0.001", "regularization.variable=p,z", "steps=12000", "eval_every=2000",
+            "dtype=float64", "checkpoint_every_s=0.5", "logger=none"]
+    sweep = tmp_path / "killed"
+    proc = subprocess.Popen([sys.executable, "-m", "precond.run.entry", *argv, "progress=false",
+                             f"hydra.sweep.dir={sweep}"], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    checkpoints = [sweep / str(i) / "checkpoint.pt" for i in range(4)]
+    deadline = time.time() + 120
+    while not all(c.exists() for c in checkpoints) and time.time() < deadline:
+        time.sleep(0.05)
+    time.sleep(1.2)  # a few intervals more
+    assert proc.poll() is None, "the sweep ended before it was killed: raise steps"
+    proc.send_signal(signal.SIGKILL)
+    killed_at = time.time()
+    proc.wait(timeout=60)
+    ages = [killed_at - os.stat(c).st_mtime for c in checkpoints]
+    assert max(ages) <= 0.5 + 1.0, ages
+    steps = {torch.load(c, weights_only=True)["step"] for c in checkpoints}
+    assert len(steps) == 1  # one pack, one clock: every member checkpointed at the same step
+    assert run_in_process([*argv, f"hydra.sweep.dir={sweep}"]) == 0
+    assert [read_summary(p)["resumed_at"] for p in _jobs(sweep)] == [sorted(steps)] * 4
+    reference = tmp_path / "reference"
+    assert run_in_process([*argv, f"hydra.sweep.dir={reference}"]) == 0
+    for p in _jobs(reference):  # the reference never stopped: add what only a resumed run records
+        summary = read_summary(p)
+        summary["resumed_at"] = sorted(steps)
+        (p / "summary.json").write_text(json.dumps(summary))
+    assert_same_runs(reference, sweep)
 
 
 @pytest.mark.parametrize("value", ["1", "two", "true"])

@@ -126,27 +126,42 @@ def test_a_damaged_checkpoint_starts_the_run_over_and_is_kept(tmp_path, monkeypa
 
 
 def test_checkpoint_every_sets_when_checkpoints_are_written(tmp_path):
-    """null: at every evaluation but the last; N: every N steps; 0: never (but on interrupt)."""
+    """null: by time (checkpoint_every_s); N: every N steps; 0: never (but on interrupt); never at the last step."""
     from precond.data import synthetic
     from precond.run.files import RunLog
 
     data = synthetic(n_train=64, n_val=16, n_test=0, features=4)
 
-    def steps_saved(checkpoint_every, stop_at=None):
+    def steps_saved(checkpoint_every, stop_at=None, every_s=60.0):
         model = torch.nn.Linear(4, 1)
         optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
         saved, polls = [], iter(range(1, 10_000))
         settings = LoopSettings(steps=20, batch_size=8, eval_every=5, checkpoint_every=checkpoint_every,
-                                progress=False)
-        with RunLog(tmp_path / f"r{checkpoint_every}{stop_at}", {}) as runlog:
+                                checkpoint_every_s=every_s, progress=False)
+        with RunLog(tmp_path / f"r{checkpoint_every}{stop_at}{every_s}", {}) as runlog:
             summary = train(model, optimizer, data, settings, runlog, checkpoint=lambda s: saved.append(s["step"]),
                             should_stop=(lambda: next(polls) >= stop_at) if stop_at else None)
         return saved, summary["status"]
 
-    assert steps_saved(None) == ([5, 10, 15], "completed")
+    assert steps_saved(None) == ([], "completed")  # 20 steps take far less than 60 s
+    assert steps_saved(None, every_s=1e-9) == (list(range(1, 20)), "completed")
     assert steps_saved(7) == ([7, 14], "completed")
     assert steps_saved(0) == ([], "completed")
     assert steps_saved(0, stop_at=9) == ([8], "interrupted")
+
+
+def test_the_checkpoint_clock_writes_once_per_interval_of_wall_time():
+    """checkpoint_every=null: due at the first step ``checkpoint_every_s`` after the start or the last write."""
+    from precond.run.loop import CheckpointClock
+
+    clock = CheckpointClock(LoopSettings(steps=100, batch_size=2, checkpoint_every_s=10.0))
+    start = clock.last
+    assert not clock.due(1, start + 9.99) and clock.due(2, start + 10.0)
+    clock.written(start + 10.5)
+    assert not clock.due(3, start + 20.4) and clock.due(4, start + 20.5)
+    assert not clock.due(100, start + 1000.0)  # never at the last step: the run's own files follow
+    steps = CheckpointClock(LoopSettings(steps=100, batch_size=2, checkpoint_every=25, checkpoint_every_s=1e-9))
+    assert [s for s in range(1, 101) if steps.due(s, start + 1e6)] == [25, 50, 75]  # N steps: time plays no part
 
 
 def test_checkpoint_every_is_validated():
@@ -155,6 +170,9 @@ def test_checkpoint_every_is_validated():
     for bad in (-1, 1.5, "often", True):
         with pytest.raises(ConfigError, match="checkpoint_every"):
             LoopSettings(steps=10, batch_size=2, eval_every=5, checkpoint_every=bad)
+    for bad in (0, -1.0, "hourly", True, None):
+        with pytest.raises(ConfigError, match="checkpoint_every_s"):
+            LoopSettings(steps=10, batch_size=2, checkpoint_every_s=bad)
 
 
 def test_the_sampler_continues_its_stream_from_a_saved_state():

@@ -117,9 +117,10 @@ def _place(cfg: DictConfig, idx: int) -> Path:
 
 
 def _task_config(cfg: DictConfig) -> DictConfig:
-    task = copy.deepcopy(cfg)
-    with read_write(task), open_dict(task):
-        del task["hydra"]
+    """The job's config without its ``hydra`` node, as ``run_job`` gives the task (which deep-copies
+    the whole config first: the hydra node is most of it, and a copy of the rest is enough)."""
+    task = OmegaConf.masked_copy(cfg, [key for key in cfg if key != "hydra"])
+    task._set_flag("struct", cfg._get_flag("struct"))
     return task
 
 

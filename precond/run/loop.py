@@ -60,9 +60,12 @@ class LoopSettings(Settings):
                                        fix="a run is diverged when its loss exceeds this many times the initial loss")
     progress: bool = setting(Flag(), True, doc="a step bar on a terminal, a log line every progress_every_s otherwise")
     progress_every_s: float = setting(Num(0, lo_open=True), 30.0, doc="seconds between progress lines (not a tty)")
-    #: None: a checkpoint at every evaluation; N > 0: every N steps; 0: only on interrupt
+    #: None: by wall time (checkpoint_every_s); N > 0: every N steps; 0: only on interrupt
     checkpoint_every: Optional[int] = setting(Int(lo=0, optional=True), None,
-                                              fix="null: at every evaluation, N: every N steps, 0: only on interrupt")
+                                              fix="null: every checkpoint_every_s seconds, N: every N steps, "
+                                                  "0: only on interrupt")
+    checkpoint_every_s: float = setting(Num(0, lo_open=True), 60.0,
+                                        doc="with checkpoint_every=null: seconds between checkpoints")
     #: fp32 | bf16 (autocast of forward and loss; see :func:`autocast`)
     precision: str = setting(Choice(PRECISIONS), "fp32",
                              fix="bf16 runs the forward pass under bfloat16 autocast (float32 weights)")
@@ -179,21 +182,38 @@ class Beat:
     final: bool
     evaluate: bool  #: every ``eval_every`` steps and at the last step
     check_divergence: bool  #: at evaluations and every DIVERGENCE_CHECK_EVERY steps (a host sync each)
-    checkpoint: bool  #: see :func:`checkpoint_due`; never at the last step (the run's files follow)
 
 
 def beat(settings: LoopSettings, step: int) -> Beat:
     final = step == settings.steps
     evaluate = step % settings.eval_every == 0 or final
-    return Beat(step, final, evaluate, evaluate or step % DIVERGENCE_CHECK_EVERY == 0,
-                not final and checkpoint_due(settings, step, evaluate))
+    return Beat(step, final, evaluate, evaluate or step % DIVERGENCE_CHECK_EVERY == 0)
 
 
-def checkpoint_due(settings: LoopSettings, step: int, at_eval: bool) -> bool:
-    """``checkpoint_every``: None → at every evaluation; N > 0 → every N steps; 0 → only on interrupt."""
-    if settings.checkpoint_every is None:
-        return at_eval
-    return settings.checkpoint_every > 0 and step % settings.checkpoint_every == 0
+class CheckpointClock:
+    """When a run writes its checkpoint (never at the last step: the run's files follow).
+
+    ``checkpoint_every``: None → at the first step ``checkpoint_every_s`` seconds or more after
+    the run (re)started or last wrote one, so a SIGKILL loses at most that much training (plus
+    one step) and a short run pays for none; N > 0 → every N steps; 0 → only on interrupt.
+    Where a checkpoint is written changes no result: resume is bit-identical from any step.
+    """
+
+    def __init__(self, settings: LoopSettings):
+        self.settings = settings
+        self.last = time.monotonic()
+
+    def due(self, step: int, now: Optional[float] = None) -> bool:
+        """Whether to write after ``step`` (``now``: the caller's monotonic time, shared by a pack's members)."""
+        every = self.settings.checkpoint_every
+        if step == self.settings.steps:
+            return False
+        if every is not None:
+            return every > 0 and step % every == 0
+        return (time.monotonic() if now is None else now) - self.last >= self.settings.checkpoint_every_s
+
+    def written(self, now: Optional[float] = None) -> None:
+        self.last = time.monotonic() if now is None else now
 
 
 def diverged(mean_loss: float, state: LoopState) -> bool:
@@ -264,6 +284,7 @@ def train(
         state = start_state(record_at, monitors, settings, runlog, device)
     status = "completed"
     progress = make_progress(settings.progress, settings.progress_every_s, settings.steps, state.step, label)
+    clock = CheckpointClock(settings)
     for step in range(state.step + 1, settings.steps + 1):
         if should_stop is not None and should_stop():
             status = "interrupted"
@@ -297,8 +318,9 @@ def train(
         if now.evaluate:
             evaluate_into(state, record_at, monitors, settings, now.final)
             runlog.log(state.last)
-        if now.checkpoint:
+        if clock.due(step):
             save(state)
+            clock.written()
         if progress is not None:
             progress.advance(step, now.evaluate, lambda: progress_values(state))
     if progress is not None:

@@ -40,6 +40,7 @@ from precond.data import BatchSampler, Dataset
 from precond.optim import ComposedOptimizer
 from precond.run.files import RunLog
 from precond.run.loop import (
+    CheckpointClock,
     LoopSettings,
     LoopState,
     autocast,
@@ -287,6 +288,7 @@ def _train_in_chain_order(members: list[PackMember], data: Dataset, should_stop)
     active = [True for _ in jobs]
     progress = make_progress(settings.progress, settings.progress_every_s, settings.steps, states[0].step,
                              pack_label([m.label for m in members]))
+    clocks = [CheckpointClock(m.settings) for m in members]
     for step in range(states[0].step + 1, settings.steps + 1):
         live = [j for j in jobs if active[j]]
         if not live:
@@ -335,9 +337,11 @@ def _train_in_chain_order(members: list[PackMember], data: Dataset, should_stop)
                 evaluate_into(states[j], record_at(j), members[j].monitors, members[j].settings, now.final)
                 members[j].runlog.log(states[j].last)
             loss_sums.zero_()
+        moment = time.monotonic()  # one time for every member: a pack's checkpoints are written at one step
         for j in live:
-            if beat(members[j].settings, step).checkpoint:  # checkpoint_every may differ (it changes no result)
+            if clocks[j].due(step, moment):  # checkpoint_every(_s) may differ (it changes no result)
                 save(j)
+                clocks[j].written(moment)
         if progress is not None:
             labels = [m.label for m in members]
             progress.advance(step, now.evaluate, lambda: member_values(states, live, loss_sums, labels))

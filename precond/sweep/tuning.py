@@ -238,7 +238,7 @@ def format_value(value) -> str:
 
 
 #: keys a tuned experiment may set for its tuning runs only: they change what is measured, not how a run trains
-TUNING_ONLY = frozenset({"curvature.enabled", "checkpoint_every"})
+TUNING_ONLY = frozenset({"curvature.enabled", "checkpoint_every", "checkpoint_every_s"})
 
 
 def overrides_for(arm: Arm, point: dict, seed: int, stage: str, tuning_only: Optional[dict] = None) -> list[str]:
