@@ -78,7 +78,7 @@ def test_a_full_disk_mid_run_is_one_line_and_keeps_what_was_written(tmp_path, ca
 
     monkeypatch.setattr(checkpoint.torch, "save", fills_up)
     run_dir = tmp_path / "run"
-    assert run_in_process([*SHORT, f"hydra.run.dir={run_dir}"]) == 1
+    assert run_in_process([*SHORT, "checkpoint_every=5", f"hydra.run.dir={run_dir}"]) == 1
     err = capsys.readouterr().err
     assert len(_error_lines(err)) == 1 and "the disk is full" in err and "Traceback" not in err, err
     kept = torch.load(run_dir / CHECKPOINT, weights_only=True)  # the last good checkpoint is intact
@@ -206,8 +206,8 @@ def test_a_signal_after_a_jobs_last_step_still_stops_the_sweep(tmp_path, monkeyp
     sweep = tmp_path / "sweep"
     argv = ["-m", f"hydra/launcher={launcher}", "steps=10", "eval_every=5", "lr=0.01,0.02", "model=mlp",
             "normalization=batchnorm" if launcher == "basic" else "normalization=none", f"hydra.sweep.dir={sweep}"]
-    if launcher == "packed":  # two packs of two: one per preconditioner
-        argv.append("preconditioner=sgd,adam")
+    if launcher == "packed":  # two packs of two
+        argv += ["preconditioner=sgd,adam", "hydra.launcher.max_pack=2"]
     assert run_in_process(argv) == 128 + signal.SIGTERM
     finished = [read_summary(p.parent)["status"] for p in sweep.rglob("summary.json")]
     assert finished and set(finished) == {"completed"}  # the job(s) before the signal, complete

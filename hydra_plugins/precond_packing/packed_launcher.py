@@ -66,14 +66,25 @@ class JobComposer:
         self.master = master_config
         self.parser = OverridesParser.create()
         self.composed: dict = {}
+        self.validated: dict = {}
         self.compose = config_loader.load_sweep_config  # Hydra's own (full) composition
 
     def load_sweep_config(self, master_config: DictConfig, sweep_overrides: list) -> DictConfig:
         """Drop-in for the config loader's ``load_sweep_config``: cheap for this sweep's master config.
-        (Every call returns a config of its own: a caller may change what it gets.)"""
+
+        The sweeper calls it for every job of a batch to check the batch before the launch
+        (``validate_batch_is_legal``, which only reads what it gets); the launcher then takes that
+        same config (:meth:`take`) instead of composing the job a second time.
+        """
         if master_config is not self.master:
             return self.compose(master_config, sweep_overrides)
-        return self(sweep_overrides)
+        cfg = self(sweep_overrides)
+        self.validated[tuple(sweep_overrides)] = cfg
+        return cfg
+
+    def take(self, overrides: list) -> DictConfig:
+        """The job's config for the launch: the one composed for the sweeper's check, or a new one."""
+        return self.validated.pop(tuple(overrides), None) or self(overrides)
 
     def _is_composition(self, override) -> bool:
         if override.key_or_group == SUBDIR:  # a value: where the job's files go (the tuned sweep sets it)
@@ -156,7 +167,7 @@ class PackedLauncher(Launcher):
         setup_globals()
         configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
         Path(str(self.config.hydra.sweep.dir)).mkdir(parents=True, exist_ok=True)
-        configs = [self.composer(list(o)) for o in job_overrides]
+        configs = [self.composer.take(list(o)) for o in job_overrides]
         tasks = [_task_config(cfg) for cfg in configs]
         units: dict = {}  # pack key (or a job's own key) → job positions, in order of first appearance
         reasons: dict = {}
@@ -200,6 +211,7 @@ class PackedLauncher(Launcher):
 
     def _run_pack(self, cfgs: list, tasks: list, indices: list) -> list:
         from precond.run.entry import JobInfo
+        from precond.run.files import yaml_text
         from precond.sweep.pack_jobs import launch_pack
 
         callbacks = self.hydra_context.callbacks
@@ -212,7 +224,10 @@ class PackedLauncher(Launcher):
             if cfg.hydra.output_subdir is not None:
                 hydra_output = output_dir / str(cfg.hydra.output_subdir)
                 _save_config(task, "config.yaml", hydra_output)
-                _save_config(cfg, "hydra.yaml", hydra_output)
+                # hydra.yaml (the whole config, unresolved) is most of a job's setup through OmegaConf's
+                # pure-Python dump: the same YAML through libyaml
+                whole = OmegaConf.to_container(cfg, resolve=False, enum_to_str=True)
+                (hydra_output / "hydra.yaml").write_text(yaml_text(whole), encoding="utf-8")
                 _save_config(cfg.hydra.overrides.task, "overrides.yaml", hydra_output)
             handler = logging.FileHandler(output_dir / "train.log")
             handler.setFormatter(logging.Formatter("[%(asctime)s][%(name)s][%(levelname)s] %(message)s"))

@@ -62,6 +62,7 @@ from precond.run.files import (
     identifying_overrides,
     write_summary,
     write_text_atomically,
+    yaml_text,
 )
 from precond.run.interrupts import StoppedBetweenRuns, StopRequest, stop_between_runs
 from precond.run.loop import LoopSettings, train
@@ -188,7 +189,7 @@ def run(cfg: DictConfig, should_stop=None, job: Optional[JobInfo] = None) -> dic
 
 def save_resolved_config(plain: dict, run_dir: Path) -> None:
     """``config.yaml``: the run's config with every interpolation resolved."""
-    write_text_atomically(run_dir / "config.yaml", OmegaConf.to_yaml(OmegaConf.create(plain)))
+    write_text_atomically(run_dir / "config.yaml", yaml_text(plain))
 
 
 def open_runlog(plain: dict, settings: RunSettings, job: JobInfo, resume: Optional[dict]) -> RunLog:
