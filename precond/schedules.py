@@ -3,7 +3,7 @@
 Each factory takes the optimizer and the run's total number of steps and returns
 a scheduler stepped once per optimizer step (``η_k`` is logged as ``lr``):
 
-* ``constant``: ``η_k = η``;
+* ``constant``: ``η_k = η`` (no scheduler: nothing to step, e.g. 200 times per step in a pack);
 * ``warmup``: linear warm-up ``η_k = η·(f + (1 − f)·k/W)`` for ``k < W``, then ``η``;
 * ``cosine``: optional linear warm-up over ``W`` steps, then
   ``η_k = η_min + (η − η_min)(1 + cos(π (k − W)/(T − W)))/2`` with ``η_min = m·η``;
@@ -15,9 +15,10 @@ total_steps)`` makes the scheduler; the functions below build one from keyword a
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Optional
 
 from torch.optim import Optimizer
-from torch.optim.lr_scheduler import CosineAnnealingLR, LambdaLR, LinearLR, LRScheduler, SequentialLR, StepLR
+from torch.optim.lr_scheduler import CosineAnnealingLR, LinearLR, LRScheduler, SequentialLR, StepLR
 
 from precond.errors import ConfigError
 from precond.settings import Int, Num, Settings, setting
@@ -30,7 +31,8 @@ class ScheduleSpec(Settings):
     def check_steps(self, total_steps: int) -> None:
         """Rules that join this schedule with the run's ``steps`` (ConfigError naming the key)."""
 
-    def build(self, optimizer: Optimizer, total_steps: int) -> LRScheduler:
+    def build(self, optimizer: Optimizer, total_steps: int) -> Optional[LRScheduler]:
+        """The scheduler, or None where the lr never changes."""
         raise NotImplementedError
 
 
@@ -42,10 +44,10 @@ def _check_warmup(warmup_steps: int, total_steps: int) -> None:
 
 @dataclass(frozen=True)
 class Constant(ScheduleSpec):
-    """``η_k = η``."""
+    """``η_k = η``: no scheduler (a run, and each member of a pack, steps none)."""
 
     def build(self, optimizer, total_steps):
-        return LambdaLR(optimizer, lambda k: 1.0)
+        return None
 
 
 @dataclass(frozen=True)
@@ -96,7 +98,7 @@ class Step(ScheduleSpec):
         return StepLR(optimizer, step_size=self.step_size, gamma=self.gamma)
 
 
-def constant(optimizer: Optimizer, total_steps: int) -> LRScheduler:
+def constant(optimizer: Optimizer, total_steps: int) -> None:
     return Constant().build(optimizer, total_steps)
 
 

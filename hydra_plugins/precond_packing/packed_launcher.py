@@ -120,7 +120,6 @@ def _place(cfg: DictConfig, idx: int) -> Path:
     with open_dict(cfg):
         cfg.hydra.job.id = idx
         cfg.hydra.job.num = idx
-    HydraConfig.instance().set_config(cfg)
     output_dir = Path(str(OmegaConf.select(cfg, "hydra.sweep.dir"))) / str(OmegaConf.select(cfg, "hydra.sweep.subdir"))
     with read_write(cfg.hydra.runtime), open_dict(cfg.hydra.runtime):
         cfg.hydra.runtime.output_dir = os.path.abspath(output_dir)
@@ -220,6 +219,11 @@ class PackedLauncher(Launcher):
         for cfg, task, idx in zip(cfgs, tasks, indices):
             log.info("\t#%d : %s (packed)", idx, " ".join(filter_overrides(cfg.hydra.overrides.task)))
             output_dir = _place(cfg, idx)
+            if cfg is cfgs[0]:
+                # HydraConfig holds the pack's first job while it trains (``run_job`` sets each job's: a copy
+                # of the hydra node per job was a third of a large pack's setup, and nothing in a pack reads
+                # it per job: each job's own hydra node goes to it as its JobInfo)
+                HydraConfig.instance().set_config(cfg)
             output_dir.mkdir(parents=True, exist_ok=True)
             if cfg.hydra.output_subdir is not None:
                 hydra_output = output_dir / str(cfg.hydra.output_subdir)

@@ -183,8 +183,9 @@ class TuningSweeper(Sweeper):
                 base = self.hydra_context.config_loader.load_sweep_config(self.config, overrides)
             except Exception as err:  # an unknown group option or key: Hydra's own message, first line
                 _refuse(f"hydra.sweeper.arms.{arm.name}: {str(err).splitlines()[0]}")
+            task = OmegaConf.masked_copy(base, [key for key in base if key != "hydra"])  # the run's part only
             for point in points:
-                cfg = copy.deepcopy(base)  # DictConfig.copy is shallow: nested updates would reach base
+                cfg = copy.deepcopy(task)  # DictConfig.copy is shallow: nested updates would reach task
                 for key, value in point.items():
                     OmegaConf.update(cfg, key, value, merge=False)
                 try:  # every per-run check: types, ranges, batch size vs data, target vs dataset, ...
