@@ -316,9 +316,15 @@ def test_cheap_job_config_equals_hydras_composition(overrides):
         master = loader.load_configuration("train", overrides=["hydra/launcher=packed"], run_mode=RunMode.MULTIRUN)
         composer = JobComposer(loader, master)
         composer(["preconditioner=sgd", "seed=0"])  # fill the cache with another job of the same choices
-        cheap = OmegaConf.to_container(composer(overrides), resolve=False)
-        full = OmegaConf.to_container(loader.load_sweep_config(master, overrides), resolve=False)
+        cheap_cfg, full_cfg = composer(overrides), loader.load_sweep_config(master, overrides)
+        cheap = OmegaConf.to_container(cheap_cfg, resolve=False)
+        full = OmegaConf.to_container(full_cfg, resolve=False)
+        again = composer(overrides)
+        again.seed = 12345  # a config of its own: changing it changes no other job's
+        assert OmegaConf.to_container(composer(overrides), resolve=False) == cheap
     assert cheap == full
+    assert OmegaConf.get_type(cheap_cfg, "hydra") is OmegaConf.get_type(full_cfg, "hydra")
+    assert OmegaConf.is_struct(cheap_cfg) == OmegaConf.is_struct(full_cfg)
 
 
 def test_a_tuned_sweep_through_the_packed_launcher_selects_and_judges_as_the_basic_one(tmp_path):
