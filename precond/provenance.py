@@ -23,7 +23,10 @@ PACKAGE_DIR = Path(__file__).resolve().parent
 BUILD_COMMIT_FILE = PACKAGE_DIR / "BUILD_COMMIT"
 
 
+@functools.lru_cache(maxsize=1)
 def precond_version() -> Optional[str]:
+    """The installed package's version (read once per process: the metadata lookup takes ~1 ms,
+    and a pack asks once per member)."""
     try:
         return metadata.version("precond")
     except metadata.PackageNotFoundError:  # imported from a checkout that was never installed

@@ -445,6 +445,9 @@ def test_max_pack_splits_a_pack(tmp_path):
     assert run_in_process(["-m", "hydra/launcher=packed", "hydra.launcher.max_pack=2", "seed=0,1,2", *SMALL,
                            f"hydra.sweep.dir={sweep}"]) == 0
     assert [read_summary(p).get("packed") for p in _jobs(sweep)] == [2, 2, None]
+    for job in _jobs(sweep)[:2]:  # a packed job's train.log: the pack's lines, its own among them
+        text = (job / "train.log").read_text()
+        assert "training 2 jobs as one pack" in text and f"| {job}" in text and "status=completed" in text
 
 
 @pytest.mark.parametrize("name,overrides", [
