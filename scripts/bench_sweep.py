@@ -28,6 +28,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from datetime import datetime
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -52,17 +53,59 @@ DEFAULT_STEPS = {"default": 1500, "digits": 1500, "mnist_mlp": 2000}
 TUNED = "compare_preconditioners"
 
 
+LOGS: dict[Path, tuple[float, float, str]] = {}  # sweep dir → (start, end, stdout) of its process
+
+
 def run_sweep(launcher: str, overrides: list[str], sweep_dir: Path) -> float:
     """Wall seconds of one sweep run as a user runs it (a fresh interpreter)."""
     multirun = [] if any(o.startswith("experiment=") for o in overrides) else ["-m"]  # an experiment sets it
     args = [sys.executable, "-m", "precond.run.entry", *multirun, f"hydra/launcher={launcher}",
             f"hydra.sweep.dir={sweep_dir}", "progress=false", "logger=none", *overrides]
-    t0 = time.perf_counter()
+    start, t0 = time.time(), time.perf_counter()
     proc = subprocess.run(args, cwd=ROOT, capture_output=True, text=True)
     wall = time.perf_counter() - t0
     if proc.returncode != 0:
         raise SystemExit(f"{launcher} sweep failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
+    LOGS[sweep_dir] = (start, start + wall, proc.stdout)
     return wall
+
+
+def timeline(sweep_dir: Path) -> list[tuple[str, float]]:
+    """Where a packed sweep's wall time went, from its own log's timestamps (ms resolution): up to
+    each "Launching" line (start-up, or the previous batch's results and the next batch's
+    composition), to its "training … as one pack" line (placing the jobs, building the members),
+    to its first result line (training, evaluations, monitors, final files); after the last
+    result line, the report(s) and the exit."""
+    start, end, out = LOGS[sweep_dir]
+    events = []
+    for line in out.splitlines():
+        if not line.startswith("[20"):
+            continue
+        stamp = datetime.strptime(line[1:24], "%Y-%m-%d %H:%M:%S,%f").timestamp()
+        text = line[33:]
+        if text.startswith("Launching"):
+            events.append(("launch", stamp))
+        elif text.startswith("training") and "as one pack" in text:
+            events.append(("pack", stamp))
+        elif text.startswith("status=") and (not events or events[-1][0] != "result"):
+            events.append(("result", stamp))
+    phases, last = [], start
+    names = {"launch": "start-up, composing and checking the batch", "pack": "placing the jobs, building the members",
+             "result": "training the pack (steps, evaluations, monitors, final files)"}
+    for kind, stamp in events:
+        label = names[kind] if not phases or kind != "launch" else "results, selection, composing the next batch"
+        phases.append((label, stamp - last))
+        last = stamp
+    phases.append(("report(s) and exit", end - last))
+    return phases
+
+
+def print_timeline(title: str, sweep_dir: Path) -> None:
+    phases = timeline(sweep_dir)
+    total = sum(s for _, s in phases)
+    print(f"\ntimeline of the packed {title} ({total:.1f} s):\n\n| phase | s |\n|---|---|")
+    for label, seconds in phases:
+        print(f"| {label} | {seconds:.2f} |")
 
 
 def summaries(sweep_dir: Path) -> dict[str, dict]:
@@ -181,8 +224,11 @@ def main() -> None:
                   f"{(row['basic_s'] - floor) / (row['packed_s'] - floor):.2f}× | {row['basic_train_s']:.1f} | "
                   f"{row['packed_train_s']:.1f} | {row['basic_train_s'] / row['packed_train_s']:.1f}× | "
                   f"{row['same']}/{row['jobs']} |", flush=True)
+        for case in cases:
+            print_timeline(f"{case} sweep", Path(tmp) / f"{case}_packed")
         if not args.no_tuned:
             tuned_table(args.device, Path(tmp))
+            print_timeline(f"{TUNED} experiment", Path(tmp) / f"{TUNED}_packed")
     for case in cases:
         print(f"\n{case}: {CASES[case][1]}")
     if cuda or args.resnet:
