@@ -100,12 +100,22 @@ def timeline(sweep_dir: Path) -> list[tuple[str, float]]:
     return phases
 
 
-def print_timeline(title: str, sweep_dir: Path) -> None:
+def torch_import_s() -> float:
+    """Seconds of ``import torch`` in a fresh interpreter (the part of start-up no launcher can cut)."""
+    code = "import time; t = time.perf_counter(); import torch; print(time.perf_counter() - t)"
+    return float(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout)
+
+
+def print_timeline(title: str, sweep_dir: Path, torch_s: float) -> None:
+    """The phases of one packed sweep, and its time outside ``import torch`` and its packs' training."""
     phases = timeline(sweep_dir)
     total = sum(s for _, s in phases)
     print(f"\ntimeline of the packed {title} ({total:.1f} s):\n\n| phase | s |\n|---|---|")
     for label, seconds in phases:
         print(f"| {label} | {seconds:.2f} |")
+    training = sum(s for label, s in phases if label.startswith("training"))
+    print(f"\noutside `import torch` ({torch_s:.2f} s) and the packs' training: "
+          f"**{total - torch_s - training:.2f} s**")
 
 
 def summaries(sweep_dir: Path) -> dict[str, dict]:
@@ -224,11 +234,12 @@ def main() -> None:
                   f"{(row['basic_s'] - floor) / (row['packed_s'] - floor):.2f}× | {row['basic_train_s']:.1f} | "
                   f"{row['packed_train_s']:.1f} | {row['basic_train_s'] / row['packed_train_s']:.1f}× | "
                   f"{row['same']}/{row['jobs']} |", flush=True)
+        torch_s = torch_import_s()
         for case in cases:
-            print_timeline(f"{case} sweep", Path(tmp) / f"{case}_packed")
+            print_timeline(f"{case} sweep", Path(tmp) / f"{case}_packed", torch_s)
         if not args.no_tuned:
             tuned_table(args.device, Path(tmp))
-            print_timeline(f"{TUNED} experiment", Path(tmp) / f"{TUNED}_packed")
+            print_timeline(f"{TUNED} experiment", Path(tmp) / f"{TUNED}_packed", torch_s)
     for case in cases:
         print(f"\n{case}: {CASES[case][1]}")
     if cuda or args.resnet:
