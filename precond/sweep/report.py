@@ -259,10 +259,18 @@ def plot(runs: list[RunRecord], metric: str, path: str | Path, title: str = "",
         more = [f"... and {len(missing) - 12} more (see the comparison table)"] if len(missing) > 12 else []
         fig.text(0.01, 0.01, "not shown or cut short:\n" + "\n".join(missing[:12] + more), fontsize=7,
                  va="bottom", family="monospace")
-        fig.tight_layout(rect=(0, note_height / fig.get_figheight(), 1, 1))
-    else:
-        fig.tight_layout()
+    _fixed_margins(fig, bottom=0.55 + note_height)
     return save_figure(fig, path)
+
+
+def _fixed_margins(fig, bottom: float) -> None:
+    """Margins in inches that fit this figure's texts: tick labels and the y label at the left
+    (only the first column has them: shared y), the step axis below (only the last row: shared x),
+    panel titles and the suptitle above. ``tight_layout`` measured every text for the same result
+    at ~0.3 s a figure, as long as the training of a small sweep."""
+    width, height = fig.get_size_inches()
+    fig.subplots_adjust(left=1.0 / width, right=1 - 0.15 / width, bottom=bottom / height, top=1 - 0.75 / height,
+                        wspace=0.12, hspace=0.45 / 3.5)
 
 
 def report_paths(sweep_dir: Path, metric: str, default: bool) -> tuple[Path, Path]:
