@@ -3,6 +3,7 @@ PY      ?= python3
 VENV    := .venv
 BIN     := $(VENV)/bin
 # torch 2.14.1 / torchvision 0.29.1 lie on this kind of machine's disk; the code runs on torch >= 2.9.
+# --no-cache-dir: torch's CUDA build alone takes ~5.5 GB in .venv; a copy in pip's cache has filled small CI disks.
 TORCH   ?= torch==2.14.1 torchvision==0.29.1
 
 .PHONY: help install run test test-slow test-gpu lint bench results clean
@@ -14,9 +15,9 @@ install: $(BIN)/precond-train  ## create .venv with torch and precond (editable)
 
 $(BIN)/precond-train: pyproject.toml
 	test -d $(VENV) || $(PY) -m venv $(VENV)
-	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q $(TORCH)
-	$(BIN)/pip install -q -e '.[dev,cluster,tune]'
+	$(BIN)/pip install -q --no-cache-dir --upgrade pip
+	$(BIN)/pip install -q --no-cache-dir $(TORCH)
+	$(BIN)/pip install -q --no-cache-dir -e '.[dev,cluster,tune]'
 	touch $@
 
 run: install  ## main job: tuned SGD (± momentum) vs AdaGrad vs RMSProp vs Adam (β₁ = 0.9, 0) on the embedded ill-conditioned problem
