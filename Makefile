@@ -3,7 +3,8 @@ PY      ?= python3
 VENV    := .venv
 BIN     := $(VENV)/bin
 # torch 2.14.1 / torchvision 0.29.1 lie on this kind of machine's disk; the code runs on torch >= 2.9.
-# --no-cache-dir: torch's CUDA build alone takes ~5.5 GB in .venv; a copy in pip's cache has filled small CI disks.
+# --no-cache-dir: torch's CUDA build alone takes ~5.5 GB in .venv, and a CI run once ran out of disk during the
+# install: pip's cache would keep second copies of the downloaded wheels that nothing reads again.
 TORCH   ?= torch==2.14.1 torchvision==0.29.1
 
 .PHONY: help install run test test-slow test-gpu lint bench results clean
