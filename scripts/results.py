@@ -1,13 +1,19 @@
 """Regenerate the README's Results section from scratch (``make results``), on CPU.
 
-Runs every claim's experiment — the two closed-form checks and the tuned experiments —
-into ``outputs/results/<name>`` (deleted first, so nothing is reused), copies each report
-(comparison.md, verdicts.json, selection.json, plots) to ``docs/results/<name>/``, and writes
-the section between the README's ``<!-- results:start -->`` and ``<!-- results:end -->``
-markers: a table of every verdict, then per claim the command, its wall time, the chosen
-hyperparameters per arm, the tables, the plots and the verdict lines. Nothing is hand-pasted.
+Each experiment's result depends on two sets of inputs, fingerprinted apart (see :func:`fingerprints`):
 
-    python scripts/results.py [--only NAME ...] [--keep]
+* **training** — the package's training code, the Hydra plugins, the configs (an experiment's claims
+  excepted) and its check script: a change reruns the experiment into ``outputs/results/<name>``
+  (deleted first, so nothing is reused) and copies its report and its evidence (``evidence.json.gz``:
+  per run its arm, point, seed, final metrics and the traces the report draws) to ``docs/results/<name>/``;
+* **judging** — the verdict rule, the statistics, the report code and the experiment's claims: a change
+  only re-judges and re-renders the committed evidence, in seconds.
+
+Then it writes the section between the README's ``<!-- results:start -->`` and ``<!-- results:end -->``
+markers: a table of every verdict, then per claim the command, its wall time, the chosen hyperparameters
+per arm, the tables, the plots and the verdict lines. Nothing is hand-pasted.
+
+    python scripts/results.py [--only NAME ...] [--keep] [--fresh]
 """
 from __future__ import annotations
 
@@ -23,7 +29,9 @@ from pathlib import Path
 
 import torch
 
-from precond.sweep.tuned_report import effect_text
+from precond.sweep.check_report import rejudge_check_report
+from precond.sweep.evidence import EVIDENCE, EvidenceError
+from precond.sweep.tuned_report import effect_text, rejudge_tuned_report
 from precond.sweep.verdicts import STATES
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -47,7 +55,7 @@ EXPERIMENTS = [
 ]
 #: experiment → the check script that produces it (the tuned experiments run the entry point)
 CHECK_SCRIPTS = {name: Path(command[1]).name for name, command in EXPERIMENTS if command[1].startswith("scripts/")}
-COPIED = ("comparison.md", "verdicts.json", "selection.json")  # and every plot (*.png) at the top of the output
+COPIED = ("comparison.md", "verdicts.json", "selection.json", EVIDENCE)  # and every plot (*.png) at the top of the output
 #: what a result depends on: the package, the Hydra plugins, the configs and the check scripts. A change to
 #: any of these makes tests/test_results_current.py fail until `make results` regenerates the results
 DEPENDS_ON = ("precond/**/*.py", "hydra_plugins/**/*.py", "conf/**/*.yaml", "scripts/check_local_rate.py",
@@ -55,15 +63,60 @@ DEPENDS_ON = ("precond/**/*.py", "hydra_plugins/**/*.py", "conf/**/*.yaml", "scr
 #: (a check script counts only for the experiment it produces: see _counts)
 
 
-def fingerprint(root: Path = ROOT, experiment: str | None = None) -> str:
-    """sha256 over the files a result depends on (paths and contents, in sorted order): the code, the configs
-    and the scripts, where of conf/experiment/ only ``experiment``'s own file counts, and of the check scripts
-    only the one that ``experiment`` runs."""
-    digest = hashlib.sha256()
+#: the judging and report code: a change re-judges and re-renders the stored evidence, never retrains
+JUDGING = ("precond/sweep/verdicts.py", "precond/sweep/stats.py", "precond/sweep/tuned_report.py",
+           "precond/sweep/report.py", "precond/sweep/grid_report.py", "precond/sweep/grid_metrics.py",
+           "precond/sweep/check_report.py", "precond/sweep/evidence.py", "precond/sweep/runs.py", "scripts/results.py")
+#: experiments whose verdicts can be recomputed from stored evidence: the tuned ones and the checks that judge
+#: declared claims (the other checks build their verdicts in the script and rerun whole, in under a minute)
+TUNED = tuple(name for name, command in EXPERIMENTS if command[1] == "-m")
+REJUDGEABLE = (*TUNED, "kappa_trajectory", "kappa_plus")
+
+
+def fingerprints(root: Path = ROOT, experiment: str | None = None) -> dict:
+    """``{"training": sha256, "judging": sha256}`` of what ``experiment``'s result depends on. Training: the code,
+    the configs and the check script (of conf/experiment/ only the experiment's own file, with its claims removed;
+    of the check scripts only the one it runs). Judging: :data:`JUDGING` and the experiment's claims. An experiment
+    that cannot be re-judged (not in :data:`REJUDGEABLE`) counts its judging code as training too."""
+    rejudgeable = experiment in REJUDGEABLE
+    training, judging = hashlib.sha256(), hashlib.sha256()
     files = sorted({f for pattern in DEPENDS_ON for f in root.glob(pattern) if f.is_file() and _counts(f, experiment)})
     for f in files:
-        digest.update(str(f.relative_to(root)).encode() + b"\0" + f.read_bytes() + b"\0")
-    return digest.hexdigest()
+        rel, content = f.relative_to(root).as_posix(), f.read_bytes()
+        if rejudgeable and f.parent.name == "experiment":
+            content, claims = _split_claims(content)
+            judging.update(b"claims\0" + claims + b"\0")
+        (judging if rejudgeable and rel in JUDGING else training).update(rel.encode() + b"\0" + content + b"\0")
+    return {"training": training.hexdigest(), "judging": judging.hexdigest()}
+
+
+def fingerprint(root: Path = ROOT, experiment: str | None = None) -> str:
+    """The training fingerprint (kept under its old name for readers of older provenance)."""
+    return fingerprints(root, experiment)["training"]
+
+
+def _split_claims(content: bytes) -> tuple[bytes, bytes]:
+    """An experiment file as (its training part, its claims), each canonical JSON: the claims
+    (``hydra.sweeper.claims``) are judging inputs, everything else decides what is trained."""
+    import yaml
+
+    try:
+        config = yaml.safe_load(content.decode("utf-8"))
+    except (UnicodeDecodeError, yaml.YAMLError):
+        return content, b""
+    if not isinstance(config, dict):
+        return content, b""
+    claims = ((config.get("hydra") or {}).get("sweeper") or {}).pop("claims", None)
+    return (json.dumps(config, sort_keys=True, default=str).encode(),
+            json.dumps(claims, sort_keys=True, default=str).encode())
+
+
+def experiment_claims(name: str, root: Path = ROOT) -> list | None:
+    """Today's claims of a tuned experiment, read from its config file (None when it declares none)."""
+    import yaml
+
+    config = yaml.safe_load((root / "conf" / "experiment" / f"{name}.yaml").read_text(encoding="utf-8"))
+    return ((config.get("hydra") or {}).get("sweeper") or {}).get("claims")
 
 
 def _counts(path: Path, experiment: str | None) -> bool:
@@ -75,17 +128,31 @@ def _counts(path: Path, experiment: str | None) -> bool:
     return True
 
 
-def provenance(out: Path, name: str) -> dict:
-    """The commit (``-dirty`` when tracked files differ from it), the fingerprint of what the result depends on,
-    and the resolved config the experiment ran on (a tuned sweep's multirun.yaml)."""
+def provenance(out: Path, name: str, seconds: float) -> dict:
+    """The commit (``-dirty`` when tracked files differ from it), both fingerprints, the wall time of the run, the
+    torch version, the data the runs read, and the resolved config the experiment ran on (a tuned sweep's
+    multirun.yaml)."""
     commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
     changed = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT, capture_output=True,
                              text=True).stdout.splitlines()
     # what make results writes itself (the reports, the README's Results) does not make the tree dirty
     dirty = [line for line in changed if not line[3:].startswith(("docs/results/", "README.md"))]
     config = out / "multirun.yaml"
-    return {"commit": commit + ("-dirty" if dirty else ""), "fingerprint": fingerprint(ROOT, name),
-            "config": config.read_text(encoding="utf-8") if config.exists() else None}
+    prints = fingerprints(ROOT, name)
+    return {"commit": commit + ("-dirty" if dirty else ""), "fingerprint": prints["training"],
+            "judging_fingerprint": prints["judging"], "seconds": seconds, "torch": torch.__version__,
+            "data": _data_of(config), "config": config.read_text(encoding="utf-8") if config.exists() else None}
+
+
+def _data_of(config: Path) -> dict | str:
+    """The dataset node the experiment's runs read (name, split sizes, data_seed), or where the check's data
+    come from."""
+    if not config.exists():
+        return "generated by the check script (see its docstring)"
+    import yaml
+
+    dataset = (yaml.safe_load(config.read_text(encoding="utf-8")) or {}).get("dataset")
+    return dataset if isinstance(dataset, dict) else "unknown"
 
 
 def run(name: str, command: list[str], keep: bool) -> dict:
@@ -104,10 +171,36 @@ def run(name: str, command: list[str], keep: bool) -> dict:
     for file in [*COPIED, *sorted(p.name for p in out.glob("*.png"))]:
         if (out / file).exists():
             shutil.copy(out / file, docs / file)
-    (docs / "provenance.json").write_text(json.dumps(provenance(out, name), indent=2) + "\n", encoding="utf-8")
+    (docs / "provenance.json").write_text(json.dumps(provenance(out, name, seconds), indent=2) + "\n",
+                                          encoding="utf-8")
     shown = " ".join(["python" if a == PY else a.replace(str(out), f"outputs/results/{name}") for a in argv])
     print(f"{name}: exit {proc.returncode} in {seconds:.0f} s", flush=True)
     return {"name": name, "command": shown, "seconds": seconds, "exit": proc.returncode}
+
+
+def current(name: str) -> dict | None:
+    """The committed provenance of ``name`` when its training inputs are today's and its evidence is stored (its
+    verdicts can then be recomputed without training), else None."""
+    path = DOCS / name / "provenance.json"
+    if name not in REJUDGEABLE or not path.exists() or not (DOCS / name / EVIDENCE).exists():
+        return None
+    recorded = json.loads(path.read_text(encoding="utf-8"))
+    return recorded if recorded.get("fingerprint") == fingerprints(ROOT, name)["training"] else None
+
+
+def rejudge(name: str, command: list[str], recorded: dict) -> dict:
+    """Re-judge and re-render ``docs/results/<name>`` from its stored evidence; keep the run's wall time."""
+    docs = DOCS / name
+    t0 = time.perf_counter()
+    if name in TUNED:
+        rejudge_tuned_report(docs, experiment_claims(name))
+    else:
+        rejudge_check_report(docs)
+    recorded.update(judging_fingerprint=fingerprints(ROOT, name)["judging"])
+    (docs / "provenance.json").write_text(json.dumps(recorded, indent=2) + "\n", encoding="utf-8")
+    shown = " ".join(["python" if a == PY else a.replace("{out}", f"outputs/results/{name}") for a in command])
+    print(f"{name}: re-judged from its evidence in {time.perf_counter() - t0:.1f} s", flush=True)
+    return {"name": name, "command": shown, "seconds": recorded.get("seconds", 0.0), "exit": 0}
 
 
 def section(results: list[dict], total: float) -> str:
@@ -148,6 +241,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--only", nargs="*", help="run only these (the README keeps the others' last report)")
     parser.add_argument("--keep", action="store_true", help="resume into existing outputs instead of starting over")
+    parser.add_argument("--fresh", action="store_true", help="rerun every experiment, even where only the judging "
+                        "changed (the default re-judges those from their stored evidence)")
     args = parser.parse_args()
     OUT.mkdir(parents=True, exist_ok=True)
     timings = OUT / "timings.json"
@@ -156,11 +251,17 @@ def main() -> None:
     results = []
     for name, command in EXPERIMENTS:
         if args.only and name not in args.only:
-            if name in previous:
-                results.append(previous[name])
+            recorded = _recorded(name)
+            if recorded is not None or name in previous:
+                results.append(recorded or previous[name])
             continue
-        results.append(run(name, command, args.keep))
-    total = sum(r["seconds"] for r in results) if args.only else time.perf_counter() - t0
+        recorded = None if args.fresh else current(name)
+        try:
+            results.append(rejudge(name, command, recorded) if recorded is not None else run(name, command, args.keep))
+        except EvidenceError as err:
+            print(f"{name}: {err}; rerunning it", flush=True)
+            results.append(run(name, command, args.keep))
+    total = time.perf_counter() - t0
     timings.write_text(json.dumps({r["name"]: r for r in results}, indent=2) + "\n")
     text = README.read_text(encoding="utf-8")
     if START not in text or END not in text:
@@ -170,6 +271,17 @@ def main() -> None:
     print(f"README Results regenerated ({total / 60:.1f} min)")
     if any(r["exit"] != 0 for r in results):
         raise SystemExit(1)
+
+
+def _recorded(name: str) -> dict | None:
+    """An experiment left out by --only, as its committed provenance describes it."""
+    path = DOCS / name / "provenance.json"
+    if not path.exists():
+        return None
+    recorded = json.loads(path.read_text(encoding="utf-8"))
+    command = dict(EXPERIMENTS)[name]
+    shown = " ".join(["python" if a == PY else a.replace("{out}", f"outputs/results/{name}") for a in command])
+    return {"name": name, "command": shown, "seconds": recorded.get("seconds", 0.0), "exit": 0}
 
 
 if __name__ == "__main__":

@@ -65,7 +65,7 @@ class TuningSweeper(Sweeper):
                  target: Any = None, tuning_overrides: Any = None, sensitivity: Any = None):
         from precond.errors import ConfigError
         from precond.sweep.tuning import TuningSpec
-        from precond.sweep.verdicts import Claim
+        from precond.sweep.verdicts import Claim, check_families
 
         try:
             self.spec = TuningSpec(arms=_plain(arms), grid=_plain(grid) or {}, tuning_seeds=_plain(tuning_seeds),
@@ -73,6 +73,7 @@ class TuningSweeper(Sweeper):
                                    tuning_overrides=_plain(tuning_overrides) or {},
                                    sensitivity=_plain(sensitivity) or {})
             self.claims = [Claim(**_plain(c)) for c in (claims or [])]
+            check_families(self.claims, len(self.spec.confirmation_seeds), len(self.spec.tuning_seeds))
         except ConfigError as err:
             _refuse(str(err.within("hydra.sweeper")))
         except TypeError as err:

@@ -1,7 +1,10 @@
 """The report of a check script (a closed-form or curvature experiment run outside the tuned sweeps).
 
 Writes ``comparison.md`` (title, what was run, tables, plots, the verdict lines) and ``verdicts.json``
-(every :class:`~precond.sweep.verdicts.Verdict`), the two files ``make results`` collects.
+(every :class:`~precond.sweep.verdicts.Verdict`), the two files ``make results`` collects. A check whose
+verdicts come from declared claims (:func:`write_judged_check_report`) also keeps its evidence
+(``evidence.json.gz``: the claims, the per-seed values, the text sections), so that a change to the verdict rule
+re-judges it in seconds (:func:`rejudge_check_report`) instead of rerunning it.
 """
 from __future__ import annotations
 
@@ -9,7 +12,8 @@ import json
 from collections.abc import Sequence
 from pathlib import Path
 
-from precond.sweep.verdicts import Verdict
+from precond.sweep.evidence import EVIDENCE, FORMAT, read_evidence, write_evidence
+from precond.sweep.verdicts import RULE, Claim, Verdict, families_text, judge_all
 
 
 def markdown_table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
@@ -36,3 +40,29 @@ def fmt(x, digits: int = 3) -> str:
     if x == float("inf"):
         return "∞"
     return f"{x:.{digits}g}"
+
+
+def write_judged_check_report(out: Path, name: str, sections: Sequence[str], claims: Sequence[Claim], runs: dict,
+                              seeds: list) -> str:
+    """Judge ``claims`` on ``runs`` (``{arm: {seed: summary}}``) over ``seeds``, keep that evidence in
+    ``out/evidence.json.gz`` and write the report; return the markdown."""
+    out.mkdir(parents=True, exist_ok=True)
+    write_evidence(out / EVIDENCE, {"format": FORMAT, "kind": "check", "name": name, "sections": list(sections),
+                                    "claims": [c.as_dict() for c in claims], "seeds": list(seeds),
+                                    "runs": {arm: {str(s): v for s, v in by.items()} for arm, by in runs.items()}})
+    return _judged(out, name, list(sections), list(claims), runs, list(seeds))
+
+
+def rejudge_check_report(out: Path) -> list[Verdict]:
+    """Judge and write a check's report again from its stored evidence (nothing is rerun)."""
+    evidence = read_evidence(out / EVIDENCE)
+    claims = [Claim(**c) for c in evidence["claims"]]
+    runs = {arm: {int(s): v for s, v in by.items()} for arm, by in evidence["runs"].items()}
+    _judged(out, evidence["name"], evidence["sections"], claims, runs, evidence["seeds"])
+    return judge_all(claims, runs, evidence["seeds"])
+
+
+def _judged(out: Path, name: str, sections: list, claims: list, runs: dict, seeds: list) -> str:
+    verdicts = judge_all(claims, runs, seeds)
+    rule = f"{families_text(claims, len(seeds), 0)}. Rule: {RULE}."
+    return write_check_report(out, name, [*sections, rule], verdicts)

@@ -10,6 +10,11 @@
   interval ``[x₍ₖ₎, x₍ₙ₋ₖ₊₁₎]``, ``k`` the largest with ``P(Binomial(n, ½) < k) ≤ α/2``: its coverage is
   at least ``1 − α`` for any continuous distribution (the interval the sign test inverts to). It
   works with ±∞ values, which stand for censored pairs (one side never reached the target).
+* :func:`walsh_interval` — the Hodges–Lehmann estimate (median of the Walsh averages ``(xᵢ + xⱼ)/2``,
+  ``i ≤ j``) with the distribution-free interval ``[W₍N−c+1₎, W₍c₎]`` of the sorted Walsh averages, ``c`` the
+  smallest with ``P(T⁺ ≥ c) ≤ α/2`` under the signed-rank null: the interval the Wilcoxon test inverts to
+  (its coverage is at least ``1 − α`` for any continuous distribution symmetric about its centre).
+* :func:`smallest_p` — the smallest one-sided p-value either exact test can give on ``n`` pairs, ``2⁻ⁿ``.
 * :func:`holm` — Holm's step-down adjustment of a family of p-values (controls the family-wise error).
 * :func:`loglog_slope` — a power law ``y ∝ xᵇ`` fitted by least squares on logs, with a percentile
   bootstrap interval for ``b`` over independent points; :meth:`SlopeFit.judge` turns it into a verdict.
@@ -86,6 +91,46 @@ def median_interval(values: Sequence[float], alpha: float = 0.05) -> tuple[float
         return median, (-math.inf, math.inf), 1.0
     coverage = 1 - 2 * (1 - _binomial_tail(n, k))
     return median, (x[k - 1], x[n - k]), coverage
+
+
+def _signed_rank_null(n: int) -> list[int]:
+    """``counts[t]`` = how many of the 2ⁿ sign patterns of the ranks 1..n give ``T⁺ = t`` (no ties)."""
+    counts = [1]
+    for rank in range(1, n + 1):
+        grown = counts + [0] * rank
+        for t, c in enumerate(counts):
+            grown[t + rank] += c
+        counts = grown
+    return counts
+
+
+def walsh_interval(values: Sequence[float], alpha: float = 0.05) -> tuple[float, tuple[float, float], float]:
+    """(Hodges–Lehmann estimate, (low, high), coverage) of ``values``: the estimator and interval that go with the
+    Wilcoxon signed-rank test. ``values`` may hold infinities of one sign (censored bounds); a Walsh average with
+    an infinite term is that infinity. ``(-inf, inf)`` with coverage 1 when n is too small for ``1 − alpha``."""
+    x = sorted(values)
+    n = len(x)
+    if n == 0:
+        raise ValueError("walsh_interval needs at least one value")
+    if math.inf in x and -math.inf in x:
+        raise ValueError("walsh_interval: values hold both +inf and -inf, whose average is undefined")
+    walsh = sorted((x[i] + x[j]) / 2 for i in range(n) for j in range(i, n))
+    big_n = len(walsh)
+    estimate = walsh[big_n // 2] if big_n % 2 else _mid(walsh[big_n // 2 - 1], walsh[big_n // 2])
+    counts = _signed_rank_null(n)
+    tail, c = 0, big_n + 1  # tail = #patterns with T⁺ ≥ c
+    while c - 1 >= 0 and (tail + counts[c - 1]) / 2**n <= alpha / 2:
+        c -= 1
+        tail += counts[c]
+    if c > big_n:
+        return estimate, (-math.inf, math.inf), 1.0
+    return estimate, (walsh[big_n - c], walsh[c - 1]), 1 - 2 * tail / 2**n
+
+
+def smallest_p(n: int) -> float:
+    """The smallest one-sided p-value of the exact sign or signed-rank test on ``n`` untied pairs: every pair on
+    one side, ``2⁻ⁿ``."""
+    return 2.0 ** -n
 
 
 def _mid(a: float, b: float) -> float:

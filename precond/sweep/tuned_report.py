@@ -37,8 +37,9 @@ from precond.sweep.grid_report import (
     plot_sensitivity,
     sensitivity_text,
 )
-from precond.sweep.runs import ReportError, RunRecord, load_runs, palette, pyplot, save_figure
-from precond.sweep.verdicts import RULE, Claim, Verdict, count_states, judge_all
+from precond.sweep.evidence import EVIDENCE, collect_sweep, read_evidence, runs_of, write_evidence
+from precond.sweep.runs import ReportError, RunRecord, palette, pyplot, save_figure
+from precond.sweep.verdicts import RULE, Claim, Verdict, count_states, estimate_text, families_text, judge_all
 
 SELECTION = "selection.json"
 VERDICTS = "verdicts.json"
@@ -77,8 +78,8 @@ def judge_claims(selection: dict, confirmation: dict, tuning: Optional[dict] = N
 
 
 def _verdict_table(verdicts: list[Verdict]) -> str:
-    lines = ["| claim | verdict | effect (median, ≥95 % interval) | for / against / tied | p (Holm) |",
-             "|---|---|---|---|---|"]
+    lines = ["| claim | role | verdict | effect (estimate, 95 % interval) | for / against / tied | p (Holm) |",
+             "|---|---|---|---|---|---|"]
     for v in verdicts:
         effect = v.effect
         if effect:
@@ -86,25 +87,31 @@ def _verdict_table(verdicts: list[Verdict]) -> str:
         else:
             shown = "—"
         p = "—" if v.p_value is None else f"{v.p_value:.3g} ({v.p_adjusted:.3g})"
-        lines.append(f"| {v.claim} | **{v.verdict}** | {shown} | {v.wins} / {v.losses} / {v.ties} of {v.n} | {p} |")
+        role = (effect or {}).get("role", "identity" if v.verdict == "identity" else "—")
+        lines.append(f"| {v.claim} | {role} | **{v.verdict}** | {shown} | {v.wins} / {v.losses} / {v.ties} of {v.n} "
+                     f"| {p} |")
     return "\n".join(lines)
 
 
 def effect_text(effect: dict) -> str:
-    """An effect as people read it: ×ratio (than/better) or ±difference, with its interval and margin."""
+    """An effect as people read it: ×ratio (than/better) or ±difference — a bound (``≥ ×6``) where pairs were
+    censored — with its interval, the margin and the paired estimator."""
     def one(x):
         if x in ("inf", "-inf"):
             return ("∞" if x == "inf" else ("0" if effect["scale"] == "ratio" else "−∞"))
         return f"×{math.exp(x):.3g}" if effect["scale"] == "ratio" else f"{x + 0.0:+.3g}"  # + 0.0: no "-0"
 
     low, high = effect["ci"]
-    return f"{one(effect['estimate'])} [{one(low)}, {one(high)}] (margin {effect['margin']:g})"
+    kind = ", non-inferiority" if effect.get("kind") == "noninferiority" else ""
+    return (f"{estimate_text(effect['scale'], effect['estimate'])} [{one(low)}, {one(high)}] "
+            f"({effect.get('estimator', 'median')}; margin {effect['margin']:g}{kind})")
 
 
 def headline(verdicts: list) -> str:
     """``3 holds, 1 fails, 0 equivalent, 2 inconclusive, 1 invalid; 2 identities (not counted as support)``."""
     c = count_states(verdicts)
-    return (f"{c['holds']} holds, {c['fails']} fails, {c['equivalent']} equivalent, {c['inconclusive']} "
+    return (f"{c['holds']} holds, {c['noninferior']} noninferior, {c['fails']} fails, {c['equivalent']} equivalent, "
+            f"{c['inconclusive']} "
             f"inconclusive, {c['invalid']} invalid; {c['identity']} identities (not counted as support)")
 
 
@@ -162,14 +169,42 @@ def _confirmation_table(confirmation: dict, metric: str, target: str) -> str:
 
 
 def tuned_report(sweep_dir: str | Path, quiet: bool = False) -> list[Verdict]:
-    """Write the tuned experiment's report into ``sweep_dir``; return the verdicts."""
+    """Collect the tuned experiment's evidence into ``sweep_dir/evidence.json.gz``, then judge its claims and write
+    its report there; return the verdicts."""
     sweep_dir = Path(sweep_dir)
+    selection = _read_selection(sweep_dir)
+    evidence = collect_sweep(sweep_dir)
+    write_evidence(sweep_dir / EVIDENCE, evidence)
+    return render_tuned_report(sweep_dir, selection, runs_of(evidence, sweep_dir), evidence["problems"], quiet)
+
+
+def rejudge_tuned_report(report_dir: str | Path, claims: Optional[list] = None, quiet: bool = True) -> list[Verdict]:
+    """Judge and render a tuned experiment again from the evidence and selection stored in ``report_dir`` (no run
+    is read or trained), with ``claims`` (dicts, e.g. today's config) in place of those stored in the selection."""
+    report_dir = Path(report_dir)
+    selection = _read_selection(report_dir)
+    if claims is not None:
+        selection["claims"] = [Claim(**c).as_dict() for c in claims]
+        write_text_atomically(report_dir / SELECTION, json.dumps(selection, indent=2, default=str) + "\n")
+    evidence = read_evidence(report_dir / EVIDENCE)
+    return render_tuned_report(report_dir, selection, runs_of(evidence, report_dir), evidence["problems"], quiet)
+
+
+def _families(selection: dict) -> str:
+    claims = [Claim(**c) for c in selection.get("claims", [])]
+    return families_text(claims, len(selection.get("confirmation_seeds", [])), len(selection.get("tuning_seeds", [])))
+
+
+def _read_selection(directory: Path) -> dict:
     try:
-        selection = json.loads((sweep_dir / SELECTION).read_text(encoding="utf-8"))
+        return json.loads((directory / SELECTION).read_text(encoding="utf-8"))
     except (OSError, ValueError) as err:
-        raise ReportError(f"{sweep_dir / SELECTION} is unreadable ({err})") from None
-    problems: list[str] = []
-    runs = load_runs(sweep_dir, problems)
+        raise ReportError(f"{directory / SELECTION} is unreadable ({err})") from None
+
+
+def render_tuned_report(sweep_dir: Path, selection: dict, runs: list[RunRecord], problems: list[str],
+                        quiet: bool = False) -> list[Verdict]:
+    """Judge the claims of ``selection`` on ``runs`` and write verdicts.json, comparison.md and the plots."""
     confirmation = _runs_by_stage(runs, "confirmation")
     tuning = _runs_by_stage(runs, "tuning")
     first = next((r.summary for r in runs if r.summary.get("target_metric")), {})
@@ -188,7 +223,7 @@ def tuned_report(sweep_dir: str | Path, quiet: bool = False) -> list[Verdict]:
             + (f"⚠ {warning}\n\n" if warning else "")
             + (f"## Sensitivity\n\n{sensitivity_text(confirmation, selection, metric)}\n\n"
                f"![sensitivity]({SENSITIVITY_PLOT})\n\n" if selection.get("sensitivity") else "")
-            + f"## Verdicts\n\n{headline(verdicts)}.\n\n"
+            + f"## Verdicts\n\n{headline(verdicts)}. {_families(selection)}.\n\n"
             + (_verdict_table(verdicts) + "\n\n" if verdicts else "")
             + ("".join(f"- {v.line()}\n" for v in verdicts) or "- (no claims declared)\n")
             + f"\nRule: {RULE}.\n"

@@ -2,29 +2,42 @@
 
 A claim compares one summary value of two sides, paired by confirmation seed::
 
-    {"claim": "adam reaches the target in fewer steps than tuned sgd",
+    {"claim": "adam reaches the target in fewer steps than tuned sgd", "role": "primary",
      "metric": "steps_to_target", "better": "adam", "than": "sgd", "direction": "lower"}
 
 A side is an arm name (with the claim's ``metric``) or ``{"arm": ..., "metric": ...}``; ``than`` may
 also be a number (a threshold). :data:`RULE` is the rule every verdict states:
 
-* **Effect per seed**, oriented so that a positive value favours the claim: the log-ratio of the two
-  sides for positive quantities (steps, seconds, κ, λmax: ``scale: ratio``), their difference
-  otherwise (accuracies, sparsity: ``scale: difference``). A side that never reached the target
-  (steps/seconds to target of ``∞``) is *censored*: its pair counts by its sign only.
-* **Test**: one-sided exact sign test after dropping ties when any pair is censored, else the exact
-  Wilcoxon signed-rank test; the p-value is two-sided (twice the smaller one-sided one), and
-  Holm-adjusted over the empirical claims of one experiment.
-* **Effect size**: the median effect with a distribution-free ≥ 95 % interval (order statistics).
-* **Margin** of practical relevance per claim: default a ratio of 1.25 for steps, seconds and κ, 0.5
-  points (0.005) for accuracies, 0 otherwise (``margin:`` in the claim sets it).
-* **States**: ``holds`` — adjusted p < 0.05 and median effect beyond +margin; ``fails`` — the mirror
-  image; ``equivalent`` — the interval lies inside ±margin ("the advantage is gone") and no pair is a
-  tie of two sides that both never reached the target (that tie measured nothing); ``inconclusive``
-  — none of these; ``invalid`` — an arm never trained (no eligible grid point), more than one declared
-  run failed or is missing, or the metric is undefined on more than one seed; ``identity`` — a claim
-  true by construction (``identity: true``), verified on every seed to its ``tolerance``, and kept out
-  of the count of empirical support (a violated identity ``fails``).
+* **Effect per seed** θᵢ, oriented so that a positive value favours the claim: the log-ratio of the two
+  sides for positive quantities (steps, seconds, κ, λmax: ``scale: ratio``), their difference otherwise
+  (accuracies, sparsity: ``scale: difference``).
+* **Censored pairs.** A side that never reached its target within its budget ``B`` (its steps, or its
+  training seconds) has a time in ``(B, ∞)``; the pair's effect is then only known to lie in an interval
+  ``[θᵢ⁻, θᵢ⁺]`` (e.g. ``θ ≥ log(B/t)`` when only the other side reached it, at ``t``). Every test and
+  interval below is computed twice, on the lower ends for "holds" and on the upper ends for "fails", so a
+  censored pair only ever counts against the conclusion drawn; the estimate is then a bound (``≥ ×6``).
+* **Test and interval, paired** (``test:`` per claim): ``sign`` (default, no assumption on the shape of the
+  effects) — the exact sign test with the median and its order-statistic interval; ``signed_rank`` — the
+  exact Wilcoxon signed-rank test with the Hodges–Lehmann estimate and its Walsh-average interval (assumes
+  the effects are symmetric about their centre). The interval is the set of centres the same test does not
+  reject at two-sided level 5 %.
+* **Margin** m of practical relevance per claim: default a ratio of 1.25 for steps, seconds and κ, 0.5
+  points (0.005) for accuracies, 0 otherwise. A superiority claim (``kind: superiority``, default) tests
+  ``H₀: θ ≤ m`` (holds) and ``H₀: θ ≥ −m`` (fails); a non-inferiority claim (``kind: noninferiority``,
+  phrased "at least as …") tests ``H₀: θ ≤ −m`` (noninferior) and ``H₀: θ ≥ −m`` (fails). The p-value is
+  twice the smaller one-sided one.
+* **Families** (``role:`` per claim): ``primary`` (a prediction of the theory), ``control`` (a check that the
+  setup measures what it should) and ``exploratory``. Holm's step-down adjustment runs within each family
+  of one experiment; identities are in none. A family whose smallest attainable adjusted p (its size × the
+  smallest exact p, ``2¹⁻ⁿ`` on n seeds) exceeds 0.05 is refused before any run.
+* **States**: ``holds`` / ``noninferior`` — Holm-adjusted p < 0.05 in the claim's direction and the whole
+  interval beyond the boundary (``> m``, resp. ``> −m``); ``fails`` — the mirror image (interval ``< −m``);
+  ``equivalent`` — a superiority claim whose interval lies inside ±m ("the advantage is gone"; unadjusted),
+  with no pair of two sides that both never reached the target (that tie measured nothing); ``inconclusive``
+  — none of these; ``invalid`` — an arm never trained (no eligible grid point), more than one declared run
+  failed or is missing, or the metric is undefined on more than one seed; ``identity`` — a claim true by
+  construction (``identity: true``), verified on every seed to its ``tolerance``, and kept out of the count
+  of empirical support (a violated identity ``fails``).
 """
 from __future__ import annotations
 
@@ -34,16 +47,25 @@ from typing import Optional
 
 from precond.errors import ConfigError
 from precond.settings import Choice, Flag, Num
-from precond.sweep.stats import holm, median_interval, sign_test, signed_rank_test
+from precond.sweep.stats import holm, median_interval, sign_test, signed_rank_test, smallest_p, walsh_interval
 
 ALPHA = 0.05
-RULE = ("per seed the log-ratio (steps, seconds, κ) or difference (accuracies) of the two sides, a never-reached "
-        "side counting by its sign; exact sign test (censored pairs) or Wilcoxon signed-rank, two-sided, "
-        "Holm-adjusted within the experiment; holds/fails when adjusted p < 0.05 and the median effect is beyond "
-        "the margin, equivalent when its ≥ 95 % interval lies inside ±margin (and no pair is two never-reached "
-        "sides); invalid when an arm never trained, "
-        "more than one run failed or the metric is undefined on more than one seed")
-STATES = ("holds", "fails", "equivalent", "inconclusive", "invalid", "identity")
+RULE = ("per seed the log-ratio (steps, seconds, κ) or difference (accuracies) of the two sides, oriented to favour "
+        "the claim; a side that never reached its target counts at the bound its budget sets, against the conclusion "
+        "drawn; sign test with the median and its order-statistic interval, or (test: signed_rank) Wilcoxon with the "
+        "Hodges–Lehmann estimate and its Walsh-average interval; each tests the effect against the margin "
+        "(H₀: θ ≤ m for holds, θ ≥ −m for fails; θ ≤ −m for noninferior), p two-sided, Holm-adjusted within the "
+        "experiment's primary, control and exploratory claims apart; holds/noninferior/fails when adjusted p < 0.05 "
+        "and the whole 95 % interval lies beyond the margin, equivalent when it lies inside ±margin (and no pair is "
+        "two never-reached sides); invalid when an arm never trained, more than one run failed or the metric is "
+        "undefined on more than one seed")
+STATES = ("holds", "noninferior", "fails", "equivalent", "inconclusive", "invalid", "identity")
+#: a claim's family for the multiplicity adjustment: a prediction of the theory, a check of the setup, or neither
+ROLES = ("primary", "control", "exploratory")
+#: what a claim asserts: an advantage beyond the margin, or no disadvantage beyond it ("at least as fast")
+KINDS = ("superiority", "noninferiority")
+#: the paired test and its estimator/interval: sign test ↔ median, Wilcoxon signed-rank ↔ Hodges–Lehmann
+TESTS = ("sign", "signed_rank")
 #: where a claim's values come from: the confirmation runs of each arm's chosen setting (default), or each arm's
 #: whole tuning grid, one value per tuning seed (``grid/*`` metrics, :mod:`precond.sweep.grid_metrics`)
 STAGES = ("confirmation", "tuning")
@@ -86,10 +108,18 @@ class Claim:
     identity: bool = False
     tolerance: Optional[float] = None
     stage: str = "confirmation"
+    role: str = "primary"
+    kind: str = "superiority"
+    test: str = "sign"
 
     def __post_init__(self) -> None:
         if not isinstance(self.claim, str) or not self.claim:
             raise ConfigError("claim", "a sentence stating the claim", self.claim)
+        self.role = Choice(ROLES).check("role", self.role, "primary: a prediction of the theory; control: a check "
+                                        "of the setup; exploratory: neither (each is its own Holm family)")
+        self.kind = Choice(KINDS).check("kind", self.kind, "noninferiority for claims phrased 'at least as …'")
+        self.test = Choice(TESTS).check("test", self.test, "sign (median; no assumption) or signed_rank "
+                                        "(Hodges–Lehmann; effects symmetric about their centre)")
         self.stage = Choice(STAGES).check("stage", self.stage, "tuning: judged on grid/* metrics over the tuning seeds")
         self.direction = Choice(DIRECTIONS).check("direction", self.direction, "which values are better")
         self.identity = Flag().check("identity", self.identity)
@@ -123,7 +153,15 @@ class Claim:
     def as_dict(self) -> dict:
         return {"claim": self.claim, "better": self.better, "than": self.than, "metric": self.metric,
                 "direction": self.direction, "scale": self.scale, "margin": self.margin, "identity": self.identity,
-                "tolerance": self.tolerance, "stage": self.stage}
+                "tolerance": self.tolerance, "stage": self.stage, "role": self.role, "kind": self.kind,
+                "test": self.test}
+
+    @property
+    def boundaries(self) -> tuple[float, float]:
+        """``(c_holds, c_fails)`` on the effect's scale: "holds" rejects ``θ ≤ c_holds``, "fails" rejects
+        ``θ ≥ c_fails`` (superiority: ``m, −m``; non-inferiority: ``−m, −m``)."""
+        m = self.log_margin
+        return (m, -m) if self.kind == "superiority" else (-m, -m)
 
 
 @dataclass
@@ -153,30 +191,66 @@ class Verdict:
         return f"**{self.verdict}** — {self.claim}: {self.reason}"
 
 
+@dataclass(frozen=True)
+class Measured:
+    """One run's value of a metric as an interval ``[low, high]``: equal ends when measured, ``[budget, ∞]`` when
+    the run never reached its target within its budget (steps or training seconds; 0 when unknown)."""
+
+    low: float
+    high: float
+
+    @property
+    def censored(self) -> bool:
+        return self.low != self.high
+
+    def jsonable(self):
+        return _jsonable(self.low) if not self.censored else "inf"
+
+
+def _budget(summary: dict, metric: str) -> float:
+    """How far a run could have gone on ``metric``: its steps (after a warm-up where the metric says so) or
+    its training seconds; 0 when the summary does not say (the weakest bound)."""
+    if metric.startswith("seconds"):
+        value = summary.get("time/train_s")
+    else:
+        value = summary.get("steps")
+        if metric.endswith("_after_warmup") and isinstance(value, (int, float)):
+            value = value - (summary.get("warmup_steps") or 0)
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0 else 0.0
+
+
 def _value(summary: Optional[dict], metric: str):
-    """A run's value of ``metric``: a number, ``inf`` (target never reached), ``"failed"`` or None (undefined)."""
+    """A run's value of ``metric``: a :class:`Measured`, ``"failed"`` or None (undefined)."""
     if summary is None or summary.get("status") not in ("completed", "diverged"):
         return "failed"
     value = summary.get(metric)
     if metric in _TO_TARGET and value is None:
-        return math.inf
+        return Measured(_budget(summary, metric), math.inf)
     if summary.get("status") == "diverged" and metric not in _TO_TARGET:
         return None  # a diverged run has no final value to compare
-    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return Measured(float(value), float(value))
+    return None
 
 
-def _effect(claim: Claim, a: float, b: float) -> Optional[float]:
-    """The effect of one pair, positive when it favours the claim (None: undefined, e.g. κ ≤ 0)."""
-    sign = 1.0 if claim.direction == "lower" else -1.0
-    if claim.scale == "difference":
-        if math.isinf(a) or math.isinf(b):
-            return 0.0 if a == b else sign * (math.inf if b > a else -math.inf)
-        return sign * (b - a)
-    if a <= 0 or b <= 0:
+def _bounds(claim: Claim, a: Measured, b: Measured) -> Optional[tuple[float, float]]:
+    """The effect of one pair as ``(θ⁻, θ⁺)``, positive favouring the claim; None when undefined (κ ≤ 0)."""
+    if claim.scale == "ratio":
+        if a.low < 0 or b.low < 0 or (a.low == 0 and not a.censored) or (b.low == 0 and not b.censored):
+            return None
+
+        def f(x: float) -> float:
+            return -math.inf if x == 0 else math.log(x)
+    else:
+        def f(x: float) -> float:
+            return x
+    if claim.direction == "lower":  # θ = f(b) − f(a)
+        low, high = f(b.low) - f(a.high), f(b.high) - f(a.low)
+    else:  # θ = f(a) − f(b)
+        low, high = f(a.low) - f(b.high), f(a.high) - f(b.low)
+    if math.isnan(low) or math.isnan(high):
         return None
-    if math.isinf(a) or math.isinf(b):  # censored: the sign is known, the size is not
-        return 0.0 if a == b else sign * (math.inf if b > a else -math.inf)
-    return sign * math.log(b / a)
+    return low, high
 
 
 def _fmt(x: float) -> str:
@@ -190,12 +264,12 @@ def judge(claim: Claim, runs: dict, seeds: list, invalid_arms: Optional[dict] = 
     invalid_arms = invalid_arms or {}
     arms = [better.arm] + ([] if isinstance(than, float) else [than.arm])
     values_a = [_value(runs.get(better.arm, {}).get(s), better.metric) for s in seeds]
-    values_b = ([than] * len(seeds) if isinstance(than, float)
+    values_b = ([Measured(than, than)] * len(seeds) if isinstance(than, float)
                 else [_value(runs.get(than.arm, {}).get(s), than.metric) for s in seeds])
     evidence = {"seeds": list(seeds),
-                "better": {"side": better.label(), "values": [_jsonable(v) for v in values_a]},
+                "better": {"side": better.label(), "values": [_shown_value(v) for v in values_a]},
                 "than": {"side": "threshold" if isinstance(than, float) else than.label(),
-                         "values": [_jsonable(v) for v in values_b]}}
+                         "values": [_shown_value(v) for v in values_b]}}
     verdict = Verdict(claim.claim, "invalid", RULE, evidence, n=len(seeds))
     never = [a for a in arms if a in invalid_arms]
     if never:
@@ -209,63 +283,123 @@ def judge(claim: Claim, runs: dict, seeds: list, invalid_arms: Optional[dict] = 
         verdict.reason = f"{failed} of {len(seeds)} declared runs failed or are missing"
         return verdict
     pairs = [(a, b) for a, b in zip(values_a, values_b) if "failed" not in (a, b)]
-    effects = [None if a is None or b is None else _effect(claim, a, b) for a, b in pairs]
-    undefined = effects.count(None)
+    bounds = [None if a is None or b is None else _bounds(claim, a, b) for a, b in pairs]
+    undefined = bounds.count(None)
     if undefined > 1:
         verdict.reason = (f"{claim.sides[0].metric} is undefined on {undefined} of {len(seeds)} seeds "
                           "(e.g. κ where λmin ≤ 0, or a run that diverged)")
         return verdict
-    d = [e for e in effects if e is not None]
-    verdict.n = len(d)
-    verdict.wins, verdict.losses = sum(e > 0 for e in d), sum(e < 0 for e in d)
-    verdict.ties = len(d) - verdict.wins - verdict.losses
+    kept = [(p, e) for p, e in zip(pairs, bounds) if e is not None]
+    lows, highs = [e[0] for _, e in kept], [e[1] for _, e in kept]
+    verdict.n = len(kept)
+    verdict.wins = sum(lo > 0 for lo in lows)
+    verdict.losses = sum(hi < 0 for hi in highs)
+    verdict.ties = verdict.n - verdict.wins - verdict.losses
     if claim.identity:
-        return _judge_identity(claim, verdict, pairs, d)
-    censored = any(math.isinf(e) for e in d)
-    if censored:
-        statistic, p_holds, p_fails = "sign test", sign_test(verdict.wins, verdict.losses), \
-            sign_test(verdict.losses, verdict.wins)
-    else:
-        statistic, p_holds, p_fails = "Wilcoxon signed-rank", signed_rank_test(d), signed_rank_test([-e for e in d])
-    estimate, (low, high), coverage = median_interval(d)
+        return _judge_identity(claim, verdict, [p for p, _ in kept], lows)
+    c_holds, c_fails = claim.boundaries
+    p_holds = _one_sided(claim.test, [lo - c_holds for lo in lows])
+    p_fails = _one_sided(claim.test, [c_fails - hi for hi in highs])
     verdict.p_value = min(1.0, 2 * min(p_holds, p_fails))
+    estimate_low, (low, _), coverage = _interval(claim.test, lows)
+    estimate_high, (_, high), _ = _interval(claim.test, highs)
     # a pair in which neither side reached the target is a tie that measured nothing: it cannot show equivalence
-    unreached = sum(1 for a, b in pairs if isinstance(a, float) and isinstance(b, float) and math.isinf(a)
-                    and math.isinf(b) and a == b)
-    verdict.effect = {"statistic": statistic, "scale": claim.scale,
-                      "measure": "median log-ratio than/better" if claim.scale == "ratio" else "median difference",
-                      "estimate": _jsonable(estimate), "ci": [_jsonable(low), _jsonable(high)],
-                      "coverage": coverage, "margin": claim.margin, "both_unreached": unreached}
+    unreached = sum(1 for a, b in [p for p, _ in kept] if a.censored and b.censored)
+    verdict.effect = {"statistic": "sign test" if claim.test == "sign" else "Wilcoxon signed-rank",
+                      "estimator": "median" if claim.test == "sign" else "Hodges–Lehmann",
+                      "scale": claim.scale, "kind": claim.kind, "role": claim.role,
+                      "measure": ("log-ratio than/better" if claim.scale == "ratio" else "difference"),
+                      "estimate": [_jsonable(estimate_low), _jsonable(estimate_high)],
+                      "ci": [_jsonable(low), _jsonable(high)], "coverage": coverage, "margin": claim.margin,
+                      "direction": "holds" if p_holds <= p_fails else "fails",
+                      "censored": sum(1 for lo, hi in zip(lows, highs) if lo != hi), "both_unreached": unreached}
     verdict.verdict = "inconclusive"  # settled by judge_all after the multiplicity adjustment
     return verdict
 
 
-def _judge_identity(claim: Claim, verdict: Verdict, pairs: list, d: list) -> Verdict:
+def _one_sided(test: str, shifted: list[float]) -> float:
+    """The one-sided p of "the centre of ``shifted`` is above 0" by the claim's test (zeros dropped)."""
+    if test == "sign":
+        return sign_test(sum(x > 0 for x in shifted), sum(x < 0 for x in shifted))
+    return signed_rank_test(shifted)
+
+
+def _interval(test: str, values: list[float]) -> tuple[float, tuple[float, float], float]:
+    return median_interval(values) if test == "sign" else walsh_interval(values)
+
+
+def _shown_value(v):
+    """A per-seed value for the evidence: a number, "inf" (never reached), "failed" or None."""
+    return v.jsonable() if isinstance(v, Measured) else v
+
+
+def _judge_identity(claim: Claim, verdict: Verdict, pairs: list, lows: list) -> Verdict:
     tol = claim.tolerance or 0.0
-    if claim.tolerance is not None:  # |better − than| ≤ tolerance on every seed
-        bad = [abs(a - b) for a, b in pairs if a is not None and b is not None and abs(a - b) > tol]
-    else:  # the stated inequality on every seed
-        bad = [e for e in d if not e > 0]
+    if claim.tolerance is not None:  # |better − than| ≤ tolerance on every seed (measured values only)
+        bad = [1 for a, b in pairs if a.censored or b.censored or abs(a.low - b.low) > tol]
+    else:  # the stated inequality on every seed, at the bound least favourable to it
+        bad = [e for e in lows if not e > 0]
     verdict.verdict = "fails" if bad else "identity"
-    verdict.reason = (f"true by construction; verified on all {len(d)} seeds"
+    verdict.reason = (f"true by construction; verified on all {len(lows)} seeds"
                       + (f" to {tol:g}" if claim.tolerance is not None else "")
-                      if not bad else f"an identity violated on {len(bad)} of {len(d)} seeds")
+                      if not bad else f"an identity violated on {len(bad)} of {len(lows)} seeds")
     return verdict
+
+
+def family_bounds(claims: list[Claim], n_confirmation: int, n_tuning: int) -> dict:
+    """Per role: ``(size, smallest attainable Holm-adjusted p)``. A claim's p is at least ``2 · 2⁻ⁿ`` (every seed
+    on one side; two-sided), and Holm multiplies the smallest p of a family of k by k."""
+    out = {}
+    for role in ROLES:
+        members = [c for c in claims if c.role == role and not c.identity]
+        if members:
+            fewest = min(n_tuning if c.stage == "tuning" else n_confirmation for c in members)
+            out[role] = (len(members), min(1.0, len(members) * 2 * smallest_p(fewest)))
+    return out
+
+
+def families_text(claims: list[Claim], n_confirmation: int, n_tuning: int) -> str:
+    """One sentence: each family's size and the smallest adjusted p it can reach on its seeds."""
+    parts = [f"{role}: {size} claim{'s' if size > 1 else ''}, smallest attainable Holm p {bound:.2g}"
+             for role, (size, bound) in family_bounds(claims, n_confirmation, n_tuning).items()]
+    return "Holm families — " + "; ".join(parts) if parts else "No tested claims."
+
+
+def seeds_needed(family_size: int) -> int:
+    """The fewest seeds on which a family of ``family_size`` claims can reach adjusted p < 0.05."""
+    n = 1
+    while family_size * 2 * smallest_p(n) >= ALPHA:
+        n += 1
+    return n
+
+
+def check_families(claims: list[Claim], n_confirmation: int, n_tuning: int) -> None:
+    """Refuse (before any run) a family that could not reach significance even if every seed agreed."""
+    for role, (size, bound) in family_bounds(claims, n_confirmation, n_tuning).items():
+        if bound >= ALPHA:
+            stage = "tuning" if any(c.role == role and c.stage == "tuning" and not c.identity for c in claims) \
+                and n_tuning < n_confirmation else "confirmation"
+            raise ConfigError(f"{stage}_seeds", f"enough seeds for the {size} {role} claims to reach adjusted "
+                              f"p < {ALPHA:g} (the smallest attainable is {bound:.3g})",
+                              n_tuning if stage == "tuning" else n_confirmation,
+                              f"use at least {seeds_needed(size)} {stage} seeds, or fewer {role} claims")
 
 
 def judge_all(claims: list[Claim], runs: dict, seeds: list, invalid_arms: Optional[dict] = None,
               tuning: Optional[tuple[dict, list]] = None) -> list[Verdict]:
-    """Every claim of one experiment: tested, Holm-adjusted over the empirical ones, and settled.
+    """Every claim of one experiment: tested, Holm-adjusted within each role's family, and settled.
     ``tuning``: ``(runs, seeds)`` of per-tuning-seed grid values, for claims with ``stage: tuning``."""
     def context(claim: Claim) -> tuple[dict, list]:
         return tuning if claim.stage == "tuning" and tuning is not None else (
             ({}, []) if claim.stage == "tuning" else (runs, seeds))
 
     verdicts = [judge(c, *context(c), invalid_arms) for c in claims]
-    tested = [i for i, v in enumerate(verdicts) if v.p_value is not None]
-    for i, p in zip(tested, holm([verdicts[i].p_value for i in tested])):
-        verdicts[i].p_adjusted = p
-        _settle(claims[i], verdicts[i])
+    for role in ROLES:
+        tested = [i for i, v in enumerate(verdicts) if v.p_value is not None and claims[i].role == role]
+        for i, p in zip(tested, holm([verdicts[i].p_value for i in tested])):
+            verdicts[i].p_adjusted = p
+            verdicts[i].effect["family"] = f"{role} ({len(tested)})"
+            _settle(claims[i], verdicts[i])
     return verdicts
 
 
@@ -273,25 +407,48 @@ def _settle(claim: Claim, v: Verdict) -> None:
     m = claim.log_margin
     low = _number(v.effect["ci"][0], -math.inf)
     high = _number(v.effect["ci"][1], math.inf)
-    estimate = _number(v.effect["estimate"], 0.0)
-    shown = (f"median effect {_shown(claim, estimate)} [{_shown(claim, low)}, {_shown(claim, high)}], margin "
-             f"{claim.margin:g}; {v.wins} for, {v.losses} against, {v.ties} tied of {v.n}; {v.effect['statistic']} "
-             f"p = {v.p_value:.3g}, Holm {v.p_adjusted:.3g}")
+    c_holds, c_fails = claim.boundaries
+    shown = (f"{v.effect['estimator']} effect {estimate_text(claim.scale, v.effect['estimate'])} "
+             f"[{_shown(claim, low)}, {_shown(claim, high)}], margin {claim.margin:g}; {v.wins} for, {v.losses} "
+             f"against, {v.ties} tied or undetermined of {v.n}; {v.effect['statistic']} p = {v.p_value:.3g}, Holm "
+             f"{v.p_adjusted:.3g} among the {v.effect['family']} claims")
     significant = v.p_adjusted < ALPHA
-    if significant and estimate > m:
-        v.verdict, why = "holds", "significant and beyond the margin"
-    elif significant and estimate < -m:
-        v.verdict, why = "fails", "significant, and beyond the margin against the claim"
-    elif m > 0 and -m < low and high < m and not v.effect.get("both_unreached"):
+    positive = "holds" if claim.kind == "superiority" else "noninferior"
+    boundary = "the margin" if claim.kind == "superiority" else "−margin"
+    if significant and v.effect["direction"] == "holds" and low > c_holds:
+        v.verdict, why = positive, f"significant, and the whole interval lies beyond {boundary}"
+    elif significant and v.effect["direction"] == "fails" and high < c_fails:
+        v.verdict, why = "fails", "significant, and the whole interval lies beyond −margin, against the claim"
+    elif claim.kind == "superiority" and m > 0 and -m < low and high < m and not v.effect.get("both_unreached"):
         v.verdict, why = "equivalent", "the interval lies inside ± the margin"
-    elif m > 0 and -m < low and high < m:
+    elif claim.kind == "superiority" and m > 0 and -m < low and high < m:
         v.verdict, why = "inconclusive", (f"neither side reached the target on {v.effect['both_unreached']} of {v.n} "
                                           "seeds: a tie that measured nothing, not an equivalence")
     elif significant:
-        v.verdict, why = "inconclusive", "significant, but the effect is within the margin"
+        v.verdict, why = "inconclusive", "significant, but the interval reaches across the boundary"
     else:
-        v.verdict, why = "inconclusive", "not significant"
+        v.verdict, why = "inconclusive", "not significant after Holm"
     v.reason = f"{why}: {shown}"
+
+
+def estimate_text(scale: str, estimate) -> str:
+    """An estimate that may be a bound (censored pairs): ``×2.1``, ``≥ ×6``, ``≤ ×0.5`` or ``×1.2…×3``."""
+    if not isinstance(estimate, list):
+        estimate = [estimate, estimate]
+    low, high = _number(estimate[0], -math.inf), _number(estimate[1], math.inf)
+
+    def one(x: float) -> str:
+        if scale == "ratio":
+            return "∞" if x == math.inf else "0" if x == -math.inf else f"×{math.exp(x):.3g}"
+        return "∞" if x == math.inf else "−∞" if x == -math.inf else f"{x + 0.0:+.3g}"
+
+    if low == high:
+        return one(low)
+    if high == math.inf:
+        return f"≥ {one(low)}"
+    if low == -math.inf:
+        return f"≤ {one(high)}"
+    return f"{one(low)}…{one(high)}"
 
 
 def _shown(claim: Claim, x: float) -> str:
