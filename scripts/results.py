@@ -55,7 +55,8 @@ EXPERIMENTS = [
 ]
 #: experiment → the check script that produces it (the tuned experiments run the entry point)
 CHECK_SCRIPTS = {name: Path(command[1]).name for name, command in EXPERIMENTS if command[1].startswith("scripts/")}
-COPIED = ("comparison.md", "verdicts.json", "selection.json", EVIDENCE)  # and every plot (*.png) at the top of the output
+#: the report files copied (and every plot, *.png, at the top of the output)
+COPIED = ("comparison.md", "verdicts.json", "selection.json", EVIDENCE)
 #: what a result depends on: the package, the Hydra plugins, the configs and the check scripts. A change to
 #: any of these makes tests/test_results_current.py fail until `make results` regenerates the results
 DEPENDS_ON = ("precond/**/*.py", "hydra_plugins/**/*.py", "conf/**/*.yaml", "scripts/check_local_rate.py",

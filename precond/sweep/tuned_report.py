@@ -25,6 +25,7 @@ from typing import Optional
 
 from precond.metrics import TIME_TO_TARGET_RULE, target_text
 from precond.run.files import write_text_atomically
+from precond.sweep.evidence import EVIDENCE, collect_sweep, read_evidence, runs_of, write_evidence
 from precond.sweep.grid_metrics import grid_values, pareto_level
 from precond.sweep.grid_report import (
     HEATMAP,
@@ -37,7 +38,6 @@ from precond.sweep.grid_report import (
     plot_sensitivity,
     sensitivity_text,
 )
-from precond.sweep.evidence import EVIDENCE, collect_sweep, read_evidence, runs_of, write_evidence
 from precond.sweep.runs import ReportError, RunRecord, palette, pyplot, save_figure
 from precond.sweep.verdicts import RULE, Claim, Verdict, count_states, estimate_text, families_text, judge_all
 
