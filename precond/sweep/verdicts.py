@@ -30,6 +30,8 @@ also be a number (a threshold). :data:`RULE` is the rule every verdict states:
   setup measures what it should) and ``exploratory``. Holm's step-down adjustment runs within each family
   of one experiment; identities are in none. A family whose smallest attainable adjusted p (its size × the
   smallest exact p, ``2¹⁻ⁿ`` on n seeds) exceeds 0.05 is refused before any run.
+* **Floors**: a claim may name the value at which its measurement stops resolving (``floor:``, e.g. κ⁺ at the
+  eigenvalue cut); a comparison with either side there on more than one seed is ``invalid`` ("floor").
 * **States**: ``holds`` / ``noninferior`` — Holm-adjusted p < 0.05 in the claim's direction and the whole
   interval beyond the boundary (``> m``, resp. ``> −m``); ``fails`` — the mirror image (interval ``< −m``);
   ``equivalent`` — a superiority claim whose interval lies inside ±m ("the advantage is gone"; unadjusted),
@@ -111,6 +113,7 @@ class Claim:
     role: str = "primary"
     kind: str = "superiority"
     test: str = "sign"
+    floor: Optional[float] = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.claim, str) or not self.claim:
@@ -126,6 +129,8 @@ class Claim:
         self.sides = (self._side("better", self.better), self._side("than", self.than))
         self.scale = Choice(SCALES, optional=True).check("scale", self.scale) or default_scale(self.sides[0].metric)
         self.tolerance = Num(0, optional=True).check("tolerance", self.tolerance)
+        self.floor = Num(0, optional=True).check("floor", self.floor, "the value at which the measurement stops "
+                                                 "resolving (κ⁺ at the eigenvalue cut: 0.5/cut), or null")
         if self.margin is None:
             metric = self.sides[0].metric
             self.margin = _DEFAULT_RATIO_MARGIN if self.scale == "ratio" else (
@@ -154,7 +159,7 @@ class Claim:
         return {"claim": self.claim, "better": self.better, "than": self.than, "metric": self.metric,
                 "direction": self.direction, "scale": self.scale, "margin": self.margin, "identity": self.identity,
                 "tolerance": self.tolerance, "stage": self.stage, "role": self.role, "kind": self.kind,
-                "test": self.test}
+                "test": self.test, "floor": self.floor}
 
     @property
     def boundaries(self) -> tuple[float, float]:
@@ -283,6 +288,11 @@ def judge(claim: Claim, runs: dict, seeds: list, invalid_arms: Optional[dict] = 
         verdict.reason = f"{failed} of {len(seeds)} declared runs failed or are missing"
         return verdict
     pairs = [(a, b) for a, b in zip(values_a, values_b) if "failed" not in (a, b)]
+    at_floor = _at_floor(claim, pairs)
+    if at_floor > 1:
+        verdict.reason = (f"floor: a side sits at the measurement's cut ({claim.floor:g}) on {at_floor} of "
+                          f"{len(seeds)} seeds, so the comparison measures the cut, not the quantity")
+        return verdict
     bounds = [None if a is None or b is None else _bounds(claim, a, b) for a, b in pairs]
     undefined = bounds.count(None)
     if undefined > 1:
@@ -315,6 +325,14 @@ def judge(claim: Claim, runs: dict, seeds: list, invalid_arms: Optional[dict] = 
                       "censored": sum(1 for lo, hi in zip(lows, highs) if lo != hi), "both_unreached": unreached}
     verdict.verdict = "inconclusive"  # settled by judge_all after the multiplicity adjustment
     return verdict
+
+
+def _at_floor(claim: Claim, pairs: list) -> int:
+    """On how many seeds either side's measured value is at or beyond the claim's ``floor``."""
+    if claim.floor is None:
+        return 0
+    return sum(1 for a, b in pairs if any(isinstance(v, Measured) and not v.censored and v.low >= claim.floor
+                                          for v in (a, b)))
 
 
 def _one_sided(test: str, shifted: list[float]) -> float:
