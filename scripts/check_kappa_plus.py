@@ -171,23 +171,20 @@ def run(arm: str, seed: int, x, y, steps: int) -> tuple[dict, nn.Module]:
 
 
 def claims() -> list[Claim]:
-    """The κ⁺ comparisons are primary (with the cut as their floor: a side at 1/NULL_RTOL measures the cut); the
-    per-layer and per-row views of the mechanism are exploratory."""
+    """The κ⁺ comparisons of the GGN are primary (with the cut as their floor: a side at 1/NULL_RTOL measures the
+    cut); the per-layer and per-row views of the mechanism are exploratory. There are no claims on κ⁺ of H: the
+    theory speaks of H at a critical point, which no network here reaches (the attempt table shows how far from
+    one the end of training is), and away from one H is indefinite and its κ⁺ undefined — the table still
+    reports H where it is measured."""
     out = []
     for when, label in (("init", "at initialization"), ("end", "at the end of training")):
         for arm in ("batchnorm", "layernorm", "layernorm_no_act"):
             out.append(Claim(f"{arm} lowers κ⁺ of the GGN {label} (invariances projected)", arm, "plain",
                              metric=f"{when}_ggn_kappa_plus", scale="ratio", floor=FLOOR))
-    for arm in ("batchnorm", "layernorm", "layernorm_no_act"):
-        out.append(Claim(f"{arm} lowers κ⁺ of H at the end of training (invariances projected)", arm, "plain",
-                         metric="end_h_kappa_plus", scale="ratio", floor=FLOOR))
     for when, label in (("init", "at initialization"), ("end", "at the end of training")):
         out.append(Claim(f"at the plain network's weights {label}, BN's frozen-statistics block P lowers κ⁺ of the GGN",
                          {"arm": "plain", "metric": f"{when}_ggn_kappa_plus_bnP"},
                          {"arm": "plain", "metric": f"{when}_ggn_kappa_plus"}, scale="ratio", floor=FLOOR))
-    out.append(Claim("at the plain network's weights at the end of training, BN's block P lowers κ⁺ of H",
-                     {"arm": "plain", "metric": "end_h_kappa_plus_bnP"}, {"arm": "plain", "metric": "end_h_kappa_plus"},
-                     scale="ratio", floor=FLOOR))
     out.append(Claim("BatchNorm makes each hidden weight row a near-null direction of H at the end of training "
                      "(median ‖Hwᵢ‖/(‖wᵢ‖λmax) below the plain network's)", "batchnorm", "plain",
                      metric="end_row_residual", scale="ratio", role="exploratory"))
@@ -303,9 +300,11 @@ def main() -> None:
     intro = (f"Medians over {len(seeds)} initializations; full-batch Adam (lr {LR}) for {args.steps} steps, float64. "
              "κ⁺ is over the complement of the analytic invariances, with eigenvalues ≤ 1e-7·λmax left out and "
              "counted ('near-null left'); an indefinite H has no κ⁺ (—). No network is at a critical point at the "
-             "end (‖∇L‖/‖∇L₀‖, λmin/λmax), so the claims on H are measured where H is, and are invalid where it is "
-             f"indefinite. A κ⁺ within 2× of 1/{NULL_RTOL:g} ('at the cut') means the projected spectrum reaches "
-             "down to the null threshold: it is a floor set by the cut, not a measured gap.")
+             "end (‖∇L‖/‖∇L₀‖, λmin/λmax), so H is shown where it is measured but judged nowhere: the theory's claims "
+             "on κ⁺ of H are about a critical point, and none is reached. A κ⁺ within 2× of "
+             f"1/{NULL_RTOL:g} ('at the cut') means the projected spectrum reaches down to the null threshold: it "
+             "is a floor set by the cut, not a measured gap, and a comparison with a side there on more than one "
+             "seed is invalid ('floor').")
     attempt_rows = [[arm, fmt(a["attempt_grad_ratio"], 2), fmt(a["attempt_lam_min_ratio"], 2),
                      fmt(a["attempt_h_kappa_plus"])] for arm, a in attempts.items()]
     sections = [intro, markdown_table(["network", *(c[0] for c in columns)], rows),

@@ -140,7 +140,8 @@ def provenance(out: Path, name: str, seconds: float) -> dict:
     dirty = [line for line in changed if not line[3:].startswith(("docs/results/", "README.md"))]
     config = out / "multirun.yaml"
     prints = fingerprints(ROOT, name)
-    return {"commit": commit + ("-dirty" if dirty else ""), "fingerprint": prints["training"],
+    commit += "-dirty" if dirty else ""
+    return {"commit": commit, "trained_at": commit, "fingerprint": prints["training"],
             "judging_fingerprint": prints["judging"], "seconds": seconds, "torch": torch.__version__,
             "data": _data_of(config), "config": config.read_text(encoding="utf-8") if config.exists() else None}
 
@@ -197,7 +198,9 @@ def rejudge(name: str, command: list[str], recorded: dict) -> dict:
         rejudge_tuned_report(docs, experiment_claims(name))
     else:
         rejudge_check_report(docs)
-    recorded.update(judging_fingerprint=fingerprints(ROOT, name)["judging"])
+    fresh = provenance(OUT / name, name, recorded.get("seconds", 0.0))
+    recorded.setdefault("trained_at", recorded.get("commit"))  # the commit whose code trained the evidence
+    recorded.update(commit=fresh["commit"], judging_fingerprint=fresh["judging_fingerprint"])
     (docs / "provenance.json").write_text(json.dumps(recorded, indent=2) + "\n", encoding="utf-8")
     shown = " ".join(["python" if a == PY else a.replace("{out}", f"outputs/results/{name}") for a in command])
     print(f"{name}: re-judged from its evidence in {time.perf_counter() - t0:.1f} s", flush=True)

@@ -104,3 +104,37 @@ def test_loglog_slope_refuses_too_few_or_nonpositive_points():
         loglog_slope([1, 2], [1, 2])
     with pytest.raises(ValueError, match="positive"):
         loglog_slope([1, 2, 0], [1, 2, 3])
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_walsh_interval_is_the_set_of_centres_scipys_exact_wilcoxon_does_not_reject(seed):
+    """The Hodges–Lehmann interval inverts the signed-rank test: just inside each end scipy's exact one-sided test
+    does not reject at α/2, just outside it does."""
+    from precond.sweep.stats import walsh_interval
+    rng = random.Random(seed)
+    n = rng.randint(7, 14)
+    d = [rng.gauss(0.5, 1.0) for _ in range(n)]
+    estimate, (low, high), coverage = walsh_interval(d)
+    walsh = sorted((d[i] + d[j]) / 2 for i in range(n) for j in range(i, n))
+    assert estimate == pytest.approx(float(scipy_stats.scoreatpercentile(walsh, 50)) if len(walsh) % 2 else
+                                     (walsh[len(walsh) // 2 - 1] + walsh[len(walsh) // 2]) / 2)
+    eps = 1e-9
+
+    def p(theta: float, alternative: str) -> float:
+        return scipy_stats.wilcoxon([x - theta for x in d], alternative=alternative, method="exact").pvalue
+
+    assert p(low - eps, "greater") <= 0.025 < p(low + eps, "greater")
+    assert p(high + eps, "less") <= 0.025 < p(high - eps, "less")
+    assert 0.95 <= coverage < 0.99
+
+
+def test_walsh_interval_with_too_few_values_or_mixed_infinities():
+    from precond.sweep.stats import walsh_interval
+    assert walsh_interval([1.0, 2.0, 3.0, 4.0, 5.0])[1] == (-math.inf, math.inf)  # 2⁻⁵ > 0.025: no interval
+    assert walsh_interval([1.0, 2.0, 3.0, 4.0, 5.0, 6.0])[1] == (1.0, 6.0)  # 2⁻⁶ ≤ 0.025: the extreme averages
+    # one value unbounded below takes the top rank, so at n = 10 no centre above it can be rejected (T⁺ ≤ 45 < 47):
+    # Wilcoxon cannot clear a bound with one such pair, where the sign test (median) can
+    assert walsh_interval([1.0] * 9 + [-math.inf])[1][0] == -math.inf
+    assert median_interval([1.0] * 9 + [-math.inf])[1][0] == 1.0
+    with pytest.raises(ValueError, match="both"):
+        walsh_interval([math.inf, -math.inf, 1.0])

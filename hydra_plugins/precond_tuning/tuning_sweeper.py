@@ -50,6 +50,11 @@ class TuningSweeperConf:
     tuning_overrides: Any = None
     #: {config key: {series: [arm, ...]}}: arms read as a sensitivity curve in that key (the report plots them)
     sensitivity: Any = None
+    #: staged confirmation, e.g. [10, 20, 40]: look k judges the first stages[k] confirmation seeds and only the
+    #: claims still inconclusive get more (null: one look on every confirmation seed)
+    stages: Any = None
+    #: problem instances: confirmation seed number i trains on data draw i mod data_draws (dataset.data_seed)
+    data_draws: Any = 1
 
 
 ConfigStore.instance().store(group="hydra/sweeper", name="tuned", node=TuningSweeperConf, provider="precond")
@@ -62,7 +67,8 @@ def _refuse(message: str) -> None:
 
 class TuningSweeper(Sweeper):
     def __init__(self, arms: dict, grid: dict, tuning_seeds: list, confirmation_seeds: list, claims: list,
-                 target: Any = None, tuning_overrides: Any = None, sensitivity: Any = None):
+                 target: Any = None, tuning_overrides: Any = None, sensitivity: Any = None, stages: Any = None,
+                 data_draws: Any = 1):
         from precond.errors import ConfigError
         from precond.sweep.tuning import TuningSpec
         from precond.sweep.verdicts import Claim, check_families
@@ -71,9 +77,10 @@ class TuningSweeper(Sweeper):
             self.spec = TuningSpec(arms=_plain(arms), grid=_plain(grid) or {}, tuning_seeds=_plain(tuning_seeds),
                                    confirmation_seeds=_plain(confirmation_seeds), target=_plain(target),
                                    tuning_overrides=_plain(tuning_overrides) or {},
-                                   sensitivity=_plain(sensitivity) or {})
+                                   sensitivity=_plain(sensitivity) or {}, stages=_plain(stages),
+                                   data_draws=_plain(data_draws))
             self.claims = [Claim(**_plain(c)) for c in (claims or [])]
-            check_families(self.claims, len(self.spec.confirmation_seeds), len(self.spec.tuning_seeds))
+            check_families(self.claims, self.spec.stages[0], len(self.spec.tuning_seeds), len(self.spec.stages))
         except ConfigError as err:
             _refuse(str(err.within("hydra.sweeper")))
         except TypeError as err:
@@ -101,6 +108,7 @@ class TuningSweeper(Sweeper):
             SELECTION_RULE,
             NoEligiblePoint,
             PointResult,
+            data_draw,
             overrides_for,
             select,
             subdir_override,
@@ -125,7 +133,9 @@ class TuningSweeper(Sweeper):
         summaries = [_summary_of(r) for r in returns]
         target = self._relative_target(tuning, returns, summaries)
         selection = {"rule": SELECTION_RULE, "target": target, "tuning_seeds": list(self.spec.tuning_seeds),
-                     "confirmation_seeds": list(self.spec.confirmation_seeds), "fixed_overrides": fixed,
+                     "confirmation_seeds": list(self.spec.confirmation_seeds), "stages": list(self.spec.stages),
+                     "data_draws": self.spec.data_draws,
+                     "fixed_overrides": fixed,
                      "claims": [c.as_dict() for c in self.claims], "sensitivity": self.spec.sensitivity, "arms": {}}
         chosen = {}
         for arm in arms:
@@ -158,13 +168,49 @@ class TuningSweeper(Sweeper):
                 log.error("%s", err)
             selection["arms"][arm.name] = entry
         write_text_atomically(sweep_dir / "selection.json", json.dumps(selection, indent=2, default=str) + "\n")
-        confirm = [(arm, point, seed) for arm, point in chosen.values() for seed in self.spec.confirmation_seeds]
-        log.info("confirmation: %d runs", len(confirm))
         at_target = [f"target.value={target['value']!r}"] if target else []
-        confirmation = self.launcher.launch([fixed + overrides_for(a, p, s, "confirmation") + at_target
-                                             + [subdir_override(a, p, s, "confirmation")] for a, p, s in confirm],
-                                            initial_job_idx=len(tuning))
-        return [list(returns), list(confirmation)]
+        returns_by_look = []
+        first_job = len(tuning)
+        stages = self.spec.stages
+        confirmed: list = []  # (arm, seed, summary) of every confirmation run launched so far
+        for look, n in enumerate(stages):
+            seeds = self.spec.confirmation_seeds[stages[look - 1] if look else 0:n]
+            arms = list(chosen) if look == 0 else self._arms_to_extend(selection, tuning, summaries, confirmed, look)
+            base = int(OmegaConf.select(self.config, "dataset.data_seed", default=0) or 0)
+            first = stages[look - 1] if look else 0
+            confirm = [(chosen[name][0], {**chosen[name][1], **data_draw(self.spec, first + i, base)}, seed)
+                       for name in arms for i, seed in enumerate(seeds)]
+            if not confirm:
+                break
+            log.info("confirmation%s: %d runs", f" look {look + 1} of {len(stages)}" if len(stages) > 1 else "",
+                     len(confirm))
+            rets = self.launcher.launch([fixed + overrides_for(a, p, s, "confirmation") + at_target
+                                         + [subdir_override(a, p, s, "confirmation")] for a, p, s in confirm],
+                                        initial_job_idx=first_job)
+            first_job += len(confirm)
+            confirmed += [(a.name, s, _summary_of(r)) for (a, _, s), r in zip(confirm, rets)]
+            returns_by_look.append(list(rets))
+        return [list(returns), *returns_by_look]
+
+    def _arms_to_extend(self, selection: dict, tuning: list, summaries: list, confirmed: list, look: int) -> list:
+        """The arms the claims still open after look ``look − 1`` need on the next look's seeds."""
+        from precond.sweep.grid_metrics import grid_values, pareto_level
+        from precond.sweep.verdicts import arms_to_extend
+
+        runs: dict = {}
+        for arm, seed, summary in confirmed:
+            runs.setdefault(arm, {})[seed] = summary
+        invalid = {arm: e["invalid"] for arm, e in selection["arms"].items() if e.get("invalid")}
+        levels = tuple(sorted({pareto_level(side.metric) for c in self.claims for side in c.sides
+                               if not isinstance(side, float) and pareto_level(side.metric) is not None}))
+        grids = {}
+        for arm in selection["arms"]:
+            runs_of_arm = [s for (a, _, _), s in zip(tuning, summaries) if a.name == arm]
+            if runs_of_arm:
+                grids[arm] = grid_values(runs_of_arm, selection["arms"][arm]["grid"],
+                                         runs_of_arm[0].get("target_metric", "val/loss"), levels)
+        return arms_to_extend(self.claims, runs, self.spec.confirmation_seeds, self.spec.stages, look - 1, invalid,
+                              tuning=(grids, list(self.spec.tuning_seeds)))
 
     def _check_arms(self, arms, fixed: list[str]) -> None:
         """Validate every grid point of every arm before any run starts: a typo in an arm must not

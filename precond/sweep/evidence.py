@@ -10,13 +10,14 @@ the verdict rule or to a report's layout re-judge and re-render a committed resu
   while reading the runs;
 * a check script: the claims, the per-seed values they are judged on and the report's text sections.
 
-The file is gzip-compressed JSON written atomically; ±∞ never occurs in it (runs record a never-reached target
-as null, and the judge writes ``"inf"``).
+The file is gzip-compressed JSON written atomically; a non-finite number (a check's κ = ∞, a NaN) is written as
+``{"float": "inf"}`` and read back as that float.
 """
 from __future__ import annotations
 
 import gzip
 import json
+import math
 import os
 from pathlib import Path
 
@@ -56,7 +57,7 @@ def write_evidence(path: str | Path, evidence: dict) -> Path:
     evidence gives the same bytes."""
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
-    data = json.dumps(evidence, separators=(",", ":"), allow_nan=False).encode("utf-8")
+    data = json.dumps(_encode(evidence), separators=(",", ":"), allow_nan=False).encode("utf-8")
     with open(tmp, "wb") as raw, gzip.GzipFile(fileobj=raw, mode="wb", mtime=0, filename="") as out:
         out.write(data)
     os.replace(tmp, path)
@@ -67,9 +68,30 @@ def read_evidence(path: str | Path) -> dict:
     """The evidence stored at ``path``; :class:`EvidenceError` when it is missing, unreadable or of another format."""
     try:
         with gzip.open(path, "rb") as f:
-            evidence = json.loads(f.read().decode("utf-8"))
+            evidence = _decode(json.loads(f.read().decode("utf-8")))
     except (OSError, EOFError, ValueError) as err:
         raise EvidenceError(f"{path}: unreadable evidence ({err}); rerun the experiment") from None
     if not isinstance(evidence, dict) or evidence.get("format") != FORMAT:
         raise EvidenceError(f"{path}: evidence of another format (expected format {FORMAT}); rerun the experiment")
     return evidence
+
+
+def _encode(x):
+    """JSON has no ±∞ or NaN: such a float becomes ``{"float": "inf" | "-inf" | "nan"}``."""
+    if isinstance(x, float) and not math.isfinite(x):
+        return {"float": repr(x)}
+    if isinstance(x, dict):
+        return {k: _encode(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_encode(v) for v in x]
+    return x
+
+
+def _decode(x):
+    if isinstance(x, dict):
+        if len(x) == 1 and x.get("float") in ("inf", "-inf", "nan"):
+            return float(x["float"])
+        return {k: _decode(v) for k, v in x.items()}
+    if isinstance(x, list):
+        return [_decode(v) for v in x]
+    return x

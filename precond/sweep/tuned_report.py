@@ -39,7 +39,7 @@ from precond.sweep.grid_report import (
     sensitivity_text,
 )
 from precond.sweep.runs import ReportError, RunRecord, palette, pyplot, save_figure
-from precond.sweep.verdicts import RULE, Claim, Verdict, count_states, estimate_text, families_text, judge_all
+from precond.sweep.verdicts import RULE, Claim, Verdict, count_states, estimate_text, families_text, judge_staged
 
 SELECTION = "selection.json"
 VERDICTS = "verdicts.json"
@@ -74,7 +74,7 @@ def judge_claims(selection: dict, confirmation: dict, tuning: Optional[dict] = N
     grids = {arm: grid_values([r.summary for r in runs if r.summary.get("seed") in tuning_seeds],
                               selection["arms"][arm]["grid"], runs[0].summary.get("target_metric", "val/loss"), levels)
              for arm, runs in (tuning or {}).items() if arm in selection["arms"] and runs}
-    return judge_all(claims, by_seed, seeds, invalid, tuning=(grids, tuning_seeds))
+    return judge_staged(claims, by_seed, seeds, selection.get("stages"), invalid, tuning=(grids, tuning_seeds))
 
 
 def _verdict_table(verdicts: list[Verdict]) -> str:
@@ -192,7 +192,10 @@ def rejudge_tuned_report(report_dir: str | Path, claims: Optional[list] = None, 
 
 def _families(selection: dict) -> str:
     claims = [Claim(**c) for c in selection.get("claims", [])]
-    return families_text(claims, len(selection.get("confirmation_seeds", [])), len(selection.get("tuning_seeds", [])))
+    stages = selection.get("stages") or [len(selection.get("confirmation_seeds", []))]
+    text = families_text(claims, stages[0], len(selection.get("tuning_seeds", [])), len(stages))
+    return text + (f" (staged confirmation on {stages} seeds: each of the {len(stages)} looks spends α/{len(stages)})"
+                   if len(stages) > 1 else "")
 
 
 def _read_selection(directory: Path) -> dict:

@@ -28,7 +28,7 @@ from typing import Optional
 
 from precond.errors import ConfigError
 from precond.metrics import higher_is_better
-from precond.settings import LEARNING_RATE, SEED, Num, Seq
+from precond.settings import LEARNING_RATE, SEED, Int, Num, Seq
 from precond.settings import Choice as OneOf
 
 SELECTION_RULE = ("a grid point is eligible when every tuning run completed and reached and held the target; the "
@@ -42,6 +42,10 @@ MIN_CONFIRMATION_SEEDS = 3
 #: a setting chosen on one seed is chosen on noise: at least two tuning seeds
 MIN_TUNING_SEEDS = 2
 TUNING_SEEDS = Seq(SEED, min_len=MIN_TUNING_SEEDS, distinct=True)
+#: problem instances a confirmation may cycle through (each draw is its own pack group)
+MAX_DATA_DRAWS = 10
+#: staged confirmation: at most this many looks (each spends α/looks, so more looks cost power at each)
+MAX_LOOKS = 4
 CONFIRMATION_SEEDS = Seq(SEED, min_len=MIN_CONFIRMATION_SEEDS, distinct=True)
 
 
@@ -80,6 +84,12 @@ class TuningSpec:
     #: ``{config key: {series: [arm, ...]}}``: arms that differ in that key's value (set in their overrides), read
     #: as a sensitivity curve per series (the report plots the confirmation runs against the value)
     sensitivity: dict = field(default_factory=dict)
+    #: staged confirmation: look k judges the first ``stages[k]`` confirmation seeds, and only the claims still
+    #: inconclusive get the next look's seeds (null: one look on every confirmation seed)
+    stages: Optional[list] = None
+    #: problem instances: confirmation seed number i trains on data draw ``i mod data_draws`` (``dataset.data_seed``
+    #: = the config's data_seed + draw); 1 keeps one draw. Tuning always runs on draw 0
+    data_draws: int = 1
 
     def __post_init__(self) -> None:
         if not isinstance(self.arms, dict) or not self.arms:
@@ -91,6 +101,9 @@ class TuningSpec:
         if set(self.tuning_seeds) & set(self.confirmation_seeds):
             raise ConfigError("confirmation_seeds", "seeds disjoint from tuning_seeds (a confirmation on the "
                               "seeds that chose the setting confirms nothing)", self.confirmation_seeds)
+        self.stages = self._check_stages()
+        self.data_draws = Int(1, MAX_DATA_DRAWS).check(
+            "data_draws", self.data_draws, "how many problem instances the confirmation seeds cycle through")
         self.arm_list = [self._arm(name, spec) for name, spec in self.arms.items()]
         if not isinstance(self.tuning_overrides, dict) or set(self.tuning_overrides) - TUNING_ONLY:
             raise ConfigError("tuning_overrides", f"a mapping of keys among {sorted(TUNING_ONLY)} (values the "
@@ -101,6 +114,24 @@ class TuningSpec:
                 raise ConfigError("target", "{relative_to: <arm>, factor: <number>}", self.target)
             OneOf(tuple(self.arms)).check("target.relative_to", self.target["relative_to"])
             self.target = {**self.target, "factor": Num(0, lo_open=True).check("target.factor", self.target["factor"])}
+
+    def _check_stages(self) -> list:
+        """Strictly increasing seed counts, the first at least :data:`MIN_CONFIRMATION_SEEDS`, the last all the
+        confirmation seeds (the cap), at most :data:`MAX_LOOKS` looks."""
+        n = len(self.confirmation_seeds)
+        if self.stages is None:
+            return [n]
+        stages = Seq(Int(MIN_CONFIRMATION_SEEDS), min_len=1).check(
+            "stages", self.stages, "seed counts per look, e.g. [10, 20, 40] with 40 confirmation seeds")
+        if len(stages) > MAX_LOOKS or any(b <= a for a, b in zip(stages, stages[1:])):
+            raise ConfigError("stages", f"at most {MAX_LOOKS} strictly increasing seed counts (each look spends "
+                              "α/looks)", list(stages))
+        if stages[-1] != n:
+            raise ConfigError("stages", f"a last stage equal to the number of confirmation_seeds ({n}): the cap "
+                              "on seeds", list(stages),
+                              f"list {stages[-1]} confirmation seeds" if stages[-1] > n else
+                              f"end the stages at {n}, or list only {stages[-1]} confirmation seeds")
+        return list(stages)
 
     def _check_sensitivity(self) -> None:
         if not isinstance(self.sensitivity, dict):
@@ -249,6 +280,14 @@ def overrides_for(arm: Arm, point: dict, seed: int, stage: str, tuning_only: Opt
             f"stage={stage}",
             f"arm={arm.name}"]
 
+
+
+def data_draw(spec: TuningSpec, seed_index: int, base_data_seed: int) -> dict:
+    """The data draw of the confirmation seed at ``seed_index``, as extra point values (empty with one draw):
+    named in the run's overrides and in its dir, so that a run dir never holds another draw than its name says."""
+    if spec.data_draws == 1:
+        return {}
+    return {"dataset.data_seed": base_data_seed + seed_index % spec.data_draws}
 
 
 def run_subdir(arm: Arm, point: dict, seed: int, stage: str) -> str:

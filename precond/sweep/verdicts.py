@@ -209,7 +209,8 @@ class Measured:
         return self.low != self.high
 
     def jsonable(self):
-        return _jsonable(self.low) if not self.censored else "inf"
+        """The value, or ``{"not_reached_within": budget}`` for a target never reached."""
+        return _jsonable(self.low) if not self.censored else {"not_reached_within": self.low}
 
 
 def _budget(summary: dict, metric: str) -> float:
@@ -262,9 +263,10 @@ def _fmt(x: float) -> str:
     return "∞" if x == math.inf else "−∞" if x == -math.inf else f"{x:.3g}"
 
 
-def judge(claim: Claim, runs: dict, seeds: list, invalid_arms: Optional[dict] = None) -> Verdict:
+def judge(claim: Claim, runs: dict, seeds: list, invalid_arms: Optional[dict] = None, alpha: float = ALPHA) -> Verdict:
     """The verdict of ``claim`` on the declared confirmation ``seeds`` before multiplicity adjustment
-    (:func:`judge_all` adjusts and settles the state). ``runs``: ``{arm: {seed: summary}}``."""
+    (:func:`judge_all` adjusts and settles the state), its interval at level ``1 − alpha``. ``runs``:
+    ``{arm: {seed: summary}}``."""
     better, than = claim.sides
     invalid_arms = invalid_arms or {}
     arms = [better.arm] + ([] if isinstance(than, float) else [than.arm])
@@ -311,8 +313,8 @@ def judge(claim: Claim, runs: dict, seeds: list, invalid_arms: Optional[dict] = 
     p_holds = _one_sided(claim.test, [lo - c_holds for lo in lows])
     p_fails = _one_sided(claim.test, [c_fails - hi for hi in highs])
     verdict.p_value = min(1.0, 2 * min(p_holds, p_fails))
-    estimate_low, (low, _), coverage = _interval(claim.test, lows)
-    estimate_high, (_, high), _ = _interval(claim.test, highs)
+    estimate_low, (low, _), coverage = _interval(claim.test, lows, alpha)
+    estimate_high, (_, high), _ = _interval(claim.test, highs, alpha)
     # a pair in which neither side reached the target is a tie that measured nothing: it cannot show equivalence
     unreached = sum(1 for a, b in [p for p, _ in kept] if a.censored and b.censored)
     verdict.effect = {"statistic": "sign test" if claim.test == "sign" else "Wilcoxon signed-rank",
@@ -342,8 +344,8 @@ def _one_sided(test: str, shifted: list[float]) -> float:
     return signed_rank_test(shifted)
 
 
-def _interval(test: str, values: list[float]) -> tuple[float, tuple[float, float], float]:
-    return median_interval(values) if test == "sign" else walsh_interval(values)
+def _interval(test: str, values: list[float], alpha: float) -> tuple[float, tuple[float, float], float]:
+    return median_interval(values, alpha) if test == "sign" else walsh_interval(values, alpha)
 
 
 def _shown_value(v):
@@ -364,61 +366,129 @@ def _judge_identity(claim: Claim, verdict: Verdict, pairs: list, lows: list) -> 
     return verdict
 
 
-def family_bounds(claims: list[Claim], n_confirmation: int, n_tuning: int) -> dict:
-    """Per role: ``(size, smallest attainable Holm-adjusted p)``. A claim's p is at least ``2 · 2⁻ⁿ`` (every seed
-    on one side; two-sided), and Holm multiplies the smallest p of a family of k by k."""
+def family_bounds(claims: list[Claim], n_confirmation: int, n_tuning: int, looks: int = 1) -> dict:
+    """Per role: ``(size, smallest attainable adjusted p)`` at the first look. A claim's p is at least ``2 · 2⁻ⁿ``
+    (every seed on one side; two-sided), Holm multiplies the smallest p of a family of k by k, and ``looks``
+    staged looks multiply it by their number (Bonferroni over looks)."""
     out = {}
     for role in ROLES:
         members = [c for c in claims if c.role == role and not c.identity]
         if members:
             fewest = min(n_tuning if c.stage == "tuning" else n_confirmation for c in members)
-            out[role] = (len(members), min(1.0, len(members) * 2 * smallest_p(fewest)))
+            out[role] = (len(members), min(1.0, looks * len(members) * 2 * smallest_p(fewest)))
     return out
 
 
-def families_text(claims: list[Claim], n_confirmation: int, n_tuning: int) -> str:
-    """One sentence: each family's size and the smallest adjusted p it can reach on its seeds."""
-    parts = [f"{role}: {size} claim{'s' if size > 1 else ''}, smallest attainable Holm p {bound:.2g}"
-             for role, (size, bound) in family_bounds(claims, n_confirmation, n_tuning).items()]
+def families_text(claims: list[Claim], n_confirmation: int, n_tuning: int, looks: int = 1) -> str:
+    """One sentence: each family's size and the smallest adjusted p it can reach on its (first look's) seeds."""
+    parts = [f"{role}: {size} claim{'s' if size > 1 else ''}, smallest attainable adjusted p {bound:.2g}"
+             for role, (size, bound) in family_bounds(claims, n_confirmation, n_tuning, looks).items()]
     return "Holm families — " + "; ".join(parts) if parts else "No tested claims."
 
 
-def seeds_needed(family_size: int) -> int:
+def seeds_needed(family_size: int, looks: int = 1) -> int:
     """The fewest seeds on which a family of ``family_size`` claims can reach adjusted p < 0.05."""
     n = 1
-    while family_size * 2 * smallest_p(n) >= ALPHA:
+    while looks * family_size * 2 * smallest_p(n) >= ALPHA:
         n += 1
     return n
 
 
-def check_families(claims: list[Claim], n_confirmation: int, n_tuning: int) -> None:
-    """Refuse (before any run) a family that could not reach significance even if every seed agreed."""
-    for role, (size, bound) in family_bounds(claims, n_confirmation, n_tuning).items():
+def check_families(claims: list[Claim], n_confirmation: int, n_tuning: int, looks: int = 1) -> None:
+    """Refuse (before any run) a family that could not reach significance even if every seed agreed
+    (``n_confirmation``: the seeds of the first look)."""
+    for role, (size, bound) in family_bounds(claims, n_confirmation, n_tuning, looks).items():
         if bound >= ALPHA:
             stage = "tuning" if any(c.role == role and c.stage == "tuning" and not c.identity for c in claims) \
                 and n_tuning < n_confirmation else "confirmation"
             raise ConfigError(f"{stage}_seeds", f"enough seeds for the {size} {role} claims to reach adjusted "
                               f"p < {ALPHA:g} (the smallest attainable is {bound:.3g})",
                               n_tuning if stage == "tuning" else n_confirmation,
-                              f"use at least {seeds_needed(size)} {stage} seeds, or fewer {role} claims")
+                              f"use at least {seeds_needed(size, looks)} {stage} seeds"
+                              + (" in the first stage" if looks > 1 and stage == "confirmation" else "")
+                              + f", or fewer {role} claims")
 
 
 def judge_all(claims: list[Claim], runs: dict, seeds: list, invalid_arms: Optional[dict] = None,
-              tuning: Optional[tuple[dict, list]] = None) -> list[Verdict]:
+              tuning: Optional[tuple[dict, list]] = None, looks: int = 1,
+              family_sizes: Optional[dict] = None) -> list[Verdict]:
     """Every claim of one experiment: tested, Holm-adjusted within each role's family, and settled.
-    ``tuning``: ``(runs, seeds)`` of per-tuning-seed grid values, for claims with ``stage: tuning``."""
+    ``tuning``: ``(runs, seeds)`` of per-tuning-seed grid values, for claims with ``stage: tuning``. One look of
+    ``looks`` (staged confirmation): each look spends ``α/looks`` — adjusted p are multiplied by ``looks`` and
+    intervals are at ``1 − α/looks``. ``family_sizes`` (role → m) keeps a family's size fixed across looks: claims
+    no longer judged at a later look count in Holm with p = 1 (conservative)."""
     def context(claim: Claim) -> tuple[dict, list]:
         return tuning if claim.stage == "tuning" and tuning is not None else (
             ({}, []) if claim.stage == "tuning" else (runs, seeds))
 
-    verdicts = [judge(c, *context(c), invalid_arms) for c in claims]
+    verdicts = [judge(c, *context(c), invalid_arms, alpha=ALPHA / looks) for c in claims]
     for role in ROLES:
         tested = [i for i, v in enumerate(verdicts) if v.p_value is not None and claims[i].role == role]
-        for i, p in zip(tested, holm([verdicts[i].p_value for i in tested])):
-            verdicts[i].p_adjusted = p
-            verdicts[i].effect["family"] = f"{role} ({len(tested)})"
+        size = max(len(tested), (family_sizes or {}).get(role, 0))
+        padded = [verdicts[i].p_value for i in tested] + [1.0] * (size - len(tested))
+        for i, p in zip(tested, holm(padded)):
+            verdicts[i].p_adjusted = min(1.0, looks * p)
+            verdicts[i].effect["family"] = f"{role} ({size})"
+            verdicts[i].effect["family_size"] = size
             _settle(claims[i], verdicts[i])
     return verdicts
+
+
+#: the states that end a claim's staged confirmation; an inconclusive claim gets the next stage's seeds
+DECIDED = ("holds", "noninferior", "fails", "equivalent", "invalid", "identity")
+
+
+def judge_staged(claims: list[Claim], runs: dict, seeds: list, stages: Optional[list] = None,
+                 invalid_arms: Optional[dict] = None, tuning: Optional[tuple[dict, list]] = None) -> list[Verdict]:
+    """Every claim judged by staged confirmation: at look k on the first ``stages[k]`` of ``seeds`` (each look
+    spends α/K, :func:`judge_all`); a claim keeps the verdict of the first look that decides it, an open claim
+    (``inconclusive``) goes on to the next look if its arms have that look's runs, and the last look is final."""
+    stages = list(stages or [len(seeds)])
+    return _settle_looks(claims, runs, seeds, stages, len(stages), invalid_arms, tuning)  # type: ignore[return-value]
+
+
+def arms_to_extend(claims: list[Claim], runs: dict, seeds: list, stages: list, look: int,
+                   invalid_arms: Optional[dict] = None, tuning: Optional[tuple[dict, list]] = None) -> list[str]:
+    """The arms whose runs on the seeds of look ``look + 1`` the claims still open after look ``look`` need."""
+    final = _settle_looks(claims, runs, seeds, stages, look + 1, invalid_arms, tuning)
+    arms: list[str] = []
+    for claim, verdict in zip(claims, final):
+        if verdict is None:
+            arms += [s.arm for s in claim.sides if isinstance(s, Side) and s.arm not in arms]
+    return arms
+
+
+def _settle_looks(claims, runs, seeds, stages, upto, invalid_arms, tuning) -> list[Optional[Verdict]]:
+    """The verdicts settled by looks ``0 .. upto − 1`` of ``stages`` (None: still open after them; a claim is open
+    only while a later look exists and, where that look has been run, its arms have its runs)."""
+    looks = len(stages)
+    final: list[Optional[Verdict]] = [None] * len(claims)
+    sizes: dict = {}
+    for k in range(upto):
+        n = stages[k]
+        verdicts = judge_all(claims, runs, seeds[:n], invalid_arms, tuning, looks=looks, family_sizes=sizes)
+        if k == 0:  # the families as the first look tests them: their size stays fixed over the looks
+            sizes = {role: sum(1 for c, v in zip(claims, verdicts) if c.role == role and v.p_value is not None)
+                     for role in ROLES}
+        for i, v in enumerate(verdicts):
+            if final[i] is not None:
+                continue
+            last = k + 1 == looks
+            ahead = k + 1 == upto  # the next look has not been run yet: an open claim waits for it
+            more = (not last and claims[i].stage == "confirmation"
+                    and (ahead or _has_runs(claims[i], runs, seeds[:stages[k + 1]])))
+            if v.verdict in DECIDED or not more:
+                if looks > 1:
+                    if v.effect:
+                        v.effect["look"] = [k + 1, looks, n]
+                    v.reason += f"; decided at look {k + 1} of {looks} on {n} seeds (α/{looks} each)"
+                final[i] = v
+    return final
+
+
+def _has_runs(claim: Claim, runs: dict, seeds: list) -> bool:
+    """Whether every arm of ``claim`` has a run (of any status) for each of ``seeds``."""
+    return all(seed in runs.get(side.arm, {}) for side in claim.sides if isinstance(side, Side) for seed in seeds)
 
 
 def _settle(claim: Claim, v: Verdict) -> None:

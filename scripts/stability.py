@@ -1,0 +1,138 @@
+"""Stability of the verdicts as a measured property: every tuned experiment re-confirmed on fresh seed draws.
+
+For each tuned experiment that declares claims, the confirmation stage runs again on each further draw of
+confirmation seeds (default 200–209 and 300–309; disjoint from the committed 100–109), with the tuning
+reused: the tuning runs of ``outputs/results/<name>`` (left by ``make results``) are hard-linked into
+``outputs/stability/<name>``, so the selection, and therefore the chosen settings, are those of the committed
+result. Each draw is judged by today's rule and claims. The script prints per claim the committed verdict and
+the verdict on each draw, and writes the same as ``docs/stability.md``:
+
+* **kept**: the share of decisive committed verdicts (holds, noninferior, fails) whose state is the same on
+  every draw — the figure the README states;
+* **flips**: any ``holds``/``noninferior`` ↔ ``fails`` change between draws (the rule must never allow one).
+
+    python scripts/stability.py [--only NAME ...] [--draws 200 300] [--seeds 10]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "outputs" / "results"
+OUT = ROOT / "outputs" / "stability"
+DOCS = ROOT / "docs" / "results"
+REPORT = ROOT / "docs" / "stability.md"
+DECISIVE = ("holds", "noninferior", "fails")
+POSITIVE = ("holds", "noninferior")
+
+
+def tuned_experiments() -> list[str]:
+    """The tuned experiments of ``make results`` that declare claims, in its order."""
+    sys.path.insert(0, str(ROOT / "scripts"))
+    from results import TUNED, experiment_claims
+
+    return [name for name in TUNED if experiment_claims(name)]
+
+
+def reuse_tuning(name: str) -> str:
+    """Hard-link the committed result's tuning runs into the stability sweep dir (a copy where links fail)."""
+    source, target = RESULTS / name / "tuning", OUT / name / "tuning"
+    if target.exists() or not source.exists():
+        return "reused" if target.exists() else "absent: the tuning runs again (run `make results` first to reuse it)"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        shutil.copytree(source, target, copy_function=_link)
+    except OSError:
+        shutil.copytree(source, target, dirs_exist_ok=True)
+    return "reused"
+
+
+def _link(src: str, dst: str) -> None:
+    Path(dst).hardlink_to(src)
+
+
+def confirm(name: str, seeds: list[int]) -> tuple[list[dict], float, int]:
+    """Run ``name``'s sweep on the confirmation ``seeds`` in its stability dir; return its verdicts on them."""
+    sweep = OUT / name
+    t0 = time.perf_counter()
+    seeds_text = "[" + ",".join(str(s) for s in seeds) + "]"
+    proc = subprocess.run([sys.executable, "-m", "precond.run.entry", f"experiment={name}",
+                           f"hydra.sweep.dir={sweep}", f"hydra.sweeper.confirmation_seeds={seeds_text}",
+                           "progress=false"], cwd=ROOT, capture_output=True, text=True)
+    seconds = time.perf_counter() - t0
+    (OUT / f"{name}_{seeds[0]}.log").write_text(proc.stdout + proc.stderr, encoding="utf-8")
+    verdicts_path = sweep / "verdicts.json"
+    verdicts = json.loads(verdicts_path.read_text(encoding="utf-8")) if verdicts_path.exists() else []
+    if verdicts:
+        shutil.copy(verdicts_path, sweep / f"verdicts_{seeds[0]}.json")
+    return verdicts, seconds, proc.returncode
+
+
+def summarize(rows: list[dict]) -> dict:
+    """The share of decisive committed verdicts kept on every draw, and the holds ↔ fails flips."""
+    decisive = [r for r in rows if r["committed"] in DECISIVE]
+    kept = [r for r in decisive if all(d == r["committed"] for d in r["draws"])]
+    flips = [r for r in rows
+             if any(a in POSITIVE and b == "fails" or a == "fails" and b in POSITIVE
+                    for a in [r["committed"], *r["draws"]] for b in [r["committed"], *r["draws"]])]
+    return {"decisive": len(decisive), "kept": len(kept), "flips": len(flips),
+            "share": len(kept) / len(decisive) if decisive else float("nan")}
+
+
+def write_report(rows: list[dict], draws: list[list[int]], seconds: float, command: str) -> str:
+    s = summarize(rows)
+    heads = " | ".join(f"seeds {d[0]}–{d[-1]}" for d in draws)
+    lines = ["# Stability of the verdicts on fresh seed draws", "",
+             f"`{command}` — {seconds / 60:.1f} min. Every tuned experiment re-confirmed on "
+             f"{len(draws)} further draws of confirmation seeds, tuning and selection reused from the committed "
+             "result, judged by today's rule and claims.", "",
+             f"**{s['kept']} of {s['decisive']} decisive verdicts (holds, noninferior, fails) keep their state on "
+             f"every draw: {100 * s['share']:.0f} %. holds ↔ fails flips: {s['flips']}.**", "",
+             f"| experiment | claim | role | committed (100–109) | {heads} | kept |",
+             "|---|---|---|---|" + "---|" * len(draws) + "---|"]
+    for r in rows:
+        kept = "—" if r["committed"] not in DECISIVE else ("yes" if all(d == r["committed"] for d in r["draws"])
+                                                           else "**no**")
+        lines.append(f"| {r['experiment']} | {r['claim']} | {r['role']} | {r['committed']} | "
+                     + " | ".join(r["draws"]) + f" | {kept} |")
+    text = "\n".join(lines) + "\n"
+    REPORT.write_text(text, encoding="utf-8")
+    return text
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--only", nargs="*", help="these experiments only")
+    parser.add_argument("--draws", nargs="*", type=int, default=[200, 300], help="first seed of each draw")
+    parser.add_argument("--seeds", type=int, default=10, help="seeds per draw")
+    args = parser.parse_args()
+    draws = [list(range(first, first + args.seeds)) for first in args.draws]
+    OUT.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    rows = []
+    for name in tuned_experiments():
+        if args.only and name not in args.only:
+            continue
+        committed = json.loads((DOCS / name / "verdicts.json").read_text(encoding="utf-8"))
+        print(f"{name}: tuning {reuse_tuning(name)}", flush=True)
+        per_draw = []
+        for seeds in draws:
+            verdicts, seconds, code = confirm(name, seeds)
+            print(f"{name} seeds {seeds[0]}–{seeds[-1]}: exit {code} in {seconds:.0f} s", flush=True)
+            per_draw.append({v["claim"]: v["verdict"] for v in verdicts})
+        for v in committed:
+            role = (v.get("effect") or {}).get("role", "identity" if v["verdict"] == "identity" else "—")
+            rows.append({"experiment": name, "claim": v["claim"], "role": role, "committed": v["verdict"],
+                         "draws": [d.get(v["claim"], "missing") for d in per_draw]})
+    command = "python scripts/stability.py" + "".join(f" {a}" for a in sys.argv[1:])
+    print(write_report(rows, draws, time.perf_counter() - t0, command))
+
+
+if __name__ == "__main__":
+    main()
