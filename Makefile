@@ -7,7 +7,7 @@ BIN     := $(VENV)/bin
 # install: pip's cache would keep second copies of the downloaded wheels that nothing reads again.
 TORCH   ?= torch==2.14.1 torchvision==0.29.1
 
-.PHONY: help install run test test-slow test-gpu lint bench results clean
+.PHONY: help install run test test-slow test-gpu lint bench results recheck stability clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 12
@@ -42,8 +42,14 @@ bench: install  ## benchmarks (incl. basic vs packed sweeps): tables with the ba
 	$(BIN)/python scripts/bench_bnp.py $(ARGS)
 	$(BIN)/python scripts/bench_sweep.py $(ARGS)
 
-results: install  ## every claim's experiment from scratch on CPU → docs/results/ and the README's Results section
+results: install  ## every claim's experiment → docs/results/ and the README's Results (reruns what training changed, re-judges the rest; ARGS=--fresh: all)
 	$(BIN)/python scripts/results.py $(ARGS)
+
+recheck: install  ## recompute every committed verdict from its per-seed values with scipy.stats (exit 1 on any difference)
+	$(BIN)/python scripts/recheck_verdicts.py
+
+stability: install  ## re-confirm every tuned experiment on two fresh seed draws → docs/stability.md (after make results)
+	$(BIN)/python scripts/stability.py $(ARGS)
 
 clean:  ## remove run/sweep outputs and caches
 	rm -rf outputs/runs outputs/sweeps .pytest_cache .ruff_cache

@@ -1,7 +1,8 @@
 """Stability of the verdicts as a measured property: every tuned experiment re-confirmed on fresh seed draws.
 
 For each tuned experiment that declares claims, the confirmation stage runs again on each further draw of
-confirmation seeds (default 200–209 and 300–309; disjoint from the committed 100–109), with the tuning
+confirmation seeds (default starting at 200 and at 300, as many as the experiment declares, with its stages:
+disjoint from the committed 100–119), with the tuning
 reused: the tuning runs of ``outputs/results/<name>`` (left by ``make results``) are hard-linked into
 ``outputs/stability/<name>``, so the selection, and therefore the chosen settings, are those of the committed
 result. Each draw is judged by today's rule and claims. The script prints per claim the committed verdict and
@@ -11,7 +12,7 @@ the verdict on each draw, and writes the same as ``docs/stability.md``:
   every draw — the figure the README states;
 * **flips**: any ``holds``/``noninferior`` ↔ ``fails`` change between draws (the rule must never allow one).
 
-    python scripts/stability.py [--only NAME ...] [--draws 200 300] [--seeds 10]
+    python scripts/stability.py [--only NAME ...] [--draws 200 300]
 """
 from __future__ import annotations
 
@@ -38,6 +39,14 @@ def tuned_experiments() -> list[str]:
     from results import TUNED, experiment_claims
 
     return [name for name in TUNED if experiment_claims(name)]
+
+
+def committed_seeds(name: str) -> list:
+    """The confirmation seeds an experiment declares (a draw has as many, so that its stages still apply)."""
+    import yaml
+
+    config = yaml.safe_load((ROOT / "conf" / "experiment" / f"{name}.yaml").read_text(encoding="utf-8"))
+    return config["hydra"]["sweeper"].get("confirmation_seeds") or list(range(100, 110))
 
 
 def reuse_tuning(name: str) -> str:
@@ -87,14 +96,14 @@ def summarize(rows: list[dict]) -> dict:
 
 def write_report(rows: list[dict], draws: list[list[int]], seconds: float, command: str) -> str:
     s = summarize(rows)
-    heads = " | ".join(f"seeds {d[0]}–{d[-1]}" for d in draws)
+    heads = " | ".join(f"draw from seed {d[0]}" for d in draws)
     lines = ["# Stability of the verdicts on fresh seed draws", "",
              f"`{command}` — {seconds / 60:.1f} min. Every tuned experiment re-confirmed on "
              f"{len(draws)} further draws of confirmation seeds, tuning and selection reused from the committed "
              "result, judged by today's rule and claims.", "",
              f"**{s['kept']} of {s['decisive']} decisive verdicts (holds, noninferior, fails) keep their state on "
              f"every draw: {100 * s['share']:.0f} %. holds ↔ fails flips: {s['flips']}.**", "",
-             f"| experiment | claim | role | committed (100–109) | {heads} | kept |",
+             f"| experiment | claim | role | committed (from seed 100) | {heads} | kept |",
              "|---|---|---|---|" + "---|" * len(draws) + "---|"]
     for r in rows:
         kept = "—" if r["committed"] not in DECISIVE else ("yes" if all(d == r["committed"] for d in r["draws"])
@@ -110,17 +119,17 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--only", nargs="*", help="these experiments only")
     parser.add_argument("--draws", nargs="*", type=int, default=[200, 300], help="first seed of each draw")
-    parser.add_argument("--seeds", type=int, default=10, help="seeds per draw")
     args = parser.parse_args()
-    draws = [list(range(first, first + args.seeds)) for first in args.draws]
     OUT.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    rows = []
+    rows, draws = [], []
     for name in tuned_experiments():
         if args.only and name not in args.only:
             continue
         committed = json.loads((DOCS / name / "verdicts.json").read_text(encoding="utf-8"))
         print(f"{name}: tuning {reuse_tuning(name)}", flush=True)
+        count = len(committed_seeds(name))
+        draws = [list(range(first, first + count)) for first in args.draws]
         per_draw = []
         for seeds in draws:
             verdicts, seconds, code = confirm(name, seeds)

@@ -56,15 +56,19 @@ def test_compare_preconditioners_experiment_smoke(cli, tmp_path):
     proc = cli("experiment=compare_preconditioners", "steps=20", "eval_every=10", "curvature.every=20",
                "hydra.sweeper.grid.lr=[0.01,0.1]", "hydra.sweeper.arms.sgd.grid.lr=[0.1,1.0]",
                "hydra.sweeper.arms.sgd_momentum.grid={lr:[0.1,1.0],preconditioner.momentum:[0.9]}",
-               "hydra.sweeper.tuning_seeds=[0,1]", "hydra.sweeper.confirmation_seeds=[100,101,102]")
+               "hydra.sweeper.tuning_seeds=[0,1]", "hydra.sweeper.confirmation_seeds=[100,101,102,103,104,105,106,107]",
+               "hydra.sweeper.stages=null")  # 8 seeds: the fewest on which its 6 primary claims can reach p < 0.05
     sweep = tmp_path / "sweep"
     tuning = [read_summary(p.parent) for p in (sweep / "tuning").rglob("summary.json")]
     confirmation = [read_summary(p.parent) for p in (sweep / "confirmation").rglob("summary.json")]
     assert len(tuning) == 6 * 2 * 2 and {s["stage"] for s in tuning} == {"tuning"}  # 6 arms × 2 points × 2 seeds
-    assert len(confirmation) == 6 * 3 and {s["stage"] for s in confirmation} == {"confirmation"}
+    assert len(confirmation) == 6 * 8 and {s["stage"] for s in confirmation} == {"confirmation"}
     assert {s["arm"] for s in confirmation} == {"sgd", "sgd_momentum", "adagrad", "rmsprop", "adam", "adam_beta1_0"}
     assert {s["choices"]["preconditioner"] for s in confirmation} == {"sgd", "adagrad", "rmsprop", "adam"}
-    assert {s["seed"] for s in confirmation} == {100, 101, 102}
+    assert {s["seed"] for s in confirmation} == set(range(100, 108))
+    # two problem instances: the confirmation seeds alternate between data draws 0 and 1
+    assert {(s["seed"], next(o for o in s["overrides"] if o.startswith("dataset.data_seed=")))
+            for s in confirmation if s["arm"] == "adam"} == {(100 + i, f"dataset.data_seed={i % 2}") for i in range(8)}
     assert all(s.get("packed", 0) > 1 for s in tuning)  # the experiment packs its jobs
     # κ is measured where the claims are judged (confirmation), not on every grid point (tuning_overrides)
     assert all("curvature/p/lam_max" not in s for s in tuning) and all("curvature/p/lam_max" in s for s in confirmation)

@@ -114,7 +114,8 @@ def test_another_metric_on_a_tuned_sweep_goes_beside_its_tuned_report(tmp_path):
     argv = ["hydra/sweeper=tuned", "hydra.mode=MULTIRUN", "steps=20", "eval_every=10", "preconditioner=sgd",
             "hydra.sweeper.arms={a:{grid:{lr:[0.1,0.3]}},b:{grid:{lr:[0.01,0.03]}}}",
             "hydra.sweeper.claims=[{claim:a is lower,metric:val/loss,better:a,than:b}]",
-            "hydra.sweeper.tuning_seeds=[0,1]", "hydra.sweeper.confirmation_seeds=[5,6,7]", f"hydra.sweep.dir={sweep}"]
+            "hydra.sweeper.tuning_seeds=[0,1]", "hydra.sweeper.confirmation_seeds=[5,6,7,8,9,10]",
+            f"hydra.sweep.dir={sweep}"]
     assert run_in_process(argv) == 0
     tuned = (sweep / "comparison.md").read_bytes()
     main([str(sweep), "--metric", "val/loss"])  # the target metric itself: still its own file on a tuned sweep

@@ -1,5 +1,6 @@
-"""README Results never describe older code: each committed result names the fingerprint of the code and
-configs it ran on, and this test fails once they change, until `make results` regenerates the results."""
+"""README Results never describe older code: each committed result names the fingerprints of what it rests on —
+training (code, configs, data) and judging (the rule, the report code, the claims) — and this test fails once
+either changes, until `make results` regenerates the results (retraining, or re-judging the stored evidence)."""
 from __future__ import annotations
 
 import importlib.util
@@ -28,8 +29,13 @@ def test_every_committed_result_has_its_provenance():
 def test_the_committed_result_ran_on_todays_code_and_configs(path):
     recorded = json.loads(path.read_text())
     assert recorded["commit"] and not recorded["commit"].endswith("-dirty"), "results from an uncommitted tree"
-    assert recorded["fingerprint"] == _results_script().fingerprint(ROOT, path.parent.name), (
-        f"{path.parent.name}: code or configs changed after this result was made; run `make results`")
+    prints = _results_script().fingerprints(ROOT, path.parent.name)
+    assert recorded["fingerprint"] == prints["training"], (
+        f"{path.parent.name}: training code or configs changed after this result was made; run `make results`")
+    assert recorded.get("judging_fingerprint") == prints["judging"], (
+        f"{path.parent.name}: the verdict rule, report code or claims changed; run `make results` (re-judges the "
+        "stored evidence in seconds)")
+    assert recorded.get("torch") and recorded.get("data"), "provenance names the torch version and the data"
 
 
 def test_the_fingerprint_changes_with_a_config(tmp_path):
@@ -79,3 +85,35 @@ def test_a_check_script_counts_only_for_its_own_experiment(tmp_path):
     assert after["kappa_plus"] != before["kappa_plus"]
     assert after["local_rate"] == before["local_rate"] and after["compare_preconditioners"] == before[
         "compare_preconditioners"]
+
+
+def test_judging_and_training_inputs_are_fingerprinted_apart(tmp_path):
+    """A change to the rule, the report code or an experiment's claims re-judges (judging fingerprint); a change to
+    training code or to the rest of an experiment's config retrains (training fingerprint); a check that builds
+    its verdicts in the script counts its judging code as training."""
+    script = _results_script()
+    files = {"precond/train.py": "1", "precond/sweep/verdicts.py": "1", "scripts/results.py": "1",
+             "conf/experiment/compare_preconditioners.yaml": "steps: 10\nhydra:\n  sweeper:\n    claims: [{claim: a}]\n",
+             "scripts/check_local_rate.py": "1"}
+    for rel, text in files.items():
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_text(text)
+
+    def prints():
+        return {e: script.fingerprints(tmp_path, e) for e in ("compare_preconditioners", "local_rate")}
+
+    before = prints()
+    (tmp_path / "precond/sweep/verdicts.py").write_text("2")  # the rule
+    after = prints()
+    assert after["compare_preconditioners"]["training"] == before["compare_preconditioners"]["training"]
+    assert after["compare_preconditioners"]["judging"] != before["compare_preconditioners"]["judging"]
+    assert after["local_rate"]["training"] != before["local_rate"]["training"]  # cannot be re-judged: reruns
+    yaml = tmp_path / "conf/experiment/compare_preconditioners.yaml"
+    yaml.write_text("steps: 10\nhydra:\n  sweeper:\n    claims: [{claim: b}]\n")  # a claim: judging only
+    again = prints()
+    assert again["compare_preconditioners"]["training"] == after["compare_preconditioners"]["training"]
+    assert again["compare_preconditioners"]["judging"] != after["compare_preconditioners"]["judging"]
+    yaml.write_text("steps: 20\nhydra:\n  sweeper:\n    claims: [{claim: b}]\n")  # what is trained
+    assert prints()["compare_preconditioners"]["training"] != again["compare_preconditioners"]["training"]
+    (tmp_path / "precond/train.py").write_text("2")
+    assert prints()["compare_preconditioners"]["judging"] == again["compare_preconditioners"]["judging"]

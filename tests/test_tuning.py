@@ -81,7 +81,7 @@ def test_a_bad_tuning_spec_names_its_key(kwargs, key):
 
 
 TINY = ["hydra/sweeper=tuned", "hydra.mode=MULTIRUN", "steps=40", "eval_every=10", "target.value=0.3",
-        "preconditioner=sgd", "hydra.sweeper.tuning_seeds=[0,1]", "hydra.sweeper.confirmation_seeds=[5,6,7]"]
+        "preconditioner=sgd", "hydra.sweeper.tuning_seeds=[0,1]", "hydra.sweeper.confirmation_seeds=[5,6,7,8,9,10]"]
 ARMS = ("hydra.sweeper.arms={fast:{grid:{lr:[0.1,0.3,1.0]}},slow:{grid:{lr:[1e-6,2e-6,4e-6]}},"
         "same_as_fast:{grid:{lr:[0.1,0.3,1.0]}},broken:{grid:{lr:[1e4,1e5]}}}")
 CLAIMS = ("hydra.sweeper.claims=[{claim:built to hold,metric:val/loss,better:fast,than:slow},"
@@ -116,8 +116,9 @@ def test_a_tiny_tuned_sweep_gets_holds_equivalent_and_invalid_where_built_to(tmp
             "p_adjusted", "evidence"} <= set(verdicts[0])
     assert verdicts[0]["p_adjusted"] == pytest.approx(2 * verdicts[0]["p_value"])  # Holm over the 2 tested claims
     report = (sweep / "comparison.md").read_text()
-    assert "1 holds, 0 fails, 1 equivalent, 0 inconclusive, 1 invalid; 0 identities" in report
-    assert "| built to hold | **holds** |" in report and "⚠ edge of grid" in report
+    assert "1 holds, 0 noninferior, 0 fails, 1 equivalent, 0 inconclusive, 1 invalid; 0 identities" in report
+    assert "| built to hold | primary | **holds** |" in report and "⚠ edge of grid" in report
+    assert "primary: 3 claims, smallest attainable adjusted p 0.023" in report  # as declared, before any run
     assert (sweep / "lr_sensitivity.png").stat().st_size > 0 and (sweep / "confirmation.png").stat().st_size > 0
 
 
@@ -127,20 +128,20 @@ def test_more_confirmation_seeds_reuse_every_earlier_run_and_judge_exactly_the_d
                     "hydra.sweeper.claims=[{claim:c,metric:val/loss,better:fast,than:slow}]")
     assert run_in_process([*TINY, arms, claims, f"hydra.sweep.dir={sweep}"]) == 0
     before = {p: p.read_bytes() for p in sweep.rglob("metrics.jsonl")}
-    assert len(before) == 2 * 2 * 2 + 2 * 3
-    more = "hydra.sweeper.confirmation_seeds=[5,6,7,8,9,10]"
+    assert len(before) == 2 * 2 * 2 + 2 * 6
+    more = "hydra.sweeper.confirmation_seeds=[5,6,7,8,9,10,11,12,13]"
     assert run_in_process([*TINY, more, arms, claims, f"hydra.sweep.dir={sweep}"]) == 0
     after = {p: p.read_bytes() for p in sweep.rglob("metrics.jsonl")}
     assert {p: after[p] for p in before} == before  # every earlier run reused as it was
     assert sorted(str(p.relative_to(sweep).parent) for p in set(after) - set(before)) == sorted(
         f"confirmation/{arm}/lr={lr}/seed{s}" for arm, lr in
         (("fast", json.loads((sweep / "selection.json").read_text())["arms"]["fast"]["chosen"]["lr"]),
-         ("slow", 2e-6)) for s in (8, 9, 10))
+         ("slow", 2e-6)) for s in (11, 12, 13))
     verdict = json.loads((sweep / "verdicts.json").read_text())[0]
-    assert verdict["evidence"]["seeds"] == [5, 6, 7, 8, 9, 10] and verdict["n"] == 6
-    # and back to three: the report judges those three only, though six are on disk
+    assert verdict["evidence"]["seeds"] == list(range(5, 14)) and verdict["n"] == 9
+    # and back to six: the report judges those six only, though nine are on disk
     assert run_in_process([*TINY, arms, claims, f"hydra.sweep.dir={sweep}"]) == 0
-    assert json.loads((sweep / "verdicts.json").read_text())[0]["evidence"]["seeds"] == [5, 6, 7]
+    assert json.loads((sweep / "verdicts.json").read_text())[0]["evidence"]["seeds"] == [5, 6, 7, 8, 9, 10]
 
 
 def test_a_rerun_tuned_sweep_redoes_nothing(tmp_path):
@@ -234,6 +235,17 @@ def test_a_bad_arm_is_refused_before_any_run(tmp_path, capsys, arms, message):
      "hydra.sweeper.arms.b at {'lr': 0.5}: batch_size: expected at most the training-split size 2048"),
     (["hydra.sweeper.arms={a:{grid:{lr:[0.5]}},b:{overrides:{target.metric:val/acc},grid:{lr:[0.5]}}}"],
      "hydra.sweeper.arms.b at {'lr': 0.5}: target.metric: expected one of"),
+    (["hydra.sweeper.claims=[{claim:x,metric:val/loss,better:a,than:b,role:headline}]"],
+     "hydra.sweeper.claims[0].role: expected one of ['primary', 'control', 'exploratory'], got 'headline'"),
+    (["hydra.sweeper.claims=[{claim:x,metric:val/loss,better:a,than:b,margin:-1}]"],
+     "hydra.sweeper.claims[0].margin: expected"),
+    (["hydra.sweeper.claims=[{claim:x,metric:val/loss,better:a,than:b}]", "hydra.sweeper.confirmation_seeds=[5,6,7]"],
+     "hydra.sweeper.confirmation_seeds: expected enough seeds for the 1 primary claims to reach adjusted p < 0.05 "
+     "(the smallest attainable is 0.25), got 3 — use at least 6 confirmation seeds"),
+    (["hydra.sweeper.claims=[{claim:x,metric:val/loss,better:a,than:b}]", "hydra.sweeper.stages=[6,12]"],
+     "hydra.sweeper.stages: expected a last stage equal to the number of confirmation_seeds (6)"),
+    (["hydra.sweeper.stages=[4,3,6]"], "hydra.sweeper.stages: expected at most 4 strictly increasing"),
+    (["hydra.sweeper.data_draws=0"], "hydra.sweeper.data_draws: expected an integer in [1, 10]"),
 ])
 def test_a_tuned_sweep_checks_seeds_claims_and_every_run_before_the_first_run(tmp_path, capsys, extra, message):
     arms = [] if extra[0].startswith("hydra.sweeper.arms") else ["hydra.sweeper.arms={a:{},b:{}}"]
@@ -333,7 +345,7 @@ def test_an_arm_with_one_grid_point_is_confirmed_without_tuning_runs(tmp_path):
     assert "nothing to tune" in selection["arms"]["fixed"]["basis"]
     assert not (sweep / "tuning" / "fixed").exists()
     assert len(list((sweep / "tuning" / "searched").rglob("summary.json"))) == 4
-    assert len(list((sweep / "confirmation" / "fixed").rglob("summary.json"))) == 3
+    assert len(list((sweep / "confirmation" / "fixed").rglob("summary.json"))) == 6
     assert "none (one grid point)" in (sweep / "comparison.md").read_text()
 
 
@@ -347,16 +359,18 @@ def test_a_grid_claim_is_judged_per_tuning_seed_and_draws_the_heat_maps(tmp_path
     arms = "hydra.sweeper.arms={a:{},b:{grid:{lr:[0.001,0.01,0.03]}}}"
     claims = ("hydra.sweeper.claims=[{claim:a is broader,stage:tuning,metric:grid/near_optimal_fraction,"
               "better:a,than:b,direction:higher}]")
-    assert run_in_process([*TINY, "target.value=0.5", grid, arms, claims, "hydra.sweeper.tuning_seeds=[0,1,2]",
+    tuning_seeds = [0, 1, 2, 3, 4, 20]  # six: a claim on fewer could never reach p < 0.05 (refused)
+    assert run_in_process([*TINY, "target.value=0.5", grid, arms, claims,
+                           f"hydra.sweeper.tuning_seeds={tuning_seeds}".replace(" ", ""),
                            f"hydra.sweep.dir={sweep}"]) == 0
     verdict = json.loads((sweep / "verdicts.json").read_text())[0]
-    assert verdict["evidence"]["seeds"] == [0, 1, 2] and verdict["n"] == 3
+    assert verdict["evidence"]["seeds"] == tuning_seeds and verdict["n"] == 6
     selection = json.loads((sweep / "selection.json").read_text())
     for arm, side in (("a", "better"), ("b", "than")):
         runs = [read_summary(p.parent) for p in (sweep / "tuning" / arm).rglob("summary.json")]
-        assert len(runs) == 6 * 3
+        assert len(runs) == 6 * 6
         values = grid_values(runs, selection["arms"][arm]["grid"], "val/loss")
-        assert verdict["evidence"][side]["values"] == [values[s]["grid/near_optimal_fraction"] for s in (0, 1, 2)]
+        assert verdict["evidence"][side]["values"] == [values[s]["grid/near_optimal_fraction"] for s in tuning_seeds]
     assert (sweep / "grid_heatmap.png").stat().st_size > 0
     assert "![grid heat map](grid_heatmap.png)" in (sweep / "comparison.md").read_text()
 
@@ -370,7 +384,7 @@ def test_a_sensitivity_curve_plots_and_states_the_median_of_each_value_from_the_
                            f"hydra.sweep.dir={sweep}"]) == 0
     assert not (sweep / "tuning").exists()  # one grid point per arm: nothing to tune
     medians = {arm: statistics.median(read_summary(sweep / "confirmation" / arm / "lr=0.1" / f"seed{s}")["val/loss"]
-                                      for s in (5, 6, 7)) for arm in ("m0", "m5", "m9")}
+                                      for s in range(5, 11)) for arm in ("m0", "m5", "m9")}
     low, high = min(medians.values()), max(medians.values())
     report = (sweep / "comparison.md").read_text()
     line = next(x for x in report.splitlines() if x.startswith("- sgd, preconditioner.momentum") and "val/loss" in x)
@@ -396,6 +410,7 @@ CURVE_ARMS = "hydra.sweeper.arms={a:{overrides:{preconditioner.momentum:0.5}},b:
 def test_a_bad_grid_claim_or_sensitivity_curve_is_refused_before_any_run(tmp_path, capsys, arms, declaration,
                                                                          message):
     sweep = tmp_path / "sweep"
-    assert run_in_process([*TINY, arms, f"hydra.sweeper.{declaration}", f"hydra.sweep.dir={sweep}"]) == 2
+    six = "hydra.sweeper.tuning_seeds=[0,1,2,3,4,20]"  # enough for a grid claim to be attainable at all
+    assert run_in_process([*TINY, six, arms, f"hydra.sweeper.{declaration}", f"hydra.sweep.dir={sweep}"]) == 2
     assert message in capsys.readouterr().err
     assert not list(sweep.rglob("summary.json"))

@@ -70,8 +70,8 @@ class TuningSweeper(Sweeper):
                  target: Any = None, tuning_overrides: Any = None, sensitivity: Any = None, stages: Any = None,
                  data_draws: Any = 1):
         from precond.errors import ConfigError
-        from precond.sweep.tuning import TuningSpec
-        from precond.sweep.verdicts import Claim, check_families
+        from precond.sweep.tuning import MIN_FINAL_SELECTION_SEEDS, TuningSpec
+        from precond.sweep.verdicts import check_families
 
         try:
             self.spec = TuningSpec(arms=_plain(arms), grid=_plain(grid) or {}, tuning_seeds=_plain(tuning_seeds),
@@ -79,8 +79,14 @@ class TuningSweeper(Sweeper):
                                    tuning_overrides=_plain(tuning_overrides) or {},
                                    sensitivity=_plain(sensitivity) or {}, stages=_plain(stages),
                                    data_draws=_plain(data_draws))
-            self.claims = [Claim(**_plain(c)) for c in (claims or [])]
+            self.claims = [_claim(i, c) for i, c in enumerate(claims or [])]
             check_families(self.claims, self.spec.stages[0], len(self.spec.tuning_seeds), len(self.spec.stages))
+            for i, claim in enumerate(self.claims):
+                if claim.selection == "final" and len(self.spec.tuning_seeds) < MIN_FINAL_SELECTION_SEEDS:
+                    raise ConfigError(f"claims[{i}].selection", f"speed, or final with at least "
+                                      f"{MIN_FINAL_SELECTION_SEEDS} tuning seeds (a median final value over fewer is "
+                                      "one or two runs)", claim.selection,
+                                      f"declare {MIN_FINAL_SELECTION_SEEDS} tuning_seeds")
         except ConfigError as err:
             _refuse(str(err.within("hydra.sweeper")))
         except TypeError as err:
@@ -105,14 +111,17 @@ class TuningSweeper(Sweeper):
     def sweep(self, arguments: list[str]) -> Any:
         from precond.run.files import write_text_atomically
         from precond.sweep.tuning import (
+            FINAL_SELECTION_RULE,
             SELECTION_RULE,
             NoEligiblePoint,
             PointResult,
             data_draw,
+            format_value,
             overrides_for,
             select,
             subdir_override,
         )
+        from precond.sweep.verdicts import FINAL
 
         fixed = self._fixed_overrides(arguments)
         sweep_dir = Path(self.config.hydra.sweep.dir)
@@ -132,11 +141,15 @@ class TuningSweeper(Sweeper):
                                        initial_job_idx=0)
         summaries = [_summary_of(r) for r in returns]
         target = self._relative_target(tuning, returns, summaries)
+        final_arms = {side.arm for c in self.claims if c.selection == "final" for side in c.sides
+                      if not isinstance(side, float)}
         selection = {"rule": SELECTION_RULE, "target": target, "tuning_seeds": list(self.spec.tuning_seeds),
                      "confirmation_seeds": list(self.spec.confirmation_seeds), "stages": list(self.spec.stages),
                      "data_draws": self.spec.data_draws,
                      "fixed_overrides": fixed,
                      "claims": [c.as_dict() for c in self.claims], "sensitivity": self.spec.sensitivity, "arms": {}}
+        if final_arms:
+            selection["final_rule"] = FINAL_SELECTION_RULE
         chosen = {}
         for arm in arms:
             if arm not in searched:
@@ -146,6 +159,9 @@ class TuningSweeper(Sweeper):
                     "chosen": arm.points()[0], "at_edge": [], "score": None,
                     "basis": "the only point of its grid (nothing to tune: no tuning runs)"}
                 chosen[arm.name] = (arm, arm.points()[0])
+                if arm.name in final_arms:
+                    selection["arms"][arm.name]["chosen_final"] = arm.points()[0]
+                    chosen[arm.name + FINAL] = (arm, arm.points()[0])
                 continue
             results = [PointResult(p, [summ for (a, pp, _), summ in zip(tuning, summaries)
                                        if a is arm and pp == p]) for p in arm.points()]
@@ -166,6 +182,13 @@ class TuningSweeper(Sweeper):
             except NoEligiblePoint as err:  # the arm is invalid: no confirmation runs, every claim on it invalid
                 entry.update(chosen=None, at_edge=[], invalid=str(err))
                 log.error("%s", err)
+            if arm.name in final_arms:  # the claims on final values read the arm at its final-value choice
+                try:
+                    final = select(arm, results, "final")
+                    entry.update(chosen_final=final.chosen, at_edge_final=final.at_edge, basis_final=final.basis)
+                    chosen[arm.name + FINAL] = (arm, final.chosen)
+                except NoEligiblePoint as err:
+                    entry.update(chosen_final=None, at_edge_final=[], invalid_final=str(err))
             selection["arms"][arm.name] = entry
         write_text_atomically(sweep_dir / "selection.json", json.dumps(selection, indent=2, default=str) + "\n")
         at_target = [f"target.value={target['value']!r}"] if target else []
@@ -175,32 +198,36 @@ class TuningSweeper(Sweeper):
         confirmed: list = []  # (arm, seed, summary) of every confirmation run launched so far
         for look, n in enumerate(stages):
             seeds = self.spec.confirmation_seeds[stages[look - 1] if look else 0:n]
-            arms = list(chosen) if look == 0 else self._arms_to_extend(selection, tuning, summaries, confirmed, look)
+            keys = list(chosen) if look == 0 else self._arms_to_extend(selection, tuning, summaries, confirmed, look)
+            # one run per distinct (arm, point): an arm whose speed and final-value choices agree trains once
+            points = list({(chosen[k][0].name, format_value(chosen[k][1])): chosen[k] for k in keys}.values())
             base = int(OmegaConf.select(self.config, "dataset.data_seed", default=0) or 0)
             first = stages[look - 1] if look else 0
-            confirm = [(chosen[name][0], {**chosen[name][1], **data_draw(self.spec, first + i, base)}, seed)
-                       for name in arms for i, seed in enumerate(seeds)]
+            confirm = [(arm, {**point, **data_draw(self.spec, first + i, base)}, seed, point)
+                       for arm, point in points for i, seed in enumerate(seeds)]
             if not confirm:
                 break
             log.info("confirmation%s: %d runs", f" look {look + 1} of {len(stages)}" if len(stages) > 1 else "",
                      len(confirm))
             rets = self.launcher.launch([fixed + overrides_for(a, p, s, "confirmation") + at_target
-                                         + [subdir_override(a, p, s, "confirmation")] for a, p, s in confirm],
+                                         + [subdir_override(a, p, s, "confirmation")] for a, p, s, _ in confirm],
                                         initial_job_idx=first_job)
             first_job += len(confirm)
-            confirmed += [(a.name, s, _summary_of(r)) for (a, _, s), r in zip(confirm, rets)]
+            for (arm, _, seed, point), ret in zip(confirm, rets):
+                summary = _summary_of(ret)
+                confirmed += [(key, seed, summary) for key, (a, p) in chosen.items() if a is arm and p == point]
             returns_by_look.append(list(rets))
         return [list(returns), *returns_by_look]
 
     def _arms_to_extend(self, selection: dict, tuning: list, summaries: list, confirmed: list, look: int) -> list:
         """The arms the claims still open after look ``look − 1`` need on the next look's seeds."""
         from precond.sweep.grid_metrics import grid_values, pareto_level
-        from precond.sweep.verdicts import arms_to_extend
+        from precond.sweep.verdicts import arms_to_extend, invalid_arms
 
         runs: dict = {}
         for arm, seed, summary in confirmed:
             runs.setdefault(arm, {})[seed] = summary
-        invalid = {arm: e["invalid"] for arm, e in selection["arms"].items() if e.get("invalid")}
+        invalid = invalid_arms(selection)
         levels = tuple(sorted({pareto_level(side.metric) for c in self.claims for side in c.sides
                                if not isinstance(side, float) and pareto_level(side.metric) is not None}))
         grids = {}
@@ -309,6 +336,20 @@ class TuningSweeper(Sweeper):
                         f"— put the values in the experiment's hydra.sweeper.grid (or an arm's grid)")
             out.append(override.input_line)
         return out
+
+
+def _claim(index: int, declared):
+    """One declared claim, its errors named by its place (``hydra.sweeper.claims[2].margin``)."""
+    from precond.errors import ConfigError
+    from precond.sweep.verdicts import Claim
+
+    fields = _plain(declared)
+    if not isinstance(fields, dict):
+        raise ConfigError(f"claims[{index}]", "a mapping {claim: ..., better: ..., than: ..., metric: ...}", fields)
+    try:
+        return Claim(**fields)
+    except ConfigError as err:
+        raise err.within(f"claims[{index}]") from None
 
 
 def _plain(value):

@@ -39,7 +39,18 @@ from precond.sweep.grid_report import (
     sensitivity_text,
 )
 from precond.sweep.runs import ReportError, RunRecord, palette, pyplot, save_figure
-from precond.sweep.verdicts import RULE, Claim, Verdict, count_states, estimate_text, families_text, judge_staged
+from precond.sweep.tuning import format_value
+from precond.sweep.verdicts import (
+    FINAL,
+    RULE,
+    Claim,
+    Verdict,
+    count_states,
+    estimate_text,
+    families_text,
+    invalid_arms,
+    judge_staged,
+)
 
 SELECTION = "selection.json"
 VERDICTS = "verdicts.json"
@@ -59,14 +70,32 @@ def _runs_by_stage(runs: list[RunRecord], stage: str) -> dict:
     return out
 
 
+def confirmation_by_key(confirmation: dict, selection: dict) -> dict:
+    """The confirmation runs per run key: ``arm`` at its chosen point, ``arm@final`` at its final-value choice
+    (claims with ``selection: final``); a run belongs to a point when its overrides hold every value of it."""
+    out = {}
+    for arm, runs in confirmation.items():
+        entry = selection["arms"].get(arm, {})
+        for key, point in ((arm, entry.get("chosen")), (arm + FINAL, entry.get("chosen_final"))):
+            if point is not None and (key == arm or "chosen_final" in entry):
+                out[key] = [r for r in runs if _at_point(r, point)]
+    return out
+
+
+def _at_point(run: RunRecord, point: dict) -> bool:
+    overrides = set(run.summary.get("overrides", []))
+    return all(f"{k}={'null' if v is None else format_value(v)}" in overrides for k, v in point.items())
+
+
 def judge_claims(selection: dict, confirmation: dict, tuning: Optional[dict] = None) -> list[Verdict]:
     """Every claim of ``selection`` judged on exactly the confirmation seeds it declares (runs of other
     seeds in the dir are not looked at), Holm-adjusted over the experiment's empirical claims. Claims with
-    ``stage: tuning`` are judged on each arm's grid values per declared tuning seed (``tuning``: its runs)."""
+    ``stage: tuning`` are judged on each arm's grid values per declared tuning seed (``tuning``: its runs).
+    ``confirmation``: run key (:func:`confirmation_by_key`) → runs."""
     seeds = list(selection.get("confirmation_seeds", []))
-    by_seed = {arm: {r.summary.get("seed"): r.summary for r in runs if r.summary.get("seed") in seeds}
-               for arm, runs in confirmation.items()}
-    invalid = {arm: e["invalid"] for arm, e in selection["arms"].items() if e.get("invalid")}
+    by_seed = {key: {r.summary.get("seed"): r.summary for r in runs if r.summary.get("seed") in seeds}
+               for key, runs in confirmation.items()}
+    invalid = invalid_arms(selection)
     tuning_seeds = list(selection.get("tuning_seeds", []))
     claims = [Claim(**c) for c in selection.get("claims", [])]
     levels = tuple(sorted({pareto_level(side.metric) for c in claims for side in c.sides
@@ -151,6 +180,11 @@ def _selection_table(selection: dict) -> str:
         grid = "; ".join(f"{k} ∈ {{{', '.join(f'{x:g}' if isinstance(x, float) else str(x) for x in v)}}}"
                          for k, v in entry["grid"].items())
         lines.append(f"| {arm} | {chosen} | {grid} | {entry['tuning_seeds'] or 'none (one grid point)'} |")
+        if "chosen_final" in entry:  # the point the claims on final values read (selection: final)
+            final = (f"**invalid**: {entry.get('invalid_final')}" if entry["chosen_final"] is None else
+                     ", ".join(f"{k}={v}" + (" ⚠ edge of grid" if k in entry.get("at_edge_final", []) else "")
+                               for k, v in entry["chosen_final"].items()) + " (best median final value)")
+            lines.append(f"| {arm}{FINAL} | {final} | (the same) | {entry['tuning_seeds'] or '—'} |")
     return "\n".join(lines)
 
 
@@ -214,13 +248,16 @@ def render_tuned_report(sweep_dir: Path, selection: dict, runs: list[RunRecord],
     metric = first.get("target_metric", "val/loss")
     target = target_text(metric, first.get('target_value'))
     seeds = list(selection.get("confirmation_seeds", []))
-    confirmation = {arm: [r for r in rs if r.summary.get("seed") in seeds] for arm, rs in confirmation.items()}
+    confirmation = {key: [r for r in rs if r.summary.get("seed") in seeds]
+                    for key, rs in confirmation_by_key(confirmation, selection).items()}
     verdicts = judge_claims(selection, confirmation, tuning)
     write_text_atomically(sweep_dir / VERDICTS, json.dumps([v.as_dict() for v in verdicts], indent=2) + "\n")
     warning = too_easy(confirmation)
     text = (f"# {sweep_dir.name}\n\n## Selection\n\nRule: {selection['rule']}. Tuning seeds "
             f"{selection['tuning_seeds']}, confirmation seeds {selection['confirmation_seeds']}. "
-            f"Time to target: {TIME_TO_TARGET_RULE}.\n\n"
+            + (f"Claims with selection: final read their arms at another point: {selection['final_rule']}. "
+               if selection.get("final_rule") else "")
+            + f"Time to target: {TIME_TO_TARGET_RULE}.\n\n"
             f"{_selection_table(selection)}\n\n## Confirmation (chosen setting, fresh seeds)\n\n"
             f"{_confirmation_table(confirmation, metric, target)}\n\n"
             + (f"⚠ {warning}\n\n" if warning else "")

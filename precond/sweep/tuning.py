@@ -241,11 +241,31 @@ def at_edge(point: dict, grid: dict) -> list[str]:
     return edges
 
 
-def select(arm: Arm, results: list[PointResult]) -> Choice:
-    """The best point of ``arm`` by :data:`SELECTION_RULE` (the first in grid order on a tie).
+#: the selection rules a claim may ask for: ``speed`` (:data:`SELECTION_RULE`, the experiment's) or ``final`` (the
+#: best median final target metric over the tuning seeds, whether or not the target was held)
+SELECTIONS = ("speed", "final")
+FINAL_SELECTION_RULE = ("for claims on a final value (selection: final): the point whose tuning runs all completed "
+                        "with the best median final target metric over at least 5 tuning seeds, whether or not it "
+                        "held the target")
+#: a choice by median final value needs this many tuning seeds (fewer: the median is one or two runs)
+MIN_FINAL_SELECTION_SEEDS = 5
+
+
+def select(arm: Arm, results: list[PointResult], rule: str = "speed") -> Choice:
+    """The best point of ``arm`` by :data:`SELECTION_RULE` (``rule="speed"``) or :data:`FINAL_SELECTION_RULE`
+    (``rule="final"``), the first in grid order on a tie.
 
     Raises :class:`NoEligiblePoint` when no point's tuning runs all completed with a finite metric.
     """
+    if rule == "final":
+        ranked = [r for r in results if r.standing()[0] != "ineligible"]
+        if not ranked:
+            reasons = sorted({r.standing()[1] for r in results})
+            raise NoEligiblePoint(f"arm {arm.name}: no grid point completed on every tuning seed "
+                                  f"({'; '.join(reasons)}); widen or move the grid")
+        best = min(ranked, key=lambda r: r.median_final())
+        return Choice(arm.name, best.point, at_edge(best.point, arm.grid), (1, math.inf, best.median_final()),
+                      results, "median final target metric (selection: final)")
     best = min(results, key=lambda r: r.score())
     tier = best.score()[0]
     if tier == 2:

@@ -30,6 +30,9 @@ also be a number (a threshold). :data:`RULE` is the rule every verdict states:
   setup measures what it should) and ``exploratory``. Holm's step-down adjustment runs within each family
   of one experiment; identities are in none. A family whose smallest attainable adjusted p (its size × the
   smallest exact p, ``2¹⁻ⁿ`` on n seeds) exceeds 0.05 is refused before any run.
+* **Selection per claim** (``selection:``): a claim reads each arm at the point chosen for speed (``speed``, the
+  experiment's rule) or, for claims on final values, at the point with the best median final target metric over
+  ≥ 5 tuning seeds (``final``); the arm is then confirmed at both points.
 * **Floors**: a claim may name the value at which its measurement stops resolving (``floor:``, e.g. κ⁺ at the
   eigenvalue cut); a comparison with either side there on more than one seed is ``invalid`` ("floor").
 * **States**: ``holds`` / ``noninferior`` — Holm-adjusted p < 0.05 in the claim's direction and the whole
@@ -68,6 +71,10 @@ ROLES = ("primary", "control", "exploratory")
 KINDS = ("superiority", "noninferiority")
 #: the paired test and its estimator/interval: sign test ↔ median, Wilcoxon signed-rank ↔ Hodges–Lehmann
 TESTS = ("sign", "signed_rank")
+#: where a claim's arms are read: at the point chosen for speed (the experiment's rule) or for the final value
+SELECTIONS = ("speed", "final")
+#: the suffix of an arm read at its final-value choice (``adam@final``)
+FINAL = "@final"
 #: where a claim's values come from: the confirmation runs of each arm's chosen setting (default), or each arm's
 #: whole tuning grid, one value per tuning seed (``grid/*`` metrics, :mod:`precond.sweep.grid_metrics`)
 STAGES = ("confirmation", "tuning")
@@ -114,6 +121,7 @@ class Claim:
     kind: str = "superiority"
     test: str = "sign"
     floor: Optional[float] = None
+    selection: str = "speed"
 
     def __post_init__(self) -> None:
         if not isinstance(self.claim, str) or not self.claim:
@@ -129,6 +137,12 @@ class Claim:
         self.sides = (self._side("better", self.better), self._side("than", self.than))
         self.scale = Choice(SCALES, optional=True).check("scale", self.scale) or default_scale(self.sides[0].metric)
         self.tolerance = Num(0, optional=True).check("tolerance", self.tolerance)
+        self.selection = Choice(SELECTIONS).check(
+            "selection", self.selection, "speed: each arm at the point chosen by time to target (the experiment's "
+            "rule); final: at the point with the best median final target metric (for claims on final values)")
+        if self.selection == "final" and self.stage == "tuning":
+            raise ConfigError("selection", "speed for a claim with stage: tuning (it reads the whole grid, no chosen "
+                              "point)", self.selection)
         self.floor = Num(0, optional=True).check("floor", self.floor, "the value at which the measurement stops "
                                                  "resolving (κ⁺ at the eigenvalue cut: 0.5/cut), or null")
         if self.margin is None:
@@ -159,7 +173,15 @@ class Claim:
         return {"claim": self.claim, "better": self.better, "than": self.than, "metric": self.metric,
                 "direction": self.direction, "scale": self.scale, "margin": self.margin, "identity": self.identity,
                 "tolerance": self.tolerance, "stage": self.stage, "role": self.role, "kind": self.kind,
-                "test": self.test, "floor": self.floor}
+                "test": self.test, "floor": self.floor, "selection": self.selection}
+
+    def arms(self) -> list[str]:
+        """The arms the claim reads, as keys of the runs (``adam@final`` with ``selection: final``)."""
+        return [self.key(side) for side in self.sides if isinstance(side, Side)]
+
+    def key(self, side: Side) -> str:
+        """Where a side's runs are: its arm at the point chosen by the claim's selection rule."""
+        return side.arm + (FINAL if self.selection == "final" else "")
 
     @property
     def boundaries(self) -> tuple[float, float]:
@@ -259,6 +281,18 @@ def _bounds(claim: Claim, a: Measured, b: Measured) -> Optional[tuple[float, flo
     return low, high
 
 
+def invalid_arms(selection: dict) -> dict:
+    """Run key → why it never trained, from a selection.json: an arm with no eligible point (``adam``), or with no
+    point for the final-value rule (``adam@final``)."""
+    out = {}
+    for arm, entry in selection["arms"].items():
+        if entry.get("invalid"):
+            out[arm] = entry["invalid"]
+        if entry.get("invalid_final"):
+            out[arm + FINAL] = entry["invalid_final"]
+    return out
+
+
 def _fmt(x: float) -> str:
     return "∞" if x == math.inf else "−∞" if x == -math.inf else f"{x:.3g}"
 
@@ -269,10 +303,10 @@ def judge(claim: Claim, runs: dict, seeds: list, invalid_arms: Optional[dict] = 
     ``{arm: {seed: summary}}``."""
     better, than = claim.sides
     invalid_arms = invalid_arms or {}
-    arms = [better.arm] + ([] if isinstance(than, float) else [than.arm])
-    values_a = [_value(runs.get(better.arm, {}).get(s), better.metric) for s in seeds]
+    arms = claim.arms()
+    values_a = [_value(runs.get(claim.key(better), {}).get(s), better.metric) for s in seeds]
     values_b = ([Measured(than, than)] * len(seeds) if isinstance(than, float)
-                else [_value(runs.get(than.arm, {}).get(s), than.metric) for s in seeds])
+                else [_value(runs.get(claim.key(than), {}).get(s), than.metric) for s in seeds])
     evidence = {"seeds": list(seeds),
                 "better": {"side": better.label(), "values": [_shown_value(v) for v in values_a]},
                 "than": {"side": "threshold" if isinstance(than, float) else than.label(),
@@ -411,19 +445,20 @@ def check_families(claims: list[Claim], n_confirmation: int, n_tuning: int, look
 
 def judge_all(claims: list[Claim], runs: dict, seeds: list, invalid_arms: Optional[dict] = None,
               tuning: Optional[tuple[dict, list]] = None, looks: int = 1,
-              family_sizes: Optional[dict] = None) -> list[Verdict]:
+              family_sizes: Optional[dict] = None, settled: frozenset = frozenset()) -> list[Verdict]:
     """Every claim of one experiment: tested, Holm-adjusted within each role's family, and settled.
     ``tuning``: ``(runs, seeds)`` of per-tuning-seed grid values, for claims with ``stage: tuning``. One look of
     ``looks`` (staged confirmation): each look spends ``α/looks`` — adjusted p are multiplied by ``looks`` and
     intervals are at ``1 − α/looks``. ``family_sizes`` (role → m) keeps a family's size fixed across looks: claims
-    no longer judged at a later look count in Holm with p = 1 (conservative)."""
+    already ``settled`` at an earlier look (indices) count in Holm with p = 1 (conservative)."""
     def context(claim: Claim) -> tuple[dict, list]:
         return tuning if claim.stage == "tuning" and tuning is not None else (
             ({}, []) if claim.stage == "tuning" else (runs, seeds))
 
     verdicts = [judge(c, *context(c), invalid_arms, alpha=ALPHA / looks) for c in claims]
     for role in ROLES:
-        tested = [i for i, v in enumerate(verdicts) if v.p_value is not None and claims[i].role == role]
+        tested = [i for i, v in enumerate(verdicts)
+                  if v.p_value is not None and claims[i].role == role and i not in settled]
         size = max(len(tested), (family_sizes or {}).get(role, 0))
         padded = [verdicts[i].p_value for i in tested] + [1.0] * (size - len(tested))
         for i, p in zip(tested, holm(padded)):
@@ -449,12 +484,13 @@ def judge_staged(claims: list[Claim], runs: dict, seeds: list, stages: Optional[
 
 def arms_to_extend(claims: list[Claim], runs: dict, seeds: list, stages: list, look: int,
                    invalid_arms: Optional[dict] = None, tuning: Optional[tuple[dict, list]] = None) -> list[str]:
-    """The arms whose runs on the seeds of look ``look + 1`` the claims still open after look ``look`` need."""
+    """The arms (run keys: ``adam``, ``adam@final``) whose runs on the seeds of look ``look + 1`` the claims still
+    open after look ``look`` need."""
     final = _settle_looks(claims, runs, seeds, stages, look + 1, invalid_arms, tuning)
     arms: list[str] = []
     for claim, verdict in zip(claims, final):
         if verdict is None:
-            arms += [s.arm for s in claim.sides if isinstance(s, Side) and s.arm not in arms]
+            arms += [key for key in claim.arms() if key not in arms]
     return arms
 
 
@@ -466,7 +502,9 @@ def _settle_looks(claims, runs, seeds, stages, upto, invalid_arms, tuning) -> li
     sizes: dict = {}
     for k in range(upto):
         n = stages[k]
-        verdicts = judge_all(claims, runs, seeds[:n], invalid_arms, tuning, looks=looks, family_sizes=sizes)
+        settled = frozenset(i for i, v in enumerate(final) if v is not None)
+        verdicts = judge_all(claims, runs, seeds[:n], invalid_arms, tuning, looks=looks, family_sizes=sizes,
+                             settled=settled)
         if k == 0:  # the families as the first look tests them: their size stays fixed over the looks
             sizes = {role: sum(1 for c, v in zip(claims, verdicts) if c.role == role and v.p_value is not None)
                      for role in ROLES}
@@ -488,7 +526,7 @@ def _settle_looks(claims, runs, seeds, stages, upto, invalid_arms, tuning) -> li
 
 def _has_runs(claim: Claim, runs: dict, seeds: list) -> bool:
     """Whether every arm of ``claim`` has a run (of any status) for each of ``seeds``."""
-    return all(seed in runs.get(side.arm, {}) for side in claim.sides if isinstance(side, Side) for seed in seeds)
+    return all(seed in runs.get(key, {}) for key in claim.arms() for seed in seeds)
 
 
 def _settle(claim: Claim, v: Verdict) -> None:

@@ -1,0 +1,100 @@
+"""Stored evidence, the independent re-check of verdicts with scipy.stats, and the stability summary."""
+from __future__ import annotations
+
+import gzip
+import importlib.util
+import json
+import math
+import random
+from pathlib import Path
+
+import pytest
+
+from precond.sweep.evidence import EvidenceError, read_evidence, write_evidence
+from precond.sweep.verdicts import Claim, judge_staged
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _script(name: str):
+    spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_evidence_round_trips_non_finite_numbers_and_the_same_evidence_gives_the_same_bytes(tmp_path):
+    evidence = {"format": 1, "runs": {"a": {"1": {"kappa": math.inf, "lam": -math.inf, "x": [1.5, None]}}}}
+    write_evidence(tmp_path / "e.json.gz", evidence)
+    assert read_evidence(tmp_path / "e.json.gz") == evidence
+    first = (tmp_path / "e.json.gz").read_bytes()
+    write_evidence(tmp_path / "e.json.gz", evidence)
+    assert (tmp_path / "e.json.gz").read_bytes() == first and not list(tmp_path.glob("*.tmp"))
+
+
+@pytest.mark.parametrize("content", [b"not gzip", gzip.compress(b"{not json"), gzip.compress(b'{"format": 99}')])
+def test_unreadable_or_foreign_evidence_is_one_line_naming_the_file(tmp_path, content):
+    (tmp_path / "e.json.gz").write_bytes(content)
+    with pytest.raises(EvidenceError, match=r"e\.json\.gz: .*rerun the experiment"):
+        read_evidence(tmp_path / "e.json.gz")
+
+
+def _experiment(directory: Path, seed: int) -> None:
+    """A results dir as a staged tuned experiment leaves it: selection.json (claims, stages) and verdicts.json,
+    judged by precond's rule on random evidence with censored pairs, both tests, both kinds and three roles."""
+    rng = random.Random(seed)
+    seeds = list(range(100, 120))
+    arms = {}
+    for arm, speed in (("a", 1.0), ("b", 2.0), ("c", 1.1), ("d", 1.0)):
+        arms[arm] = {}
+        for s in seeds:
+            steps = 300 * speed * math.exp(rng.gauss(0, 0.4))
+            arms[arm][s] = {"status": "completed", "steps": 1000, "steps_to_target": steps if steps < 1000 else None,
+                            "val/acc": 0.9 + 0.01 * rng.gauss(0, 1) - 0.01 * speed}
+    claims = [Claim("a faster than b", better="a", than="b", metric="steps_to_target"),
+              Claim("a faster than c", better="a", than="c", metric="steps_to_target", test="signed_rank"),
+              Claim("d at least as fast as a", better="d", than="a", metric="steps_to_target", kind="noninferiority"),
+              Claim("a more accurate than b", better="a", than="b", metric="val/acc", direction="higher",
+                    role="control"),
+              Claim("c faster than d", better="c", than="d", metric="steps_to_target", role="exploratory")]
+    verdicts = judge_staged(claims, arms, seeds, stages=[10, 20])
+    directory.mkdir(parents=True)
+    (directory / "selection.json").write_text(json.dumps({"claims": [c.as_dict() for c in claims],
+                                                          "confirmation_seeds": seeds, "stages": [10, 20]}))
+    (directory / "verdicts.json").write_text(json.dumps([v.as_dict() for v in verdicts]))
+
+
+def test_the_recheck_with_scipy_agrees_with_every_verdict_and_catches_a_tampered_one(tmp_path, capsys):
+    recheck = _script("recheck_verdicts")
+    for seed in range(4):
+        _experiment(tmp_path / f"e{seed}", seed)
+    states = [v["verdict"] for seed in range(4) for v in json.loads((tmp_path / f"e{seed}" / "verdicts.json").read_text())]
+    assert len(set(states)) >= 3  # the evidence reaches several states, not one
+    import sys
+    old = sys.argv
+    sys.argv = ["recheck_verdicts.py", str(tmp_path)]
+    try:
+        with pytest.raises(SystemExit) as ok:
+            recheck.main()
+        assert ok.value.code == 0 and "20 of 20 tested verdicts rechecked with scipy.stats agree" in capsys.readouterr().out
+        path = tmp_path / "e0" / "verdicts.json"
+        verdicts = json.loads(path.read_text())
+        tampered = next(v for v in verdicts if v.get("p_value") is not None)
+        tampered["verdict"] = "fails" if tampered["verdict"] != "fails" else "holds"
+        path.write_text(json.dumps(verdicts))
+        with pytest.raises(SystemExit) as bad:
+            recheck.main()
+        assert bad.value.code == 1 and "19 of 20" in capsys.readouterr().out
+    finally:
+        sys.argv = old
+
+
+def test_the_stability_summary_counts_kept_decisive_verdicts_and_flips():
+    stability = _script("stability")
+    rows = [{"committed": "holds", "draws": ["holds", "holds"]},
+            {"committed": "holds", "draws": ["holds", "inconclusive"]},
+            {"committed": "fails", "draws": ["fails", "fails"]},
+            {"committed": "inconclusive", "draws": ["holds", "fails"]},  # not decisive, but a flip between draws
+            {"committed": "noninferior", "draws": ["noninferior", "noninferior"]},
+            {"committed": "equivalent", "draws": ["inconclusive", "equivalent"]}]
+    assert stability.summarize(rows) == {"decisive": 4, "kept": 3, "flips": 1, "share": 0.75}
