@@ -48,6 +48,7 @@ EXPERIMENTS = [
     ("kappa_scaling", [PY, "scripts/check_kappa_scaling.py", "--out", "{out}"]),
     ("kappa_trajectory", [PY, "scripts/check_kappa_trajectory.py", "--out", "{out}"]),
     ("kappa_plus", [PY, "scripts/check_kappa_plus.py", "--out", "{out}"]),
+    ("identities", [PY, "scripts/check_identities.py", "--out", "{out}"]),
     *((name, [PY, "-m", "precond.run.entry", f"experiment={name}", "hydra.sweep.dir={out}", "progress=false"])
       for name in ("compare_preconditioners", "momentum_vs_preconditioning", "standardization_vs_preconditioning",
                    "normalization_conditioning", "scale_invariance", "adam_l2_vs_adamw", "l1_sparsity",
@@ -60,7 +61,8 @@ COPIED = ("comparison.md", "verdicts.json", "selection.json", EVIDENCE)
 #: what a result depends on: the package, the Hydra plugins, the configs and the check scripts. A change to
 #: any of these makes tests/test_results_current.py fail until `make results` regenerates the results
 DEPENDS_ON = ("precond/**/*.py", "hydra_plugins/**/*.py", "conf/**/*.yaml", "scripts/check_local_rate.py",
-              "scripts/check_standardization.py", "scripts/check_kappa_*.py", "scripts/results.py")
+              "scripts/check_standardization.py", "scripts/check_kappa_*.py", "scripts/check_identities.py",
+              "scripts/results.py")
 #: (a check script counts only for the experiment it produces: see _counts)
 
 
@@ -71,7 +73,7 @@ JUDGING = ("precond/sweep/verdicts.py", "precond/sweep/stats.py", "precond/sweep
 #: experiments whose verdicts can be recomputed from stored evidence: the tuned ones and the checks that judge
 #: declared claims (the other checks build their verdicts in the script and rerun whole, in under a minute)
 TUNED = tuple(name for name, command in EXPERIMENTS if command[1] == "-m")
-REJUDGEABLE = (*TUNED, "kappa_trajectory", "kappa_plus")
+REJUDGEABLE = (*TUNED, "kappa_trajectory", "kappa_plus", "identities")
 
 
 def fingerprints(root: Path = ROOT, experiment: str | None = None) -> dict:

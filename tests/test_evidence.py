@@ -98,3 +98,20 @@ def test_the_stability_summary_counts_kept_decisive_verdicts_and_flips():
             {"committed": "noninferior", "draws": ["noninferior", "noninferior"]},
             {"committed": "equivalent", "draws": ["inconclusive", "equivalent"]}]
     assert stability.summarize(rows) == {"decisive": 4, "kept": 3, "flips": 1, "share": 0.75}
+
+
+def test_the_identity_check_verifies_both_identities_and_its_control_on_fresh_seeds(tmp_path):
+    """AdamW = Adam with L2 in z (against torch.optim.AdamW), Adam with L2 in p differs, BNP's step = η P Pᵀ g."""
+    script = _script("check_identities")
+    import sys
+    old = sys.argv
+    sys.argv = ["check_identities.py", "--out", str(tmp_path), "--seeds", "2"]
+    try:
+        script.main()
+    finally:
+        sys.argv = old
+    verdicts = json.loads((tmp_path / "verdicts.json").read_text())
+    assert [v["verdict"] for v in verdicts] == ["identity"] * 3
+    values = verdicts[0]["evidence"]["better"]["values"] + verdicts[2]["evidence"]["better"]["values"]
+    assert max(values) < 1e-12 and min(verdicts[1]["evidence"]["better"]["values"]) > 0.1
+    assert read_evidence(tmp_path / "evidence.json.gz")["claims"][0]["identity"] is True

@@ -417,7 +417,7 @@ def families_text(claims: list[Claim], n_confirmation: int, n_tuning: int, looks
     """One sentence: each family's size and the smallest adjusted p it can reach on its (first look's) seeds."""
     parts = [f"{role}: {size} claim{'s' if size > 1 else ''}, smallest attainable adjusted p {bound:.2g}"
              for role, (size, bound) in family_bounds(claims, n_confirmation, n_tuning, looks).items()]
-    return "Holm families — " + "; ".join(parts) if parts else "No tested claims."
+    return "Holm families — " + "; ".join(parts) if parts else "No tested claims (identities only)"
 
 
 def seeds_needed(family_size: int, looks: int = 1) -> int:
