@@ -70,17 +70,20 @@ DEPENDS_ON = ("precond/**/*.py", "hydra_plugins/**/*.py", "conf/**/*.yaml", "scr
 JUDGING = ("precond/sweep/verdicts.py", "precond/sweep/stats.py", "precond/sweep/tuned_report.py",
            "precond/sweep/report.py", "precond/sweep/grid_report.py", "precond/sweep/grid_metrics.py",
            "precond/sweep/check_report.py", "precond/sweep/evidence.py", "precond/sweep/runs.py", "scripts/results.py")
-#: experiments whose verdicts can be recomputed from stored evidence: the tuned ones and the checks that judge
-#: declared claims (the other checks build their verdicts in the script and rerun whole, in under a minute)
+#: experiments whose verdicts are recomputed from stored evidence by today's rule: the tuned ones and the checks
+#: that judge declared claims. The other checks decide their verdicts in the script (a fitted slope against its
+#: prediction, with stats.py's fit): their reports are only re-rendered, and stats.py counts as their training
 TUNED = tuple(name for name, command in EXPERIMENTS if command[1] == "-m")
-REJUDGEABLE = (*TUNED, "kappa_trajectory", "kappa_plus", "identities")
+JUDGED = (*TUNED, "kappa_trajectory", "kappa_plus", "identities")
+REJUDGEABLE = tuple(name for name, _ in EXPERIMENTS)
 
 
 def fingerprints(root: Path = ROOT, experiment: str | None = None) -> dict:
     """``{"training": sha256, "judging": sha256}`` of what ``experiment``'s result depends on. Training: the code,
     the configs and the check script (of conf/experiment/ only the experiment's own file, with its claims removed;
-    of the check scripts only the one it runs). Judging: :data:`JUDGING` and the experiment's claims. An experiment
-    that cannot be re-judged (not in :data:`REJUDGEABLE`) counts its judging code as training too."""
+    of the check scripts only the one it runs). Judging: :data:`JUDGING` and the experiment's claims; a check that
+    decides its verdicts in the script counts stats.py (its fit) as training. An experiment that cannot be
+    re-judged (not in :data:`REJUDGEABLE`) counts its judging code as training too."""
     rejudgeable = experiment in REJUDGEABLE
     training, judging = hashlib.sha256(), hashlib.sha256()
     files = sorted({f for pattern in DEPENDS_ON for f in root.glob(pattern) if f.is_file() and _counts(f, experiment)})
@@ -89,7 +92,8 @@ def fingerprints(root: Path = ROOT, experiment: str | None = None) -> dict:
         if rejudgeable and f.parent.name == "experiment":
             content, claims = _split_claims(content)
             judging.update(b"claims\0" + claims + b"\0")
-        (judging if rejudgeable and rel in JUDGING else training).update(rel.encode() + b"\0" + content + b"\0")
+        judged_here = rel in JUDGING and (experiment in JUDGED or rel != "precond/sweep/stats.py")
+        (judging if rejudgeable and judged_here else training).update(rel.encode() + b"\0" + content + b"\0")
     return {"training": training.hexdigest(), "judging": judging.hexdigest()}
 
 

@@ -68,7 +68,8 @@ def test_the_recheck_with_scipy_agrees_with_every_verdict_and_catches_a_tampered
     recheck = _script("recheck_verdicts")
     for seed in range(4):
         _experiment(tmp_path / f"e{seed}", seed)
-    states = [v["verdict"] for seed in range(4) for v in json.loads((tmp_path / f"e{seed}" / "verdicts.json").read_text())]
+    states = [v["verdict"] for seed in range(4)
+              for v in json.loads((tmp_path / f"e{seed}" / "verdicts.json").read_text())]
     assert len(set(states)) >= 3  # the evidence reaches several states, not one
     import sys
     old = sys.argv
@@ -76,7 +77,8 @@ def test_the_recheck_with_scipy_agrees_with_every_verdict_and_catches_a_tampered
     try:
         with pytest.raises(SystemExit) as ok:
             recheck.main()
-        assert ok.value.code == 0 and "20 of 20 tested verdicts rechecked with scipy.stats agree" in capsys.readouterr().out
+        out = capsys.readouterr().out
+        assert ok.value.code == 0 and "20 of 20 tested verdicts rechecked with scipy.stats agree" in out
         path = tmp_path / "e0" / "verdicts.json"
         verdicts = json.loads(path.read_text())
         tampered = next(v for v in verdicts if v.get("p_value") is not None)

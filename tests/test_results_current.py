@@ -89,11 +89,13 @@ def test_a_check_script_counts_only_for_its_own_experiment(tmp_path):
 
 def test_judging_and_training_inputs_are_fingerprinted_apart(tmp_path):
     """A change to the rule, the report code or an experiment's claims re-judges (judging fingerprint); a change to
-    training code or to the rest of an experiment's config retrains (training fingerprint); a check that builds
-    its verdicts in the script counts its judging code as training."""
+    training code or to the rest of an experiment's config retrains (training fingerprint); a check that decides
+    its verdicts in the script is re-rendered on a rule change but rerun when the fit it uses (stats.py) changes."""
     script = _results_script()
-    files = {"precond/train.py": "1", "precond/sweep/verdicts.py": "1", "scripts/results.py": "1",
-             "conf/experiment/compare_preconditioners.yaml": "steps: 10\nhydra:\n  sweeper:\n    claims: [{claim: a}]\n",
+    files = {"precond/train.py": "1", "precond/sweep/verdicts.py": "1", "precond/sweep/stats.py": "1",
+             "scripts/results.py": "1",
+             "conf/experiment/compare_preconditioners.yaml":
+                 "steps: 10\nhydra:\n  sweeper:\n    claims: [{claim: a}]\n",
              "scripts/check_local_rate.py": "1"}
     for rel, text in files.items():
         (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
@@ -107,7 +109,13 @@ def test_judging_and_training_inputs_are_fingerprinted_apart(tmp_path):
     after = prints()
     assert after["compare_preconditioners"]["training"] == before["compare_preconditioners"]["training"]
     assert after["compare_preconditioners"]["judging"] != before["compare_preconditioners"]["judging"]
-    assert after["local_rate"]["training"] != before["local_rate"]["training"]  # cannot be re-judged: reruns
+    assert after["local_rate"]["training"] == before["local_rate"]["training"]  # its report is re-rendered
+    assert after["local_rate"]["judging"] != before["local_rate"]["judging"]
+    (tmp_path / "precond/sweep/stats.py").write_text("2")  # the fit a check script decides with: it reruns
+    fit = prints()
+    assert fit["local_rate"]["training"] != after["local_rate"]["training"]
+    assert fit["compare_preconditioners"]["training"] == after["compare_preconditioners"]["training"]
+    after = fit
     yaml = tmp_path / "conf/experiment/compare_preconditioners.yaml"
     yaml.write_text("steps: 10\nhydra:\n  sweeper:\n    claims: [{claim: b}]\n")  # a claim: judging only
     again = prints()

@@ -83,7 +83,8 @@ def test_data_draws_cycle_the_data_seed_over_the_confirmation_seeds():
 
 
 TINY = ["hydra/sweeper=tuned", "hydra.mode=MULTIRUN", "steps=40", "eval_every=10", "target.value=0.55",
-        "preconditioner=sgd", "hydra.sweeper.tuning_seeds=[0,1]", "hydra.sweeper.confirmation_seeds=[5,6,7,8,9,10,11,12,13,14]",
+        "preconditioner=sgd", "hydra.sweeper.tuning_seeds=[0,1]",
+        "hydra.sweeper.confirmation_seeds=[5,6,7,8,9,10,11,12,13,14]",
         "hydra.sweeper.stages=[7,10]", "hydra.sweeper.data_draws=2",
         "hydra.sweeper.arms={fast:{grid:{lr:[0.1,0.3]}},slow:{grid:{lr:[1e-6,2e-6]}},twin:{grid:{lr:[0.1,0.3]}}}",
         "hydra.sweeper.claims=[{claim:fast beats slow,metric:val/loss,better:fast,than:slow},"
@@ -144,7 +145,8 @@ def test_a_claim_on_a_final_value_reads_each_arm_at_its_best_median_final_value(
     assert "chosen_final" not in selection["arms"]["b"] or selection["arms"]["b"]["chosen_final"] is not None
     verdict = json.loads((sweep / "verdicts.json").read_text())[0]
     point = selection["arms"]["a"]["chosen_final"]["lr"]
-    on_disk = [read_summary(sweep / "confirmation" / "a" / f"lr={point}" / f"seed{s}")["val/loss"] for s in range(5, 11)]
+    on_disk = [read_summary(sweep / "confirmation" / "a" / f"lr={point}" / f"seed{s}")["val/loss"]
+               for s in range(5, 11)]
     assert verdict["evidence"]["better"]["values"] == on_disk
     assert "a@final" in (sweep / "comparison.md").read_text()
 

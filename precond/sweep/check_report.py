@@ -1,10 +1,12 @@
 """The report of a check script (a closed-form or curvature experiment run outside the tuned sweeps).
 
 Writes ``comparison.md`` (title, what was run, tables, plots, the verdict lines) and ``verdicts.json``
-(every :class:`~precond.sweep.verdicts.Verdict`), the two files ``make results`` collects. A check whose
-verdicts come from declared claims (:func:`write_judged_check_report`) also keeps its evidence
-(``evidence.json.gz``: the claims, the per-seed values, the text sections), so that a change to the verdict rule
-re-judges it in seconds (:func:`rejudge_check_report`) instead of rerunning it.
+(every :class:`~precond.sweep.verdicts.Verdict`), the two files ``make results`` collects, and the evidence
+(``evidence.json.gz``) that lets :func:`rejudge_check_report` redo them in seconds without rerunning the check:
+for a check judged on declared claims (:func:`write_judged_check_report`) the claims, the per-seed values and
+the text sections, judged again by today's rule; for a check whose script decides its verdicts itself
+(:func:`write_check_report`: a fitted slope against its prediction) the sections and the verdicts as decided,
+re-rendered.
 """
 from __future__ import annotations
 
@@ -24,7 +26,17 @@ def markdown_table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> s
 
 
 def write_check_report(out: Path, name: str, sections: Sequence[str], verdicts: Sequence[Verdict]) -> str:
-    """Write ``out/comparison.md`` and ``out/verdicts.json``; return the markdown."""
+    """Write the report of a check whose script decided its verdicts itself (a fitted slope against its
+    prediction, an identity): ``comparison.md``, ``verdicts.json`` and the evidence to re-render them
+    (``evidence.json.gz``: the text sections and the verdicts as decided); return the markdown."""
+    out.mkdir(parents=True, exist_ok=True)
+    write_evidence(out / EVIDENCE, {"format": FORMAT, "kind": "fixed", "name": name, "sections": list(sections),
+                                    "verdicts": [v.as_dict() for v in verdicts]})
+    return _render(out, name, list(sections), list(verdicts))
+
+
+def _render(out: Path, name: str, sections: list, verdicts: list) -> str:
+    """``comparison.md`` and ``verdicts.json`` of a check."""
     out.mkdir(parents=True, exist_ok=True)
     text = (f"# {name}\n\n" + "\n\n".join(s.strip() for s in sections) + "\n\n## Verdicts\n\n"
             + "".join(f"- {v.line()}\n" for v in verdicts))
@@ -54,8 +66,13 @@ def write_judged_check_report(out: Path, name: str, sections: Sequence[str], cla
 
 
 def rejudge_check_report(out: Path) -> list[Verdict]:
-    """Judge and write a check's report again from its stored evidence (nothing is rerun)."""
+    """Judge (declared claims) or re-render (verdicts the script decided) a check's report from its stored
+    evidence; nothing is rerun."""
     evidence = read_evidence(out / EVIDENCE)
+    if evidence.get("kind") == "fixed":
+        verdicts = [Verdict(**v) for v in evidence["verdicts"]]
+        _render(out, evidence["name"], evidence["sections"], verdicts)
+        return verdicts
     claims = [Claim(**c) for c in evidence["claims"]]
     runs = {arm: {int(s): v for s, v in by.items()} for arm, by in evidence["runs"].items()}
     _judged(out, evidence["name"], evidence["sections"], claims, runs, evidence["seeds"])
@@ -65,4 +82,4 @@ def rejudge_check_report(out: Path) -> list[Verdict]:
 def _judged(out: Path, name: str, sections: list, claims: list, runs: dict, seeds: list) -> str:
     verdicts = judge_all(claims, runs, seeds)
     rule = f"{families_text(claims, len(seeds), 0)}. Rule: {RULE}."
-    return write_check_report(out, name, [*sections, rule], verdicts)
+    return _render(out, name, [*sections, rule], verdicts)
