@@ -71,3 +71,9 @@ def test_every_tuned_experiment_searches_a_fair_grid_and_confirms_on_fresh_seeds
         assert len(spec.confirmation_seeds) >= 10
     for claim in claims:
         assert all(isinstance(side, float) or side.arm in sweeper["arms"] for side in claim.sides)
+    # every claim says what it is (a prediction, a control or exploratory), and every family can reach p < 0.05
+    from precond.sweep.verdicts import check_families
+
+    assert all("role" in c for c in sweeper.get("claims") or []), name
+    stages = sweeper.get("stages") or [len(spec.confirmation_seeds)]
+    check_families(claims, stages[0], len(spec.tuning_seeds), len(stages))
