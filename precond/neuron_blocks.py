@@ -22,6 +22,15 @@ from precond.ggn import output_loss_hessian_blocks
 from precond.invariance import param_offsets
 
 
+def condition_number(eigenvalues: Tensor) -> float:
+    """``λmax/λmin`` of a PSD matrix from its ascending eigenvalues; ∞ when ``λmin ≤ n·ε·λmax`` (ε the dtype's
+    machine epsilon): below that the computed λmin is rounding, and a "finite" κ of 1e16 would be noise that a
+    bound then compares against."""
+    lam_min, lam_max = float(eigenvalues[0]), float(eigenvalues[-1])
+    floor = eigenvalues.numel() * torch.finfo(eigenvalues.dtype).eps * lam_max
+    return lam_max / lam_min if lam_max > 0 and lam_min > floor else float("inf")
+
+
 def neuron_bounds(model: nn.Sequential, loss_fn: Callable, x: Tensor, y: Tensor, ggn: Tensor) -> list[dict]:
     """For every neuron of every Linear layer of a float64 Sequential model without BatchNorm: κ of its GGN
     block (from ``ggn``, the dense GGN of the mean loss over ``(x, y)``), κ(Dᵢ), κ(ĤᵀĤ), whether the bound holds,
@@ -41,16 +50,14 @@ def neuron_bounds(model: nn.Sequential, loss_fn: Callable, x: Tensor, y: Tensor,
             ju = vmap(jacrev(lambda row, tail=tail: tail(row[None])[0]))(u)  # N × K × width
             d = torch.einsum("nki,nkl,nli->ni", ju, loss_blocks, ju).detach()  # D_{n,i}
             ext = torch.cat([h.reshape(h.shape[0], -1), torch.ones(h.shape[0], 1, dtype=h.dtype)], dim=1)
-            eig_h = torch.linalg.eigvalsh(ext.T @ ext)
-            kappa_h = float(eig_h[-1] / eig_h[0]) if float(eig_h[0]) > 0 else float("inf")
+            kappa_h = condition_number(torch.linalg.eigvalsh(ext.T @ ext))
             w0, b0, d_in = offsets[id(m.weight)], offsets[id(m.bias)], m.in_features
             for i in range(m.out_features):
                 index = torch.tensor([*range(w0 + i * d_in, w0 + (i + 1) * d_in), b0 + i])
                 block = ggn[index][:, index]
                 formula = ext.T @ (d[:, i:i + 1] * ext)  # Ĥᵀ Dᵢ Ĥ
                 error = float((block - formula).abs().max()) / max(float(block.abs().max()), 1e-300)
-                eig_b = torch.linalg.eigvalsh(block)
-                kappa_block = float(eig_b[-1] / eig_b[0]) if float(eig_b[0]) > 0 else float("inf")
+                kappa_block = condition_number(torch.linalg.eigvalsh(block))
                 d_min, d_max = float(d[:, i].min()), float(d[:, i].max())
                 kappa_d = d_max / d_min if d_min > 0 else float("inf")
                 bound = kappa_d * kappa_h

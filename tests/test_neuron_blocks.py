@@ -41,3 +41,19 @@ def test_refuses_batchnorm():
     with pytest.raises(ValueError, match="BatchNorm"):
         neuron_bounds(model, F.cross_entropy, torch.zeros(4, 4, dtype=torch.float64), torch.zeros(4).long(),
                       torch.eye(48, dtype=torch.float64))
+
+
+def test_a_numerically_singular_matrix_has_an_infinite_condition_number_not_a_rounding_one():
+    """A rank-deficient ĤᵀĤ computes to λmin ≈ 1e-17·λmax in float64: κ ≈ 1e16 is rounding. Read as a number, it
+    made the bound report violations that are noise (kappa_plus, seed 11); it is ∞, and the bound vacuous."""
+    from precond.neuron_blocks import condition_number
+
+    g = torch.Generator().manual_seed(0)
+    a = torch.randn(50, 3, generator=g, dtype=torch.float64)
+    singular = torch.cat([a, a[:, :1] * 3.0], dim=1)  # a column that repeats another: rank 3 of 4
+    eig = torch.linalg.eigvalsh(singular.T @ singular)
+    assert 0 < abs(float(eig[0])) / float(eig[-1]) < 1e-14  # rounding, not zero, not a gap
+    assert condition_number(eig) == float("inf")
+    full = torch.linalg.eigvalsh(a.T @ a)
+    assert condition_number(full) == pytest.approx(float(full[-1] / full[0]), rel=1e-12)
+    assert condition_number(torch.tensor([0.0, 0.0])) == float("inf")
