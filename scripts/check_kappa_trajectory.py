@@ -46,7 +46,7 @@ LINEAR_ARMS = {"sgd": 0.1, "adagrad": 0.1, "rmsprop": 3e-3, "adam": 0.01}
 MLP_ARMS = {"plain": ("none", "sgd", 0.05), "batchnorm": ("batchnorm", "sgd", 0.05), "bnp": ("none", "bnp", 0.05)}
 LINEAR_STEPS, MLP_STEPS, EVERY, BATCH = 3000, 2000, 100, 32
 #: least squares runs to stationarity: ‖p − p*‖/‖p*‖ at most this (p* in closed form), within MAX_LINEAR_STEPS
-STATIONARY, MAX_LINEAR_STEPS = 0.01, 40000
+STATIONARY, MAX_LINEAR_STEPS = 0.01, 20000
 SETTLED = 1.5
 #: a κ⁺ within 2× of 1/NULL_RTOL is set by the eigenvalue cut, not measured: a comparison there is invalid
 FLOOR = 0.5 / NULL_RTOL

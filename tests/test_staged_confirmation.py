@@ -88,7 +88,7 @@ TINY = ["hydra/sweeper=tuned", "hydra.mode=MULTIRUN", "steps=40", "eval_every=10
         "hydra.sweeper.stages=[7,10]", "hydra.sweeper.data_draws=2",
         "hydra.sweeper.arms={fast:{grid:{lr:[0.1,0.3]}},slow:{grid:{lr:[1e-6,2e-6]}},twin:{grid:{lr:[0.1,0.3]}}}",
         "hydra.sweeper.claims=[{claim:fast beats slow,metric:val/loss,better:fast,than:slow},"
-        "{claim:fast beats its twin,metric:val/loss,better:fast,than:twin,role:exploratory}]"]
+        "{claim:fast beats its twin,metric:val/loss,better:fast,than:twin,role:control}]"]
 
 
 def test_a_staged_sweep_runs_the_second_look_only_for_the_open_claims_arms_and_rejudges_from_evidence(tmp_path):
@@ -164,3 +164,14 @@ def test_a_selection_rule_a_claim_cannot_use_is_refused_before_any_run(tmp_path,
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err, err
     assert not list((tmp_path / "s").rglob("summary.json"))
+
+
+def test_an_exploratory_claim_is_settled_at_the_first_look():
+    """More seeds go where the theory or a control speaks: an open exploratory claim does not call for them."""
+    exploratory = Claim("c is lower than d", better="c", than="d", metric="m", scale="difference", margin=0.05,
+                        role="exploratory")
+    runs = _runs(c=[0.1] * 20, d=[0.5] * 8 + [0.1] * 2 + [0.5] * 10)
+    (v,) = judge_staged([exploratory], runs, SEEDS, stages=[10, 20])
+    assert v.verdict == "inconclusive" and v.effect["look"] == [1, 2, 10]
+    assert arms_to_extend([exploratory], runs, SEEDS, [10, 20], look=0) == []
+    assert arms_to_extend([CLOSE], runs, SEEDS, [10, 20], look=0) == ["c", "d"]

@@ -477,7 +477,8 @@ def judge_staged(claims: list[Claim], runs: dict, seeds: list, stages: Optional[
                  invalid_arms: Optional[dict] = None, tuning: Optional[tuple[dict, list]] = None) -> list[Verdict]:
     """Every claim judged by staged confirmation: at look k on the first ``stages[k]`` of ``seeds`` (each look
     spends α/K, :func:`judge_all`); a claim keeps the verdict of the first look that decides it, an open claim
-    (``inconclusive``) goes on to the next look if its arms have that look's runs, and the last look is final."""
+    (``inconclusive``) goes on to the next look if its arms have that look's runs, and the last look is final.
+    Exploratory claims are settled at the first look: more seeds are spent where the theory or a control speaks."""
     stages = list(stages or [len(seeds)])
     return _settle_looks(claims, runs, seeds, stages, len(stages), invalid_arms, tuning)  # type: ignore[return-value]
 
@@ -513,7 +514,7 @@ def _settle_looks(claims, runs, seeds, stages, upto, invalid_arms, tuning) -> li
                 continue
             last = k + 1 == looks
             ahead = k + 1 == upto  # the next look has not been run yet: an open claim waits for it
-            more = (not last and claims[i].stage == "confirmation"
+            more = (not last and claims[i].stage == "confirmation" and claims[i].role != "exploratory"
                     and (ahead or _has_runs(claims[i], runs, seeds[:stages[k + 1]])))
             if v.verdict in DECIDED or not more:
                 if looks > 1:
