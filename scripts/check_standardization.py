@@ -11,11 +11,11 @@ verdicts.json into --out.
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 from precond.data import digits, synthetic
 from precond.normalization import extended_gram_kappas
+from precond.sweep.check_report import write_check_report
 from precond.sweep.verdicts import Verdict
 
 RTOL = 1e-6
@@ -45,13 +45,8 @@ def main() -> None:
         verdicts.append(Verdict(f"{name}: standardization lowers κ⁺([X 1]ᵀ[X 1])",
                                 "holds" if k["kappa_standardized"] < k["kappa_raw"] else "fails", RULE_DROP, k,
                                 f"{k['kappa_raw']:.4g} → {k['kappa_standardized']:.4g}"))
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    text = ("# standardization\n\nκ⁺ of [X 1]ᵀ[X 1]/N on the training split, float64.\n\n" + "\n".join(rows)
-            + "\n\n## Verdicts\n\n" + "".join(f"- {v.line()}\n" for v in verdicts))
-    (out / "comparison.md").write_text(text, encoding="utf-8")
-    (out / "verdicts.json").write_text(json.dumps([v.as_dict() for v in verdicts], indent=2) + "\n")
-    print(text)
+    print(write_check_report(Path(args.out), "standardization",
+                             ["κ⁺ of [X 1]ᵀ[X 1]/N on the training split, float64.", "\n".join(rows)], verdicts))
 
 
 if __name__ == "__main__":
