@@ -220,7 +220,9 @@ def section(results: list[dict], total: float) -> str:
              f"{trained / 60:.1f} min to run (the sum of the times below); this regeneration took "
              f"{total / 60:.1f} min (an experiment whose training inputs had not changed was re-judged from its "
              "stored evidence). Each tuned experiment searched every arm's own grid, chose by the stated rule and "
-             "confirmed on fresh seeds; the verdict rule is stated under each table.", ""]
+             "confirmed on fresh seeds; the verdict rule is stated under each table. Role `check`: a verdict a "
+             "check script decides by its own stated rule (a fitted slope's interval against its prediction, a "
+             "closed form), outside the paired rule's families.", ""]
     every = [v for r in results for v in _verdicts(r["name"])]
     counts = {s: sum(v["verdict"] == s for v in every) for s in STATES}
     lines += [f"**{len(every)} claims: {counts['holds']} hold, {counts['noninferior']} non-inferior, "
@@ -233,7 +235,8 @@ def section(results: list[dict], total: float) -> str:
         for v in _verdicts(r["name"]):
             effect = effect_text(v["effect"]) if v.get("effect") else "—"
             p = "—" if v.get("p_value") is None else f"{v['p_value']:.3g} ({v['p_adjusted']:.3g})"
-            role = (v.get("effect") or {}).get("role", "identity" if v["verdict"] == "identity" else "—")
+            # a check script's own verdict (a fitted slope against its prediction, a closed form) has no family
+            role = (v.get("effect") or {}).get("role", "identity" if v["verdict"] == "identity" else "check")
             lines.append(f"| [{r['name']}](#{r['name'].replace('_', '-')}) | {v['claim']} | {role} | "
                          f"**{v['verdict']}** | {effect} | {p} |")
     for r in results:

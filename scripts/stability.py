@@ -53,7 +53,8 @@ def reuse_tuning(name: str) -> str:
     """Hard-link the committed result's tuning runs into the stability sweep dir (a copy where links fail)."""
     source, target = RESULTS / name / "tuning", OUT / name / "tuning"
     if target.exists() or not source.exists():
-        return "reused" if target.exists() else "absent: the tuning runs again (run `make results` first to reuse it)"
+        return "reused" if target.exists() else (f"not found in {source.parent} (one-point grids have none; "
+                                                 "otherwise run `make results` first, or the tuning runs again)")
     target.parent.mkdir(parents=True, exist_ok=True)
     try:
         shutil.copytree(source, target, copy_function=_link)
