@@ -42,7 +42,7 @@ bench: install  ## benchmarks (incl. basic vs packed sweeps): tables with the ba
 	$(BIN)/python scripts/bench_bnp.py $(ARGS)
 	$(BIN)/python scripts/bench_sweep.py $(ARGS)
 
-results: install  ## every claim's experiment → docs/results/ and the README's Results (reruns what training changed, re-judges the rest; ARGS=--fresh: all)
+results: install  ## every claim's experiment → docs/results/ and docs/results.md (reruns what training changed, re-judges the rest; ARGS=--fresh: all)
 	$(BIN)/python scripts/results.py $(ARGS)
 
 recheck: install  ## recompute every committed verdict from its per-seed values with scipy.stats (exit 1 on any difference)

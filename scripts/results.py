@@ -1,4 +1,4 @@
-"""Regenerate the README's Results section from scratch (``make results``), on CPU.
+"""Regenerate the Results page, docs/results.md (``make results``), on CPU.
 
 Each experiment's result depends on two sets of inputs, fingerprinted apart (see :func:`fingerprints`):
 
@@ -9,7 +9,7 @@ Each experiment's result depends on two sets of inputs, fingerprinted apart (see
 * **judging** — the verdict rule, the statistics, the report code and the experiment's claims: a change
   only re-judges and re-renders the committed evidence, in seconds.
 
-Then it writes the section between the README's ``<!-- results:start -->`` and ``<!-- results:end -->``
+Then it writes the section of docs/results.md between its ``<!-- results:start -->`` and ``<!-- results:end -->``
 markers: a table of every verdict, then per claim the command, its wall time, the chosen hyperparameters
 per arm, the tables, the plots and the verdict lines. Nothing is hand-pasted.
 
@@ -37,11 +37,11 @@ from precond.sweep.verdicts import STATES
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "outputs" / "results"
 DOCS = ROOT / "docs" / "results"
-README = ROOT / "README.md"
+RESULTS_PAGE = ROOT / "docs" / "results.md"  # the generated Results page (the README links to it)
 START, END = "<!-- results:start -->", "<!-- results:end -->"
 PY = sys.executable
 
-#: (name, command) in the order of the README; tuned experiments run through the one entry point
+#: (name, command) in the order of the Results page; tuned experiments run through the one entry point
 EXPERIMENTS = [
     ("local_rate", [PY, "scripts/check_local_rate.py", "--out", "{out}"]),
     ("standardization", [PY, "scripts/check_standardization.py", "--out", "{out}"]),
@@ -142,8 +142,8 @@ def provenance(out: Path, name: str, seconds: float) -> dict:
     commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
     changed = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT, capture_output=True,
                              text=True).stdout.splitlines()
-    # what make results writes itself (the reports, the README's Results) does not make the tree dirty
-    dirty = [line for line in changed if not line[3:].startswith(("docs/results/", "README.md"))]
+    # what make results writes itself (the reports, the Results page) does not make the tree dirty
+    dirty = [line for line in changed if not line[3:].startswith(("docs/results/", "docs/results.md", "README.md"))]
     config = out / "multirun.yaml"
     prints = fingerprints(ROOT, name)
     commit += "-dirty" if dirty else ""
@@ -245,7 +245,7 @@ def section(results: list[dict], total: float) -> str:
         text = "\n".join(line for line in text.splitlines() if not line.startswith("# "))
         text = text.replace("## ", "#### ")
         for image in sorted(p.name for p in (DOCS / r["name"]).glob("*.png")):
-            text = text.replace(f"]({image})", f"](docs/results/{r['name']}/{image})")
+            text = text.replace(f"]({image})", f"](results/{r['name']}/{image})")
         status = "" if r["exit"] == 0 else f" — **exit {r['exit']}** (see outputs/results/{r['name']}.log)"
         lines += ["", f"### {r['name']}", "", f"`{r['command']}` — {r['seconds']:.0f} s{status}", "", text.strip()]
     return "\n".join(lines + ["", END])
@@ -269,7 +269,7 @@ def _verdicts(name: str) -> list[dict]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--only", nargs="*", help="run only these (the README keeps the others' last report)")
+    parser.add_argument("--only", nargs="*", help="run only these (the Results page keeps the others' last report)")
     parser.add_argument("--keep", action="store_true", help="resume into existing outputs instead of starting over")
     parser.add_argument("--fresh", action="store_true", help="rerun every experiment, even where only the judging "
                         "changed (the default re-judges those from their stored evidence)")
@@ -293,12 +293,12 @@ def main() -> None:
             results.append(run(name, command, args.keep))
     total = time.perf_counter() - t0
     timings.write_text(json.dumps({r["name"]: r for r in results}, indent=2) + "\n")
-    text = README.read_text(encoding="utf-8")
+    text = RESULTS_PAGE.read_text(encoding="utf-8")
     if START not in text or END not in text:
-        raise SystemExit(f"README.md has no {START} … {END} markers")
+        raise SystemExit(f"docs/results.md has no {START} … {END} markers")
     head, rest = text.split(START, 1)
-    README.write_text(head + section(results, total) + rest.split(END, 1)[1], encoding="utf-8")
-    print(f"README Results regenerated ({total / 60:.1f} min)")
+    RESULTS_PAGE.write_text(head + section(results, total) + rest.split(END, 1)[1], encoding="utf-8")
+    print(f"docs/results.md regenerated ({total / 60:.1f} min)")
     if any(r["exit"] != 0 for r in results):
         raise SystemExit(1)
 

@@ -98,3 +98,13 @@ def here(tmp_path, capsys, monkeypatch):
         return SimpleNamespace(returncode=code, stdout=out.out, stderr=out.err)
 
     return call
+
+
+def load_script(name: str):
+    """A module of ``scripts/`` (not a package) by file name, for tests of its functions."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import gzip
-import importlib.util
 import json
 import math
 import random
@@ -12,15 +11,13 @@ import pytest
 
 from precond.sweep.evidence import EvidenceError, read_evidence, write_evidence
 from precond.sweep.verdicts import Claim, judge_staged
+from tests.conftest import load_script
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
 def _script(name: str):
-    spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(name)
 
 
 def test_evidence_round_trips_non_finite_numbers_and_the_same_evidence_gives_the_same_bytes(tmp_path):

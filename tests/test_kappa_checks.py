@@ -1,7 +1,6 @@
 """The κ check scripts: every claim names metrics their runs record, and the pipelines measure what they say."""
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 import subprocess
@@ -11,15 +10,13 @@ from pathlib import Path
 import pytest
 
 from precond.sweep.verdicts import Side
+from tests.conftest import load_script
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
 def _script(name: str):
-    spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(name)
 
 
 def _claimed_metrics(claims) -> set[tuple[str, str]]:
