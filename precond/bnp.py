@@ -64,16 +64,23 @@ def batch_moments(module: nn.Module, h: Tensor) -> tuple[Tensor, Tensor]:
 
 
 def transform_layer_grads(module: nn.Module, g_w: Tensor, g_b: Optional[Tensor], mean: Tensor, var: Tensor,
-                          eps: float) -> tuple[Tensor, Optional[Tensor]]:
-    """``(G̃_W, g̃_b)`` from ``(G_W, g_b)`` and the input statistics ``μ, σ²`` (see the module docstring)."""
+                          eps) -> tuple[Tensor, Optional[Tensor]]:
+    """``(G̃_W, g̃_b)`` from ``(G_W, g_b)`` and the input statistics ``μ, σ²`` (see the module docstring).
+
+    The same for a pack of J jobs (:mod:`precond.sweep.pack_training`): every tensor then carries a
+    leading job axis (``G_W`` ``[J, O, F]``, ``μ`` ``[J, F]``) and ``eps`` may be one value per job.
+    """
     conv = isinstance(module, nn.Conv2d)
-    shape = (1, -1, 1, 1) if conv else (1, -1)
-    inv = (var + eps).reciprocal().view(shape)
+    lead = tuple(mean.shape[:-1])  # () for one run, (J,) for a pack
+    shape = lead + ((1, -1, 1, 1) if conv else (1, -1))
+    if isinstance(eps, Tensor):
+        eps = eps.view(*lead, *([1] * (len(shape) - len(lead))))
+    inv = (var.view(shape) + eps).reciprocal()
     if g_b is None:
         return g_w * inv, None
     mu = mean.view(shape)
-    g_w_new = (g_w - g_b.view((-1,) + (1,) * (g_w.ndim - 1)) * mu) * inv
-    g_b_new = g_b - (g_w_new * mu).sum(dim=tuple(range(1, g_w.ndim)))
+    g_w_new = (g_w - g_b.view(g_b.shape + (1,) * (g_w.ndim - g_b.ndim)) * mu) * inv
+    g_b_new = g_b - (g_w_new * mu).sum(dim=tuple(range(g_b.ndim, g_w.ndim)))
     return g_w_new, g_b_new
 
 
@@ -90,57 +97,101 @@ class BNPTransform(Link):
     namespace = "bnp"
 
     def __init__(self, model: nn.Module):
-        self.layers = bnp_layers(model)
+        layers = bnp_layers(model)
+        #: (layer, weight, bias): the layer says Linear or Conv2d; weight and bias are what the optimizer steps
+        self.entries: list[tuple[nn.Module, Tensor, Optional[Tensor]]] = [(m, m.weight, m.bias) for m in layers]
         self._pending: dict[nn.Module, tuple[Tensor, Tensor]] = {}
-        for layer in self.layers:  # the hooks live as long as the model
+        for layer in layers:  # the hooks live as long as the model
             layer.register_forward_pre_hook(self._record)
-        self._by_weight = {id(layer.weight): layer for layer in self.layers}
 
     def _record(self, module: nn.Module, args) -> None:
         if module.training:
             self._pending[module] = batch_moments(module, args[0])
 
+    def take_pending(self, layer: nn.Module) -> Optional[tuple[Tensor, Tensor]]:
+        """The latest batch moments of ``layer`` not yet committed (None when there are none)."""
+        return self._pending.pop(layer, None)
+
+    def for_pack(self, layout) -> Link:
+        return PackedBNPTransform(layout)
+
     def begin_step(self, optimizer) -> None:
         """Commit the latest pending batch moments of each layer into its running statistics."""
         groups = {id(p): g for g in optimizer.param_groups for p in g["params"]}
-        for layer, (m1_batch, m2_batch) in self._pending.items():
-            group = groups.get(id(layer.weight))
-            if group is None:
+        for layer, weight, _ in self.entries:
+            moments = self.take_pending(layer)
+            group = groups.get(id(weight))
+            if moments is None or group is None:
                 continue
-            state = optimizer.state[layer.weight]
-            rho = group["rho"]
+            m1_batch, m2_batch = moments
+            state = optimizer.state[weight]
+            rho = _per_row(group["rho"], m1_batch)
             if self.key("m1") not in state:
                 state[self.key("m1")] = torch.zeros_like(m1_batch)
                 state[self.key("m2")] = torch.zeros_like(m2_batch)
                 state[self.key("count")] = 0
             m1, m2 = state[self.key("m1")], state[self.key("m2")]
-            m1.mul_(1 - rho).add_(m1_batch, alpha=rho)
-            m2.mul_(1 - rho).add_(m2_batch, alpha=rho)
+            if isinstance(rho, Tensor):  # one rate per job of a pack
+                m1.mul_(1 - rho).add_(m1_batch * rho)
+                m2.mul_(1 - rho).add_(m2_batch * rho)
+            else:
+                m1.mul_(1 - rho).add_(m1_batch, alpha=rho)
+                m2.mul_(1 - rho).add_(m2_batch, alpha=rho)
             state[self.key("count")] += 1
             correction = 1 - (1 - rho) ** state[self.key("count")]
             state[self.key("mean")] = m1 / correction
             state[self.key("var")] = (m2 / correction - state[self.key("mean")] ** 2).clamp_(min=0)
-        self._pending.clear()
 
     def transform(self, ctxs, directions):
         out = [list(d) for d in directions]
         where = {id(p): (c, i) for c, ctx in enumerate(ctxs) for i, p in enumerate(ctx.params)}
-        for layer in self.layers:
-            w_at = where.get(id(layer.weight))
+        for layer, weight, bias in self.entries:
+            w_at = where.get(id(weight))
             if w_at is None:
                 continue
             c, i = w_at
-            state = ctxs[c].states[i]
-            if self.key("mean") not in state or state[self.key("count")] < ctxs[c].group["bnp_warmup"]:
+            state, group = ctxs[c].states[i], ctxs[c].group
+            if self.key("mean") not in state:
                 continue
-            b_at = where.get(id(layer.bias)) if layer.bias is not None else None
+            past_warmup = state[self.key("count")] >= group["bnp_warmup"]  # a bool, or one per job in a pack
+            if not bool(past_warmup.any()) if isinstance(past_warmup, Tensor) else not past_warmup:
+                continue
+            b_at = where.get(id(bias)) if bias is not None else None
             g_b = out[b_at[0]][b_at[1]] if b_at is not None else None
-            g_w, g_b = transform_layer_grads(layer, out[c][i], g_b, state[self.key("mean")],
-                                             state[self.key("var")], ctxs[c].group["bnp_eps"])
+            g_w, g_b_new = transform_layer_grads(layer, out[c][i], g_b, state[self.key("mean")],
+                                                 state[self.key("var")], group["bnp_eps"])
+            if isinstance(past_warmup, Tensor) and not bool(past_warmup.all()):  # jobs still in their warm-up
+                g_w = torch.where(past_warmup.view(-1, *[1] * (g_w.ndim - 1)), g_w, out[c][i])
+                g_b_new = None if g_b is None else torch.where(past_warmup.view(-1, *[1] * (g_b.ndim - 1)),
+                                                               g_b_new, g_b)
             out[c][i] = g_w
             if b_at is not None:
-                out[b_at[0]][b_at[1]] = g_b
+                out[b_at[0]][b_at[1]] = g_b_new
         return out
+
+
+def _per_row(value, like: Tensor):
+    """A hyperparameter as a number, or (one per job in a pack) a column ``[J, 1]`` against ``[J, F]``."""
+    return value.view(-1, *[1] * (like.ndim - 1)) if isinstance(value, Tensor) else value
+
+
+class PackedBNPTransform(BNPTransform):
+    """BNP for jobs ``start … stop-1`` of a pack (:mod:`precond.sweep.pack_training`): the same
+    arithmetic on stacked tensors, every statistic ``[J, F]`` the jobs' own. The stacked model
+    records each training forward's input moments per job (``StackedModel.moments``) in place of
+    the hooks of a model alone."""
+
+    def __init__(self, layout):
+        self.moments, self.start, self.stop = layout.moments, layout.start, layout.stop
+        views = dict(zip(layout.names, layout.views))
+        self.entries = [(m, views[f"{name}.weight"], views.get(f"{name}.bias") if m.bias is not None else None)
+                        for name, m in layout.base.named_modules()
+                        if isinstance(m, nn.Linear) or (isinstance(m, nn.Conv2d) and m.groups == 1)]
+        self._names = {id(m): name for name, m in layout.base.named_modules()}
+
+    def take_pending(self, layer: nn.Module) -> Optional[tuple[Tensor, Tensor]]:
+        moments = self.moments.get(self._names[id(layer)])
+        return None if moments is None else tuple(m[self.start:self.stop] for m in moments)
 
 
 def check_model_for_bnp(model: nn.Module, allow_batchnorm: bool) -> None:

@@ -23,6 +23,7 @@ helpers below, so the mathematics is written once for both.
 """
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Optional, Union
@@ -157,3 +158,24 @@ class Link:
 
     def key(self, name: str) -> str:
         return f"{self.namespace}.{name}"
+
+    def for_pack(self, layout: PackLayout) -> Link:
+        """This link for jobs ``layout.start … stop-1`` of a pack. Links that only do arithmetic on the
+        parameters and their state are copied; a link tied to a model's own layers (BNP) rebuilds
+        itself on the stacked parameters."""
+        return copy.deepcopy(self)
+
+
+@dataclass
+class PackLayout:
+    """What a link may need to know about the pack it steps (:mod:`precond.sweep.pack_training`):
+    the stacked parameters' names and the segment's views of them (``[stop-start, …]``), the
+    architecture (``base``, on the meta device), and the per-job input moments the stacked
+    model records at each training forward."""
+
+    names: list[str]
+    views: list[Tensor]
+    base: object
+    moments: dict
+    start: int
+    stop: int

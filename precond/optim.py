@@ -83,10 +83,16 @@ class ComposedOptimizer(torch.optim.Optimizer):
         self.needs_graph = any(getattr(link, "needs_graph", False) for link in links)
         preconditioner.keep_denominator = any(link.needs_precond for link in links)
 
-    def with_chain_over(self, params: ParamsT, defaults: dict) -> ComposedOptimizer:
+    def with_chain_over(self, params: ParamsT, defaults: dict, layout=None) -> ComposedOptimizer:
         """A new optimizer with copies of this one's links over other parameters and hyperparameters
-        (packed training: the same chain on stacked parameters with per-job hyperparameters)."""
-        preconditioner, before, after, momentum, post = copy.deepcopy(self.chain)
+        (packed training: the same chain on stacked parameters with per-job hyperparameters; each link
+        is rebuilt for the pack's ``layout``, :meth:`precond.chain.Link.for_pack`)."""
+        if layout is None:
+            preconditioner, before, after, momentum, post = copy.deepcopy(self.chain)
+        else:
+            preconditioner, before, after, momentum, post = (
+                link.for_pack(layout) if link is not None and not isinstance(link, list)
+                else [x.for_pack(layout) for x in link] if link is not None else None for link in self.chain)
         return ComposedOptimizer(params, defaults, preconditioner, before=before, after=after, momentum=momentum,
                                  post=post)
 

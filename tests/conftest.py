@@ -18,6 +18,20 @@ os.environ.setdefault("WANDB_DISABLE_GIT", "true")
 _SESSION = Path(tempfile.mkdtemp(prefix="precond-tests-"))
 os.environ.setdefault("PRECOND_DATA_ROOT", str(_SESSION / "data"))
 os.environ.setdefault("PRECOND_OUTPUT_ROOT", str(_SESSION / "outputs"))
+# one CPU thread for every run (in this process and in the CLI subprocesses) and sleeping OpenMP waits: the
+# tests' models are small, and one thread is the fastest setting for them (measured: README, "Performance")
+os.environ.setdefault("PRECOND_THREADS", "1")
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads (any import below may load it)
+_TEST_THREADS = int(os.environ["PRECOND_THREADS"]) if os.environ["PRECOND_THREADS"].isdigit() else None
+
+
+def pytest_report_header(config):
+    import torch
+
+    if _TEST_THREADS is not None:
+        torch.set_num_threads(_TEST_THREADS)
+    return (f"precond: PRECOND_THREADS={os.environ['PRECOND_THREADS']}, "
+            f"OMP_WAIT_POLICY={os.environ['OMP_WAIT_POLICY']}, torch threads {torch.get_num_threads()}")
 
 
 def run_cli(tmp_path: Path, *overrides: str, multirun: bool = False, env: dict | None = None,

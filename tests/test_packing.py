@@ -204,9 +204,13 @@ def test_pack_key_groups_stackable_jobs_and_says_why_others_train_alone():
                    "regularization": {"name": "l1", "variable": "z", "strength": 0.3, "form": "prox"}}
     assert pack_key(other_chain)[0] == pack_key(base)[0]  # one model, one data, one loop: one pack
     assert pack_key({**base, "model": {"name": "mlp"}})[0] != pack_key(base)[0]
-    assert "bnp" in pack_key({**base, "preconditioner": {"name": "bnp"}})[1]
-    assert "BatchNorm" in pack_key({**base, "normalization": {"name": "batchnorm"}})[1]
-    assert "gradnorm" in pack_key({**base, "regularization": {"name": "gradnorm"}})[1]
+    mlp = {**base, "model": {"_target_": "precond.models.MLPModel"}}
+    resnet = {**base, "model": {"_target_": "precond.models.ResNetModel"}}
+    assert pack_key({**mlp, "preconditioner": {"name": "bnp"}})[0] is not None
+    assert pack_key({**mlp, "normalization": {"name": "batchnorm"}})[0] is not None
+    assert "bnp" in pack_key({**resnet, "preconditioner": {"name": "bnp"}})[1]
+    assert "BatchNorm" in pack_key({**resnet, "normalization": {"name": "batchnorm"}})[1]
+    assert "gradnorm" in pack_key({**mlp, "regularization": {"name": "gradnorm"}})[1]
 
 
 SMALL = ["steps=60", "eval_every=20", "batch_size=32", "dataset.n_train=512", "dataset.n_val=128",
@@ -234,9 +238,38 @@ def test_mlp_with_l2_in_p_and_z_and_l1_prox_packed_equal_alone(tmp_path):
                          _sweep(tmp_path, f"{name}_packed", "packed", *sweep))
 
 
+def test_batchnorm_bnp_and_layernorm_mlps_packed_equal_alone(tmp_path):
+    """BatchNorm (each job's own batch statistics and running statistics), BNP (each job's own running
+    moments, per-job rates, the transform past its warm-up) and LayerNorm on an MLP: packed = alone."""
+    common = ["model=mlp", "model.widths=[8,6]", "dataset=digits", "steps=40", "eval_every=20", "batch_size=16",
+              "target.metric=val/acc", "target.value=0.5", "seed=0,1"]
+    for name, arm in (("bn_ln", ["normalization_arm=batchnorm,layernorm", "lr=0.01,0.05"]),
+                      ("bnp", ["normalization_arm=bnp", "preconditioner.bnp_warmup=5", "lr=0.01",
+                               "preconditioner.rho=0.1,0.3"])):
+        alone = _sweep(tmp_path, f"{name}_alone", "basic", *common, *arm)
+        packed = _sweep(tmp_path, f"{name}_packed", "packed", *common, *arm)
+        assert_same_runs(alone, packed)
+        if name == "bnp":  # the transform ran: BNP's statistics are in every job's optimizer state
+            state = torch.load(_jobs(packed)[0] / "optimizer.pt", weights_only=True)["state"]
+            assert any(v.get("bnp.count") == 40 for v in state.values())
+
+
+def test_cnns_with_batchnorm_groupnorm_and_bnp_packed_equal_alone(tmp_path):
+    """The CNN: convolutions with the job axis folded into the channels, BatchNorm2d and GroupNorm on
+    that layout, BNP's moments per input channel: packed = alone (float64)."""
+    common = ["model=cnn", "model.channels=[3,4]", "dataset=mnist5k", "steps=12", "eval_every=6", "batch_size=8",
+              "seed=0,1", "lr=0.01"]
+    arms = "normalization_arm=batchnorm,layernorm"
+    assert_same_runs(_sweep(tmp_path, "alone", "basic", *common, arms),
+                     _sweep(tmp_path, "packed", "packed", *common, arms))
+    bnp = [*common, "normalization_arm=bnp", "preconditioner.bnp_warmup=3"]
+    assert_same_runs(_sweep(tmp_path, "bnp_alone", "basic", *bnp), _sweep(tmp_path, "bnp_packed", "packed", *bnp))
+
+
 def test_stackable_and_unstackable_jobs_in_one_sweep(tmp_path, capsys):
-    """BNP trains alone (and says why, once); the Adam jobs are packed; all equal their solo runs."""
-    sweep = ["model=mlp", "model.widths=[8]", "preconditioner=adam,bnp", "seed=0,1", *SMALL]
+    """A gradient-norm penalty trains alone (and says why, once); the Adam jobs are packed; all equal
+    their solo runs."""
+    sweep = ["model=mlp", "model.widths=[8]", "regularization=none,gradnorm", "seed=0,1", *SMALL]
     alone = _sweep(tmp_path, "alone", "basic", *sweep)
     capsys.readouterr()
     packed = _sweep(tmp_path, "packed", "packed", *sweep)
@@ -244,7 +277,7 @@ def test_stackable_and_unstackable_jobs_in_one_sweep(tmp_path, capsys):
     assert_same_runs(alone, packed, expect_packed=False)
     summaries = [read_summary(p) for p in _jobs(packed)]
     assert [s.get("packed") for s in summaries] == [2, 2, None, None]
-    assert out.count("2 job(s) train one at a time: preconditioner=bnp hooks") == 1, out
+    assert out.count("2 job(s) train one at a time: regularization=gradnorm re-evaluates") == 1, out
 
 
 def test_a_diverging_member_stops_alone_and_the_others_go_on(tmp_path):
@@ -258,13 +291,18 @@ def test_a_diverging_member_stops_alone_and_the_others_go_on(tmp_path):
     assert_same_runs(alone, packed)
 
 
-def test_an_interrupted_pack_resumes_to_the_uninterrupted_result(tmp_path, monkeypatch):
-    """Stop a pack of SGD (L2 in p) and Adam (L2 in z) jobs mid-run: every member leaves a
-    checkpoint; the re-run resumes them as a pack, to the uninterrupted result."""
+@pytest.mark.parametrize("sweep", [
+    ["preconditioner=sgd,adam", "regularization=l2", "regularization.strength=0.01", "regularization.variable=p,z",
+     "seed=0,1", "lr=0.01,0.03", *SMALL],
+    ["model=mlp", "model.widths=[6]", "normalization=batchnorm", "preconditioner=bnp", "preconditioner.bnp_warmup=10",
+     "preconditioner.allow_batchnorm=true", "seed=0,1", "lr=0.01,0.02", *SMALL],
+], ids=["sgd-adam-l2", "batchnorm-bnp"])
+def test_an_interrupted_pack_resumes_to_the_uninterrupted_result(tmp_path, monkeypatch, sweep):
+    """Stop a pack mid-run (SGD with L2 in p and Adam with L2 in z; BatchNorm and BNP, whose running
+    statistics are state too): every member leaves a checkpoint; the re-run resumes them as a pack,
+    to the uninterrupted result."""
     from precond.sweep import pack_jobs as train
 
-    sweep = ["preconditioner=sgd,adam", "regularization=l2", "regularization.strength=0.01",
-             "regularization.variable=p,z", "seed=0,1", "lr=0.01,0.03", *SMALL]
     reference = _sweep(tmp_path, "reference", "basic", *sweep)
     polls = {"n": 0}
     real = train.run_pack
@@ -388,11 +426,16 @@ def test_sigint_mid_pack_leaves_every_member_resumable_with_its_own_wandb_run(tm
         assert len(runs) == 2 and all(r.name.endswith(wandb_id) for r in runs)
 
 
-def test_sigkill_mid_mixed_pack_loses_at_most_one_checkpoint_interval_and_resumes_exactly(tmp_path):
-    """A real SIGKILL to a packed sweep of SGD (L2 in p) and Adam (L2 in z) jobs, checkpointed by time
-    every 0.5 s: every member's last checkpoint is at most one interval (plus slack for a loaded
-    machine) old when the process dies, and the same command resumes every member as one pack to
-    exactly the result of the sweep never killed (float64)."""
+@pytest.mark.parametrize("jobs", [
+    ["preconditioner=sgd,adam", "regularization=l2", "regularization.strength=0.001", "regularization.variable=p,z"],
+    ["model=mlp", "model.widths=[6]", "dataset=digits", "normalization=batchnorm", "preconditioner=bnp",
+     "preconditioner.bnp_warmup=50", "preconditioner.allow_batchnorm=true", "lr=0.001,0.002", "seed=0,1"],
+], ids=["sgd-adam-l2", "batchnorm-bnp"])
+def test_sigkill_mid_mixed_pack_loses_at_most_one_checkpoint_interval_and_resumes_exactly(tmp_path, jobs):
+    """A real SIGKILL to a packed sweep of SGD (L2 in p) and Adam (L2 in z) jobs, or of BNP on a
+    BatchNorm MLP, checkpointed by time every 0.5 s: every member's last checkpoint is at most one
+    interval (plus slack for a loaded machine) old when the process dies, and the same command
+    resumes every member as one pack to exactly the result of the sweep never killed (float64)."""
     import os
     import signal
     import subprocess
@@ -401,9 +444,9 @@ def test_sigkill_mid_mixed_pack_loses_at_most_one_checkpoint_interval_and_resume
 
     from tests.conftest import ROOT
 
-    argv = ["-m", "hydra/launcher=packed", "preconditioner=sgd,adam", "regularization=l2",
-            "regularization.strength=0.001", "regularization.variable=p,z", "steps=20000", "eval_every=2000",
-            "dtype=float64", "checkpoint_every_s=0.5", "logger=none"]
+    steps = 20000 if "preconditioner=bnp" not in jobs else 6000  # a BNP step costs about three linear ones
+    argv = ["-m", "hydra/launcher=packed", *jobs, f"steps={steps}", f"eval_every={steps // 10}", "dtype=float64",
+            "checkpoint_every_s=0.5", "logger=none"]
     sweep = tmp_path / "killed"
     proc = subprocess.Popen([sys.executable, "-m", "precond.run.entry", *argv, "progress=false",
                              f"hydra.sweep.dir={sweep}"], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)

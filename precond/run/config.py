@@ -45,6 +45,7 @@ from precond.settings import (
     rule_of,
     setting,
 )
+from precond.threads import THREADS_ENV, ThreadCount
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
@@ -89,6 +90,9 @@ class RunOptions(Settings):
     lr: float = setting(LEARNING_RATE, 1e-3, doc="learning rate η", fix="e.g. lr=0.01")
     channels_last: bool = setting(Flag(), False)
     compile: bool = setting(Flag(), False)
+    threads: Any = setting(ThreadCount(), "auto", doc="CPU threads: auto (1 for a small step, else every core "
+                           "this process may use) or a count", fix=f"threads=auto or a count; {THREADS_ENV} in "
+                           "the environment sets the default")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -68,6 +68,7 @@ from precond.run.interrupts import StoppedBetweenRuns, StopRequest, stop_between
 from precond.run.loop import LoopSettings, train
 from precond.run.paths import default_data_root
 from precond.sweep.callbacks import write_sweep_report
+from precond.threads import apply_threads, choose_threads, forward_flops
 
 log = logging.getLogger("precond")
 
@@ -239,6 +240,7 @@ def prepare(settings: RunSettings, job: JobInfo, base: dict, runlog: RunLog, dat
     monitors = build_monitors(settings, model, optimizer, data)
     loop = settings.loop
     base["parameters"] = sum(p.numel() for p in model.parameters())
+    base.update(settle_threads(settings, model, data))
     parts = RunParts(model, optimizer, scheduler, monitors, runlog.wandb_id)
     if resume is not None:
         parts.restore(resume)
@@ -246,6 +248,17 @@ def prepare(settings: RunSettings, job: JobInfo, base: dict, runlog: RunLog, dat
     log.info("%s | %s params on %s | %s", ",".join(base["overrides"]) or "defaults",
              base["parameters"], settings.device, job.run_dir)
     return PreparedRun(parts, loop, job.run_dir, base, resume["loop"] if resume is not None else None)
+
+
+def settle_threads(settings: RunSettings, model: torch.nn.Module, data, jobs: int = 1) -> dict:
+    """Choose and apply the run's CPU threads (:mod:`precond.threads`) from the ``threads`` key and the
+    forward FLOPs of one training step (``jobs`` models, as in a pack, each on a batch of ``batch_size``);
+    returns both for the summary."""
+    setting = settings.options.threads
+    flops = forward_flops(model, data.x_train[:1]) * settings.loop.batch_size * jobs
+    count = choose_threads(setting, flops)
+    apply_threads(count)
+    return {"threads": count, "step_flops": flops / jobs}  # the run's own step (a pack's is jobs × that)
 
 
 def finish_run(run_: PreparedRun, runlog: RunLog, summary: dict) -> None:

@@ -250,8 +250,8 @@ def _artifact_name(text: str) -> str:
 
 #: config keys that change no result of a run (neither its training nor any number it records): the one
 #: list behind every "these keys do not matter" rule (run-dir reuse, labels, packs)
-RESULT_FREE_KEYS = ("logger", "progress", "progress_every_s", "checkpoint_every", "checkpoint_every_s", "paths",
-                    "dataset.root", "dataset.cache_dir", "dataset.download")
+RESULT_FREE_KEYS = ("logger", "threads", "progress", "progress_every_s", "checkpoint_every", "checkpoint_every_s",
+                    "paths", "dataset.root", "dataset.cache_dir", "dataset.download")
 
 
 def is_under(key: str, keys) -> bool:

@@ -29,6 +29,7 @@ from precond.run.entry import (
     open_runlog,
     prepare,
     save_resolved_config,
+    settle_threads,
     target_value,
     write_failure,
 )
@@ -88,11 +89,13 @@ def _train_one_pack(stack: contextlib.ExitStack, members: list, results: list, s
             with failures_written(runlog, job.run_dir, base):
                 data = data or load_data(settings)  # one dataset: the pack's jobs share its config
                 prepared.append((i, runlog, prepare(settings, job, base, runlog, data, checkpoint), job.label))
+                pack_settings = settings  # the members share every key that sets the thread count
         except Exception as err:
             results[i] = err
     if not prepared:
         return
     log.info("training %d jobs as one pack", len(prepared))
+    threads = settle_threads(pack_settings, prepared[0][2].parts.model, data, jobs=len(prepared))
     members = [PackMember(p.parts.model, p.parts.optimizer, p.loop, runlog, p.parts.scheduler, p.parts.monitors,
                           p.parts.saver(p.run_dir), p.resume, label=label or "")
                for _, runlog, p, label in prepared]
@@ -104,7 +107,7 @@ def _train_one_pack(stack: contextlib.ExitStack, members: list, results: list, s
             results[i] = err
         return
     for (i, runlog, p, _), summary in zip(prepared, summaries):
-        summary = {**p.base, **summary, "packed": len(prepared)}
+        summary = {**p.base, **summary, "packed": len(prepared), **threads}
         finish_run(p, runlog, summary)
         results[i] = summary
 

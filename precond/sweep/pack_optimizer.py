@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from precond.chain import PackLayout
 from precond.optim import ComposedOptimizer
 
 _SCALARS = (str, bool, int, float, type(None))
@@ -68,7 +69,7 @@ class _LearningRates:
         return self.value
 
 
-def stack_optimizer(optimizers: list[ComposedOptimizer], params: list[Tensor]) -> ComposedOptimizer:
+def stack_optimizer(optimizers: list[ComposedOptimizer], params: list[Tensor], layout=None) -> ComposedOptimizer:
     """Jobs' optimizers with one chain as one over the stacked ``params``: the first job's chain,
     every hyperparameter per job (a tensor where they differ), the jobs' states stacked."""
     groups = [opt.param_groups for opt in optimizers]
@@ -86,7 +87,7 @@ def stack_optimizer(optimizers: list[ComposedOptimizer], params: list[Tensor]) -
         else:
             defaults[key] = _per_job(values, device, dtype)
     defaults["stacked"] = True  # the links' view of a parameter's own shape drops the leading job axis
-    packed = optimizers[0].with_chain_over(params, defaults)
+    packed = optimizers[0].with_chain_over(params, defaults, layout)
     solo_params = [g[0]["params"] for g in groups]
     for i, p in enumerate(params):
         states = [opt.state.get(ps[i], {}) for opt, ps in zip(optimizers, solo_params)]  # .get: state is a
@@ -139,13 +140,17 @@ class PackOptimizer:
     each segment its slice of the gradient and steps the segment's chain with its jobs' own lrs.
     """
 
-    def __init__(self, optimizers: list[ComposedOptimizer], params: list[Tensor]):
+    def __init__(self, optimizers: list[ComposedOptimizer], params: list[Tensor], stacked=None):
+        """``stacked``: the :class:`~precond.sweep.pack_training.StackedModel` whose ``params`` these are
+        (links tied to a model's layers, BNP, need its names, architecture and recorded moments)."""
         self.params = params
         device, dtype = params[0].device, params[0].dtype
         self.segments = []
         for start, stop in segment_bounds([chain_signature(opt) for opt in optimizers]):
             views = [p.detach()[start:stop] for p in params]  # share P's storage: updates land in P
-            self.segments.append(Segment(start, stop, stack_optimizer(optimizers[start:stop], views), views,
+            layout = None if stacked is None else PackLayout(stacked.names, views, stacked.base, stacked.moments,
+                                                             start, stop)
+            self.segments.append(Segment(start, stop, stack_optimizer(optimizers[start:stop], views, layout), views,
                                          _LearningRates(device, dtype)))
 
     def _segment(self, job: int) -> Segment:
@@ -174,8 +179,10 @@ class PackOptimizer:
             state = segment.optimizer.state.get(view)
             if not state:
                 continue
-            optimizer.state[solo] = {key: value[local].clone() if isinstance(value, Tensor)
-                                     and value.shape == view.shape else value for key, value in state.items()}
+            # every tensor of a pack's state has the job axis first (stacked from the jobs' states, or
+            # created by a link from the stacked parameters): the job's own entry is its slice
+            optimizer.state[solo] = {key: value[local].clone() if isinstance(value, Tensor) and value.ndim >= 1
+                                     else value for key, value in state.items()}
 
     @torch.no_grad()
     def freeze(self, job: int) -> None:
@@ -186,7 +193,7 @@ class PackOptimizer:
         for view in segment.views:
             view[local].zero_()
             for value in segment.optimizer.state.get(view, {}).values():
-                if isinstance(value, Tensor) and value.shape == view.shape:
+                if isinstance(value, Tensor) and value.ndim >= 1 and value.is_floating_point():
                     value[local].zero_()
 
     @property

@@ -25,14 +25,20 @@ BOOKKEEPING = ("name", "stage", "arm", "target", "dataset.target_metric", "datas
                *RESULT_FREE_KEYS)
 
 
+#: models the stacked model batches explicitly (:class:`~precond.sweep.pack_training.StackedModel`):
+#: Sequentials of dense, convolutional, normalization, pooling and activation layers
+EXPLICITLY_BATCHED = ("precond.models.LinearModel", "precond.models.MLPModel", "precond.models.CNNModel")
+
+
 def alone_reason(config: dict) -> Optional[str]:
     """Why a run with this resolved config cannot be packed, or None when it can."""
-    if config.get("preconditioner", {}).get("name") == "bnp":
-        return "preconditioner=bnp hooks the model's own layers"
+    batched = config.get("model", {}).get("_target_") in EXPLICITLY_BATCHED
+    if config.get("preconditioner", {}).get("name") == "bnp" and not batched:
+        return "preconditioner=bnp needs a model the pack batches explicitly (linear, mlp, cnn)"
     if config.get("regularization", {}).get("name") == "gradnorm":
         return "regularization=gradnorm re-evaluates the loss at per-job perturbed parameters"
-    if config.get("normalization", {}).get("name") == "batchnorm":
-        return "BatchNorm updates its running statistics in place, which vmap cannot batch"
+    if config.get("normalization", {}).get("name") == "batchnorm" and not batched:
+        return "BatchNorm's running statistics need a model the pack batches explicitly (linear, mlp, cnn)"
     if config.get("compile"):
         return "compile=true compiles one model at a time"
     if config.get("channels_last"):
