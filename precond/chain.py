@@ -170,8 +170,8 @@ class Link:
 class PackLayout:
     """What a link may need to know about the pack it steps (:mod:`precond.sweep.pack_training`):
     the stacked parameters' names and the segment's views of them (``[stop-start, …]``), the
-    architecture (``base``, on the meta device), and the per-job input moments the stacked
-    model records at each training forward."""
+    architecture (``base``, on the meta device), the per-job input moments the stacked
+    model records at each training forward, and its stacked buffers."""
 
     names: list[str]
     views: list[Tensor]
@@ -179,3 +179,5 @@ class PackLayout:
     moments: dict
     start: int
     stop: int
+    #: the stacked buffers (BatchNorm's running statistics of every job)
+    buffers: list = None

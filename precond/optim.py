@@ -117,10 +117,13 @@ class ComposedOptimizer(torch.optim.Optimizer):
         return ctxs
 
     @torch.no_grad()
-    def step(self, closure: Optional[Callable[[], Tensor]] = None) -> Optional[Tensor]:
+    def step(self, closure: Optional[Callable[[], Tensor]] = None,
+             reevaluate: Optional[Callable[[], Tensor]] = None) -> Optional[Tensor]:
         """One step. ``closure`` (zero_grad, forward, backward, return loss) is
-        required when a regularizer needs extra gradients."""
-        if closure is None and self.needs_closure:
+        required when a regularizer needs extra gradients. ``reevaluate``: the gradients are
+        already in ``p.grad`` and this closure serves only the regularizer's extra evaluations
+        (a pack, whose forward and backward ran once for all its jobs)."""
+        if closure is None and reevaluate is None and self.needs_closure:
             raise RuntimeError(
                 "this optimizer's regularizer needs extra gradients: call "
                 "optimizer.step(closure) with a closure that zeroes grads, runs forward "
@@ -133,7 +136,7 @@ class ComposedOptimizer(torch.optim.Optimizer):
         graph_grads = self._detach_graph_grads() if self.needs_graph else None
         for link in self.links:
             link.begin_step(self)
-        ctxs = self._contexts(closure, graph_grads)
+        ctxs = self._contexts(closure if reevaluate is None else reevaluate, graph_grads)
         if not ctxs:
             return loss
         directions = [ctx.grads for ctx in ctxs]
@@ -174,13 +177,14 @@ class ComposedOptimizer(torch.optim.Optimizer):
         params = [p for _, ps in groups for p in ps]
         zeros = sum(int((p == 0).sum()) for p in params)
         out = {"reg/sparsity": zeros / sum(p.numel() for p in params)}
-        value = self.penalty.value(groups)
+        value = self.penalty.value(groups, self.state)
         if value is not None:
             out["reg/penalty"] = value
-        share = self.penalty.share(self.state)
-        if share is not None:
-            out["reg/penalty_share"] = share
         return out
+
+    def penalty_share_totals(self) -> Optional[tuple[float, int]]:
+        """The penalty's running ``(Σ share, steps)`` (:meth:`precond.regularizers.Penalty.share_totals`)."""
+        return None if self.penalty is None else self.penalty.share_totals(self.state)
 
     def preconditioner_denominators(self) -> list[tuple[Tensor, Optional[Tensor]]]:
         """``(param, D)`` for every parameter, ``M = D⁻¹``, from the current state.

@@ -80,15 +80,16 @@ class Penalty(Link):
     def __init__(self, variable: str):
         self.variable = variable
 
-    def value(self, groups: list[tuple[float, list[Tensor]]]) -> Optional[float]:
+    def value(self, groups: list[tuple[float, list[Tensor]]], state: Optional[dict] = None) -> Optional[float]:
         """The penalty on ``p`` summed over ``(strength λ, penalized tensors)`` groups (for logging),
-        or None when it has no closed form here."""
+        or None when it has no closed form here; ``state``: the optimizer's state."""
         return None
 
-    def share(self, state: Optional[dict] = None) -> Optional[float]:
+    def share_totals(self, state: Optional[dict] = None) -> Optional[tuple[float, int]]:
         """The penalty term's share of the step's direction on the penalized tensors,
-        ``‖λ·term‖ / ‖direction without it‖``, averaged over the steps since the last call (for calibrating λ),
-        or None when not tracked."""
+        ``‖λ·term‖ / ‖direction without it‖``, summed over every step so far, and the number of steps
+        (for calibrating λ: :class:`precond.run.monitors.RegularizationMonitor` averages it between
+        evaluations), or None when not tracked."""
         return None
 
 
@@ -108,7 +109,7 @@ class L2(Penalty):
             out.append(_add_scaled(ctx, d, idx, [ctx.params[i] for i in idx], "strength") if idx else d)
         return out
 
-    def value(self, groups):
+    def value(self, groups, state=None):
         return sum(0.5 * strength * sum(float(p.detach().pow(2).sum()) for p in params) for strength, params in groups)
 
 
@@ -137,7 +138,7 @@ class L1Subgradient(Penalty):
             out.append(_add_scaled(ctx, d, idx, signs, "strength"))
         return out
 
-    def value(self, groups):
+    def value(self, groups, state=None):
         return sum(strength * sum(float(p.detach().abs().sum()) for p in params) for strength, params in groups)
 
 
@@ -164,7 +165,7 @@ class L1Prox(Penalty):
                 torch._foreach_mul_(thresholds, scale)
                 soft_threshold_(params, thresholds)
 
-    def value(self, groups):
+    def value(self, groups, state=None):
         return sum(strength * sum(float(p.detach().abs().sum()) for p in params) for strength, params in groups)
 
 
@@ -217,8 +218,8 @@ class GradNorm(Penalty):
     preconditioner (``max_m`` default :data:`DEFAULT_MAX_M`), ``g`` the raw minibatch gradient
     (not Adam's ``m̂``). The cap bounds the penalty's step by ``λ max_m² ‖H‖ ‖g‖`` whatever the
     optimizer's ``ε``; on coordinates where ``M ≤ max_m`` the penalty is exactly ``½ gᵀMg``.
-    :meth:`share` reports the mean of ``‖λ·term‖ / ‖direction‖`` over the steps since it was last read (an
-    evaluation interval), to calibrate ``λ``.
+    :meth:`share_totals` reports the running sum of ``‖λ·term‖ / ‖direction‖`` and its step count (the
+    regularization monitor averages it over each evaluation interval), to calibrate ``λ``.
 
     Hessian-vector products on the same minibatch, by
 
@@ -246,26 +247,37 @@ class GradNorm(Penalty):
         self.max_m = DEFAULT_MAX_M if max_m is None else float(max_m)
         self.buffers = list(buffers)
         self.needs_graph = backend == "double_backward"
-        self.last_penalty: Optional[float] = None
-        # Σ over steps of ‖λ·term‖/‖direction‖ since the last read and their count live in the optimizer state of
-        # the first penalized tensor (checkpointed with it: a resumed run logs the same shares); this is that tensor
-        self._anchor: Optional[Tensor] = None
+        # the last step's penalty, and Σ over steps of ‖λ·term‖/‖direction‖ since the last read with their count,
+        # live in the optimizer state of the first penalized tensor (checkpointed with it, and one entry per job
+        # in a pack, so that each job's own optimizer reads its own): :meth:`_entry` finds it
+
+    def for_pack(self, layout) -> Link:
+        """The same penalty over a pack's stacked parameters; the extra forward's side effects on buffers
+        (BatchNorm's running statistics) are undone on the pack's stacked buffers."""
+        return GradNorm(self.variable, self.backend, self.r, layout.buffers, self.max_m)
 
     @property
     def needs_precond(self) -> bool:
         return self.variable == "z"
 
+    def _entry(self, state: Optional[dict]) -> Optional[dict]:
+        """The optimizer-state entry that holds the penalty's own records (None before the first step)."""
+        if not state:
+            return None
+        return next((entry for entry in state.values() if self.key("share_steps") in entry), None)
+
     def transform(self, ctxs, directions):
         selected = [regularized_indices(ctx) for ctx in ctxs]
         if not any(selected):
             return directions
+        stacked = bool(ctxs[0].group.get("stacked"))  # a pack: every sum below is one per job
         # per group: M on the penalized params (z only), v = g (p) or M g (z)
         ms = [ctx.M(idx) if self.variable == "z" and idx else None for ctx, idx in zip(ctxs, selected)]
         ms = [None if m is None else torch._foreach_clamp_max(m, self.max_m) for m in ms]
         grads = [[ctx.grads[i] for i in idx] for ctx, idx in zip(ctxs, selected)]
         vs = [g if m is None else torch._foreach_mul(g, m) for g, m in zip(grads, ms)]
-        self.last_penalty = sum(0.5 * ctx.group["strength"] * torch.stack([(a * b).sum() for a, b in zip(g, v)]).sum()
-                                for ctx, g, v in zip(ctxs, grads, vs) if g)
+        penalty = sum(0.5 * ctx.group["strength"] * torch.stack([_sum(a * b, stacked) for a, b in zip(g, v)]).sum(0)
+                      for ctx, g, v in zip(ctxs, grads, vs) if g)
         params = [ctx.params[i] for ctx, idx in zip(ctxs, selected) for i in idx]
         hv = self.hvp(ctxs, params, [t for g in grads for t in g], [t for v in vs for t in v])
         out, start = [list(d) for d in directions], 0
@@ -276,31 +288,31 @@ class GradNorm(Penalty):
                 continue
             if m is not None:
                 torch._foreach_mul_(terms, m)  # z: M H (M g)
-            term_sq.append(ctx.group["strength"] ** 2 * _sum_sq(terms))
-            direction_sq.append(_sum_sq([out[c][i] for i in idx]))
+            term_sq.append(ctx.group["strength"] ** 2 * _sum_sq(terms, stacked))
+            direction_sq.append(_sum_sq([out[c][i] for i in idx], stacked))
             out[c] = _add_scaled(ctx, out[c], idx, terms, "strength")
         ratio = (sum(term_sq) / sum(direction_sq).clamp_min(1e-300)).sqrt()  # on the device: no sync per step
         c = next(c for c, idx in enumerate(selected) if idx)
-        self._anchor = ctxs[c].params[selected[c][0]]
+        anchor = ctxs[c].params[selected[c][0]]
         state = ctxs[c].states[selected[c][0]]
         # kept in the tensor's dtype: torch's load_state_dict casts float state to it, and a resumed run must match
-        state[self.key("share_sum")] = state.get(self.key("share_sum"), 0.0) + ratio.to(self._anchor.dtype)
+        state[self.key("penalty")] = torch.as_tensor(penalty).to(anchor.dtype)
+        state[self.key("share_sum")] = state.get(self.key("share_sum"), 0.0) + ratio.to(anchor.dtype)
         state[self.key("share_steps")] = state.get(self.key("share_steps"), 0) + 1
         return out
 
-    def share(self, state: Optional[dict] = None) -> Optional[float]:
-        """The mean over the steps since the last call of ``‖λ·term‖ / ‖direction without it‖`` (then reset);
-        ``state``: the optimizer's state (where the running sum is kept)."""
-        if self._anchor is None or state is None or not state.get(self._anchor, {}).get(self.key("share_steps")):
+    def share_totals(self, state: Optional[dict] = None) -> Optional[tuple[float, int]]:
+        """``(Σ ‖λ·term‖ / ‖direction without it‖, steps)`` over every step so far (a reader keeps its
+        last pair and takes differences: the state is never reset, so a pack's copy of it stays exact)."""
+        entry = self._entry(state)
+        if entry is None:
             return None
-        entry = state[self._anchor]
-        mean = float(entry[self.key("share_sum")]) / entry[self.key("share_steps")]
-        entry[self.key("share_sum")], entry[self.key("share_steps")] = 0.0, 0
-        return mean
+        return float(entry[self.key("share_sum")]), int(entry[self.key("share_steps")])
 
-    def value(self, groups):
+    def value(self, groups, state=None):
         """The penalty at the last step: ``λ ½‖g‖²`` (p) or ``λ ½ gᵀMg`` (z)."""
-        return None if self.last_penalty is None else float(self.last_penalty)
+        entry = self._entry(state)
+        return None if entry is None or self.key("penalty") not in entry else float(entry[self.key("penalty")])
 
     def hvp(self, ctxs, params, grads, v) -> list[Tensor]:
         """``H v`` for the listed parameters (rows and columns restricted to them), by the backend."""
@@ -309,17 +321,32 @@ class GradNorm(Penalty):
             with torch.enable_grad():
                 hv = torch.autograd.grad(graph_grads, params, grad_outputs=v, allow_unused=True)
             return [torch.zeros_like(p) if h is None else h for p, h in zip(params, hv)]
-        r = self.r if self.r is not None else next(ctx.group["strength"] for ctx in ctxs if ctx.group["strength"] > 0)
-        return self._finite_difference(ctxs, params, grads, v, r)
+        return self._finite_difference(ctxs, params, grads, v, self._radius(ctxs))
 
-    def _finite_difference(self, ctxs, params, grads, v, r: float) -> list[Tensor]:
-        """``Hv ≈ (∇f(p + r v) − ∇f(p)) / r`` with one extra closure call; everything restored after."""
+    def _radius(self, ctxs):
+        """``r``: the setting, else λ of the first penalized group; in a pack one per job (λ where it is
+        positive, 1 where it is 0: that job's term is multiplied by λ = 0 anyway)."""
+        if self.r is not None:
+            return self.r
+        strengths = [ctx.group["strength"] for ctx in ctxs]
+        stacked = next((s for s in strengths if isinstance(s, Tensor)), None)
+        if stacked is not None:
+            return torch.where(stacked > 0, stacked, torch.ones_like(stacked))
+        return next(s for s in strengths if s > 0)
+
+    def _finite_difference(self, ctxs, params, grads, v, r) -> list[Tensor]:
+        """``Hv ≈ (∇f(p + r v) − ∇f(p)) / r`` with one extra closure call; everything restored after.
+        ``r``: a number, or one per job (a pack: ``[J]``, against the parameters' leading job axis)."""
         all_params = [p for ctx in ctxs for p in ctx.params]
         saved_grads = [p.grad for p in all_params]
         saved_params = [p.detach().clone() for p in params]
         saved_buffers = [b.detach().clone() for b in self.buffers]
+        per_job = [r.view(-1, *[1] * (p.ndim - 1)) for p in params] if isinstance(r, Tensor) else None
         try:
-            torch._foreach_add_(params, v, alpha=r)
+            if per_job is None:
+                torch._foreach_add_(params, v, alpha=r)
+            else:
+                torch._foreach_add_(params, torch._foreach_mul(v, per_job))
             with torch.enable_grad():
                 ctxs[0].closure()
             perturbed = [torch.zeros_like(p) if p.grad is None else p.grad.detach() for p in params]
@@ -330,7 +357,10 @@ class GradNorm(Penalty):
             for p, g in zip(all_params, saved_grads):
                 p.grad = g
         diff = torch._foreach_sub(perturbed, grads)
-        torch._foreach_div_(diff, r)
+        if per_job is None:
+            torch._foreach_div_(diff, r)
+        else:
+            torch._foreach_div_(diff, per_job)
         return diff
 
 
@@ -338,8 +368,13 @@ class GradNorm(Penalty):
 REGULARIZERS = ("l2", "l1", "gradnorm")
 
 
-def _sum_sq(tensors: list[Tensor]) -> Tensor:
-    return torch.stack([(t.double() ** 2).sum() for t in tensors]).sum()
+def _sum(t: Tensor, stacked: bool) -> Tensor:
+    """The sum of a tensor's entries; in a pack (``stacked``) one sum per job (over all but the first axis)."""
+    return t.flatten(1).sum(dim=1) if stacked else t.sum()
+
+
+def _sum_sq(tensors: list[Tensor], stacked: bool = False) -> Tensor:
+    return torch.stack([_sum(t.double() ** 2, stacked) for t in tensors]).sum(dim=0)
 
 
 def make_penalty(name: str, variable: str, form: Optional[str] = None, backend: Optional[str] = None,

@@ -13,16 +13,22 @@ A second table runs the main tuned experiment (``experiment=compare_precondition
 job of ``make run``: tuning and confirmation runs, curvature monitors, report and verdicts)
 with each launcher and sets its wall time against the sum of its runs' ``time/train_s``.
 
+The sweeps: the default problem, an MLP on digits, and a BatchNorm-and-BNP MLP sweep shaped
+like ``bn_vs_bnp_mlp`` (48 jobs each). On CPU they run twice: on a quiet machine, and *loaded*,
+with a competing CPU-bound process running throughout (started and stopped here), as on a
+laptop, a shared login node or a CI runner.
+
 On a GPU (``--device cuda``) it adds the 100-job MNIST-shaped MLP sweep and ResNet-18
 training throughput on CIFAR-shaped data with each fast-path option on and off.
 
-    python scripts/bench_sweep.py                      # CPU: default problem + MLP on digits, 48 jobs each
+    python scripts/bench_sweep.py                      # CPU: three 48-job sweeps, quiet and loaded, + tuned job
     python scripts/bench_sweep.py --device cuda        # + 100-job MLP sweep and ResNet-18 images/s
-    python scripts/bench_sweep.py --cases default --steps 300 --no-tuned   # a quick look
+    python scripts/bench_sweep.py --cases default --steps 300 --no-tuned --quiet-only   # a quick look
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import subprocess
 import sys
@@ -45,8 +51,12 @@ CASES = {
                    "batch_size=128", "preconditioner=adam", "lr=0.0001,0.0002,0.0005,0.001,0.002,0.005,0.01,0.02,"
                    "0.05,0.1", "seed=0,1,2,3,4,5,6,7,8,9", "target.metric=val/acc", "target.value=0.9"],
                   "MNIST-shaped MLP 784-256-256-10, Adam, 10 lr × 10 seeds"),
+    "bn_bnp": (["model=mlp", "dataset=mnist5k", "normalization.standardize_inputs=true",
+                "normalization_arm=batchnorm,bnp", "batch_size=32", "eval_every=50", "lr=0.003,0.01,0.03,0.1",
+                "seed=0,1,2,3,4,5", "target.metric=val/acc", "target.value=0.9"],
+               "MLP 64-64 on the MNIST subset, BatchNorm and BNP (SGD momentum), 2 arms × 4 lr × 6 seeds"),
 }
-DEFAULT_STEPS = {"default": 1500, "digits": 1500, "mnist_mlp": 2000}
+DEFAULT_STEPS = {"default": 1500, "digits": 1500, "mnist_mlp": 2000, "bn_bnp": 400}
 
 
 #: the main tuned experiment (``make run``)
@@ -145,6 +155,34 @@ def compare_sweeps(case: str, overrides: list[str], workdir: Path) -> dict:
             "same": sum(same(s, packed[k]) for k, s in basic.items())}
 
 
+@contextlib.contextmanager
+def competing_process(on: bool):
+    """A CPU-bound process (a busy loop) for the duration, as on a laptop or a shared login node."""
+    busy = subprocess.Popen([sys.executable, "-c", "while True: pass"]) if on else None
+    try:
+        yield
+    finally:
+        if busy is not None:
+            busy.kill()
+            busy.wait()
+
+
+def sweep_table(title: str, cases: list[str], steps_override, device: str, workdir: Path, floor: float) -> None:
+    """Basic against packed for each case, one row each."""
+    print(f"\n{title}\n\n| sweep | jobs | steps | basic wall s | packed wall s | basic / packed | above the floor | "
+          "basic Σ train s | packed Σ train s | Σ train ratio | same final val/loss |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    for case in cases:
+        overrides, _ = CASES[case]
+        steps = steps_override or DEFAULT_STEPS[case]
+        row = compare_sweeps(case, [*overrides, f"steps={steps}", f"device={device}"], workdir)
+        print(f"| {case} | {row['jobs']} | {steps} | {row['basic_s']:.1f} | {row['packed_s']:.1f} | "
+              f"**{row['basic_s'] / row['packed_s']:.2f}×** | "
+              f"{(row['basic_s'] - floor) / (row['packed_s'] - floor):.2f}× | {row['basic_train_s']:.1f} | "
+              f"{row['packed_train_s']:.1f} | {row['basic_train_s'] / row['packed_train_s']:.1f}× | "
+              f"{row['same']}/{row['jobs']} |", flush=True)
+
+
 def tuned_table(device: str, workdir: Path) -> None:
     """The main tuned experiment with each launcher: wall, Σ train, wall / Σ train, and basic / packed."""
     row = compare_sweeps(TUNED, [f"experiment={TUNED}", f"device={device}"], workdir)
@@ -204,17 +242,21 @@ def resnet_throughput(device: str, batch: int, steps: int, precision: str, chann
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--cases", default=None, help="comma-separated: default,digits,mnist_mlp (default: "
-                        "default,digits on CPU; all three on CUDA)")
+    parser.add_argument("--cases", default=None, help="comma-separated: default,digits,bn_bnp,mnist_mlp (default: "
+                        "the first three on CPU; all four on CUDA)")
     parser.add_argument("--steps", type=int, default=None, help="steps per job (default: 1500, MNIST MLP 2000)")
     parser.add_argument("--no-tuned", action="store_true", help=f"skip the tuned experiment ({TUNED})")
+    parser.add_argument("--loaded", action="store_true", help="also run the sweeps with a competing CPU-bound "
+                        "process (on by default on CPU)")
+    parser.add_argument("--quiet-only", action="store_true", help="skip the loaded table")
     parser.add_argument("--resnet", action="store_true", help="ResNet-18 images/s (on by default on CUDA)")
     parser.add_argument("--resnet-batch", type=int, default=512)
     parser.add_argument("--resnet-steps", type=int, default=50)
     args = parser.parse_args()
     cuda = args.device.startswith("cuda")
-    cases = args.cases.split(",") if args.cases else (["default", "digits", "mnist_mlp"] if cuda else
-                                                        ["default", "digits"])
+    cases = args.cases.split(",") if args.cases else (["default", "digits", "bn_bnp", "mnist_mlp"] if cuda else
+                                                        ["default", "digits", "bn_bnp"])
+    args.loaded = (args.loaded or not cuda) and not args.quiet_only
     import torch
 
     print(f"# sweep throughput: torch {torch.__version__}, device {args.device}"
@@ -222,21 +264,14 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         floor = run_sweep("basic", ["steps=1", "eval_every=1", f"device={args.device}"], Path(tmp) / "floor")
         print(f"\nfloor (one job, one step: start-up, composition, report, exit): {floor:.1f} s")
-        print("\n| sweep | jobs | steps | basic wall s | packed wall s | basic / packed | above the floor | "
-              "basic Σ train s | packed Σ train s | Σ train ratio | same final val/loss |")
-        print("|---|---|---|---|---|---|---|---|---|---|---|")
-        for case in cases:
-            overrides, _ = CASES[case]
-            steps = args.steps or DEFAULT_STEPS[case]
-            row = compare_sweeps(case, [*overrides, f"steps={steps}", f"device={args.device}"], Path(tmp))
-            print(f"| {case} | {row['jobs']} | {steps} | {row['basic_s']:.1f} | {row['packed_s']:.1f} | "
-                  f"**{row['basic_s'] / row['packed_s']:.2f}×** | "
-                  f"{(row['basic_s'] - floor) / (row['packed_s'] - floor):.2f}× | {row['basic_train_s']:.1f} | "
-                  f"{row['packed_train_s']:.1f} | {row['basic_train_s'] / row['packed_train_s']:.1f}× | "
-                  f"{row['same']}/{row['jobs']} |", flush=True)
+        sweep_table("quiet machine", cases, args.steps, args.device, Path(tmp) / "quiet", floor)
         torch_s = torch_import_s()
         for case in cases:
-            print_timeline(f"{case} sweep", Path(tmp) / f"{case}_packed", torch_s)
+            print_timeline(f"{case} sweep", Path(tmp) / "quiet" / f"{case}_packed", torch_s)
+        if args.loaded:
+            with competing_process(True):
+                sweep_table("loaded: a competing CPU-bound process runs throughout", cases, args.steps, args.device,
+                            Path(tmp) / "loaded", floor)
         if not args.no_tuned:
             tuned_table(args.device, Path(tmp))
             print_timeline(f"{TUNED} experiment", Path(tmp) / f"{TUNED}_packed", torch_s)

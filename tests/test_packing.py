@@ -210,7 +210,9 @@ def test_pack_key_groups_stackable_jobs_and_says_why_others_train_alone():
     assert pack_key({**mlp, "normalization": {"name": "batchnorm"}})[0] is not None
     assert "bnp" in pack_key({**resnet, "preconditioner": {"name": "bnp"}})[1]
     assert "BatchNorm" in pack_key({**resnet, "normalization": {"name": "batchnorm"}})[1]
-    assert "gradnorm" in pack_key({**mlp, "regularization": {"name": "gradnorm"}})[1]
+    assert pack_key({**mlp, "regularization": {"name": "gradnorm", "backend": "finite_difference"}})[0] is not None
+    assert "double_backward" in pack_key({**mlp, "regularization": {"name": "gradnorm",
+                                                                    "backend": "double_backward"}})[1]
 
 
 SMALL = ["steps=60", "eval_every=20", "batch_size=32", "dataset.n_train=512", "dataset.n_val=128",
@@ -266,10 +268,32 @@ def test_cnns_with_batchnorm_groupnorm_and_bnp_packed_equal_alone(tmp_path):
     assert_same_runs(_sweep(tmp_path, "bnp_alone", "basic", *bnp), _sweep(tmp_path, "bnp_packed", "packed", *bnp))
 
 
+def test_gradient_norm_penalty_packed_equals_alone(tmp_path):
+    """The gradient-norm penalty in p and in z (finite differences: one extra pack forward and backward at
+    every job's own perturbed parameters, r = each job's λ), per-job strengths including 0, SGD and Adam,
+    and on a BatchNorm MLP (the extra forward leaves every job's running statistics as they were)."""
+    common = ["model=mlp", "model.widths=[8]", "dataset=digits", "steps=30", "eval_every=10", "batch_size=16",
+              "target.metric=val/acc", "target.value=0.5", "regularization=gradnorm", "seed=0",
+              "regularization.strength=0.0,0.01,0.1"]
+    for name, arm in (("plain", ["regularization.variable=p,z", "preconditioner=sgd,adam"]),
+                      ("bn", ["normalization=batchnorm", "preconditioner=sgd", "preconditioner.momentum=0.9",
+                              "regularization.variable=p,z"])):
+        alone = _sweep(tmp_path, f"{name}_alone", "basic", *common, *arm)
+        packed = _sweep(tmp_path, f"{name}_packed", "packed", *common, *arm)
+        assert_same_runs(alone, packed)
+        for job in _jobs(packed):  # the penalty's share of the step: measured where λ > 0, never where λ = 0
+            shares = [r.get("reg/penalty_share") for r in read_metrics(job)]
+            if "regularization.strength=0.0" in read_summary(job)["overrides"]:
+                assert shares == [None] * len(shares)
+            else:
+                assert shares[0] is None and all(s is not None and s > 0 for s in shares[1:]), job
+
+
 def test_stackable_and_unstackable_jobs_in_one_sweep(tmp_path, capsys):
-    """A gradient-norm penalty trains alone (and says why, once); the Adam jobs are packed; all equal
-    their solo runs."""
-    sweep = ["model=mlp", "model.widths=[8]", "regularization=none,gradnorm", "seed=0,1", *SMALL]
+    """A gradient-norm penalty by double backward trains alone (and says why, once); the other jobs are
+    packed; all equal their solo runs."""
+    sweep = ["model=mlp", "model.widths=[8]", "regularization=gradnorm", "regularization.backend=finite_difference,"
+             "double_backward", "seed=0,1", *SMALL]
     alone = _sweep(tmp_path, "alone", "basic", *sweep)
     capsys.readouterr()
     packed = _sweep(tmp_path, "packed", "packed", *sweep)
@@ -277,7 +301,7 @@ def test_stackable_and_unstackable_jobs_in_one_sweep(tmp_path, capsys):
     assert_same_runs(alone, packed, expect_packed=False)
     summaries = [read_summary(p) for p in _jobs(packed)]
     assert [s.get("packed") for s in summaries] == [2, 2, None, None]
-    assert out.count("2 job(s) train one at a time: regularization=gradnorm re-evaluates") == 1, out
+    assert out.count("2 job(s) train one at a time: regularization.backend=double_backward") == 1, out
 
 
 def test_a_diverging_member_stops_alone_and_the_others_go_on(tmp_path):

@@ -387,6 +387,8 @@ def test_the_default_cap_keeps_the_z_penalty_bounded_where_adams_m_reaches_one_o
 def test_penalty_share_is_the_terms_norm_over_the_directions(precond, variable):
     """reg/penalty_share = ‖λ·term‖/‖direction without it‖ at the last step, from a dense Hessian (float64):
     p with SGD: ‖λHg‖/‖g‖; z with Adam's first step (m̂ = g, v̂ = g²): ‖λM̃HM̃g‖/‖M̃... g/(|g|+ε)‖."""
+    from precond.run.monitors import RegularizationMonitor
+
     model, x, y = _setup()
     lam = 0.01
     names = [n for n, _ in model.named_parameters()]
@@ -404,7 +406,7 @@ def test_penalty_share_is_the_terms_norm_over_the_directions(precond, variable):
     opt = build_optimizer(model.parameters(), precond, lr=LR, regularization="gradnorm", variable=variable,
                           strength=lam, backend="double_backward")
     opt.step(_closure(model, opt, xb, yb))
-    share = opt.regularization_metrics()["reg/penalty_share"]
+    share = RegularizationMonitor(opt)(1, False)["reg/penalty_share"]
     assert share == pytest.approx(float(expected), rel=1e-9)
 
 
@@ -417,6 +419,8 @@ def test_max_m_outside_gradnorm_is_a_clear_error():
 
 
 def test_penalty_share_is_the_mean_over_the_steps_since_it_was_last_read():
+    from precond.run.monitors import RegularizationMonitor
+
     """Two steps, then a read: the mean of the two per-step shares (each checked against ‖λHg‖/‖g‖ with SGD, P = I,
     from a dense Hessian at that step's parameters); then the count starts again."""
     model, x, y = _setup()
@@ -433,5 +437,15 @@ def test_penalty_share_is_the_mean_over_the_steps_since_it_was_last_read():
         shares.append(float((lam * hessian(loss)(theta, xb, yb) @ g).norm() / g.norm()))
         opt.step(_closure(model, opt, xb, yb))
     assert shares[0] != pytest.approx(shares[1], rel=1e-3)  # the mean is not just one of them
-    assert opt.regularization_metrics()["reg/penalty_share"] == pytest.approx(sum(shares) / 2, rel=1e-9)
-    assert "reg/penalty_share" not in opt.regularization_metrics()  # nothing since the last read
+    monitor = RegularizationMonitor(opt)
+    assert monitor(2, False)["reg/penalty_share"] == pytest.approx(sum(shares) / 2, rel=1e-9)
+    assert "reg/penalty_share" not in monitor(2, False)  # nothing since the last read
+    # a third step, read by a monitor restored from the first one's checkpointed state: that step's share only
+    xb, yb = _batch(x, y, 2)
+    theta = torch.cat([p.detach().flatten() for p in model.parameters()])
+    g = torch.func.grad(loss)(theta, xb, yb)
+    third = float((lam * hessian(loss)(theta, xb, yb) @ g).norm() / g.norm())
+    opt.step(_closure(model, opt, xb, yb))
+    restored = RegularizationMonitor(opt)
+    restored.load_state_dict(monitor.state_dict())
+    assert restored(3, False)["reg/penalty_share"] == pytest.approx(third, rel=1e-9)

@@ -27,19 +27,27 @@ class Monitor(Protocol):
 
 
 class RegularizationMonitor:
-    """``reg/penalty`` and ``reg/sparsity`` of the optimizer's penalty at every evaluation."""
+    """``reg/penalty`` and ``reg/sparsity`` of the optimizer's penalty at every evaluation, and (gradient-norm
+    penalty) ``reg/penalty_share``: the mean over the steps since the last evaluation of the penalty term's
+    share of the step, from the optimizer's running totals less those read last time."""
 
     def __init__(self, optimizer):
         self.optimizer = optimizer
+        self.read = (0.0, 0)  # the running totals at the last evaluation
 
     def __call__(self, step: int, final: bool) -> dict:
-        return self.optimizer.regularization_metrics()
+        metrics = self.optimizer.regularization_metrics()
+        totals = self.optimizer.penalty_share_totals()
+        if metrics and totals is not None and totals[1] > self.read[1]:  # metrics: λ > 0 (a pack steps λ = 0 too)
+            metrics["reg/penalty_share"] = (totals[0] - self.read[0]) / (totals[1] - self.read[1])
+            self.read = totals
+        return metrics
 
     def state_dict(self) -> dict:
-        return {}  # stateless: it reads the optimizer, whose state is checkpointed with it
+        return {"share_read": list(self.read)}
 
     def load_state_dict(self, state: dict) -> None:
-        pass
+        self.read = tuple(state.get("share_read", (0.0, 0)))
 
 
 #: samples of the fixed training subset on which the per-layer κ(ĤᵀĤ) is computed

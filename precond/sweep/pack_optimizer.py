@@ -149,9 +149,10 @@ class PackOptimizer:
         for start, stop in segment_bounds([chain_signature(opt) for opt in optimizers]):
             views = [p.detach()[start:stop] for p in params]  # share P's storage: updates land in P
             layout = None if stacked is None else PackLayout(stacked.names, views, stacked.base, stacked.moments,
-                                                             start, stop)
+                                                             start, stop, list(stacked.buffers.values()))
             self.segments.append(Segment(start, stop, stack_optimizer(optimizers[start:stop], views, layout), views,
                                          _LearningRates(device, dtype)))
+        self.moments = stacked.moments if stacked is not None else None
 
     def _segment(self, job: int) -> Segment:
         return next(s for s in self.segments if s.start <= job < s.stop)
@@ -163,12 +164,33 @@ class PackOptimizer:
             p.grad = None
         with torch.enable_grad():
             losses = closure()
-        for segment in self.segments:
+        for segment in self.segments:  # every segment's gradient first: a re-evaluation replaces P.grad
             for view, p in zip(segment.views, self.params):
                 view.grad = None if p.grad is None else p.grad[segment.start:segment.stop]
+        for segment in self.segments:
             segment.optimizer.param_groups[0]["lr"] = segment.rates(lrs[segment.start:segment.stop])
-            segment.optimizer.step()
+            reevaluate = self._reevaluation(segment, closure) if segment.optimizer.needs_closure else None
+            segment.optimizer.step(reevaluate=reevaluate)
         return losses
+
+    def _reevaluation(self, segment: Segment, closure: Callable[[], Tensor]) -> Callable[[], Tensor]:
+        """The closure a segment's regularizer calls for an extra gradient (gradnorm's finite difference at
+        perturbed parameters): the pack's forward and backward on the same minibatches, the segment's slice
+        of the gradient in its views' ``.grad``. The stacked model's recorded input moments are those of the
+        unperturbed forward again afterwards (BNP commits only those)."""
+        def reevaluate() -> Tensor:
+            moments = dict(self.moments) if self.moments is not None else None
+            for p in self.params:
+                p.grad = None
+            with torch.enable_grad():
+                losses = closure()
+            for view, p in zip(segment.views, self.params):
+                view.grad = None if p.grad is None else p.grad[segment.start:segment.stop]
+            if moments is not None:
+                self.moments.clear()
+                self.moments.update(moments)
+            return losses
+        return reevaluate
 
     @torch.no_grad()
     def export(self, job: int, optimizer: ComposedOptimizer) -> None:

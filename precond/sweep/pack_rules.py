@@ -35,8 +35,9 @@ def alone_reason(config: dict) -> Optional[str]:
     batched = config.get("model", {}).get("_target_") in EXPLICITLY_BATCHED
     if config.get("preconditioner", {}).get("name") == "bnp" and not batched:
         return "preconditioner=bnp needs a model the pack batches explicitly (linear, mlp, cnn)"
-    if config.get("regularization", {}).get("name") == "gradnorm":
-        return "regularization=gradnorm re-evaluates the loss at per-job perturbed parameters"
+    regularization = config.get("regularization", {})
+    if regularization.get("name") == "gradnorm" and regularization.get("backend") == "double_backward":
+        return "regularization.backend=double_backward differentiates one model's gradient graph"
     if config.get("normalization", {}).get("name") == "batchnorm" and not batched:
         return "BatchNorm's running statistics need a model the pack batches explicitly (linear, mlp, cnn)"
     if config.get("compile"):
