@@ -12,7 +12,10 @@ that pool cost precond most of its speed on a machine that is doing something el
   the others. When another process holds a core, the spinning thread burns the time slice the
   descheduled thread needs, and a step takes ten times as long. ``OMP_WAIT_POLICY=PASSIVE``
   makes waiting threads sleep; :func:`quiet_waiting` sets it (unless the user set it) before
-  torch is imported, because OpenMP reads it once, when the library loads.
+  torch is imported, because OpenMP reads it once, when the library loads. Only the command
+  line does (``precond-train`` owns its process, and chooses its thread count too: sleeping
+  waits cost up to 3× with two threads on small ops, so they go with one thread there);
+  ``import precond`` as a library changes nothing process-wide.
 
 The ``threads`` config key is ``auto`` or a count (``PRECOND_THREADS`` in the environment sets
 its default). ``auto`` picks one thread for a step of fewer than :data:`SMALL_STEP_FLOPS`
@@ -43,8 +46,8 @@ SMALL_STEP_FLOPS = 1e8
 def quiet_waiting() -> None:
     """OpenMP threads that wait sleep instead of spinning (unless the user chose a policy).
 
-    Must run before ``import torch`` (OpenMP reads the variable when it loads): ``precond``'s
-    package ``__init__`` calls it first.
+    Must run before ``import torch`` (OpenMP reads the variable when it loads): the entry point
+    (:mod:`precond.run.entry`) calls it first.
     """
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 

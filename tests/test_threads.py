@@ -112,7 +112,8 @@ def test_a_run_records_and_applies_its_thread_count(tmp_path):
         torch.set_num_threads(before)
 
 
-def test_the_waiting_policy_is_set_before_torch_loads_and_a_users_choice_is_kept():
+def _policy_when_torch_loads(module: str, env: dict) -> str:
+    """``OMP_WAIT_POLICY`` at the moment ``import module`` first imports torch (an import spy)."""
     code = ("import os, sys\n"
             "seen = {}\n"
             "class Spy:\n"
@@ -120,11 +121,16 @@ def test_the_waiting_policy_is_set_before_torch_loads_and_a_users_choice_is_kept
             "        if name == 'torch' and 'torch' not in seen:\n"
             "            seen['torch'] = os.environ.get('OMP_WAIT_POLICY')\n"
             "sys.meta_path.insert(0, Spy())\n"
+            f"import {module}\n"
             "import precond\n"
-            "print(seen['torch'])\n")
+            "precond.build_optimizer\n"  # the library's attribute loads torch (if nothing did before)
+            "print(seen.get('torch'))\n")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, env=env, check=True)
+    return out.stdout.strip()
+
+
+def test_the_entry_point_sets_the_waiting_policy_before_torch_loads_and_keeps_a_users_choice():
     env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
-    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, env=env, check=True)
-    assert out.stdout.strip() == "PASSIVE"  # what OpenMP saw when torch loaded it
-    env["OMP_WAIT_POLICY"] = "ACTIVE"
-    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, env=env, check=True)
-    assert out.stdout.strip() == "ACTIVE"
+    assert _policy_when_torch_loads("precond.run.entry", env) == "PASSIVE"  # what OpenMP saw when it loaded
+    assert _policy_when_torch_loads("precond", env) == "None"  # the library alone changes nothing process-wide
+    assert _policy_when_torch_loads("precond.run.entry", {**env, "OMP_WAIT_POLICY": "ACTIVE"}) == "ACTIVE"

@@ -19,6 +19,10 @@ Packed sweep (``hydra/launcher=packed``: stackable jobs trained as one stacked m
 """
 from __future__ import annotations
 
+from precond.threads import quiet_waiting
+
+quiet_waiting()  # the CLI owns its process: OpenMP's threads sleep while they wait (read once, when torch loads)
+
 import contextlib
 import dataclasses
 import errno
