@@ -6,15 +6,16 @@ that pool cost precond most of its speed on a machine that is doing something el
 
 * **the pool size** is every core. A matrix product of a small model (an MLP on digits, a
   linear model) is split across threads that then wait on one another at each op's barrier;
-  below a few million multiply-adds per step one thread is faster (``scripts/bench_threads.py``
+  below about 1e7 FLOPs per step one thread is as fast or faster (``scripts/bench_threads.py``
   measures where);
 * **the waiting policy** of GNU OpenMP spins: a thread that finished its share busy-waits for
   the others. When another process holds a core, the spinning thread burns the time slice the
-  descheduled thread needs, and a step takes ten times as long. ``OMP_WAIT_POLICY=PASSIVE``
-  makes waiting threads sleep; :func:`quiet_waiting` sets it (unless the user set it) before
-  torch is imported, because OpenMP reads it once, when the library loads. Only the command
-  line does (``precond-train`` owns its process, and chooses its thread count too: sleeping
-  waits cost up to 3× with two threads on small ops, so they go with one thread there);
+  descheduled thread needs, and a step takes ten times as long. Sleeping instead
+  (``OMP_WAIT_POLICY=PASSIVE``) has its own price on a quiet machine: waking a thread at every
+  op makes two threads up to 3× slower than one on small ops, and costs 1.6× on a tuned
+  experiment that spinning threads run fastest. :func:`quiet_waiting` therefore looks before
+  torch loads (OpenMP reads the policy once): a busy machine gets sleeping waits, a quiet one a
+  short bounded spin. Only the command line does this (``precond-train`` owns its process);
   ``import precond`` as a library changes nothing process-wide.
 
 The ``threads`` config key is ``auto`` or a count (``PRECOND_THREADS`` in the environment sets
@@ -40,16 +41,30 @@ from precond.settings import Rule
 THREADS_ENV = "PRECOND_THREADS"
 #: below this many forward FLOPs per training step one thread trains as fast as two or faster, on
 #: 2 cores (scripts/bench_threads.py: whole runs, optimizer and evaluation included)
-SMALL_STEP_FLOPS = 1e8
+SMALL_STEP_FLOPS = 1e7
 
 
-def quiet_waiting() -> None:
-    """OpenMP threads that wait sleep instead of spinning (unless the user chose a policy).
+#: GNU OpenMP's spin before a waiting thread sleeps, on a machine that is quiet when the run starts: short
+#: enough that a process which starts competing later costs ~2× (a full default spin costs ~12×), long
+#: enough to keep most of spinning's speed (scripts/bench_threads.py)
+BOUNDED_SPIN = 20000
 
-    Must run before ``import torch`` (OpenMP reads the variable when it loads): the entry point
-    (:mod:`precond.run.entry`) calls it first.
+
+def quiet_waiting() -> str:
+    """Choose how OpenMP's waiting threads wait, before torch loads (OpenMP reads it once): the entry point
+    (:mod:`precond.run.entry`) calls it first. Returns what it chose.
+
+    * the user set ``OMP_WAIT_POLICY`` or ``GOMP_SPINCOUNT``: theirs (``"user"``);
+    * another process keeps a core busy now: ``OMP_WAIT_POLICY=PASSIVE``, waiting threads sleep (``"sleep"``);
+    * a quiet machine: ``GOMP_SPINCOUNT`` = :data:`BOUNDED_SPIN`, a short spin, then sleep (``"bounded spin"``).
     """
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    if "OMP_WAIT_POLICY" in os.environ or "GOMP_SPINCOUNT" in os.environ:
+        return "user"
+    if busy_cores(0.05) >= 0.5:
+        os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
+        return "sleep"
+    os.environ["GOMP_SPINCOUNT"] = str(BOUNDED_SPIN)
+    return "bounded spin"
 
 
 def available_cores() -> int:

@@ -57,7 +57,8 @@ def train_seconds(overrides: list[str], packed: bool, threads) -> tuple[float, f
         if proc.returncode != 0:
             raise SystemExit(f"sweep failed ({proc.returncode}): {' '.join(args)}\n{proc.stderr[-2000:]}")
         summaries = [json.loads(p.read_text()) for p in Path(tmp).glob("*/summary.json")]
-    return sum(s["time/train_s"] for s in summaries), summaries[0]["step_flops"], summaries[0]["threads"]
+    step_flops = summaries[0]["step_flops"] * summaries[0].get("packed", 1)  # a pack's step: every job's
+    return sum(s["time/train_s"] for s in summaries), step_flops, summaries[0]["threads"]
 
 
 def table(names: list[str]) -> None:

@@ -113,13 +113,13 @@ def test_a_run_records_and_applies_its_thread_count(tmp_path):
 
 
 def _policy_when_torch_loads(module: str, env: dict) -> str:
-    """``OMP_WAIT_POLICY`` at the moment ``import module`` first imports torch (an import spy)."""
+    """``OMP_WAIT_POLICY/GOMP_SPINCOUNT`` at the moment ``import module`` first imports torch (an import spy)."""
     code = ("import os, sys\n"
             "seen = {}\n"
             "class Spy:\n"
             "    def find_spec(self, name, path=None, target=None):\n"
             "        if name == 'torch' and 'torch' not in seen:\n"
-            "            seen['torch'] = os.environ.get('OMP_WAIT_POLICY')\n"
+            "            seen['torch'] = f\"{os.environ.get('OMP_WAIT_POLICY')}/{os.environ.get('GOMP_SPINCOUNT')}\"\n"
             "sys.meta_path.insert(0, Spy())\n"
             f"import {module}\n"
             "import precond\n"
@@ -129,8 +129,23 @@ def _policy_when_torch_loads(module: str, env: dict) -> str:
     return out.stdout.strip()
 
 
-def test_the_entry_point_sets_the_waiting_policy_before_torch_loads_and_keeps_a_users_choice():
-    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
-    assert _policy_when_torch_loads("precond.run.entry", env) == "PASSIVE"  # what OpenMP saw when it loaded
-    assert _policy_when_torch_loads("precond", env) == "None"  # the library alone changes nothing process-wide
-    assert _policy_when_torch_loads("precond.run.entry", {**env, "OMP_WAIT_POLICY": "ACTIVE"}) == "ACTIVE"
+def test_the_entry_point_chooses_the_waiting_policy_before_torch_loads_and_keeps_a_users_choice():
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")}
+    # what OpenMP saw when it loaded: sleeping waits (a busy machine) or a bounded spin (a quiet one)
+    assert _policy_when_torch_loads("precond.run.entry", env) in ("PASSIVE/None", f"None/{threads.BOUNDED_SPIN}")
+    assert _policy_when_torch_loads("precond", env) == "None/None"  # the library alone changes nothing
+    assert _policy_when_torch_loads("precond.run.entry", {**env, "OMP_WAIT_POLICY": "ACTIVE"}) == "ACTIVE/None"
+    assert _policy_when_torch_loads("precond.run.entry", {**env, "GOMP_SPINCOUNT": "5"}) == "None/5"
+
+
+def test_waiting_sleeps_on_a_busy_machine_and_spins_briefly_on_a_quiet_one(monkeypatch):
+    for key in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT"):
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.setattr(threads, "busy_cores", lambda interval_s=0.1: 1.0)
+    assert threads.quiet_waiting() == "sleep" and os.environ["OMP_WAIT_POLICY"] == "PASSIVE"
+    assert "GOMP_SPINCOUNT" not in os.environ
+    monkeypatch.delenv("OMP_WAIT_POLICY")
+    monkeypatch.setattr(threads, "busy_cores", lambda interval_s=0.1: 0.1)
+    assert threads.quiet_waiting() == "bounded spin" and os.environ["GOMP_SPINCOUNT"] == str(threads.BOUNDED_SPIN)
+    assert "OMP_WAIT_POLICY" not in os.environ
+    assert threads.quiet_waiting() == "user"  # a value already there (here: ours) is kept
