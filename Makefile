@@ -24,7 +24,8 @@ $(BIN)/precond-train: pyproject.toml
 run: install  ## main job: tuned SGD (± momentum) vs AdaGrad vs RMSProp vs Adam (β₁ = 0.9, 0) on the embedded ill-conditioned problem
 	$(BIN)/precond-train experiment=compare_preconditioners
 
-test: install  ## fast tests (slow and GPU tests excluded)
+test: install  ## fast tests (slow and GPU tests excluded; one CPU thread per run, their fastest setting)
+	@echo "tests run with PRECOND_THREADS=1 OMP_WAIT_POLICY=PASSIVE (tests/conftest.py): one thread is fastest for their small models"
 	$(BIN)/python -m pytest -q --durations=15
 
 test-slow: install  ## every experiment end to end (marker slow)
@@ -40,6 +41,8 @@ bench: install  ## benchmarks (incl. basic vs packed sweeps): tables with the ba
 	$(BIN)/python scripts/bench_optimizer.py $(ARGS)
 	$(BIN)/python scripts/bench_curvature.py $(ARGS)
 	$(BIN)/python scripts/bench_bnp.py $(ARGS)
+	$(BIN)/python scripts/bench_threads.py
+	$(BIN)/python scripts/bench_threads.py --loaded
 	$(BIN)/python scripts/bench_sweep.py $(ARGS)
 
 results: install  ## every claim's experiment → docs/results/ and docs/results.md (reruns what training changed, re-judges the rest; ARGS=--fresh: all)

@@ -260,7 +260,7 @@ def test_cnns_with_batchnorm_groupnorm_and_bnp_packed_equal_alone(tmp_path):
     """The CNN: convolutions with the job axis folded into the channels, BatchNorm2d and GroupNorm on
     that layout, BNP's moments per input channel: packed = alone (float64)."""
     common = ["model=cnn", "model.channels=[3,4]", "dataset=mnist5k", "steps=12", "eval_every=6", "batch_size=8",
-              "seed=0,1", "lr=0.01"]
+              "seed=0,1", "lr=0.01", "eval_train_samples=64"]
     arms = "normalization_arm=batchnorm,layernorm"
     assert_same_runs(_sweep(tmp_path, "alone", "basic", *common, arms),
                      _sweep(tmp_path, "packed", "packed", *common, arms))
@@ -468,7 +468,7 @@ def test_sigkill_mid_mixed_pack_loses_at_most_one_checkpoint_interval_and_resume
 
     from tests.conftest import ROOT
 
-    steps = 20000 if "preconditioner=bnp" not in jobs else 6000  # a BNP step costs about three linear ones
+    steps = 20000 if "preconditioner=bnp" not in jobs else 4000  # a BNP step costs about four linear ones
     argv = ["-m", "hydra/launcher=packed", *jobs, f"steps={steps}", f"eval_every={steps // 10}", "dtype=float64",
             "checkpoint_every_s=0.5", "logger=none"]
     sweep = tmp_path / "killed"
