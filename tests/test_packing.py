@@ -240,6 +240,13 @@ def test_mlp_with_l2_in_p_and_z_and_l1_prox_packed_equal_alone(tmp_path):
                          _sweep(tmp_path, f"{name}_packed", "packed", *sweep))
 
 
+def _packed_equal_alone(tmp_path, name: str, *overrides: str):
+    """The same sweep with the basic and the packed launcher, every job equal; returns the packed sweep dir."""
+    packed = _sweep(tmp_path, f"{name}_packed", "packed", *overrides)
+    assert_same_runs(_sweep(tmp_path, f"{name}_alone", "basic", *overrides), packed)
+    return packed
+
+
 def test_batchnorm_bnp_and_layernorm_mlps_packed_equal_alone(tmp_path):
     """BatchNorm (each job's own batch statistics and running statistics), BNP (each job's own running
     moments, per-job rates, the transform past its warm-up) and LayerNorm on an MLP: packed = alone."""
@@ -248,9 +255,7 @@ def test_batchnorm_bnp_and_layernorm_mlps_packed_equal_alone(tmp_path):
     for name, arm in (("bn_ln", ["normalization_arm=batchnorm,layernorm", "lr=0.01,0.05"]),
                       ("bnp", ["normalization_arm=bnp", "preconditioner.bnp_warmup=5", "lr=0.01",
                                "preconditioner.rho=0.1,0.3"])):
-        alone = _sweep(tmp_path, f"{name}_alone", "basic", *common, *arm)
-        packed = _sweep(tmp_path, f"{name}_packed", "packed", *common, *arm)
-        assert_same_runs(alone, packed)
+        packed = _packed_equal_alone(tmp_path, name, *common, *arm)
         if name == "bnp":  # the transform ran: BNP's statistics are in every job's optimizer state
             state = torch.load(_jobs(packed)[0] / "optimizer.pt", weights_only=True)["state"]
             assert any(v.get("bnp.count") == 40 for v in state.values())
@@ -262,10 +267,8 @@ def test_cnns_with_batchnorm_groupnorm_and_bnp_packed_equal_alone(tmp_path):
     common = ["model=cnn", "model.channels=[3,4]", "dataset=mnist5k", "steps=12", "eval_every=6", "batch_size=8",
               "seed=0,1", "lr=0.01", "eval_train_samples=64"]
     arms = "normalization_arm=batchnorm,layernorm"
-    assert_same_runs(_sweep(tmp_path, "alone", "basic", *common, arms),
-                     _sweep(tmp_path, "packed", "packed", *common, arms))
-    bnp = [*common, "normalization_arm=bnp", "preconditioner.bnp_warmup=3"]
-    assert_same_runs(_sweep(tmp_path, "bnp_alone", "basic", *bnp), _sweep(tmp_path, "bnp_packed", "packed", *bnp))
+    _packed_equal_alone(tmp_path, "norms", *common, arms)
+    _packed_equal_alone(tmp_path, "bnp", *common, "normalization_arm=bnp", "preconditioner.bnp_warmup=3")
 
 
 def test_gradient_norm_penalty_packed_equals_alone(tmp_path):
@@ -278,9 +281,7 @@ def test_gradient_norm_penalty_packed_equals_alone(tmp_path):
     for name, arm in (("plain", ["regularization.variable=p,z", "preconditioner=sgd,adam"]),
                       ("bn", ["normalization=batchnorm", "preconditioner=sgd", "preconditioner.momentum=0.9",
                               "regularization.variable=p,z"])):
-        alone = _sweep(tmp_path, f"{name}_alone", "basic", *common, *arm)
-        packed = _sweep(tmp_path, f"{name}_packed", "packed", *common, *arm)
-        assert_same_runs(alone, packed)
+        packed = _packed_equal_alone(tmp_path, name, *common, *arm)
         for job in _jobs(packed):  # the penalty's share of the step: measured where λ > 0, never where λ = 0
             shares = [r.get("reg/penalty_share") for r in read_metrics(job)]
             if "regularization.strength=0.0" in read_summary(job)["overrides"]:
