@@ -3,6 +3,7 @@ tiny tuned sweep in which only the open claim's arms get the second look's seeds
 from __future__ import annotations
 
 import json
+import math
 import shutil
 
 import pytest
@@ -10,7 +11,7 @@ import pytest
 from precond.errors import ConfigError
 from precond.sweep.stats import holm, sign_test
 from precond.sweep.tuning import TuningSpec, data_draw
-from precond.sweep.verdicts import Claim, arms_to_extend, judge_staged
+from precond.sweep.verdicts import Claim, Verdict, arms_to_extend, judge_staged, promising
 from tests.conftest import run_in_process
 
 SEEDS = list(range(100, 120))
@@ -91,11 +92,28 @@ TINY = ["hydra/sweeper=tuned", "hydra.mode=MULTIRUN", "steps=40", "eval_every=10
         "{claim:fast beats its twin,metric:val/loss,better:fast,than:twin,role:control}]"]
 
 
-def test_a_staged_sweep_runs_the_second_look_only_for_the_open_claims_arms_and_rejudges_from_evidence(tmp_path):
-    """fast beats slow at look 1; fast against its identical twin ties on every seed (inconclusive): only fast and
-    twin get seeds 12–14. The report rebuilt from evidence.json.gz alone, with the runs deleted, is the same."""
+def test_a_tie_is_futile_so_a_staged_sweep_spends_no_second_look_on_it(tmp_path):
+    """fast against its identical twin ties on every seed: its estimate (0) does not clear the margin (0), so the
+    sweep stops at look 1 for every arm, and says why."""
+    sweep = tmp_path / "sweep"
+    assert run_in_process([*TINY, f"hydra.sweep.dir={sweep}"]) == 0
+    seeds = {arm: sorted(int(p.parent.name[4:]) for p in (sweep / "confirmation" / arm).rglob("summary.json"))
+             for arm in ("fast", "slow", "twin")}
+    assert seeds == {arm: list(range(5, 12)) for arm in ("fast", "slow", "twin")}
+    tie = json.loads((sweep / "verdicts.json").read_text())[1]
+    assert tie["verdict"] == "inconclusive" and tie["effect"]["look"] == [1, 2, 7] and tie["effect"]["futile"]
+
+
+def test_a_staged_sweep_runs_the_second_look_only_for_the_open_claims_arms_and_rejudges_from_evidence(
+        tmp_path, monkeypatch):
+    """fast beats slow at look 1; fast against its identical twin ties on every seed (inconclusive). With the
+    futility stop switched off (the tie is futile: the test above), the open claim's arms, fast and twin, and
+    only they, get seeds 12–14. The report rebuilt from evidence.json.gz alone, with the runs deleted, is the
+    same."""
+    from precond.sweep import verdicts as rule
     from precond.sweep.tuned_report import rejudge_tuned_report
 
+    monkeypatch.setattr(rule, "promising", lambda claim, verdict: True)
     sweep = tmp_path / "sweep"
     assert run_in_process([*TINY, f"hydra.sweep.dir={sweep}"]) == 0
     seeds = {arm: sorted(int(p.parent.name[4:]) for p in (sweep / "confirmation" / arm).rglob("summary.json"))
@@ -166,12 +184,37 @@ def test_a_selection_rule_a_claim_cannot_use_is_refused_before_any_run(tmp_path,
     assert not list((tmp_path / "s").rglob("summary.json"))
 
 
-def test_an_exploratory_claim_is_settled_at_the_first_look():
-    """More seeds go where the theory or a control speaks: an open exploratory claim does not call for them."""
+def test_an_exploratory_claim_is_staged_like_a_primary_one():
+    """Every role gets the same looks: on a fresh draw an open exploratory claim has the same chance to decide."""
     exploratory = Claim("c is lower than d", better="c", than="d", metric="m", scale="difference", margin=0.05,
                         role="exploratory")
     runs = _runs(c=[0.1] * 20, d=[0.5] * 8 + [0.1] * 2 + [0.5] * 10)
     (v,) = judge_staged([exploratory], runs, SEEDS, stages=[10, 20])
-    assert v.verdict == "inconclusive" and v.effect["look"] == [1, 2, 10]
-    assert arms_to_extend([exploratory], runs, SEEDS, [10, 20], look=0) == []
+    assert v.verdict == "holds" and v.effect["look"] == [2, 2, 20]
+    assert arms_to_extend([exploratory], runs, SEEDS, [10, 20], look=0) == ["c", "d"]
+
+
+def test_an_open_claim_whose_estimate_lies_inside_the_margin_stops_for_futility():
+    """Look 1: c beats d by 0.02 (median; interval from −0.1 to +0.2) against a margin of 0.05 — more seeds would narrow an interval around
+    an estimate that does not clear the margin, so none are spent, even though later seeds would decide it."""
+    runs = _runs(c=[0.1] * 20, d=[0.12] * 6 + [0.0] * 2 + [0.3] * 2 + [0.5] * 10)
+    (v,) = judge_staged([CLOSE], runs, SEEDS, stages=[10, 20])
+    assert v.verdict == "inconclusive" and v.effect["look"] == [1, 2, 10] and v.effect["futile"]
+    assert "stopped for futility" in v.reason
+    assert arms_to_extend([CLOSE], runs, SEEDS, [10, 20], look=0) == []
+
+
+def test_an_open_claim_whose_estimate_lies_beyond_minus_the_margin_goes_on_towards_fails():
+    """The futility rule is symmetric: an estimate against the claim, beyond −margin, is worth more seeds."""
+    runs = _runs(c=[0.5] * 8 + [0.1] * 2 + [0.5] * 10, d=[0.1] * 20)
+    (v,) = judge_staged([CLOSE], runs, SEEDS, stages=[10, 20])
+    assert v.verdict == "fails" and v.effect["look"] == [2, 2, 20] and "futile" not in v.effect
     assert arms_to_extend([CLOSE], runs, SEEDS, [10, 20], look=0) == ["c", "d"]
+
+
+def test_a_censored_estimate_counts_at_its_favourable_end_for_futility():
+    """A side that never reached its target leaves the estimate a bound: [×1.1, ∞) may still clear ×1.25."""
+    claim = Claim("c is faster than d", better="c", than="d", metric="steps_to_target", margin=1.25)
+    open_bound = Verdict(claim.claim, "inconclusive", "", {}, effect={"estimate": [math.log(1.1), "inf"]})
+    closed = Verdict(claim.claim, "inconclusive", "", {}, effect={"estimate": [math.log(1.1), math.log(1.1)]})
+    assert promising(claim, open_bound) and not promising(claim, closed)

@@ -477,8 +477,10 @@ def judge_staged(claims: list[Claim], runs: dict, seeds: list, stages: Optional[
                  invalid_arms: Optional[dict] = None, tuning: Optional[tuple[dict, list]] = None) -> list[Verdict]:
     """Every claim judged by staged confirmation: at look k on the first ``stages[k]`` of ``seeds`` (each look
     spends α/K, :func:`judge_all`); a claim keeps the verdict of the first look that decides it, an open claim
-    (``inconclusive``) goes on to the next look if its arms have that look's runs, and the last look is final.
-    Exploratory claims are settled at the first look: more seeds are spent where the theory or a control speaks."""
+    (``inconclusive``) goes on to the next look if its estimate lies beyond a boundary (:func:`promising`) and its
+    arms have that look's runs, and the last look is final. Every role is staged alike, so a fresh draw of seeds
+    gives every claim the same chance to decide. Stopping an open claim early for futility never raises the error
+    rate (each look spends its own α/K whether or not a later look happens)."""
     stages = list(stages or [len(seeds)])
     return _settle_looks(claims, runs, seeds, stages, len(stages), invalid_arms, tuning)  # type: ignore[return-value]
 
@@ -514,15 +516,32 @@ def _settle_looks(claims, runs, seeds, stages, upto, invalid_arms, tuning) -> li
                 continue
             last = k + 1 == looks
             ahead = k + 1 == upto  # the next look has not been run yet: an open claim waits for it
-            more = (not last and claims[i].stage == "confirmation" and claims[i].role != "exploratory"
-                    and (ahead or _has_runs(claims[i], runs, seeds[:stages[k + 1]])))
+            staged = not last and claims[i].stage == "confirmation"
+            futile = staged and v.verdict == "inconclusive" and not promising(claims[i], v)
+            more = staged and not futile and (ahead or _has_runs(claims[i], runs, seeds[:stages[k + 1]]))
             if v.verdict in DECIDED or not more:
                 if looks > 1:
                     if v.effect:
                         v.effect["look"] = [k + 1, looks, n]
                     v.reason += f"; decided at look {k + 1} of {looks} on {n} seeds (α/{looks} each)"
+                    if futile:
+                        v.effect["futile"] = True
+                        v.reason += ", stopped for futility: the estimate lies inside the margin"
                 final[i] = v
     return final
+
+
+def promising(claim: Claim, v: Verdict) -> bool:
+    """Whether more seeds could decide an open claim: its estimate lies beyond a boundary (above ``c_holds`` or
+    below ``c_fails``, :attr:`Claim.boundaries`), so only the interval's width keeps it open. A claim whose
+    estimate lies inside the margin would need its estimate to move, not its interval to narrow: it stops (a
+    non-binding futility rule, which spends no α). A censored estimate counts at its most favourable end."""
+    estimate = (v.effect or {}).get("estimate")
+    if estimate is None:
+        return False
+    low, high = (estimate if isinstance(estimate, (list, tuple)) else (estimate, estimate))
+    c_holds, c_fails = claim.boundaries
+    return _number(high, math.inf) > c_holds or _number(low, -math.inf) < c_fails
 
 
 def _has_runs(claim: Claim, runs: dict, seeds: list) -> bool:
