@@ -4,7 +4,9 @@ precond's verdicts come from :mod:`precond.sweep.verdicts` (hand-written exact t
 Walsh averages). This script shares none of that code: it reads each verdict's per-seed values from
 ``docs/results/*/verdicts.json`` and the claim's fields from the stored claims, and decides again with
 ``scipy.stats`` (``binomtest`` for the sign test, ``wilcoxon`` for the signed-rank test), intervals found by
-inverting those scipy tests numerically, and its own Holm step-down. It prints a table of disagreements and
+inverting those scipy tests numerically, and its own Holm step-down. A claim left inconclusive before the last
+look must have stopped for futility (its estimate, the median of its per-seed effects or of their Walsh
+averages, inside the margin) or lacked the next look's seeds. It prints a table of disagreements and
 the agreement rate, and exits 1 on any disagreement in state.
 
     python scripts/recheck_verdicts.py [docs/results]
@@ -17,6 +19,7 @@ import math
 import sys
 from pathlib import Path
 
+import numpy as np
 from scipy import stats
 
 ALPHA = 0.05
@@ -146,9 +149,32 @@ def recheck(claims: list[dict], verdicts: list[dict], stages: list[int]) -> list
                 if at != k:
                     continue
                 adj = min(1.0, looks * adj)
-                out.append((claim["claim"], v["verdict"], state_of(claim, adj, toward, low, high, effects_of(
-                    claim, v, n)), v.get("p_adjusted"), adj))
+                state = state_of(claim, adj, toward, low, high, effects_of(claim, v, n))
+                if state == "inconclusive" and k < looks and _has_seeds(v, stages[k]) \
+                        and not _stops_for_futility(claim, effects_of(claim, v, n)):
+                    state = f"open at look {k} (estimate beyond the margin, next look's seeds stored)"
+                out.append((claim["claim"], v["verdict"], state, v.get("p_adjusted"), adj))
     return out
+
+
+def _has_seeds(v: dict, n: int) -> bool:
+    """Whether the stored evidence covers the first ``n`` seeds (the next look was run for this claim's arms)."""
+    return len(v["evidence"]["better"]["values"]) >= n
+
+
+def _stops_for_futility(claim: dict, bounds: list) -> bool:
+    """An open claim stops before the last look when its estimate lies inside the margin: the median (sign test)
+    or the median of the Walsh averages (signed rank) of the per-seed effects, at each end of their bounds."""
+    m = math.log(claim["margin"]) if claim["scale"] == "ratio" else claim["margin"]
+    c_holds, c_fails = (m, -m) if claim.get("kind", "superiority") == "superiority" else (-m, -m)
+
+    def centre(x: list[float]) -> float:
+        if claim.get("test", "sign") == "signed_rank":
+            x = [(u + w) / 2 for i, u in enumerate(x) for w in x[i:]]
+        return float(np.median(np.array(x, dtype=float))) if x else math.nan
+
+    low, high = centre([b[0] for b in bounds]), centre([b[1] for b in bounds])
+    return not (high > c_holds or low < c_fails)
 
 
 def state_of(claim: dict, adjusted: float, toward: bool, low: float, high: float, bounds: list) -> str:

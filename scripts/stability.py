@@ -2,7 +2,7 @@
 
 For each tuned experiment that declares claims, the confirmation stage runs again on each further draw of
 confirmation seeds (default starting at 200 and at 300, as many as the experiment declares, with its stages:
-disjoint from the committed 100–119), with the tuning
+disjoint from the committed 100–139), with the tuning
 reused: the tuning runs of ``outputs/results/<name>`` (left by ``make results``) are hard-linked into
 ``outputs/stability/<name>``, so the selection, and therefore the chosen settings, are those of the committed
 result. Each draw is judged by today's rule and claims. The script prints per claim the committed verdict and

@@ -88,6 +88,37 @@ def test_the_recheck_with_scipy_agrees_with_every_verdict_and_catches_a_tampered
         sys.argv = old
 
 
+def test_the_recheck_catches_a_claim_stopped_early_whose_estimate_cleared_the_margin(tmp_path, capsys):
+    """c beats d beyond the margin on 8 of the first 10 seeds (open, but promising) and on all later ones: the rule
+    takes it to look 2, where it holds. Stored as if it had stopped at look 1, the recheck finds it should not."""
+    seeds = list(range(100, 120))
+    values = {"c": [100.0] * 20, "d": [300.0] * 8 + [100.0] * 2 + [300.0] * 10}
+    arms = {arm: {s: {"status": "completed", "steps": 1000, "steps_to_target": x} for s, x in zip(seeds, xs)}
+            for arm, xs in values.items()}
+    claims = [Claim("c faster than d", better="c", than="d", metric="steps_to_target")]
+    first = judge_staged(claims, arms, seeds, stages=[10])  # look 1 alone, as a wrongly stopped claim would be
+    (staged,) = judge_staged(claims, arms, seeds, stages=[10, 20])
+    assert staged.verdict == "holds" and staged.effect["look"] == [2, 2, 20]
+    directory = tmp_path / "e"
+    directory.mkdir()
+    (directory / "selection.json").write_text(json.dumps({"claims": [c.as_dict() for c in claims],
+                                                          "confirmation_seeds": seeds, "stages": [10, 20]}))
+    stopped = staged.as_dict()
+    stopped.update(verdict="inconclusive", p_adjusted=2 * first[0].p_adjusted)
+    stopped["effect"] = {**stopped["effect"], "look": [1, 2, 10], "family_size": 1}
+    (directory / "verdicts.json").write_text(json.dumps([stopped]))
+    recheck = _script("recheck_verdicts")
+    import sys
+    old, sys.argv = sys.argv, ["recheck_verdicts.py", str(tmp_path)]
+    try:
+        with pytest.raises(SystemExit) as bad:
+            recheck.main()
+    finally:
+        sys.argv = old
+    out = capsys.readouterr().out
+    assert bad.value.code == 1 and "0 of 1" in out and "open at look 1" in out, out
+
+
 def test_the_stability_summary_counts_kept_decisive_verdicts_and_flips():
     stability = _script("stability")
     rows = [{"committed": "holds", "draws": ["holds", "holds"]},

@@ -195,8 +195,9 @@ def test_an_exploratory_claim_is_staged_like_a_primary_one():
 
 
 def test_an_open_claim_whose_estimate_lies_inside_the_margin_stops_for_futility():
-    """Look 1: c beats d by 0.02 (median; interval from −0.1 to +0.2) against a margin of 0.05 — more seeds would narrow an interval around
-    an estimate that does not clear the margin, so none are spent, even though later seeds would decide it."""
+    """Look 1: c beats d by 0.02 (median; interval −0.1 … +0.2) against a margin of 0.05 — more seeds would
+    narrow an interval around an estimate that does not clear the margin, so none are spent, even though later
+    seeds would decide it."""
     runs = _runs(c=[0.1] * 20, d=[0.12] * 6 + [0.0] * 2 + [0.3] * 2 + [0.5] * 10)
     (v,) = judge_staged([CLOSE], runs, SEEDS, stages=[10, 20])
     assert v.verdict == "inconclusive" and v.effect["look"] == [1, 2, 10] and v.effect["futile"]
