@@ -68,13 +68,14 @@ def render(findings: list[dict], results: Path = RESULTS) -> str:
            "are read from the committed results ([results.md](results.md)) when the page is generated, and "
            "`tests/test_findings.py` fails when a cited verdict no longer has the state its sentence needs. "
            "Roles: *primary* — a prediction of the theory; *control* — a check that the setup measures what it "
-           "should; *exploratory* — no prediction.", ""]
+           "should; *exploratory* — no prediction; *check* — decided by a check script's own stated rule (a fitted "
+           "slope's interval against its prediction).", ""]
     for k, f in enumerate(findings, 1):
         out += [f"## {k}. {f['title']}", "", f["finding"].strip(), "",
                 "| experiment | claim | role | verdict | effect [interval] | Holm p |", "|---|---|---|---|---|---|"]
         for row in f["rests_on"]:
             v = verdict_of(row, results) or {}
-            role = (v.get("effect") or {}).get("role", "—")
+            role = (v.get("effect") or {}).get("role", "check")  # a check script's own verdict has no family
             p = v.get("p_adjusted")
             out.append(f"| [{row['experiment']}](results/{row['experiment']}/comparison.md) | {row['claim']} | "
                        f"{role} | **{v.get('verdict', 'missing')}** | {_effect(v) if v else '—'} | "

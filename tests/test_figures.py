@@ -83,7 +83,7 @@ def test_confirmation_runs_of_batch_families_get_a_panel_per_batch_size_three_pe
     for batch in (1, 2, 4, 8, 32):
         for family in ("none", "bnp"):
             arm = f"{family}_b{batch}"
-            arms[arm] = {"overrides": {"normalization_arm": family, "batch_size": batch}}
+            arms[arm] = {"overrides": {"normalization_arm": family, "batch_size": batch, "steps": 100 * batch}}
             confirmation[arm] = [RunRecord(Path(f"{arm}/{s}"), {"status": "completed"},
                                            [{"step": t, "val/acc": 0.1 * t + 0.01 * s} for t in range(5)])
                                  for s in range(3)]
@@ -92,11 +92,15 @@ def test_confirmation_runs_of_batch_families_get_a_panel_per_batch_size_three_pe
     visible = [ax for ax in fig.axes if ax.get_visible()]
     assert [ax.get_title() for ax in visible] == ["batch 1", "batch 2", "batch 4", "batch 8", "batch 32"]
     assert len({round(ax.get_position().x0, 3) for ax in visible}) == 3  # three columns
+    by_family: dict = {}
     for ax in visible:
         colours = {line.get_label(): line.get_color() for line in ax.get_lines() if line.get_label() != "target"}
         assert len(colours) == 2 and len(set(map(str, colours.values()))) == 2
+        for label, colour in colours.items():
+            by_family.setdefault(label.split("_b")[0], set()).add(str(colour))
         median = ax.get_lines()[0].get_ydata()
         assert list(median) == pytest.approx([0.1 * t + 0.01 for t in range(5)])  # the median of seeds 0, 1, 2
+    assert all(len(c) == 1 for c in by_family.values()) and len(by_family) == 2  # one colour per family
     assert visible[0].get_ylabel() == "validation accuracy"
 
 

@@ -402,10 +402,12 @@ def confirmation_panels(arms: list[str], selection: dict) -> dict[str, list[str]
 
 
 def arm_family(arm: str, selection: dict) -> str:
-    """What an arm is apart from its batch size (its other overrides): arms of one family share a colour."""
-    overrides = dict(selection["arms"].get(arm, {}).get("overrides") or {})
-    overrides.pop("batch_size", None)
-    return json.dumps(overrides, sort_keys=True, default=str) if overrides else arm
+    """What an arm is apart from its batch size: arms of one family share a colour. An arm named for its batch
+    size (``bnp_b8`` with ``batch_size: 8``) belongs to the family of its name's stem (its other overrides, such
+    as a warm-up scaled with the batch, may differ); any other arm is a family of its own."""
+    size = (selection["arms"].get(arm, {}).get("overrides") or {}).get("batch_size")
+    suffix = f"_b{size}"
+    return arm[:-len(suffix)] if size is not None and arm.endswith(suffix) else arm
 
 
 def median_curve(runs: list[RunRecord], x_key: str, metric: str) -> Optional[tuple[list, list, list, list]]:
