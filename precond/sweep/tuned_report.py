@@ -286,8 +286,20 @@ def render_tuned_report(sweep_dir: Path, selection: dict, runs: list[RunRecord],
     (sweep_dir / SENSITIVITY_PLOT).unlink(missing_ok=True)
     plot_sensitivity(confirmation, selection, metric, sweep_dir / SENSITIVITY_PLOT)
     if not quiet:
-        print(text)
+        print(console_summary(title, problem_text(runs, selection, target), verdicts, sweep_dir))
     return verdicts
+
+
+def console_summary(title: str, problem: str, verdicts: list[Verdict], sweep_dir: Path) -> str:
+    """What a tuned sweep prints at its end (the whole report is in comparison.md): what was compared, one line
+    per verdict with its effect, and where the report is."""
+    lines = ["", title.lstrip("# "), problem.replace("**", ""), "", headline(verdicts) + ":"] if verdicts else \
+        ["", title.lstrip("# "), problem.replace("**", "")]
+    for v in verdicts:
+        effect = f" {effect_text(v.effect)}" if v.effect else ""
+        lines.append(f"  {v.verdict:<12} {v.claim}{effect}")
+    lines += ["", f"report: {sweep_dir / 'comparison.md'} (selection, confirmation, every verdict's reason, figures)"]
+    return "\n".join(lines)
 
 
 def problem_text(runs: list[RunRecord], selection: dict, target: str) -> str:
