@@ -7,8 +7,14 @@ import json
 import pytest
 import torch
 
-from precond.run.checkpoint import CHECKPOINT, CHECKPOINT_FORMAT, CHECKPOINT_KEYS, LOOP_KEYS, CheckpointError, \
-    load_checkpoint
+from precond.run.checkpoint import (
+    CHECKPOINT,
+    CHECKPOINT_FORMAT,
+    CHECKPOINT_KEYS,
+    LOOP_KEYS,
+    CheckpointError,
+    load_checkpoint,
+)
 from tests.conftest import run_in_process
 
 ARGS = ["steps=20", "eval_every=10", "checkpoint_every=10"]

@@ -140,8 +140,9 @@ def _key_advice(key: str, conf_dir: str) -> Optional[str]:
                     f"one ({head}={having[0]} {key}=…)")
         known = sorted(set().union(*groups[head].values()))
         close = difflib.get_close_matches(leaf, known, n=3)
-        return (f"no option of conf/{head}/ has '{leaf}'" + (f"; did you mean {', '.join(f'{head}.{c}' for c in close)}?"
-                                                              if close else f"; its keys: {', '.join(known)}"))
+        suggestion = (f"; did you mean {', '.join(f'{head}.{c}' for c in close)}?" if close
+                      else f"; its keys: {', '.join(known)}")
+        return f"no option of conf/{head}/ has '{leaf}'{suggestion}"
     close = difflib.get_close_matches(head, sorted(top_level_keys(conf_dir)), n=3)
     if close:
         return f"did you mean {' or '.join(close)}? (a '+' would add a key that nothing reads)"

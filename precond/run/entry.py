@@ -329,7 +329,7 @@ def log_result(summary: dict, label: Optional[str] = None) -> None:
             parts.append(f"{key}={summary[key]:.4g}")
     steps = summary.get("steps_to_target")
     parts.append(f"steps to target {steps:.4g}" if isinstance(steps, (int, float)) else "target not reached")
-    log.info(("[%s] " % label if label else "") + " ".join(parts))
+    log.info("%s%s", f"[{label}] " if label else "", " ".join(parts))
 
 
 #: the sweep dir of the job running or last run in this process (None for a single run)
