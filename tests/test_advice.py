@@ -104,3 +104,16 @@ def test_a_tilde_in_the_output_root_is_the_home_directory(tmp_path, monkeypatch,
     assert run_in_process(argv) == 0
     assert len(list((tmp_path / "home" / "out" / "runs").rglob("summary.json"))) == 1
     assert not (tmp_path / "~").exists()
+
+
+@pytest.mark.parametrize(("argv", "key", "says"), [
+    (("model=mlp", "preconditioner=bnp", "preconditioner.bnp_warmup=1000", "steps=100"),
+     "preconditioner.bnp_warmup", "fewer than steps=100"),
+    (("schedule=step", "schedule.step_size=500", "steps=100"), "schedule.step_size", "fewer than steps=100"),
+    (("dataset=digits", "model=mlp", "target.metric=val/acc", "target.value=1.5"), "target.value",
+     "an accuracy in (0, 1]"),
+    (("target.value=-0.1",), "target.value", "a loss ≥ 0"),
+])
+def test_a_value_that_would_do_nothing_is_refused_naming_its_key(tmp_path, capsys, argv, key, says):
+    line = _refused(tmp_path, capsys, *argv)
+    assert line.startswith(f"error: {key}: expected ") and says in line, line
