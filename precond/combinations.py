@@ -35,6 +35,10 @@ def check_combinations(*, preconditioner: Any = None, regularization: Any = None
         raise ConfigError("normalization", "no BatchNorm layers with preconditioner=bnp, which replaces BatchNorm",
                           "batchnorm",
                           "use normalization=none (or preconditioner.allow_batchnorm=true to combine them)")
+    if bnp and loop is not None and preconditioner.bnp_warmup >= loop.steps:
+        raise ConfigError("preconditioner.bnp_warmup", f"fewer than steps={loop.steps} (BNP takes plain "
+                          f"{preconditioner.base} steps while it only collects statistics)", preconditioner.bnp_warmup,
+                          "lower preconditioner.bnp_warmup or raise steps")
     if loop is not None:
         _check_loop_against_others(loop, normalization, curvature, data, schedule)
     if model is not None and data is not None and model.needs_images and not data.images():
@@ -76,3 +80,17 @@ def _check_loop_against_others(loop: Any, normalization: Any, curvature: Any, da
         metrics = target_metrics(data.task)
         if loop.target.metric not in metrics:
             raise ConfigError("target.metric", f"one of {metrics} for a {data.task} dataset", loop.target.metric)
+    _check_target_reachable(loop.target)
+
+
+def _check_target_reachable(target: Any) -> None:
+    """A target no run can reach would leave every time-to-target undefined (and a tuned sweep ranking by the
+    final metric without saying so): accuracies lie in [0, 1], losses are ≥ 0."""
+    if target.value is None:
+        return
+    if target.metric.endswith("acc") and not 0 < target.value <= 1:
+        raise ConfigError("target.value", f"an accuracy in (0, 1] for target.metric={target.metric}", target.value,
+                          "accuracies are fractions: 0.9 means 90 %")
+    if target.metric.endswith("loss") and target.value < 0:
+        raise ConfigError("target.value", f"a loss ≥ 0 for target.metric={target.metric}", target.value,
+                          "losses are never negative")

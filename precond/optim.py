@@ -204,6 +204,17 @@ class ComposedOptimizer(torch.optim.Optimizer):
         return out
 
 
+def _plain_lr(lr):
+    """A learning rate as a number: a one-element tensor is read as torch.optim reads it (its value; the step is
+    the same in every dtype); a tensor of several elements is refused as torch.optim refuses it."""
+    if isinstance(lr, Tensor):
+        if lr.numel() != 1:
+            raise ValueError(f"lr: expected a number or a one-element tensor, got a tensor of shape "
+                             f"{tuple(lr.shape)}")
+        return lr.item()
+    return lr
+
+
 def build_optimizer(
     params: ParamsT,
     preconditioner: str = "adam",
@@ -256,6 +267,7 @@ def build_optimizer(
                               buffers=model.buffers())
         opt.step(closure)   # gradnorm needs the closure (zero_grad, forward, backward, return loss)
     """
+    lr = _plain_lr(lr)
     spec = preconditioner_settings(preconditioner, lr, hyper)
     reg = RegularizationSpec(name=regularization, variable=variable, strength=strength, policy=policy, form=form,
                              backend=backend, r=r, max_m=max_m)

@@ -94,7 +94,13 @@ class Step(ScheduleSpec):
     step_size: int = setting(Int(lo=1), 1000)
     gamma: float = setting(Num(0, 1, lo_open=True), 0.1)
 
+    def check_steps(self, total_steps):
+        if self.step_size >= max(total_steps, 1):  # the lr would never change: a schedule that does nothing
+            raise ConfigError("/schedule.step_size", f"fewer than steps={total_steps} (the first decay happens at "
+                              "step step_size)", self.step_size, "lower schedule.step_size or use schedule=constant")
+
     def build(self, optimizer, total_steps):
+        self.check_steps(total_steps)
         return StepLR(optimizer, step_size=self.step_size, gamma=self.gamma)
 
 

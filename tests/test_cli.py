@@ -72,8 +72,14 @@ def test_compare_preconditioners_experiment_smoke(cli, tmp_path):
     assert all(s.get("packed", 0) > 1 for s in tuning)  # the experiment packs its jobs
     # κ is measured where the claims are judged (confirmation), not on every grid point (tuning_overrides)
     assert all("curvature/p/lam_max" not in s for s in tuning) and all("curvature/p/lam_max" in s for s in confirmation)
-    assert "## Verdicts" in proc.stdout and len(json.loads((sweep / "verdicts.json").read_text())) == 8
-    assert "curvature/z/kappa" in proc.stdout
+    assert len(json.loads((sweep / "verdicts.json").read_text())) == 8
+    assert "## Verdicts" in (sweep / "comparison.md").read_text() and "curvature/z/kappa" in (
+        sweep / "comparison.md").read_text()
+    # the end of the output is a short summary: what was compared, a line per verdict, where the report is
+    summary = proc.stdout[proc.stdout.index("compare_preconditioners: a tuned comparison"):].strip().splitlines()
+    assert len(summary) <= 30 and summary[-1].startswith(f"report: {sweep / 'comparison.md'}")
+    assert "What was compared. 6 arms (sgd, sgd_momentum, adagrad, rmsprop, adam, adam_beta1_0)" in summary[1]
+    assert sum(line.startswith("  ") for line in summary) == 8
 
 
 # every key's refusals are tested in process (test_schema.py, test_reliability.py); these two go through

@@ -71,8 +71,8 @@ def _overrides_for(group: str, option: str, fake_vision_root) -> list[str]:
         overrides.append("model=cnn")
     if group in ("normalization", "normalization_arm") and option in ("batchnorm", "layernorm"):
         overrides.append("model=mlp")
-    if group == "normalization_arm" and option == "bnp":
-        overrides.append("preconditioner.bnp_warmup=1")
+    if (group, option) in (("normalization_arm", "bnp"), ("preconditioner", "bnp")):
+        overrides.append("preconditioner.bnp_warmup=1")  # fewer than the 4 steps (a longer one is refused)
     if group == "curvature":
         overrides += ["model=mlp", "model.widths=[4]", "curvature.every=2", "curvature.max_matvecs=5"]
     if group == "schedule":

@@ -198,3 +198,18 @@ def test_bad_arguments_raise_clear_errors(kwargs, match):
 def test_unknown_hyperparameter_lists_the_allowed_ones():
     with pytest.raises(ValueError, match=r"^momentum: expected one of the keys .*'betas'"):
         build_optimizer([torch.zeros(2, requires_grad=True)], "adam", momentum=0.9)
+
+
+@pytest.mark.parametrize("name,torch_cls", [("sgd", torch.optim.SGD), ("adam", torch.optim.Adam),
+                                            ("rmsprop", torch.optim.RMSprop), ("adagrad", torch.optim.Adagrad)])
+def test_a_one_element_tensor_lr_steps_as_torch_optim_steps_with_it(name, torch_cls):
+    lr = torch.tensor(3e-3, dtype=torch.float64)
+    ours = _trajectory(lambda p: build_optimizer(p, name, lr=lr.clone()), steps=10)
+    theirs = _trajectory(lambda p: torch_cls(p, lr=lr.clone()), steps=10)
+    torch.testing.assert_close(ours, theirs, rtol=0, atol=1e-14)
+
+
+def test_a_tensor_lr_of_several_elements_is_refused_naming_lr():
+    model, _, _ = _problem()
+    with pytest.raises(ValueError, match=r"^lr: expected a number or a one-element tensor, got a tensor of shape"):
+        build_optimizer(model.parameters(), "adam", lr=torch.tensor([1e-3, 2e-3]))

@@ -94,10 +94,11 @@ class CheckpointError(Exception):
     """A checkpoint file exists but cannot be used (damaged, or written by another format)."""
 
 
-def load_checkpoint(run_dir: str | Path) -> Optional[dict]:
+def load_checkpoint(run_dir: str | Path, steps: Optional[int] = None) -> Optional[dict]:
     """The checkpoint in ``run_dir`` (tensors on the CPU), or None when there is none.
 
-    Raises :class:`CheckpointError` when the file is unreadable or of another format.
+    Raises :class:`CheckpointError` when the file is unreadable, of another format, or (``steps``: the run's
+    budget) at a step beyond the run's last: a run cannot have written it, so it is damaged.
     """
     path = Path(run_dir) / CHECKPOINT
     if not path.exists():
@@ -115,4 +116,6 @@ def load_checkpoint(run_dir: str | Path) -> Optional[dict]:
         raise CheckpointError(f"{path} lacks {what}")
     if not isinstance(checkpoint["step"], int) or checkpoint["step"] != loop["step"]:
         raise CheckpointError(f"{path} has an inconsistent step ({checkpoint['step']!r} vs loop {loop['step']!r})")
+    if isinstance(steps, int) and checkpoint["step"] > steps:
+        raise CheckpointError(f"{path} is at step {checkpoint['step']}, beyond the run's steps={steps}: damaged")
     return checkpoint

@@ -178,6 +178,9 @@ def build_group(node: str, value: Any) -> Optional[Settings]:
     known = _registered(base)
     if len(known) > 1:  # an abstract base (ModelSpec, ...): only its subclasses are options
         known = {k: v for k, v in known.items() if v is not base}
+    if target is None and nullable:  # keys of a deleted option (~curvature under an experiment that sets them)
+        raise ConfigError(node, f"a {node} option, or null with none of its keys set", value,
+                          f"select an option ({node}=<option>), or keep it and turn it off with {node}.enabled=false")
     if target not in known:
         choices = sorted(known)
         raise ConfigError(f"{node}._target_", f"one of the settings classes {choices}", target,

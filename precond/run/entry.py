@@ -28,6 +28,7 @@ import dataclasses
 import errno
 import logging
 import os
+import re
 import secrets
 import shutil
 import signal
@@ -47,6 +48,7 @@ from omegaconf.errors import OmegaConfBaseException
 from precond.errors import ConfigError
 from precond.metrics import after_warmup
 from precond.provenance import environment
+from precond.run.advice import advice, null_choices_as_deletions, refuse_null_groups
 from precond.run.checkpoint import CHECKPOINT, CHECKPOINT_FORMAT, atomic_save, rng_state, set_rng_state
 from precond.run.config import (
     RunSettings,
@@ -70,7 +72,7 @@ from precond.run.files import (
 )
 from precond.run.interrupts import StoppedBetweenRuns, StopRequest, stop_between_runs
 from precond.run.loop import LoopSettings, train
-from precond.run.paths import default_data_root
+from precond.run.paths import default_data_root, settle_output_root
 from precond.sweep.callbacks import write_sweep_report
 from precond.threads import apply_threads, choose_threads, forward_flops
 
@@ -188,7 +190,7 @@ def run(cfg: DictConfig, should_stop=None, job: Optional[JobInfo] = None) -> dic
                                            should_stop=should_stop, checkpoint=run_.parts.saver(job.run_dir),
                                            resume=run_.resume, label=job.label)}
             finish_run(run_, runlog, summary)
-    log_result(summary)
+    log_result(summary, job.label)
     return summary
 
 
@@ -318,13 +320,16 @@ class RunParts:
         set_rng_state(checkpoint["rng"])
 
 
-def log_result(summary: dict) -> None:
+def log_result(summary: dict, label: Optional[str] = None) -> None:
+    """One line per finished run, rounded, naming its job in a sweep: ``[job 3] status=completed … steps to
+    target 150`` (or "target not reached")."""
     parts = [f"status={summary['status']}"]
     for key in ("train/loss", "val/loss", "val/acc", "test/loss", "test/acc"):
-        if summary.get(key) is not None:
+        if isinstance(summary.get(key), (int, float)):
             parts.append(f"{key}={summary[key]:.4g}")
-    parts.append(f"steps_to_target={summary['steps_to_target']}")
-    log.info(" ".join(parts))
+    steps = summary.get("steps_to_target")
+    parts.append(f"steps to target {steps:.4g}" if isinstance(steps, (int, float)) else "target not reached")
+    log.info("%s%s", f"[{label}] " if label else "", " ".join(parts))
 
 
 #: the sweep dir of the job running or last run in this process (None for a single run)
@@ -471,6 +476,8 @@ def main() -> None:
     os.environ.setdefault("HYDRA_FULL_ERROR", "1")  # Hydra re-raises instead of printing a block: see below
     try:
         refuse_group_paths(sys.argv[1:])
+        refuse_null_groups(sys.argv[1:], CONF_DIR)
+        sys.argv[1:] = settle_output_root(null_choices_as_deletions(sys.argv[1:]))
         with stop_between_runs():
             hydra_main()
     except ConfigError as err:
@@ -486,7 +493,10 @@ def main() -> None:
             print("interrupted", file=sys.stderr)
         raise SystemExit(128 + signum) from None
     except (HydraException, OmegaConfBaseException) as err:
-        print(f"error: {one_line(err)}", file=sys.stderr)
+        line, hint = one_line(err), advice(str(err), sys.argv[1:], CONF_DIR)
+        if hint:  # Hydra's own "use +key" would add a key that nothing reads
+            line = re.sub(r"\s*To append to your config use \+\S+", "", line).rstrip(" .;")
+        print(f"error: {line}" + (f" — {hint}" if hint else ""), file=sys.stderr)
         raise SystemExit(2) from None
     except OSError as err:
         print(f"error: {os_error_line(err)}", file=sys.stderr)

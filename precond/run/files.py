@@ -338,6 +338,10 @@ def _say_lost_history(metrics: Path, checkpoint: dict) -> None:
                     last_eval, checkpoint["step"])
 
 
+#: the files a run writes that a later run must never append to or overwrite
+RUN_FILES = ("metrics.jsonl", "summary.json", "model.pt", "optimizer.pt")
+
+
 class RunDirectory:
     """Claim ``run_dir`` for one run of ``config`` (a plain resolved dict) for the life of the context.
 
@@ -385,6 +389,7 @@ class RunDirectory:
 
         config_path = self.path / "config.yaml"
         if not config_path.exists():
+            self._set_aside_orphans()
             return
         try:
             old = yaml.safe_load(config_path.read_text(encoding="utf-8")) or {}
@@ -396,11 +401,15 @@ class RunDirectory:
                               f"it holds a run whose config differs at {keys}; pick another hydra.run.dir")
         summary = self._read_summary()
         if summary is not None and summary.get("status") in FINISHED:
-            self.finished = summary
-            return
+            if not (self.path / "model.pt").exists():
+                log.warning("%s: the finished run's model.pt is missing: running it again (its files are kept as "
+                            "*.attempt<N>)", self.path)
+            else:
+                self.finished = summary
+                return
         attempt = self._next_attempt()
         try:
-            self.checkpoint = load_checkpoint(self.path)
+            self.checkpoint = load_checkpoint(self.path, steps=self.config.get("steps"))
         except CheckpointError as err:
             log.warning("%s: starting the run over", err)
             (self.path / CHECKPOINT).replace(self.path / f"{CHECKPOINT}.attempt{attempt}")
@@ -417,6 +426,17 @@ class RunDirectory:
             names = ("metrics.jsonl", "summary.json")
         for name in names:
             if (self.path / name).exists():
+                (self.path / name).replace(self.path / f"{name}.attempt{attempt}")
+
+    def _set_aside_orphans(self) -> None:
+        """Run files without the ``config.yaml`` that says which run wrote them (deleted by hand, or a copy gone
+        wrong) belong to no run this one can continue: they are kept as ``*.attempt<N>``, never appended to."""
+        orphans = [name for name in (*RUN_FILES, "checkpoint.pt") if (self.path / name).exists()]
+        if orphans:
+            attempt = self._next_attempt()
+            log.warning("%s holds %s but no config.yaml: kept as *.attempt%d, the run starts in a clean dir",
+                        self.path, ", ".join(orphans), attempt)
+            for name in orphans:
                 (self.path / name).replace(self.path / f"{name}.attempt{attempt}")
 
     def _next_attempt(self) -> int:

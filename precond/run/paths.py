@@ -17,6 +17,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from precond.errors import ConfigError
 from precond.settings import Settings, Text, setting
 
 DATA_ROOT_VARIABLE = "PRECOND_DATA_ROOT"
@@ -35,3 +36,27 @@ class Paths(Settings):
 
     data_root: str = setting(Text(), default_data_root(), doc=f"datasets and caches (env {DATA_ROOT_VARIABLE})")
     output_root: str = setting(Text(), "outputs", doc=f"runs/ and sweeps/ (env {OUTPUT_ROOT_VARIABLE})")
+
+
+def settle_output_root(argv: list[str]) -> list[str]:
+    """The output root as Hydra will use it for the run dir, checked before Hydra makes any directory: an empty
+    root (``PRECOND_OUTPUT_ROOT=''`` or ``paths.output_root=''``) would put runs at ``/runs/…`` and is refused;
+    a leading ``~`` is expanded (in the environment variable and in the override), so no directory named ``~``
+    appears. Returns the command line with the override expanded."""
+    from_env = os.environ.get(OUTPUT_ROOT_VARIABLE)
+    if from_env is not None:
+        if not from_env.strip():
+            raise ConfigError(OUTPUT_ROOT_VARIABLE, "a directory", "",
+                              f"unset {OUTPUT_ROOT_VARIABLE} for ./outputs, or name a directory")
+        os.environ[OUTPUT_ROOT_VARIABLE] = os.path.expanduser(from_env)
+    out = []
+    for arg in argv:
+        key, sep, value = arg.partition("=")
+        if sep and key.lstrip("+") == "paths.output_root":
+            root = value.strip().strip("'\"")
+            if not root:
+                raise ConfigError("paths.output_root", "a directory", "",
+                                  "leave it out for ./outputs (or $PRECOND_OUTPUT_ROOT), or name a directory")
+            arg = f"{key}={os.path.expanduser(root)}"
+        out.append(arg)
+    return out

@@ -18,11 +18,14 @@ from typing import Optional
 
 from precond.metrics import higher_is_better
 from precond.sweep.grid_metrics import NEAR_OPTIMAL, SPARSITY, grid_values, pareto_level, point_of
+from precond.sweep.labels import log_scale, metric_label
 from precond.sweep.runs import palette, pyplot, save_figure
 
 HEATMAP = "grid_heatmap.png"
 PARETO_PLOT = "pareto.png"
 SENSITIVITY_PLOT = "sensitivity.png"
+#: panels per row in a faceted figure (readable at page width)
+PANELS_PER_ROW = 3
 #: what a sensitivity curve reads from each confirmation run (the final target metric is added in front)
 SENSITIVITY_METRICS = ("steps_to_target", "steps_to_target_after_warmup", "reg/sparsity")
 
@@ -43,8 +46,13 @@ def plot_grid_heatmaps(tuning: dict, selection: dict, metric: str, path: Path) -
     import numpy as np
 
     plt = pyplot()
-    fig, axes = plt.subplots(1, len(arms), figsize=(5.2 * len(arms) + 1.4, 4.6), squeeze=False,
+    cols = min(len(arms), PANELS_PER_ROW)
+    rows_of_panels = math.ceil(len(arms) / cols)
+    fig, axes = plt.subplots(rows_of_panels, cols, figsize=(5.2 * cols + 1.4, 4.6 * rows_of_panels), squeeze=False,
                              layout="constrained")
+    flat = [ax for row in axes for ax in row]
+    for ax in flat[len(arms):]:
+        ax.set_visible(False)
     panels = []
     for arm in arms:
         entry = selection["arms"][arm]
@@ -65,10 +73,10 @@ def plot_grid_heatmaps(tuning: dict, selection: dict, metric: str, path: Path) -
                   if v["status"] == "completed" and v["grid/best_value_slope"] is not None]
         panels.append((arm, keys, rows, cols, grid, fractions, slopes, entry.get("chosen") or {}))
     finite = np.concatenate([p[4][np.isfinite(p[4])] for p in panels])
-    vmin, vmax = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
-    cmap = "viridis" if higher_is_better(metric) else "viridis_r"
-    for ax, (arm, keys, rows, cols, grid, fractions, slopes, chosen) in zip(axes[0], panels):
-        image = ax.imshow(grid, origin="lower", cmap=cmap, vmin=vmin, vmax=vmax, aspect="auto")
+    norm = colour_norm(metric, finite)
+    cmap = plt.get_cmap("viridis" if higher_is_better(metric) else "viridis_r")
+    for ax, (arm, keys, rows, cols, grid, fractions, slopes, chosen) in zip(flat, panels):
+        image = ax.imshow(grid, origin="lower", cmap=cmap, norm=norm, aspect="auto")
         ax.set_xticks(range(len(rows)), [f"{v:g}" for v in rows], fontsize=7, rotation=45)
         ax.set_yticks(range(len(cols)), [f"{v:g}" for v in cols], fontsize=7)
         ax.set_xlabel(keys[0])
@@ -83,7 +91,7 @@ def plot_grid_heatmaps(tuning: dict, selection: dict, metric: str, path: Path) -
                                                    else value <= best * NEAR_OPTIMAL["loss_ratio"])
                     if np.isfinite(value):
                         ax.text(i, j, f"{value:.3g}", ha="center", va="center", fontsize=6,
-                                color="white" if not near else "black", fontweight="bold" if near else None)
+                                color=text_colour(cmap(norm(value))), fontweight="bold" if near else None)
         if chosen.get(keys[0]) in rows and chosen.get(keys[1]) in cols:
             ax.add_patch(plt.Rectangle((rows.index(chosen[keys[0]]) - 0.5, cols.index(chosen[keys[1]]) - 0.5), 1, 1,
                                        fill=False, edgecolor="red", linewidth=2))
@@ -91,9 +99,11 @@ def plot_grid_heatmaps(tuning: dict, selection: dict, metric: str, path: Path) -
         slope = f"{statistics.median(slopes):+.2f}" if slopes else "—"
         ax.set_title(f"{arm}\nnear-optimal fraction {fraction}\nslope of log best {keys[1].split('.')[-1]} on log "
                      f"{keys[0].split('.')[-1]}: {slope}", fontsize=8)
-    fig.colorbar(image, ax=list(axes[0]), label=f"final {metric} (median over tuning seeds)", shrink=0.85)
+    fig.colorbar(image, ax=flat[:len(arms)], label=f"final {metric_label(metric)} (median over tuning seeds)",
+                 shrink=0.85)
     within = NEAR_OPTIMAL["acc"] if higher_is_better(metric) else f"×{NEAR_OPTIMAL['loss_ratio']}"
-    fig.suptitle(f"tuning grids (red box = chosen; bold = within {within} of the best)", fontsize=9)
+    fig.suptitle(f"tuning grids: median final {metric_label(metric)} (red box = chosen; bold = within {within} of "
+                 "the best)", fontsize=9)
     save_figure(fig, path)
     return path
 
@@ -103,6 +113,23 @@ def pareto_levels(selection: dict) -> list[float]:
     return sorted({level for c in selection.get("claims", []) for side in (c.get("better"), c.get("than"))
                    for metric in ([side.get("metric")] if isinstance(side, dict) else [c.get("metric")])
                    if isinstance(metric, str) and (level := pareto_level(metric)) is not None})
+
+
+def colour_norm(metric: str, values):
+    """The colour scale of a heat map: logarithmic for losses (a diverged cell at 4e4 then does not flatten the
+    cells that matter), linear otherwise; over the finite values shown."""
+    from matplotlib.colors import LogNorm, Normalize
+
+    positive = values[values > 0] if values.size else values
+    if log_scale(metric) and positive.size:
+        return LogNorm(vmin=float(positive.min()), vmax=float(max(positive.max(), positive.min() * 1.01)))
+    return Normalize(*((float(values.min()), float(values.max())) if values.size else (0.0, 1.0)))
+
+
+def text_colour(rgba) -> str:
+    """Black on light cells, white on dark ones (relative luminance, ITU-R BT.709), so every label reads."""
+    r, g, b = rgba[:3]
+    return "black" if 0.2126 * r + 0.7152 * g + 0.0722 * b > 0.45 else "white"
 
 
 def plot_pareto(tuning: dict, selection: dict, metric: str, path: Path) -> Optional[Path]:
@@ -197,10 +224,15 @@ def plot_sensitivity(confirmation: dict, selection: dict, metric: str, path: Pat
         return None
     panels = list(dict.fromkeys((key, shown) for key, _, shown, _ in curves))
     plt = pyplot()
-    fig, axes = plt.subplots(1, len(panels), figsize=(4.3 * len(panels), 3.8), squeeze=False)
+    cols = min(len(panels), PANELS_PER_ROW)
+    rows = math.ceil(len(panels) / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.3 * cols, 3.6 * rows + 0.5), squeeze=False)
+    flat = [ax for row in axes for ax in row]
+    for ax in flat[len(panels):]:
+        ax.set_visible(False)
     series = list(dict.fromkeys(name for _, name, _, _ in curves))
     colours = palette(plt, len(series))
-    for ax, (key, shown) in zip(axes[0], panels):
+    for ax, (key, shown) in zip(flat, panels):
         xs_all = []
         for key2, name, shown2, points in curves:
             if (key2, shown2) != (key, shown):
@@ -217,7 +249,7 @@ def plot_sensitivity(confirmation: dict, selection: dict, metric: str, path: Pat
                 any(x > 0 for x in xs_all):
             ax.set_xscale("symlog", linthresh=min(x for x in xs_all if x > 0))
         ax.set_xlabel(key)
-        ax.set_ylabel(shown if shown != metric else f"final {metric}")
+        ax.set_ylabel(metric_label(shown) if shown != metric else f"final {metric_label(metric)}", fontsize=8)
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize=7)
     fig.suptitle("sensitivity (confirmation runs; line = median over seeds)", fontsize=10)

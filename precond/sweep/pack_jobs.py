@@ -72,9 +72,9 @@ def run_pack(jobs: list[tuple[DictConfig, JobInfo]], should_stop=None) -> list:
             by_step.setdefault(step, []).append((i, plain, settings, job, directory.checkpoint))
         for members in by_step.values():
             _train_one_pack(stack, members, results, should_stop)
-    for result in results:
+    for result, (_, job) in zip(results, jobs):
         if isinstance(result, dict):
-            log_result(result)
+            log_result(result, job.label)
     return results
 
 

@@ -21,6 +21,7 @@ from typing import Optional
 
 from precond.metrics import target_text
 from precond.run.files import write_text_atomically
+from precond.sweep.labels import log_scale, metric_label
 from precond.sweep.runs import ReportError, RunRecord, load_runs, save_figure
 from precond.sweep.tuned_report import tuned_report
 
@@ -177,11 +178,6 @@ def _mean_curve(members: list[RunRecord], metric: str):
 PANEL_COLUMNS = 3
 
 
-def log_scale(metric: str) -> bool:
-    """Losses and condition numbers span decades: plotted on a log axis."""
-    return "loss" in metric or "kappa" in metric or "lam_max" in metric
-
-
 def not_plotted(runs: list[RunRecord], metric: str) -> list[str]:
     """One line per run the plot cannot show as a finished curve: failed, diverged, interrupted
     (with the reason when its summary gives one), or with no ``metric`` records."""
@@ -253,8 +249,8 @@ def plot(runs: list[RunRecord], metric: str, path: str | Path, title: str = "",
     for ax in axes[-1]:
         ax.set_xlabel("step")
     for row in axes:
-        row[0].set_ylabel(metric)
-    fig.suptitle(title or f"{metric} vs step (mean, band = min–max over seeds)", fontsize=11)
+        row[0].set_ylabel(metric_label(metric))
+    fig.suptitle(title or f"{metric_label(metric)} vs step (mean, band = min–max over seeds)", fontsize=11)
     if missing:
         more = [f"... and {len(missing) - 12} more (see the comparison table)"] if len(missing) > 12 else []
         fig.text(0.01, 0.01, "not shown or cut short:\n" + "\n".join(missing[:12] + more), fontsize=7,

@@ -6,9 +6,10 @@ Reads ``selection.json`` (written by the sweeper) and the runs' files in the swe
   confirmation results (mean ± std, steps and seconds to target, κ where measured) and one
   verdict line per claim;
 * ``verdicts.json`` — ``[{"claim", "verdict", "rule", "evidence"}]``;
-* ``lr_sensitivity.png`` — final target metric vs lr per arm (every tuning seed, mean line);
-* ``confirmation.png`` — the target metric vs step and vs training seconds of the
-  confirmation runs (mean, band = min–max over seeds);
+* ``lr_sensitivity.png`` — final target metric vs lr per arm (every tuning seed, mean line; an arm
+  searched over a second key along lr at its chosen value of that key);
+* ``confirmation.png`` — the target metric of the confirmation runs (median over seeds, band = min–max),
+  vs step and vs training seconds, or one panel per batch size where arms come in batch families;
 * where the experiment has them, the views of :mod:`precond.sweep.grid_report` (heat maps of two-key
   grids, Pareto fronts, sensitivity curves with one sentence each).
 
@@ -26,7 +27,7 @@ from typing import Optional
 from precond.metrics import TIME_TO_TARGET_RULE, target_text
 from precond.run.files import write_text_atomically
 from precond.sweep.evidence import EVIDENCE, collect_sweep, read_evidence, runs_of, write_evidence
-from precond.sweep.grid_metrics import grid_values, pareto_level
+from precond.sweep.grid_metrics import grid_values, pareto_level, point_of
 from precond.sweep.grid_report import (
     HEATMAP,
     PARETO_PLOT,
@@ -38,6 +39,7 @@ from precond.sweep.grid_report import (
     plot_sensitivity,
     sensitivity_text,
 )
+from precond.sweep.labels import log_scale, metric_label
 from precond.sweep.runs import ReportError, RunRecord, palette, pyplot, save_figure
 from precond.sweep.tuning import format_value
 from precond.sweep.verdicts import (
@@ -253,7 +255,9 @@ def render_tuned_report(sweep_dir: Path, selection: dict, runs: list[RunRecord],
     verdicts = judge_claims(selection, confirmation, tuning)
     write_text_atomically(sweep_dir / VERDICTS, json.dumps([v.as_dict() for v in verdicts], indent=2) + "\n")
     warning = too_easy(confirmation)
-    text = (f"# {sweep_dir.name}\n\n## Selection\n\nRule: {selection['rule']}. Tuning seeds "
+    title = f"# {first.get('name') or sweep_dir.name}: a tuned comparison"
+    text = (f"{title}\n\n{problem_text(runs, selection, target)}\n\n"
+            f"## Selection\n\nRule: {selection['rule']}. Tuning seeds "
             f"{selection['tuning_seeds']}, confirmation seeds {selection['confirmation_seeds']}. "
             + (f"Claims with selection: final read their arms at another point: {selection['final_rule']}. "
                if selection.get("final_rule") else "")
@@ -274,7 +278,7 @@ def render_tuned_report(sweep_dir: Path, selection: dict, runs: list[RunRecord],
     write_text_atomically(sweep_dir / "comparison.md", text)
     (sweep_dir / "comparison.png").unlink(missing_ok=True)  # a plain report's plot from an interrupted stage
     plot_lr_sensitivity(tuning, selection, metric, sweep_dir / "lr_sensitivity.png")
-    plot_confirmation(confirmation, metric, sweep_dir / "confirmation.png", first.get("target_value"))
+    plot_confirmation(confirmation, metric, sweep_dir / "confirmation.png", first.get("target_value"), selection)
     (sweep_dir / HEATMAP).unlink(missing_ok=True)
     plot_grid_heatmaps(tuning, selection, metric, sweep_dir / HEATMAP)
     (sweep_dir / PARETO_PLOT).unlink(missing_ok=True)
@@ -282,50 +286,99 @@ def render_tuned_report(sweep_dir: Path, selection: dict, runs: list[RunRecord],
     (sweep_dir / SENSITIVITY_PLOT).unlink(missing_ok=True)
     plot_sensitivity(confirmation, selection, metric, sweep_dir / SENSITIVITY_PLOT)
     if not quiet:
-        print(text)
+        print(console_summary(title, problem_text(runs, selection, target), verdicts, sweep_dir))
     return verdicts
 
 
+def console_summary(title: str, problem: str, verdicts: list[Verdict], sweep_dir: Path) -> str:
+    """What a tuned sweep prints at its end (the whole report is in comparison.md): what was compared, one line
+    per verdict with its effect, and where the report is."""
+    lines = ["", title.lstrip("# "), problem.replace("**", ""), "", headline(verdicts) + ":"] if verdicts else \
+        ["", title.lstrip("# "), problem.replace("**", "")]
+    for v in verdicts:
+        effect = f" {effect_text(v.effect)}" if v.effect else ""
+        lines.append(f"  {v.verdict:<12} {v.claim}{effect}")
+    lines += ["", f"report: {sweep_dir / 'comparison.md'} (selection, confirmation, every verdict's reason, figures)"]
+    return "\n".join(lines)
+
+
+def problem_text(runs: list[RunRecord], selection: dict, target: str) -> str:
+    """One paragraph that says what was compared: the arms, model, data, budget and target (from the runs)."""
+    summaries = [r.summary for r in runs]
+    choices = next((s.get("choices") for s in summaries if s.get("choices")), {}) or {}
+    models = sorted({str(s.get("choices", {}).get("model")) for s in summaries if s.get("choices")}) or ["?"]
+    data = sorted({str(s.get("choices", {}).get("dataset")) for s in summaries if s.get("choices")}) or ["?"]
+    sizes = sorted({s["parameters"] for s in summaries if isinstance(s.get("parameters"), int)})
+    steps = sorted({s["steps"] for s in summaries if isinstance(s.get("steps"), int)})
+    arms = list(selection.get("arms", {}))
+    size_text = f" ({', '.join(f'{n:,}' for n in sizes)} parameters)" if sizes else ""
+    steps_text = ", ".join(str(n) for n in steps) if steps else "?"
+    return (f"**What was compared.** {len(arms)} arms ({', '.join(arms)}), each tuned in its own grid, on model "
+            f"`{'`, `'.join(models)}`{size_text} and dataset `{'`, `'.join(data)}`"
+            + (f" (default normalization `{choices.get('normalization')}`)" if choices.get("normalization") else "")
+            + f"; {steps_text} steps per run; target: {target}. Claims and their verdicts are at the end.")
+
+
+def sensitivity_slice(runs: list[RunRecord], entry: dict, metric: str) -> tuple[dict, dict]:
+    """``({lr: [final metric or None per tuning run]}, fixed)``: an arm's tuning runs along lr through its chosen
+    point. For an arm searched over more keys than lr, ``fixed`` holds the chosen values of the others and only
+    runs at those values count, so a line never averages over a second key (its whole grid is a heat map)."""
+    grid = entry.get("grid") or {}
+    chosen = entry.get("chosen") or {}
+    others = {key: chosen[key] for key in grid if key != "lr" and key in chosen}
+    points: dict = {}
+    for run in runs:
+        point = point_of(run.summary, grid) if grid else None
+        at = dict(zip(grid, point)) if point is not None else {}
+        if any(at.get(key) != value for key, value in others.items()):
+            continue
+        lr = at.get("lr", _lr_of(run))
+        if lr is not None:
+            value = run.summary.get(metric) if run.summary.get("status") == "completed" else None
+            points.setdefault(lr, []).append(value if isinstance(value, (int, float)) and math.isfinite(value)
+                                             else None)
+    return points, others
+
+
 def plot_lr_sensitivity(tuning: dict, selection: dict, metric: str, path: Path) -> Optional[Path]:
-    """Final ``metric`` vs lr per arm: a dot per tuning run (diverged/failed runs at the top), the
-    mean over seeds as a line, the chosen lr circled."""
+    """Final ``metric`` vs lr per arm: a dot per tuning run, the mean over tuning seeds as a line (only where no
+    seed diverged or failed), the chosen lr circled on that line. An arm searched over a second key is drawn
+    along lr at its chosen value of that key (named in the legend; its whole grid is in the heat map)."""
     plt = pyplot()
-    fig, ax = plt.subplots(figsize=(9 if len(tuning) > 6 else 7, 4.5))
+    fig, ax = plt.subplots(figsize=(9 if len(tuning) > 6 else 7.5, 4.5))
     colours = palette(plt, len(tuning))
     for k, (arm, runs) in enumerate(tuning.items()):
         color, style = colours[k]
-        points: dict = {}
-        for run in runs:
-            lr = _lr_of(run)
-            value = run.summary.get(metric) if run.summary.get("status") == "completed" else None
-            if lr is not None:
-                points.setdefault(lr, []).append(value)
+        entry = selection["arms"].get(arm, {})
+        points, fixed = sensitivity_slice(runs, entry, metric)
         if not points:
             continue
         lrs = sorted(points)
         for lr in lrs:
-            ok = [v for v in points[lr] if v is not None and math.isfinite(v)]
+            ok = [v for v in points[lr] if v is not None]
             ax.scatter([lr] * len(ok), ok, color=color, s=12, alpha=0.6)
-        means = [(lr, statistics.fmean(v)) for lr in lrs
-                 if (v := [x for x in points[lr] if x is not None and math.isfinite(x)]) and len(v) == len(points[lr])]
+        means = {lr: statistics.fmean(points[lr]) for lr in lrs if None not in points[lr]}
+        label = arm + (" (" + ", ".join(f"{key.split('.')[-1]}={value:g}" if isinstance(value, float)
+                                        else f"{key.split('.')[-1]}={value}" for key, value in fixed.items()) + ")"
+                       if fixed else "")
         if means:
-            ax.plot(*zip(*means), color=color, linestyle=style, label=arm)
-        ineligible = {p["point"].get("lr") for p in selection["arms"].get(arm, {}).get("points", [])
-                      if not p.get("eligible", True)}
+            ax.plot(list(means), list(means.values()), color=color, linestyle=style, label=label)
+        ineligible = {p["point"].get("lr") for p in entry.get("points", []) if not p.get("eligible", True)
+                      and all(p["point"].get(key) == value for key, value in fixed.items())}
         crossed = [(lr, statistics.fmean(ok)) for lr in lrs if lr in ineligible
-                   and (ok := [v for v in points[lr] if v is not None and math.isfinite(v)])]
+                   and (ok := [v for v in points[lr] if v is not None])]
         if crossed:
             ax.scatter(*zip(*crossed), marker="x", s=50, color=color, linewidths=1.5)
-        chosen = (selection["arms"].get(arm, {}).get("chosen") or {}).get("lr")
-        if chosen is not None and any(lr == chosen for lr, _ in means):
-            ax.scatter([chosen], [dict(means)[chosen]], s=120, facecolors="none", edgecolors=color, linewidths=2)
+        chosen = (entry.get("chosen") or {}).get("lr")
+        if chosen in means:
+            ax.scatter([chosen], [means[chosen]], s=120, facecolors="none", edgecolors=color, linewidths=2)
     ax.set_xscale("log")
-    if "loss" in metric:
+    if log_scale(metric):
         ax.set_yscale("log")
-    ax.set_xlabel("lr")
-    ax.set_ylabel(f"final {metric}")
-    ax.set_title("lr sensitivity (tuning runs; circle = chosen; × = ineligible; missing = diverged/failed)",
-                 fontsize=10)
+    ax.set_xlabel("learning rate (lr)")
+    ax.set_ylabel(f"final {metric_label(metric)} (tuning runs)")
+    ax.set_title("lr sensitivity: dots = tuning runs, line = mean over tuning seeds, circle = chosen, "
+                 "× = ineligible;\na missing point diverged or failed", fontsize=9)
     ax.grid(True, which="both", alpha=0.3)
     if ax.get_legend_handles_labels()[0]:
         ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
@@ -344,31 +397,86 @@ def _lr_of(run: RunRecord) -> Optional[float]:
     return None
 
 
-def plot_confirmation(confirmation: dict, metric: str, path: Path, target: Optional[float] = None) -> Path:
-    """``metric`` vs step and vs ``time/train_s`` of the confirmation runs, per arm."""
+#: panels per row in a faceted figure (readable at page width)
+PANELS_PER_ROW = 3
+
+
+def confirmation_panels(arms: list[str], selection: dict) -> dict[str, list[str]]:
+    """Arms grouped into panels: one panel per batch size where the arms differ in it (a batch family reads
+    side by side), else one panel. Panels are ordered by batch size, arms keep their order."""
+    sizes = {arm: (selection["arms"].get(arm, {}).get("overrides") or {}).get("batch_size") for arm in arms}
+    if len(set(sizes.values())) <= 1 or None in sizes.values():
+        return {"": list(arms)}
+    panels: dict[str, list[str]] = {}
+    for arm in sorted(arms, key=lambda a: float(sizes[a])):
+        panels.setdefault(f"batch {sizes[arm]}", []).append(arm)
+    return panels
+
+
+def arm_family(arm: str, selection: dict) -> str:
+    """What an arm is apart from its batch size: arms of one family share a colour. An arm named for its batch
+    size (``bnp_b8`` with ``batch_size: 8``) belongs to the family of its name's stem (its other overrides, such
+    as a warm-up scaled with the batch, may differ); any other arm is a family of its own."""
+    size = (selection["arms"].get(arm, {}).get("overrides") or {}).get("batch_size")
+    suffix = f"_b{size}"
+    return arm[:-len(suffix)] if size is not None and arm.endswith(suffix) else arm
+
+
+def median_curve(runs: list[RunRecord], x_key: str, metric: str) -> Optional[tuple[list, list, list, list]]:
+    """``(x, median, low, high)`` of ``metric`` over the runs at each ``x`` that at least half of them logged
+    (low/high: min and max over those runs); None when no run logged it."""
+    by_x: dict = {}
+    for run in runs:
+        for row in run.metrics:
+            value = row.get(metric)
+            if x_key in row and isinstance(value, (int, float)) and math.isfinite(value):
+                by_x.setdefault(row[x_key] if x_key == "step" else round(row[x_key], 3), []).append(value)
+    xs = [x for x in sorted(by_x) if 2 * len(by_x[x]) >= len(runs)]
+    if not xs:
+        return None
+    return (xs, [statistics.median(by_x[x]) for x in xs], [min(by_x[x]) for x in xs], [max(by_x[x]) for x in xs])
+
+
+def plot_confirmation(confirmation: dict, metric: str, path: Path, target: Optional[float] = None,
+                      selection: Optional[dict] = None) -> Path:
+    """``metric`` of the confirmation runs per arm: the median over seeds as a line, the min–max band around it.
+    Arms in batch families get a panel per batch size (at most :data:`PANELS_PER_ROW` per row, vs step), one
+    colour per family; otherwise one panel vs step and one vs training seconds."""
     plt = pyplot()
-    fig, axes = plt.subplots(1, 2, figsize=(13, 4.5), sharey=True)
-    colours = palette(plt, len(confirmation))
-    for k, (arm, runs) in enumerate(confirmation.items()):
-        color, style = colours[k]
-        for a, x_key in zip(axes, ("step", "time/train_s")):
-            curves = [[(r[x_key], r[metric]) for r in run.metrics if r.get(metric) is not None and x_key in r]
-                      for run in runs]
-            curves = [c for c in curves if c]
-            for i, curve in enumerate(curves):
-                a.plot(*zip(*curve), color=color, linestyle=style, alpha=0.8, lw=1,
-                       label=f"{arm} (n={len(curves)})" if i == 0 else None)
-    for a, x_label in zip(axes, ("step", "training seconds (time/train_s)")):
+    panels = confirmation_panels(list(confirmation), selection or {"arms": {}})
+    faceted = len(panels) > 1
+    families = list(dict.fromkeys(arm_family(arm, selection or {"arms": {}}) for arm in confirmation))
+    colours = dict(zip(families, palette(plt, len(families))))
+    views = [(title, arms, "step") for title, arms in panels.items()] if faceted else [
+        ("vs step", list(confirmation), "step"), ("vs training seconds", list(confirmation), "time/train_s")]
+    cols = min(len(views), PANELS_PER_ROW if faceted else 2)
+    rows = math.ceil(len(views) / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.6 * cols + 2.2, 3.6 * rows + 0.6), sharey=True,
+                             squeeze=False)
+    flat = [ax for row in axes for ax in row]
+    for ax in flat[len(views):]:
+        ax.set_visible(False)
+    for ax, (title, arms, x_key) in zip(flat, views):
+        for arm in arms:
+            curve = median_curve(confirmation[arm], x_key, metric)
+            if curve is None:
+                continue
+            color, style = colours[arm_family(arm, selection or {"arms": {}})]
+            xs, median, low, high = curve
+            ax.plot(xs, median, color=color, linestyle=style, lw=1.5, label=f"{arm} (n={len(confirmation[arm])})")
+            ax.fill_between(xs, low, high, color=color, alpha=0.15)
         if target is not None:
-            a.axhline(target, color="black", linestyle=":", lw=1, label="target" if a is axes[1] else None)
-        a.set_xlabel(x_label)
-        if "loss" in metric:
-            a.set_yscale("log")
-        a.grid(True, which="both", alpha=0.3)
-    if axes[1].get_legend_handles_labels()[0]:
-        axes[1].legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
-    axes[0].set_ylabel(metric)
-    fig.suptitle(f"confirmation runs: {metric} (one line per seed)", fontsize=11)
+            ax.axhline(target, color="black", linestyle=":", lw=1, label="target")
+        if log_scale(metric):
+            ax.set_yscale("log")
+        ax.set_title(title, fontsize=9)
+        ax.set_xlabel("training seconds" if x_key == "time/train_s" else "step")
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=6)
+    for row in axes:
+        row[0].set_ylabel(metric_label(metric))
+    fig.suptitle(f"confirmation runs: {metric_label(metric)} (line = median over seeds, band = min–max)",
+                 fontsize=10)
     fig.tight_layout()
     save_figure(fig, path)
     return path
