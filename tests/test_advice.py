@@ -117,3 +117,13 @@ def test_a_tilde_in_the_output_root_is_the_home_directory(tmp_path, monkeypatch,
 def test_a_value_that_would_do_nothing_is_refused_naming_its_key(tmp_path, capsys, argv, key, says):
     line = _refused(tmp_path, capsys, *argv)
     assert line.startswith(f"error: {key}: expected ") and says in line, line
+
+
+@pytest.mark.parametrize("launcher", ["basic", "packed"])
+def test_a_plain_sweep_checks_every_jobs_config_before_the_first_trains(tmp_path, capsys, launcher):
+    argv = ["-m", f"hydra/launcher={launcher}", "lr=0.1,-1,0.3", "steps=5", f"hydra.sweep.dir={tmp_path}/sweep"]
+    assert run_in_process(argv) == 2
+    err = capsys.readouterr().err
+    line = next(x for x in err.splitlines() if x.startswith("error:"))
+    assert line.startswith("error: lr: expected a finite number > 0, got -1") and "in job 1 (progress=False lr=-1 steps=5)" in line
+    assert not list((tmp_path / "sweep").rglob("summary.json")) and "Traceback" not in err

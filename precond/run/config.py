@@ -193,6 +193,18 @@ def build_group(node: str, value: Any) -> Optional[Settings]:
 
 def settings_from_plain(plain: dict) -> RunSettings:
     """Check a resolved config in full; raises ConfigError naming the key."""
+    options, loop, groups = checked_parts(plain)
+    return RunSettings(options=options, loop=loop, device=resolve_device(options.device), **groups)
+
+
+def check_job_config(cfg: DictConfig) -> None:
+    """Every check a run makes of its config before it writes anything, except resolving the device (a sweep
+    checked on a login node may send its jobs to machines with GPUs): for a sweeper, before any job runs."""
+    checked_parts(resolve(cfg))
+
+
+def checked_parts(plain: dict) -> tuple:
+    """``(options, loop, groups)`` of a resolved config, every key checked and the groups' joint rules applied."""
     refuse_unknown_keys(plain, top_level_keys(), "the top level of the config")
     # groups first: the top-level lr interpolates preconditioner.lr, whose key the error should name
     groups = {node: build_group(node, plain.get(node)) for node in GROUPS}
@@ -201,7 +213,7 @@ def settings_from_plain(plain: dict) -> RunSettings:
     check_combinations(preconditioner=groups["preconditioner"], regularization=groups["regularization"],
                        normalization=groups["normalization"], curvature=groups["curvature"], loop=loop,
                        data=groups["dataset"], model=groups["model"], schedule=groups["schedule"], options=options)
-    return RunSettings(options=options, loop=loop, device=resolve_device(options.device), **groups)
+    return options, loop, groups
 
 
 def settings_from_config(cfg: DictConfig) -> RunSettings:
