@@ -127,3 +127,12 @@ def test_a_plain_sweep_checks_every_jobs_config_before_the_first_trains(tmp_path
     line = next(x for x in err.splitlines() if x.startswith("error:"))
     assert line.startswith("error: lr: expected a finite number > 0, got -1") and "in job 1 (progress=False lr=-1 steps=5)" in line
     assert not list((tmp_path / "sweep").rglob("summary.json")) and "Traceback" not in err
+
+
+def test_only_a_plain_multirun_gets_the_checked_sweeper():
+    from precond.run.entry import with_checked_sweeper
+
+    assert with_checked_sweeper(["-m", "lr=0.1,0.3"]) == ["-m", "lr=0.1,0.3", "hydra/sweeper=checked"]
+    assert with_checked_sweeper(["hydra.mode=MULTIRUN", "seed=0,1"])[-1] == "hydra/sweeper=checked"
+    for argv in (["lr=0.1"], ["-m", "experiment=compare_preconditioners"], ["-m", "hydra/sweeper=basic", "seed=0,1"]):
+        assert with_checked_sweeper(argv) == argv

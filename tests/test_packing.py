@@ -534,8 +534,11 @@ def test_other_models_schedules_and_monitors_packed_equal_alone(tmp_path, name, 
 
 
 def test_a_bad_value_fails_its_own_job_and_the_pack_goes_on(tmp_path):
+    """Under a sweeper that does not check the jobs first (Hydra's basic one, Optuna's): the launcher's own
+    robustness. precond's default sweeper refuses the sweep before any job (tests/test_advice.py)."""
     sweep = tmp_path / "s"
-    assert run_in_process(["-m", "hydra/launcher=packed", "lr=0.01,-1,0.05", *SMALL, f"hydra.sweep.dir={sweep}"]) == 1
+    assert run_in_process(["-m", "hydra/sweeper=basic", "hydra/launcher=packed", "lr=0.01,-1,0.05", *SMALL,
+                           f"hydra.sweep.dir={sweep}"]) == 1
     summaries = [read_summary(p) for p in _jobs(sweep)]
     assert [s["status"] for s in summaries] == ["completed", "failed", "completed"]
     assert summaries[1]["error"].startswith("lr:") and summaries[0]["packed"] == 2

@@ -471,13 +471,22 @@ def refuse_group_paths(argv: list[str]) -> None:
                                   "config-group choices load only from the config search path, not from paths")
 
 
+def with_checked_sweeper(argv: list[str]) -> list[str]:
+    """A plain multirun (``-m``, no experiment file and no sweeper named) gets ``hydra/sweeper=checked``:
+    Hydra's basic sweeper with every job's config checked before the first job runs. Experiment files pick
+    their own sweeper, and a sweeper named on the command line is kept."""
+    multirun = any(a in ("-m", "--multirun") or a.replace(" ", "") == "hydra.mode=MULTIRUN" for a in argv)
+    chosen = any(a.lstrip("+~").startswith(("experiment=", "hydra/sweeper=")) for a in argv)
+    return [*argv, "hydra/sweeper=checked"] if multirun and not chosen else argv
+
+
 def main() -> None:
     """``precond-train``: Hydra's own errors (bad override, unknown key) and failed writes are one line each."""
     os.environ.setdefault("HYDRA_FULL_ERROR", "1")  # Hydra re-raises instead of printing a block: see below
     try:
         refuse_group_paths(sys.argv[1:])
         refuse_null_groups(sys.argv[1:], CONF_DIR)
-        sys.argv[1:] = settle_output_root(null_choices_as_deletions(sys.argv[1:]))
+        sys.argv[1:] = with_checked_sweeper(settle_output_root(null_choices_as_deletions(sys.argv[1:])))
         with stop_between_runs():
             hydra_main()
     except ConfigError as err:
