@@ -125,7 +125,8 @@ def test_a_plain_sweep_checks_every_jobs_config_before_the_first_trains(tmp_path
     assert run_in_process(argv) == 2
     err = capsys.readouterr().err
     line = next(x for x in err.splitlines() if x.startswith("error:"))
-    assert line.startswith("error: lr: expected a finite number > 0, got -1") and "in job 1 (progress=False lr=-1 steps=5)" in line
+    assert line.startswith("error: lr: expected a finite number > 0, got -1")
+    assert "in job 1 (progress=False lr=-1 steps=5)" in line
     assert not list((tmp_path / "sweep").rglob("summary.json")) and "Traceback" not in err
 
 
