@@ -156,25 +156,37 @@ class Text(Rule):
 
     optional: bool = False
     name_like: bool = False
-    max_len: int = 100
+    max_len: Optional[int] = None  # a name: 100 unless given; other text: no limit unless given
+    min_len: int = 0
 
     _SAFE: ClassVar[frozenset] = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.=,+")
 
+    @property
+    def longest(self) -> Optional[int]:
+        return self.max_len if self.max_len is not None else (100 if self.name_like else None)
+
     def expected(self) -> str:
         if self.name_like:
-            return (f"a name of 1-{self.max_len} characters from letters, digits and -_.=,+ "
+            return (f"a name of 1-{self.longest} characters from letters, digits and -_.=,+ "
                     "(it becomes part of a directory name)")
-        return "a string"
+        if self.longest is not None:
+            return f"a string of {self.min_len}-{self.longest} characters"
+        return "a string" + (f" of at least {self.min_len} characters" if self.min_len else "")
 
     def accepts(self, value: Any) -> bool:
         if not isinstance(value, str):
             return False
+        if len(value) < self.min_len or (self.longest is not None and len(value) > self.longest):
+            return False
         if not self.name_like:
             return True
-        return 0 < len(value) <= self.max_len and set(value) <= self._SAFE and value not in (".", "..")
+        return 0 < len(value) and set(value) <= self._SAFE and value not in (".", "..")
 
     def refused(self) -> list[Any]:
-        return [[1], "../escape" if self.name_like else None] if self.name_like else [[1], 7]
+        if self.name_like:
+            return [[1], "../escape"]
+        return [[1], 7, *(["x" * (self.longest + 1)] if self.longest is not None else []),
+                *([""] if self.min_len else [])]
 
 
 @dataclasses.dataclass(frozen=True)

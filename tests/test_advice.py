@@ -137,3 +137,22 @@ def test_only_a_plain_multirun_gets_the_checked_sweeper():
     assert with_checked_sweeper(["hydra.mode=MULTIRUN", "seed=0,1"])[-1] == "hydra/sweeper=checked"
     for argv in (["lr=0.1"], ["-m", "experiment=compare_preconditioners"], ["-m", "hydra/sweeper=basic", "seed=0,1"]):
         assert with_checked_sweeper(argv) == argv
+
+
+@pytest.mark.parametrize(("value", "why"), [("[" + "x" * 65 + "]", "of 1-64 characters"), ("['']", "of 1-64 characters"),
+                                            ("[ok]", None)])
+def test_wandb_tag_limits_are_checked_before_the_run_dir_exists(tmp_path, capsys, monkeypatch, value, why):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    argv = ["logger=wandb", f"logger.tags={value}", "steps=2", "eval_every=2", f"hydra.run.dir={tmp_path}/run"]
+    if why is None:
+        assert run_in_process(argv) == 0
+        return
+    line = _refused(tmp_path, capsys, *argv[:-1])
+    assert line.startswith("error: logger.tags") and why in line, line
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_wandb_note_longer_than_its_maximum_is_refused(tmp_path, capsys):
+    line = _refused(tmp_path, capsys, "logger=wandb", "logger.notes=" + "x" * 10_001)
+    assert line.startswith("error: logger.notes: expected a string of 0-10000 characters")
