@@ -139,8 +139,8 @@ def test_only_a_plain_multirun_gets_the_checked_sweeper():
         assert with_checked_sweeper(argv) == argv
 
 
-@pytest.mark.parametrize(("value", "why"), [("[" + "x" * 65 + "]", "of 1-64 characters"), ("['']", "of 1-64 characters"),
-                                            ("[ok]", None)])
+@pytest.mark.parametrize(("value", "why"), [
+    ("[" + "x" * 65 + "]", "of 1-64 characters"), ("['']", "of 1-64 characters"), ("[ok]", None)])
 def test_wandb_tag_limits_are_checked_before_the_run_dir_exists(tmp_path, capsys, monkeypatch, value, why):
     monkeypatch.setenv("HOME", str(tmp_path))
     monkeypatch.delenv("WANDB_MODE", raising=False)
