@@ -156,3 +156,14 @@ def test_wandb_tag_limits_are_checked_before_the_run_dir_exists(tmp_path, capsys
 def test_a_wandb_note_longer_than_its_maximum_is_refused(tmp_path, capsys):
     line = _refused(tmp_path, capsys, "logger=wandb", "logger.notes=" + "x" * 10_001)
     assert line.startswith("error: logger.notes: expected a string of 0-10000 characters")
+
+
+def test_a_run_whose_overrides_make_a_long_wandb_name_trains(tmp_path):
+    """The W&B run name precond derives from the identifying overrides can be long: no limit of ours refuses it
+    (W&B's documented limit is on tags, 64 characters)."""
+    argv = ["regularization=l1", "regularization.variable=p", "regularization.form=prox",
+            "regularization.strength=0.001", "preconditioner.eps=1e-08", "lr=0.003", "steps=2", "eval_every=2",
+            "name=a_rather_long_experiment_name_for_a_sweep", f"hydra.run.dir={tmp_path}/run"]
+    assert len(",".join(argv[:-1])) > 128
+    assert run_in_process(argv) == 0
+    assert run_in_process(["logger=wandb", *argv[:-1], f"hydra.run.dir={tmp_path}/wandb_run"]) == 0

@@ -55,9 +55,9 @@ class WandbSettings(Settings):
                         fix="offline needs no account; logger=none logs plain files only")
     project: str = setting(Text(name_like=True, max_len=128), "precond", doc="W&B project name")
     entity: Optional[str] = setting(Text(optional=True), None)
-    group: Optional[str] = setting(Text(optional=True, max_len=128), None)
-    name: Optional[str] = setting(Text(optional=True, max_len=128), None)
-    # W&B's own limits, checked before the run dir exists: a tag of 1-64 characters, names and groups up to 128
+    group: Optional[str] = setting(Text(optional=True), None)
+    name: Optional[str] = setting(Text(optional=True), None)
+    # W&B's own limit, checked before the run dir exists: a tag of 1-64 characters
     tags: tuple = setting(Seq(Text(min_len=1, max_len=64), 0, 64), (), fix="e.g. logger.tags=[baseline,v2]")
     job_type: Optional[str] = setting(Text(optional=True), None, doc="default: train (summary for a sweep's report)")
     notes: Optional[str] = setting(Text(optional=True, max_len=10_000), None, doc="a free-text description")
