@@ -79,6 +79,7 @@ def test_compare_preconditioners_experiment_smoke(cli, tmp_path):
     summary = proc.stdout[proc.stdout.index("compare_preconditioners: a tuned comparison"):].strip().splitlines()
     assert len(summary) <= 30 and summary[-1].startswith(f"report: {sweep / 'comparison.md'}")
     assert "What was compared. 6 arms (sgd, sgd_momentum, adagrad, rmsprop, adam, adam_beta1_0)" in summary[1]
+    assert "; 20 steps per run; target: val/loss ≤ 0.02." in summary[1]  # the budget, not where a run stopped
     assert sum(line.startswith("  ") for line in summary) == 8
 
 

@@ -309,7 +309,9 @@ def problem_text(runs: list[RunRecord], selection: dict, target: str) -> str:
     models = sorted({str(s.get("choices", {}).get("model")) for s in summaries if s.get("choices")}) or ["?"]
     data = sorted({str(s.get("choices", {}).get("dataset")) for s in summaries if s.get("choices")}) or ["?"]
     sizes = sorted({s["parameters"] for s in summaries if isinstance(s.get("parameters"), int)})
-    steps = sorted({s["steps"] for s in summaries if isinstance(s.get("steps"), int)})
+    # the budget: the steps of the runs that completed (a diverged run stops where it diverged)
+    steps = sorted({s["steps"] for s in summaries
+                    if isinstance(s.get("steps"), int) and s.get("status") == "completed"})
     arms = list(selection.get("arms", {}))
     size_text = f" ({', '.join(f'{n:,}' for n in sizes)} parameters)" if sizes else ""
     steps_text = ", ".join(str(n) for n in steps) if steps else "?"
