@@ -339,21 +339,12 @@ def main() -> None:
     head, rest = text.split(START, 1)
     RESULTS_PAGE.write_text(head + section(results, total) + rest.split(END, 1)[1], encoding="utf-8")
     write_readme_summary(results)
-    findings = load_script_module("findings")
+    import findings  # scripts/findings.py: scripts/ is on sys.path when this script runs
+
     findings.write(findings.load())
     print(f"docs/results.md, docs/findings.md and the README's summary regenerated ({total / 60:.1f} min)")
     if any(r["exit"] != 0 for r in results):
         raise SystemExit(1)
-
-
-def load_script_module(name: str):
-    """A sibling script as a module (scripts/ is not a package)."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def _recorded(name: str) -> dict | None:

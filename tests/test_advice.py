@@ -167,3 +167,9 @@ def test_a_run_whose_overrides_make_a_long_wandb_name_trains(tmp_path):
     assert len(",".join(argv[:-1])) > 128
     assert run_in_process(argv) == 0
     assert run_in_process(["logger=wandb", *argv[:-1], f"hydra.run.dir={tmp_path}/wandb_run"]) == 0
+
+
+def test_keys_of_a_deleted_group_option_are_refused_with_the_way_to_turn_it_off(tmp_path, capsys):
+    line = _refused(tmp_path, capsys, "~curvature", "+curvature.every=100")
+    assert line.startswith("error: curvature: expected a curvature option, or null with none of its keys set")
+    assert "curvature.enabled=false" in line

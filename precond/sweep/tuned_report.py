@@ -30,6 +30,7 @@ from precond.sweep.evidence import EVIDENCE, collect_sweep, read_evidence, runs_
 from precond.sweep.grid_metrics import grid_values, pareto_level, point_of
 from precond.sweep.grid_report import (
     HEATMAP,
+    PANELS_PER_ROW,
     PARETO_PLOT,
     SENSITIVITY_PLOT,
     heatmap_arms,
@@ -397,10 +398,6 @@ def _lr_of(run: RunRecord) -> Optional[float]:
             except ValueError:
                 return None
     return None
-
-
-#: panels per row in a faceted figure (readable at page width)
-PANELS_PER_ROW = 3
 
 
 def confirmation_panels(arms: list[str], selection: dict) -> dict[str, list[str]]:
