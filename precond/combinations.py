@@ -28,6 +28,13 @@ def check_combinations(*, preconditioner: Any = None, regularization: Any = None
             raise ConfigError(key, "penalties in variable=p (l2, l1 form=subgradient, gradnorm) with "
                               "preconditioner=bnp", got, "z = P⁻¹p and the L1 prox threshold need a diagonal P, "
                               "and BNP's P is block-diagonal per neuron")
+    if not getattr(preconditioner, "DIAGONAL", True) and regularization is not None and _reads_diagonal_P(regularization):
+        key, got = (("regularization.form", "prox") if regularization.variable == "p"
+                    else ("regularization.variable", "z"))
+        raise ConfigError(key, f"a penalty that does not read a diagonal P with preconditioner={preconditioner.NAME} "
+                          "(its P is not diagonal)", got,
+                          "use l2 (in z it is decoupled weight decay for any P), gradnorm in variable=p, or l1 "
+                          "form=subgradient in variable=p")
     if bnp and curvature is not None and "z" in curvature.spaces:
         raise ConfigError("curvature.spaces", "[p] with preconditioner=bnp (its P is not diagonal)",
                           list(curvature.spaces), "set curvature.spaces=[p]")
@@ -48,6 +55,14 @@ def check_combinations(*, preconditioner: Any = None, regularization: Any = None
         raise ConfigError("normalization", f"a normalization {type(model).__name__} can hold "
                           f"({', '.join(model.normalizations())})", normalization.name,
                           "the linear model has no hidden layer: use normalization=none or input")
+
+
+def _reads_diagonal_P(regularization: Any) -> bool:
+    """The penalties whose step reads ``P`` element-wise: L1 in z, the L1 prox (threshold ``ηλM`` or ``ηλP``)
+    and gradient-norm in z (``λ½gᵀMg`` with ``M`` capped element-wise)."""
+    if regularization.name == "l1":
+        return regularization.variable == "z" or (regularization.form or "prox") == "prox"
+    return regularization.name == "gradnorm" and regularization.variable == "z"
 
 
 def _check_options_against_others(options: Any, loop: Any, data: Any) -> None:

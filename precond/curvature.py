@@ -70,16 +70,25 @@ class CurvatureResult:
 
 
 def flat_P(optimizer, params: Sequence[Tensor]) -> Optional[Tensor]:
-    """``P = D^{-1/2}`` as a flat vector over ``params`` from the optimizer's current state."""
-    denominators = dict((id(p), d) for p, d in optimizer.preconditioner_denominators())
-    if all(denominators.get(id(p)) is None for p in params):
+    """``P = D^{-1/2}`` as a flat vector over ``params`` from the optimizer's current state (None: ``P = I``).
+    Raises for a non-diagonal ``P`` (use :func:`preconditioner_of`)."""
+    op = optimizer.preconditioner_operator(params)
+    if not op.blocks:
         return None
-    parts = []
-    for p in params:
-        d = denominators.get(id(p))
-        parts.append(torch.ones(p.numel(), device=p.device, dtype=torch.float64) if d is None
-                     else d.detach().reshape(-1).double().rsqrt())
-    return torch.cat(parts)
+    flat = op.diagonal()
+    if flat is None:
+        raise ValueError("this preconditioner's P is not diagonal: read it with preconditioner_of()")
+    return flat
+
+
+def preconditioner_of(optimizer, params: Sequence[Tensor]):
+    """``P`` over ``params`` as the flat vector of a diagonal ``P``, the operator of a non-diagonal one
+    (:class:`~precond.preconditioner_operator.PreconditionerOperator`), or None for ``P = I``."""
+    op = optimizer.preconditioner_operator(params)
+    if not op.blocks:
+        return None
+    flat = op.diagonal()
+    return op if flat is None else flat
 
 
 def dense_bytes(n_params: int) -> int:
@@ -123,21 +132,25 @@ def measure_curvature(
     """
     CurvatureSettings(method=method, spaces=(space,), tol=tol, max_matvecs=max_matvecs, bn_mode=bn_mode,
                       hvp_mode=hvp_mode)  # the one check of these values
-    if space == "z" and (optimizer is None or not hasattr(optimizer, "preconditioner_denominators")):
+    if space == "z" and (optimizer is None or not hasattr(optimizer, "preconditioner_operator")):
         raise ValueError("space='z' needs the precond optimizer whose preconditioner P defines z = P⁻¹p")
     t0 = time.perf_counter()
     params = [p for p in model.parameters() if p.requires_grad]
     n = sum(p.numel() for p in params)
-    scale = flat_P(optimizer, params) if space == "z" else None
+    scale = preconditioner_of(optimizer, params) if space == "z" else None
     use_dense = method == "dense" or (method == "auto" and n <= dense_threshold)
     if use_dense:
         require_dense_fits(n)
     with measurement_mode(model, bn_mode):
         if use_dense:
             h = dense_hessian(model, loss_fn, batches)
-            if scale is not None:
+            if isinstance(scale, Tensor):
                 s = scale.to(h.device)
                 h = s[:, None] * h * s[None, :]
+            elif scale is not None:
+                p_matrix = scale.dense().to(h.device)
+                h = p_matrix.T @ h @ p_matrix
+                h = (h + h.T) / 2  # symmetric to round-off, as eigvalsh assumes
             eig = torch.linalg.eigvalsh(h)
             lam_max, lam_min, matvecs, converged = float(eig[-1]), float(eig[0]), n, True
             ritz = eig.cpu()

@@ -75,13 +75,15 @@ def measurement_mode(model: nn.Module, bn_mode: str):
 class HessianOperator:
     """``v ↦ H v`` (optionally ``P H P v``) for the mean loss over fixed batches, on flat vectors.
 
-    ``scale`` is the diagonal ``P`` as a flat vector (None: ``P = I``).
+    ``scale`` is ``P``: a flat vector for a diagonal ``P``, an operator with ``apply_P``/``apply_Pt``
+    (:class:`~precond.preconditioner_operator.PreconditionerOperator`) for any other, None for ``P = I``;
+    the product is then ``Pᵀ H P v``.
     Use it inside :func:`measurement_mode` (as :func:`measure_curvature` does) so that
     BatchNorm's mode is explicit and its running statistics are left alone.
     """
 
     def __init__(self, model: nn.Module, loss_fn: Callable[[Tensor, Tensor], Tensor], batches: Iterable[Batch],
-                 scale: Optional[Tensor] = None, hvp_mode: str = "double_backward"):
+                 scale=None, hvp_mode: str = "double_backward"):
         HVP_MODE.check("hvp_mode", hvp_mode)
         self.model, self.loss_fn, self.batches = model, loss_fn, batches
         self.params = [p for p in model.parameters() if p.requires_grad]
@@ -134,11 +136,16 @@ class HessianOperator:
         return list(hv)
 
     def matvec(self, v: Tensor) -> Tensor:
-        """``H v`` or ``P H P v`` for a flat vector ``v`` (returned in ``v``'s dtype)."""
+        """``H v`` or ``Pᵀ H P v`` for a flat vector ``v`` (returned in ``v``'s dtype)."""
         self.matvecs += 1
-        u = v if self.scale is None else v * self.scale
+        if self.scale is None:
+            return torch.cat([h.reshape(-1) for h in self._hvp(self._unflatten(v))]).to(v.dtype)
+        if isinstance(self.scale, Tensor):
+            u = v * self.scale
+            return torch.cat([h.reshape(-1) for h in self._hvp(self._unflatten(u))]).to(v.dtype) * self.scale
+        u = self.scale.apply_P(v)
         hv = torch.cat([h.reshape(-1) for h in self._hvp(self._unflatten(u))]).to(v.dtype)
-        return hv if self.scale is None else hv * self.scale
+        return self.scale.apply_Pt(hv)
 
     def check_against_double_backward(self, seed: int = 1) -> None:
         """Refuse forward-over-reverse products that disagree with double backward on one vector.

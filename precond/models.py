@@ -39,6 +39,8 @@ class DefaultLearningRates(Settings):
     rmsprop: float = setting(LEARNING_RATE, 1e-3)
     adam: float = setting(LEARNING_RATE, 1e-3)
     bnp: float = setting(LEARNING_RATE, 1e-3)
+    full_matrix: float = setting(LEARNING_RATE, 1e-3)
+    kronecker: float = setting(LEARNING_RATE, 1e-3)
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Optional, Union
 
 import torch
@@ -25,10 +25,15 @@ from precond.bnp import BNPSettings, BNPTransform, check_model_for_bnp
 from precond.chain import Link, StepContext, add_scaled_, hmap
 from precond.combinations import check_combinations
 from precond.errors import ConfigError
+from precond.matrix_preconditioners import MATRIX_PRECONDITIONERS, MatrixPreconditionerSettings
+from precond.preconditioner_operator import PreconditionerOperator
 from precond.preconditioners import PRECONDITIONERS, Momentum, Preconditioner, PreconditionerSettings, diagonal_settings
 from precond.regularizers import BackwardCreatesGraph, Penalty, RegularizationSpec, make_penalty
 
 ParamsT = Union[Iterable[Tensor], Iterable[dict]]
+
+#: every preconditioner build_optimizer can name (besides bnp, which wraps a diagonal one): name → (link, settings)
+ALL_PRECONDITIONERS = {**PRECONDITIONERS, **MATRIX_PRECONDITIONERS}
 
 
 def _without_dynamo_wrapper(name: str):
@@ -82,6 +87,12 @@ class ComposedOptimizer(torch.optim.Optimizer):
         self.needs_closure = any(link.needs_closure for link in links)
         self.needs_graph = any(getattr(link, "needs_graph", False) for link in links)
         preconditioner.keep_denominator = any(link.needs_precond for link in links)
+        if not preconditioner.diagonal and preconditioner.keep_denominator:
+            reader = next(type(link).__name__ for link in links if link.needs_precond)
+            raise ConfigError("regularization", f"a penalty that does not read a diagonal P with preconditioner="
+                              f"{preconditioner.namespace} (its P is not diagonal)", reader,
+                              "use l2 (either variable: in z it is decoupled weight decay for any P), gradnorm or "
+                              "l1 form=subgradient in variable=p")
 
     def with_chain_over(self, params: ParamsT, defaults: dict, layout=None) -> ComposedOptimizer:
         """A new optimizer with copies of this one's links over other parameters and hyperparameters
@@ -203,6 +214,25 @@ class ComposedOptimizer(torch.optim.Optimizer):
                 out.append((p, self.preconditioner.denominator(group, self.state[p], p)))
         return out
 
+    def preconditioner_operator(self, params: Sequence[Tensor]) -> PreconditionerOperator:
+        """``P`` over the flat vector of ``params`` (in that order) from the current state, as an operator
+        (:mod:`precond.preconditioner_operator`); parameters this optimizer does not step have ``P = I``."""
+        if any(isinstance(link, BNPTransform) for link in self.direction_links):
+            raise NotImplementedError(
+                "BNP's preconditioner is block-diagonal per neuron ([w_i, b_i]) and its blocks are not exposed: "
+                "z-space curvature is not implemented for it; measure space='p'"
+            )
+        offsets, start = {}, 0
+        for p in params:
+            offsets[id(p)] = start
+            start += p.numel()
+        blocks = []
+        for group in self.param_groups:
+            mine = [p for p in group["params"] if id(p) in offsets]
+            blocks += self.preconditioner.blocks(group, [self.state[p] for p in mine], mine,
+                                                 [offsets[id(p)] for p in mine])
+        return PreconditionerOperator(blocks, start)
+
 
 def _plain_lr(lr):
     """A learning rate as a number: a one-element tensor is read as torch.optim reads it (its value; the step is
@@ -235,7 +265,8 @@ def build_optimizer(
 
     Args:
         params: iterable of tensors or torch param-group dicts.
-        preconditioner: ``sgd | adagrad | rmsprop | adam`` (docs/theory.md §2).
+        preconditioner: ``sgd | adagrad | rmsprop | adam`` (diagonal), ``full_matrix | kronecker``
+            (:mod:`precond.matrix_preconditioners`) or ``bnp`` (docs/theory.md §2).
         lr: learning rate ``η``.
         regularization: ``none | l2 | l1 | gradnorm`` (docs/theory.md §3).
         variable: ``p`` (penalty before the preconditioner) or ``z`` (after it).
@@ -281,9 +312,11 @@ def build_optimizer(
         spec = spec.base_settings()
     elif model is not None:
         raise ValueError("the 'model' argument is only used by preconditioner 'bnp'")
-    link_cls = PRECONDITIONERS[spec.name][0]
+    link_cls = ALL_PRECONDITIONERS[spec.name][0]
     hyper = spec.hyper()
     params = _refuse_unknown_group_keys(params, {"lr", *hyper, *bnp_defaults, "strength", "policy"})
+    if isinstance(spec, MatrixPreconditionerSettings):
+        spec.check_params(_tensors_of(params))
     defaults = {"lr": float(lr), **hyper, **bnp_defaults, "strength": reg.strength, "policy": reg.policy}
 
     before, after, post = [], [], []
@@ -301,6 +334,20 @@ def build_optimizer(
         before.append(bnp_link)  # after the p-penalties, before the base preconditioner
     return ComposedOptimizer(params, defaults, link_cls(), before=before, after=after, momentum=momentum,
                              post=post)
+
+
+def _tensors_of(params: list) -> list[Tensor]:
+    """Every tensor of a parameter list (tensors or torch param-group dicts; a group's ``params`` is made a list,
+    so that reading it here does not exhaust a generator torch reads after)."""
+    out = []
+    for item in params:
+        if isinstance(item, dict):
+            group = item["params"]
+            item["params"] = [group] if isinstance(group, Tensor) else list(group)
+            out += item["params"]
+        else:
+            out.append(item)
+    return out
 
 
 def _refuse_unknown_group_keys(params: ParamsT, known: set) -> list:
@@ -321,6 +368,8 @@ def preconditioner_settings(name: str, lr: float, hyper: dict) -> Preconditioner
     """The typed settings of preconditioner ``name`` from build_optimizer's keywords (the one check)."""
     if name == "bnp":
         return BNPSettings.from_flat(lr, hyper)
+    if name in MATRIX_PRECONDITIONERS:
+        return MATRIX_PRECONDITIONERS[name][1].from_mapping({"name": name, "lr": lr, **hyper})
     if name not in PRECONDITIONERS:
-        raise ConfigError("name", f"one of {sorted([*PRECONDITIONERS, 'bnp'])}", name)
+        raise ConfigError("name", f"one of {sorted([*ALL_PRECONDITIONERS, 'bnp'])}", name)
     return diagonal_settings(name, lr=lr, **hyper)

@@ -19,6 +19,10 @@ rmsprop     ``v ← αv + (1−α)g²`` (centered: ``v − ḡ²``)  ``√v + ε
 adam        ``m ← β₁m + (1−β₁)g``, ``v ← β₂v + (1−β₂)g²``  ``√v̂ + ε``, direction ``m̂/D``
 ==========  ==========================================  ===============================
 
+Each adaptive one takes a ``power`` ``q`` (default ½, torch's): ``√·`` above becomes ``(·)^q``. At
+stationarity on least squares the second moment is proportional to ``diag(H)``, so ``q`` sets how much of
+the scale part of ``κ(H)`` the preconditioner removes: ``κ(PᵀHP) ≈ κ(H)^{1−q}`` there (docs/theory.md §2).
+
 ``g`` is the incoming direction: the raw gradient plus any p-regularizer term,
 so an L2 penalty on ``p`` enters Adam's moments (torch ``Adam(weight_decay)``).
 """
@@ -31,8 +35,9 @@ from typing import ClassVar, Optional
 import torch
 from torch import Tensor
 
-from precond.chain import Link, StepContext, add_scaled, add_scaled_, addcmul_, hmap, is_zero, pick
+from precond.chain import Hyper, Link, StepContext, add_scaled, add_scaled_, addcmul_, hmap, is_zero, pick
 from precond.errors import ConfigError
+from precond.preconditioner_operator import Diagonal
 from precond.settings import LEARNING_RATE, Flag, Num, Seq, Settings, Text, setting
 
 
@@ -51,6 +56,21 @@ def _sqrt(x):
     return x.sqrt() if isinstance(x, Tensor) else math.sqrt(x)
 
 
+def _power(x, q):
+    """``x^q`` for a number or a per-job tensor; ``q = ½`` is :func:`_sqrt` (correctly rounded, as torch.optim)."""
+    if isinstance(q, (int, float)) and q == 0.5:
+        return _sqrt(x)
+    return x**q
+
+
+def _roots(xs: list[Tensor], q: Hyper) -> list[Tensor]:
+    """``x^q`` element-wise over a list of tensors (new tensors); ``q = ½`` is torch.optim's sqrt.
+    ``q`` is a number or one per-job view per tensor (a pack whose jobs differ in ``power``)."""
+    if not isinstance(q, list) and q == 0.5:
+        return torch._foreach_sqrt(xs)
+    return torch._foreach_pow(torch._foreach_clamp_min(xs, 0.0), q)
+
+
 def _each(h, n: int) -> list:
     """A hyperparameter as one entry per parameter."""
     return h if isinstance(h, list) else [h] * n
@@ -66,10 +86,29 @@ def _advance_step(ctx: StepContext, key: str) -> list[int]:
 
 
 class Preconditioner(Link):
-    """Base class: a link that turns ``g`` into ``d = M g`` and records ``D``."""
+    """Base class: a link that turns ``g`` into ``d = M g`` and records ``D``.
+
+    A diagonal preconditioner records ``D`` (``M = D⁻¹``) in the step context, where z-space links read
+    it, and :meth:`denominator` gives it between steps. A non-diagonal one (``diagonal = False``) records
+    nothing in the context and exposes ``P`` only through :meth:`blocks`; the build function refuses the
+    links that would read a diagonal ``P`` from it.
+    """
 
     #: keep ``D`` in the context (set by the build function when a later link reads ``P``)
     keep_denominator: bool = False
+    #: ``M`` is element-wise (``D`` in the step context); False for Kronecker and dense ``P``
+    diagonal: ClassVar[bool] = True
+
+    def blocks(self, group: dict, states: list[dict], params: list[Tensor], starts: list[int]) -> list:
+        """``P``'s blocks over ``params`` (``starts``: each one's offset in the flat parameter vector), from
+        the current state without stepping (:mod:`precond.preconditioner_operator`). Diagonal by default:
+        ``P = D^{-1/2}`` from :meth:`denominator`; a parameter without a block has ``P = I``."""
+        out = []
+        for param, state, start in zip(params, states, starts):
+            d = self.denominator(group, state, param)
+            if d is not None:
+                out.append(Diagonal(start, d.detach().reshape(-1).rsqrt()))
+        return out
 
     def denominator(self, group: dict, state: dict, param: Tensor) -> Optional[Tensor]:
         """``D`` (``M = D⁻¹``) implied by the current state, without stepping.
@@ -107,7 +146,7 @@ class Adagrad(Preconditioner):
             sums = [_zeros_state(s, self.key("sum"), p, f) for p, s, f in zip(ctx.params, ctx.states, fills)]
             steps = _advance_step(ctx, self.key("step"))
             torch._foreach_addcmul_(sums, g, g, value=1.0)
-            denom = torch._foreach_sqrt(sums)
+            denom = _roots(sums, ctx.hyper("power"))
             torch._foreach_add_(denom, ctx.hyper("eps"))
             decay = [1.0 + (k - 1) * r for k, r in zip(steps, _each(ctx.hyper("lr_decay"), n))]
             if any(isinstance(f, Tensor) or f != 1.0 for f in decay):
@@ -119,7 +158,7 @@ class Adagrad(Preconditioner):
     def denominator(self, group, state, param):
         s = self._require(state, self.key("sum"))
         k = int(state[self.key("step")])
-        return (s.sqrt() + group["eps"]) * (1.0 + (k - 1) * group["lr_decay"])
+        return (_power(s, group["power"]) + group["eps"]) * (1.0 + (k - 1) * group["lr_decay"])
 
 
 class RMSprop(Preconditioner):
@@ -139,10 +178,9 @@ class RMSprop(Preconditioner):
             if ctx.group["centered"]:
                 gavg = [_zeros_state(s, self.key("grad_avg"), p) for p, s in zip(ctx.params, ctx.states)]
                 torch._foreach_lerp_(gavg, g, one_minus_alpha)
-                denom = torch._foreach_addcmul(sq, gavg, gavg, value=-1.0)
-                torch._foreach_sqrt_(denom)
+                denom = _roots(torch._foreach_addcmul(sq, gavg, gavg, value=-1.0), ctx.hyper("power"))
             else:
-                denom = torch._foreach_sqrt(sq)
+                denom = _roots(sq, ctx.hyper("power"))
             torch._foreach_add_(denom, ctx.hyper("eps"))
             ctx.denominator = denom
             out.append(torch._foreach_div(g, denom))
@@ -153,7 +191,7 @@ class RMSprop(Preconditioner):
         if group["centered"]:
             gavg = state[self.key("grad_avg")]
             v = v - gavg * gavg
-        return v.sqrt() + group["eps"]
+        return _power(v.clamp_min(0.0), group["power"]) + group["eps"]
 
 
 class Adam(Preconditioner):
@@ -178,8 +216,9 @@ class Adam(Preconditioner):
             torch._foreach_mul_(v, beta2)
             addcmul_(v, g, g, hmap(lambda b: 1.0 - b, beta2))
             bc1 = [1.0 - b**k for b, k in zip(_each(beta1, n), steps)]
-            bc2_sqrt = [_sqrt(1.0 - b**k) for b, k in zip(_each(beta2, n), steps)]
-            denom = torch._foreach_sqrt(v)
+            q = ctx.hyper("power")
+            bc2_sqrt = [_power(1.0 - b**k, qi) for b, k, qi in zip(_each(beta2, n), steps, _each(q, n))]
+            denom = _roots(v, q)
             if self.keep_denominator:
                 # D = √v̂ + ε is read by later links; d = (m / bc1) / D
                 torch._foreach_div_(denom, bc2_sqrt)
@@ -201,7 +240,7 @@ class Adam(Preconditioner):
         v = self._require(state, self.key("exp_avg_sq"))
         k = int(state[self.key("step")])
         _, beta2 = group["betas"]
-        return (v / (1.0 - beta2**k)).sqrt() + group["eps"]
+        return _power(v / (1.0 - beta2**k), group["power"]) + group["eps"]
 
 
 class Momentum(Link):
@@ -247,6 +286,8 @@ class PreconditionerSettings(Settings):
     """
 
     NAME: ClassVar[str] = ""
+    #: False when ``P`` is not diagonal: the penalties that read a diagonal ``P`` are refused with it
+    DIAGONAL: ClassVar[bool] = True
     name: str = setting(Text(), "")
     lr: float = setting(LEARNING_RATE, 1e-3, doc="default learning rate η")
 
@@ -263,6 +304,13 @@ class PreconditionerSettings(Settings):
 #: heavy-ball coefficient μ (torch allows any μ >= 0; μ > 1 only diverges)
 MOMENTUM = Num(0, 1)
 EPS = Num(0, lo_open=True)
+#: the exponent q of the second moment in ``D = v^q + ε`` (docs/theory.md §2: ½ is torch.optim's; 0 is SGD's
+#: direction, 1 cancels the gradient's scale entirely)
+POWER = Num(0, 1)
+
+
+def power_setting():
+    return setting(POWER, 0.5, doc="q in D = v^q + ε (torch.optim: 0.5)")
 
 
 @dataclass(frozen=True)
@@ -290,6 +338,7 @@ class AdagradSettings(PreconditionerSettings):
     name: str = setting(Text(), "adagrad")
     lr_decay: float = setting(Num(0), 0.0)
     eps: float = setting(EPS, 1e-10)
+    power: float = power_setting()
     initial_accumulator_value: float = setting(Num(0), 0.0)
     momentum: float = setting(MOMENTUM, 0.0)
 
@@ -302,6 +351,7 @@ class RMSpropSettings(PreconditionerSettings):
     name: str = setting(Text(), "rmsprop")
     alpha: float = setting(Num(0, 1), 0.99)
     eps: float = setting(EPS, 1e-8)
+    power: float = power_setting()
     centered: bool = setting(Flag(), False)
     momentum: float = setting(MOMENTUM, 0.0)
 
@@ -314,6 +364,7 @@ class AdamSettings(PreconditionerSettings):
     name: str = setting(Text(), "adam")
     betas: tuple = setting(Seq(Num(0, 1, hi_open=True), 2, 2), (0.9, 0.999), fix="e.g. [0.9, 0.999]")
     eps: float = setting(EPS, 1e-8)
+    power: float = power_setting()
 
 
 #: name → (link class, settings class) of the diagonal preconditioners

@@ -25,6 +25,9 @@ BOOKKEEPING = ("name", "stage", "arm", "target", "dataset.target_metric", "datas
                *RESULT_FREE_KEYS)
 
 
+#: preconditioners whose state is a matrix over a job's parameters (precond.matrix_preconditioners): they train alone
+NON_DIAGONAL = ("full_matrix", "kronecker")
+
 #: models the stacked model batches explicitly (:class:`~precond.sweep.pack_training.StackedModel`):
 #: Sequentials of dense, convolutional, normalization, pooling and activation layers
 EXPLICITLY_BATCHED = ("precond.models.LinearModel", "precond.models.MLPModel", "precond.models.CNNModel")
@@ -33,7 +36,11 @@ EXPLICITLY_BATCHED = ("precond.models.LinearModel", "precond.models.MLPModel", "
 def alone_reason(config: dict) -> Optional[str]:
     """Why a run with this resolved config cannot be packed, or None when it can."""
     batched = config.get("model", {}).get("_target_") in EXPLICITLY_BATCHED
-    if config.get("preconditioner", {}).get("name") == "bnp" and not batched:
+    name = config.get("preconditioner", {}).get("name")
+    if name in NON_DIAGONAL:
+        return (f"preconditioner={name} keeps matrices over a job's own parameters, which a stacked model's "
+                "job axis would mix")
+    if name == "bnp" and not batched:
         return "preconditioner=bnp needs a model the pack batches explicitly (linear, mlp, cnn)"
     regularization = config.get("regularization", {})
     if regularization.get("name") == "gradnorm" and regularization.get("backend") == "double_backward":
