@@ -28,7 +28,8 @@ def check_combinations(*, preconditioner: Any = None, regularization: Any = None
             raise ConfigError(key, "penalties in variable=p (l2, l1 form=subgradient, gradnorm) with "
                               "preconditioner=bnp", got, "z = P⁻¹p and the L1 prox threshold need a diagonal P, "
                               "and BNP's P is block-diagonal per neuron")
-    if not getattr(preconditioner, "DIAGONAL", True) and regularization is not None and _reads_diagonal_P(regularization):
+    non_diagonal = not getattr(preconditioner, "DIAGONAL", True)
+    if non_diagonal and regularization is not None and _reads_diagonal_P(regularization):
         key, got = (("regularization.form", "prox") if regularization.variable == "p"
                     else ("regularization.variable", "z"))
         raise ConfigError(key, f"a penalty that does not read a diagonal P with preconditioner={preconditioner.NAME} "

@@ -29,7 +29,6 @@ from __future__ import annotations
 import contextlib
 import copy
 from collections.abc import Callable, Iterable
-from typing import Optional
 
 import torch
 from torch import Tensor, nn
