@@ -46,6 +46,7 @@ EXPERIMENTS = [
     ("local_rate", [PY, "scripts/check_local_rate.py", "--out", "{out}"]),
     ("standardization", [PY, "scripts/check_standardization.py", "--out", "{out}"]),
     ("kappa_scaling", [PY, "scripts/check_kappa_scaling.py", "--out", "{out}"]),
+    ("exponent_law", [PY, "scripts/check_exponent_law.py", "--out", "{out}"]),
     ("kappa_trajectory", [PY, "scripts/check_kappa_trajectory.py", "--out", "{out}"]),
     ("kappa_plus", [PY, "scripts/check_kappa_plus.py", "--out", "{out}"]),
     ("identities", [PY, "scripts/check_identities.py", "--out", "{out}"]),
@@ -62,7 +63,7 @@ COPIED = ("comparison.md", "verdicts.json", "selection.json", EVIDENCE)
 #: any of these makes tests/test_results_current.py fail until `make results` regenerates the results
 DEPENDS_ON = ("precond/**/*.py", "hydra_plugins/**/*.py", "conf/**/*.yaml", "scripts/check_local_rate.py",
               "scripts/check_standardization.py", "scripts/check_kappa_*.py", "scripts/check_identities.py",
-              "scripts/results.py")
+              "scripts/check_exponent_law.py", "scripts/results.py")
 #: (a check script counts only for the experiment it produces: see _counts)
 
 

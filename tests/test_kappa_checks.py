@@ -58,8 +58,40 @@ def test_kappa_scaling_measures_square_root_for_adam_and_flat_for_jacobi():
     assert kappas["jacobi"] < 3 and kappas["standardization"] < 3
 
 
+def test_exponent_law_measures_what_each_structure_can_represent():
+    """One problem of each kind at 2 decades: a diagonal P with q = 1 flattens scale ill-conditioning, the full P
+    with q = ½ takes the square root of correlation ill-conditioning, the diagonal P leaves it alone, and κ(H)
+    is what the data generator spreads."""
+    el = _script("check_exponent_law")
+    scale = el.measure("scale", 2.0, 7, steps=300)
+    corr = el.measure("correlation", 2.0, 7, steps=300)
+    for row in (scale, corr):
+        assert 30 < row["kappa_h"] < 300
+    assert scale[("diagonal", 1.0)] < 3 < scale["kappa_h"] / 10
+    assert 0.3 * corr["kappa_h"] ** 0.5 < corr[("full_matrix", 0.5)] < 3 * corr["kappa_h"] ** 0.5
+    assert corr[("diagonal", 0.5)] > 0.5 * corr["kappa_h"]
+    assert corr[("full_matrix", 0.0)] == pytest.approx(corr["kappa_h"], rel=1e-9)  # q = 0: P = I
+
+
+def test_exponent_law_speed_rule_is_a_paired_slope_difference():
+    """The structure-on-speed verdict: a diagonal arm whose steps grow as κ(H) against a matrix arm whose steps
+    are flat holds on correlation problems; equal growth fails there and holds on scale problems."""
+    el = _script("check_exponent_law")
+    kh = [10.0, 30.0, 100.0, 300.0, 1000.0, 3000.0]
+    def rows(diag, matrix):
+        return [{"spread": i, "seed": 0, "arm": arm, "kappa_h": k, "steps": f(k)} for i, k in enumerate(kh)
+                for arm, f in (("diagonal", diag), ("full_matrix", matrix))]
+    grows = rows(lambda k: 5 * k * (1.1 if k > 50 else 0.9), lambda k: 80.0 + (k % 7))
+    same = rows(lambda k: 3 * k**0.5, lambda k: 2 * k**0.5 * (1.05 if k > 50 else 0.95))
+    assert el.steps_verdict(grows, "full_matrix", "correlation").verdict == "holds"
+    assert el.steps_verdict(same, "full_matrix", "correlation").verdict == "fails"
+    assert el.steps_verdict(same, "full_matrix", "scale").verdict == "holds"
+    assert el.steps_verdict(grows, "full_matrix", "scale").verdict == "fails"
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize(("name", "args"), [("check_kappa_scaling", ["--seeds", "1", "--steps", "200"]),
+                                            ("check_exponent_law", ["--seeds", "1", "--steps", "200"]),
                                             ("check_kappa_trajectory", ["--seeds", "2"]),
                                             ("check_kappa_plus", ["--seeds", "2", "--steps", "50"]),
                                             ("check_local_rate", [])])
