@@ -28,6 +28,13 @@ def check_combinations(*, preconditioner: Any = None, regularization: Any = None
             raise ConfigError(key, "penalties in variable=p (l2, l1 form=subgradient, gradnorm) with "
                               "preconditioner=bnp", got, "z = P⁻¹p and the L1 prox threshold need a diagonal P, "
                               "and BNP's P is block-diagonal per neuron")
+    if not getattr(preconditioner, "EXPOSES_P", True) and regularization is not None \
+            and regularization.name != "none" and (regularization.variable == "z" or _reads_diagonal_P(regularization)):
+        key, got = (("regularization.variable", "z") if regularization.variable == "z"
+                    else ("regularization.form", "prox"))
+        raise ConfigError(key, f"a penalty in variable=p with preconditioner={preconditioner.NAME} (a black box: it "
+                          "exposes no P, so z = P⁻¹p is undefined)", got,
+                          "use variable=p (l1 with form=subgradient), or a preconditioner precond knows")
     non_diagonal = not getattr(preconditioner, "DIAGONAL", True)
     if non_diagonal and regularization is not None and _reads_diagonal_P(regularization):
         key, got = (("regularization.form", "prox") if regularization.variable == "p"

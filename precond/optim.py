@@ -21,6 +21,7 @@ from typing import Optional, Union
 import torch
 from torch import Tensor
 
+from precond.black_box import TorchOptimizer, TorchOptimSettings, build_black_box
 from precond.bnp import BNPSettings, BNPTransform, check_model_for_bnp
 from precond.chain import Link, StepContext, add_scaled_, hmap
 from precond.combinations import check_combinations
@@ -266,7 +267,8 @@ def build_optimizer(
     Args:
         params: iterable of tensors or torch param-group dicts.
         preconditioner: ``sgd | adagrad | rmsprop | adam`` (diagonal), ``full_matrix | kronecker``
-            (:mod:`precond.matrix_preconditioners`) or ``bnp`` (docs/theory.md §2).
+            (:mod:`precond.matrix_preconditioners`), ``bnp`` (docs/theory.md §2), or ``torch_optim`` with
+            ``optimizer=<torch.optim class name>`` and ``options={...}`` (:mod:`precond.black_box`).
         lr: learning rate ``η``.
         regularization: ``none | l2 | l1 | gradnorm`` (docs/theory.md §3).
         variable: ``p`` (penalty before the preconditioner) or ``z`` (after it).
@@ -312,8 +314,10 @@ def build_optimizer(
         spec = spec.base_settings()
     elif model is not None:
         raise ValueError("the 'model' argument is only used by preconditioner 'bnp'")
-    link_cls = ALL_PRECONDITIONERS[spec.name][0]
-    hyper = spec.hyper()
+    if isinstance(spec, TorchOptimSettings):
+        step_link, hyper = build_black_box(spec, lr), {}
+    else:
+        step_link, hyper = ALL_PRECONDITIONERS[spec.name][0](), spec.hyper()
     params = _refuse_unknown_group_keys(params, {"lr", *hyper, *bnp_defaults, "strength", "policy"})
     if isinstance(spec, MatrixPreconditionerSettings):
         spec.check_params(_tensors_of(params))
@@ -332,8 +336,11 @@ def build_optimizer(
     momentum = Momentum() if "momentum" in hyper else None
     if bnp_link is not None:
         before.append(bnp_link)  # after the p-penalties, before the base preconditioner
-    return ComposedOptimizer(params, defaults, link_cls(), before=before, after=after, momentum=momentum,
-                             post=post)
+    optimizer = ComposedOptimizer(params, defaults, step_link, before=before, after=after, momentum=momentum,
+                                  post=post)
+    if isinstance(step_link, TorchOptimizer):
+        step_link.attach(optimizer)
+    return optimizer
 
 
 def _tensors_of(params: list) -> list[Tensor]:
@@ -368,6 +375,13 @@ def preconditioner_settings(name: str, lr: float, hyper: dict) -> Preconditioner
     """The typed settings of preconditioner ``name`` from build_optimizer's keywords (the one check)."""
     if name == "bnp":
         return BNPSettings.from_flat(lr, hyper)
+    if name == TorchOptimSettings.NAME:
+        unknown = sorted(set(hyper) - {"optimizer", "options"})
+        if unknown:
+            raise ConfigError(unknown[0], "optimizer and options with preconditioner='torch_optim'", hyper[unknown[0]],
+                              "pass the optimizer's own keywords in options={...}")
+        return TorchOptimSettings.from_mapping({"name": hyper.get("optimizer", "SGD"), "lr": lr,
+                                                "options": hyper.get("options", {})})
     if name in MATRIX_PRECONDITIONERS:
         return MATRIX_PRECONDITIONERS[name][1].from_mapping({"name": name, "lr": lr, **hyper})
     if name not in PRECONDITIONERS:

@@ -98,6 +98,8 @@ class Preconditioner(Link):
     keep_denominator: bool = False
     #: ``M`` is element-wise (``D`` in the step context); False for Kronecker and dense ``P``
     diagonal: ClassVar[bool] = True
+    #: :meth:`blocks` gives ``P`` (False for a black-box optimizer: nothing in z can be measured)
+    exposes_P: ClassVar[bool] = True
 
     def blocks(self, group: dict, states: list[dict], params: list[Tensor], starts: list[int]) -> list:
         """``P``'s blocks over ``params`` (``starts``: each one's offset in the flat parameter vector), from
@@ -288,6 +290,8 @@ class PreconditionerSettings(Settings):
     NAME: ClassVar[str] = ""
     #: False when ``P`` is not diagonal: the penalties that read a diagonal ``P`` are refused with it
     DIAGONAL: ClassVar[bool] = True
+    #: False when the optimizer exposes no ``P`` (a black box): penalties in z and claims on z metrics are refused
+    EXPOSES_P: ClassVar[bool] = True
     name: str = setting(Text(), "")
     lr: float = setting(LEARNING_RATE, 1e-3, doc="default learning rate η")
 

@@ -231,6 +231,10 @@ def test_a_bad_arm_is_refused_before_any_run(tmp_path, capsys, arms, message):
      "hydra.sweeper.claims[0].metric: 'val/acc' for arm a: a regression dataset records no accuracy"),
     (["hydra.sweeper.claims=[{claim:x,metric:curvature/z/kappa,better:a,than:b}]"],
      "hydra.sweeper.claims[0].metric: 'curvature/z/kappa' for arm a: curvature is not measured"),
+    (["hydra.sweeper.arms={a:{overrides:{preconditioner:torch_optim}},b:{}}", "curvature=lanczos",
+      "hydra.sweeper.claims=[{claim:x,metric:curvature/z/kappa,better:a,than:b}]"],
+     "hydra.sweeper.claims[0].metric: 'curvature/z/kappa' for arm a: preconditioner=torch_optim (SGD) is a black "
+     "box: it exposes no P"),
     (["hydra.sweeper.arms={a:{grid:{lr:[0.5]}},b:{overrides:{batch_size:5000},grid:{lr:[0.5]}}}"],
      "hydra.sweeper.arms.b at {'lr': 0.5}: batch_size: expected at most the training-split size 2048"),
     (["hydra.sweeper.arms={a:{grid:{lr:[0.5]}},b:{overrides:{target.metric:val/acc},grid:{lr:[0.5]}}}"],

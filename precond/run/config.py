@@ -24,6 +24,7 @@ from precond.combinations import check_combinations
 from precond.curvature import CurvatureSettings
 from precond.data import Dataset, DataSpec
 from precond.errors import ConfigError
+from precond.extensions import load_extensions
 from precond.models import ModelSpec
 from precond.normalization import Normalization, standardize_inputs
 from precond.optim import ComposedOptimizer, build_optimizer
@@ -169,6 +170,7 @@ def _registered(base: type) -> dict[str, type]:
 def build_group(node: str, value: Any) -> Optional[Settings]:
     """The settings object of config group ``node`` from its plain mapping (``_target_`` + keys)."""
     base, nullable = GROUPS[node]
+    load_extensions()  # installed packages' options join the registered settings classes
     if value is None and nullable:
         return None
     if not isinstance(value, dict):
@@ -307,6 +309,9 @@ def why_not_recorded(metric: str, settings: RunSettings) -> Optional[str]:
         if settings.curvature is None or not settings.curvature.enabled:
             return "curvature is not measured (curvature=null, or curvature.enabled=false)"
         space = metric.split("/")[1]
+        if space == "z" and not getattr(settings.preconditioner, "EXPOSES_P", True):
+            return (f"preconditioner={settings.preconditioner.NAME} ({settings.preconditioner.name}) is a black box: "
+                    "it exposes no P, so nothing in z is measured")
         if space in ("p", "z") and space not in settings.curvature.spaces:
             return f"curvature.spaces={list(settings.curvature.spaces)} does not measure {space}"
         return None

@@ -8,6 +8,7 @@ cumulative values.
 """
 from __future__ import annotations
 
+import logging
 import time
 from typing import Protocol
 
@@ -16,6 +17,8 @@ from torch import Tensor, nn
 
 from precond.curvature import CurvatureSettings, measure_curvature, require_dense_fits
 from precond.normalization import hidden_matrix_kappas
+
+log = logging.getLogger(__name__)
 
 
 class Monitor(Protocol):
@@ -79,6 +82,9 @@ class CurvatureMonitor:
         # κ(ĤᵀĤ) needs more samples than features, whatever the training batch size
         self.layer_inputs = x_train[perm[:min(x_train.shape[0], LAYER_SAMPLES)]]
         self.seconds = 0.0
+        if "z" in settings.spaces and not optimizer.preconditioner.exposes_P:
+            log.warning("curvature in z is not measured: this preconditioner is a black box and exposes no P "
+                        "(κ in p is measured as asked)")
 
     def __call__(self, step: int, final: bool) -> dict:
         skip_start = step == 0 and not final and not self.settings.at_start
@@ -88,8 +94,8 @@ class CurvatureMonitor:
         metrics: dict = {}
         s = self.settings
         for space in s.spaces:
-            if space == "z" and not self.optimizer.state:
-                continue
+            if space == "z" and (not self.optimizer.state or not self.optimizer.preconditioner.exposes_P):
+                continue  # P undefined before step 1; a black-box optimizer exposes none
             res = measure_curvature(self.model, self.loss_fn, self.batches, optimizer=self.optimizer, space=space,
                                     tol=s.tol, max_matvecs=s.max_matvecs, method=s.method, bn_mode=s.bn_mode,
                                     hvp_mode=s.hvp_mode)

@@ -27,6 +27,8 @@ BOOKKEEPING = ("name", "stage", "arm", "target", "dataset.target_metric", "datas
 
 #: preconditioners whose state is a matrix over a job's parameters (precond.matrix_preconditioners): they train alone
 NON_DIAGONAL = ("full_matrix", "kronecker")
+#: any other preconditioner that is not one of precond's own diagonal ones: its state has no job axis
+PACKABLE = ("sgd", "adagrad", "rmsprop", "adam", "bnp")
 
 #: models the stacked model batches explicitly (:class:`~precond.sweep.pack_training.StackedModel`):
 #: Sequentials of dense, convolutional, normalization, pooling and activation layers
@@ -40,6 +42,9 @@ def alone_reason(config: dict) -> Optional[str]:
     if name in NON_DIAGONAL:
         return (f"preconditioner={name} keeps matrices over a job's own parameters, which a stacked model's "
                 "job axis would mix")
+    if name is not None and name not in PACKABLE:
+        return (f"preconditioner {name} is not one of precond's element-wise preconditioners {list(PACKABLE)}: "
+                "its state has no job axis")
     if name == "bnp" and not batched:
         return "preconditioner=bnp needs a model the pack batches explicitly (linear, mlp, cnn)"
     regularization = config.get("regularization", {})
