@@ -26,9 +26,17 @@ from precond.bnp import BNPSettings, BNPTransform, check_model_for_bnp
 from precond.chain import Link, StepContext, add_scaled_, hmap
 from precond.combinations import check_combinations
 from precond.errors import ConfigError
+from precond.extensions import load_extensions
 from precond.matrix_preconditioners import MATRIX_PRECONDITIONERS, MatrixPreconditionerSettings
 from precond.preconditioner_operator import PreconditionerOperator
-from precond.preconditioners import PRECONDITIONERS, Momentum, Preconditioner, PreconditionerSettings, diagonal_settings
+from precond.preconditioners import (
+    PRECONDITIONERS,
+    Momentum,
+    Preconditioner,
+    PreconditionerSettings,
+    diagonal_settings,
+    settings_class,
+)
 from precond.regularizers import BackwardCreatesGraph, Penalty, RegularizationSpec, make_penalty
 
 ParamsT = Union[Iterable[Tensor], Iterable[dict]]
@@ -317,7 +325,8 @@ def build_optimizer(
     if isinstance(spec, TorchOptimSettings):
         step_link, hyper = build_black_box(spec, lr), {}
     else:
-        step_link, hyper = ALL_PRECONDITIONERS[spec.name][0](), spec.hyper()
+        link_class = type(spec).LINK or ALL_PRECONDITIONERS[spec.NAME][0]
+        step_link, hyper = link_class(), spec.hyper()
     params = _refuse_unknown_group_keys(params, {"lr", *hyper, *bnp_defaults, "strength", "policy"})
     if isinstance(spec, MatrixPreconditionerSettings):
         spec.check_params(_tensors_of(params))
@@ -384,6 +393,22 @@ def preconditioner_settings(name: str, lr: float, hyper: dict) -> Preconditioner
                                                 "options": hyper.get("options", {})})
     if name in MATRIX_PRECONDITIONERS:
         return MATRIX_PRECONDITIONERS[name][1].from_mapping({"name": name, "lr": lr, **hyper})
-    if name not in PRECONDITIONERS:
-        raise ConfigError("name", f"one of {sorted([*ALL_PRECONDITIONERS, 'bnp'])}", name)
-    return diagonal_settings(name, lr=lr, **hyper)
+    if name in PRECONDITIONERS:
+        return diagonal_settings(name, lr=lr, **hyper)
+    load_extensions()
+    cls = settings_class(name)
+    if cls is None or cls is BNPSettings:
+        known = sorted({c for c in [*ALL_PRECONDITIONERS, "bnp", "torch_optim", *_installed_names()]})
+        raise ConfigError("name", f"one of {known}", name)
+    return cls.from_mapping({"name": name, "lr": lr, **hyper})
+
+
+def _installed_names() -> list[str]:
+    """The NAMEs of every loaded preconditioner settings class (precond's and the installed packages')."""
+    out, todo = [], [PreconditionerSettings]
+    while todo:
+        cls = todo.pop()
+        if cls.NAME:
+            out.append(cls.NAME)
+        todo += cls.__subclasses__()
+    return out

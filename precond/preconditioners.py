@@ -288,6 +288,9 @@ class PreconditionerSettings(Settings):
     """
 
     NAME: ClassVar[str] = ""
+    #: the link class that steps with these settings (precond's own are in :data:`PRECONDITIONERS`; a package's
+    #: settings class names its own link here: docs/extending.md)
+    LINK: ClassVar[Optional[type]] = None
     #: False when ``P`` is not diagonal: the penalties that read a diagonal ``P`` are refused with it
     DIAGONAL: ClassVar[bool] = True
     #: False when the optimizer exposes no ``P`` (a black box): penalties in z and claims on z metrics are refused
@@ -378,6 +381,18 @@ PRECONDITIONERS: dict[str, tuple[type[Preconditioner], type[PreconditionerSettin
     "rmsprop": (RMSprop, RMSpropSettings),
     "adam": (Adam, AdamSettings),
 }
+
+
+def settings_class(name: str) -> Optional[type[PreconditionerSettings]]:
+    """The settings class whose ``NAME`` is ``name`` among every subclass loaded (precond's and the installed
+    packages', :func:`precond.extensions.load_extensions`), or None."""
+    todo, found = [PreconditionerSettings], None
+    while todo:
+        cls = todo.pop()
+        if cls.NAME == name and cls.NAME:
+            found = cls
+        todo += cls.__subclasses__()
+    return found
 
 
 def diagonal_settings(name: str, **values) -> PreconditionerSettings:

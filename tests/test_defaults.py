@@ -53,3 +53,23 @@ def test_conv_nets_train_on_digits_at_their_defaults(tmp_path, model, steps):
     assert run_in_process([f"model={model}", "dataset=digits", f"steps={steps}", f"eval_every={steps}",
                            f"hydra.run.dir={tmp_path}"]) == 0
     assert read_summary(tmp_path)["val/acc"] >= 0.7  # chance is 0.1
+
+
+def test_the_manuals_default_lr_table_is_the_configs():
+    """docs/manual.md's table of each model family's default learning rates says what conf/model/*.yaml says."""
+    import yaml
+
+    text = (Path(CONF_DIR).parent / "docs" / "manual.md").read_text(encoding="utf-8")
+    lines = text[text.index("| model | sgd | adagrad"):].splitlines()
+    header = [c.strip().split(" ")[0] for c in lines[0].strip("|").split("|")][1:]
+    rows = {}
+    for line in lines[2:]:
+        if not line.startswith("|"):
+            break
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        for model in cells[0].split(", "):
+            rows[model] = dict(zip(header, (float(c) for c in cells[1:])))
+    assert set(rows) == set(_options("model"))
+    for model, table in rows.items():
+        config = yaml.safe_load((Path(CONF_DIR) / "model" / f"{model}.yaml").read_text())["default_lr"]
+        assert table == config, model
