@@ -28,7 +28,7 @@ def test_experiment_runs_end_to_end(cli, tmp_path, experiment):
             assert s["status"] == "completed", s
     assert (tmp_path / "sweep" / "comparison.md").exists()
     if "hydra/sweeper: tuned" in text:  # a tuned experiment: selection, confirmation, verdicts
-        assert "## Verdicts" in proc.stdout and (tmp_path / "sweep" / "verdicts.json").exists()
+        assert "report: " in proc.stdout and (tmp_path / "sweep" / "verdicts.json").exists()
         assert {s["stage"] for s in summaries} == {"tuning", "confirmation"}
     else:
         assert "| run |" in proc.stdout

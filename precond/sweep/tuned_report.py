@@ -380,8 +380,8 @@ def plot_lr_sensitivity(tuning: dict, selection: dict, metric: str, path: Path) 
         ax.set_yscale("log")
     ax.set_xlabel("learning rate (lr)")
     ax.set_ylabel(f"final {metric_label(metric)} (tuning runs)")
-    ax.set_title("lr sensitivity: dots = tuning runs, line = mean over tuning seeds, circle = chosen, "
-                 "× = ineligible;\na missing point diverged or failed", fontsize=9)
+    ax.set_title("lr sensitivity: dots = tuning runs, line = mean over tuning seeds,\n"
+                 "circle = chosen, × = ineligible; a missing point diverged or failed", fontsize=9)
     ax.grid(True, which="both", alpha=0.3)
     if ax.get_legend_handles_labels()[0]:
         ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
