@@ -64,3 +64,19 @@ def test_packed_jobs_progress_lines_say_which_jobs_they_belong_to(cli):
 def test_a_bad_period_names_the_key(here, value):
     proc = here("steps=5", f"progress_every_s={value}", check=False)
     assert proc.returncode == 2 and "progress_every_s" in proc.stderr
+
+
+def test_a_sweep_jobs_log_label_is_its_place_below_a_relative_sweep_dir(tmp_path, monkeypatch):
+    """Hydra gives the job's dir absolute; the sweep dir from a command line may be relative."""
+    import dataclasses
+    from pathlib import Path
+
+    from precond.run.entry import JobInfo
+
+    monkeypatch.chdir(tmp_path)
+    job = JobInfo(run_dir=tmp_path / "sweeps" / "s" / "confirmation" / "adam" / "seed109", overrides=[], choices={},
+                  multirun=True, sweep_dir="sweeps/s")
+    assert job.label == "job confirmation/adam/seed109"
+    assert JobInfo(run_dir=Path("/elsewhere/3"), overrides=[], choices={}, multirun=True,
+                   sweep_dir="sweeps/s").label == "job 3"
+    assert dataclasses.replace(job, multirun=False).label is None  # a single run has no job label

@@ -118,7 +118,8 @@ class JobInfo:
         if not self.multirun:
             return None
         try:
-            where = self.run_dir.relative_to(self.sweep_dir).as_posix()
+            # resolved both: Hydra gives the job's dir absolute, a command line may give the sweep dir relative
+            where = self.run_dir.resolve().relative_to(Path(self.sweep_dir).resolve()).as_posix()
         except ValueError:
             where = self.run_dir.name
         return f"job {where}"
