@@ -183,7 +183,8 @@ def test_lr_scheduler_drives_the_learning_rate():
 
 @pytest.mark.parametrize("kwargs,match", [
     (dict(preconditioner="lbfgs"),
-     r"^name: expected one of \['adagrad', 'adam', 'bnp', 'full_matrix', 'kronecker', 'rmsprop', 'sgd', 'torch_optim'\]"),
+     r"^name: expected one of \['adagrad', 'adam', 'bnp', 'full_matrix', 'kronecker', 'rmsprop', 'sgd', "
+     r"'torch_optim'\]"),
     (dict(regularization="l3"), r"^name: expected one of \['none', 'l2', 'l1', 'gradnorm'\]"),
     (dict(regularization="l2", variable="q"), r"^variable: expected one of \['p', 'z'\]"),
     (dict(lr=-1.0), r"^lr: expected a finite number > 0"),
