@@ -122,3 +122,22 @@ def test_another_metric_on_a_tuned_sweep_goes_beside_its_tuned_report(tmp_path):
     assert (sweep / "comparison.md").read_bytes() == tuned
     table = (sweep / "comparison_val-loss.md").read_text()
     assert "final val/loss" in table and "stage=tuning" in table and "stage=confirmation" in table
+
+
+@pytest.mark.parametrize("content,message", [
+    ('["not", "a", "mapping"]', "selection.json: expected a mapping, got list"),
+    ('{"arms": ["x"]}', "selection.json: arms: expected a mapping of arm → its selection, got list"),
+    ('{"arms": {"adam": 3}}', "selection.json: arms.adam: expected a mapping, got int"),
+    ('{"arms": {}, "claims": "adam beats sgd"}', "selection.json: claims: expected a list of claims, got str"),
+    ('{"arms": {}, "target": 0.5}', "selection.json: target: expected a mapping or null, got float"),
+    ('{"arms": {', "selection.json is unreadable"),
+])
+def test_a_damaged_selection_file_is_one_line_naming_its_key(tmp_path, capsys, content, message):
+    from precond.sweep.report import main
+
+    (tmp_path / "selection.json").write_text(content)
+    with pytest.raises(SystemExit) as stop:
+        main([str(tmp_path)])
+    err = capsys.readouterr().err
+    assert stop.value.code == 2 and message in err and "Traceback" not in err, err
+    assert len(err.strip().splitlines()) == 1
