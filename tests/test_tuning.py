@@ -256,7 +256,8 @@ def test_a_tuned_sweep_checks_seeds_claims_and_every_run_before_the_first_run(tm
     arms = [] if extra[0].startswith("hydra.sweeper.arms") else ["hydra.sweeper.arms={a:{},b:{}}"]
     sets_preconditioner = "overrides:{preconditioner:" in extra[0]  # then the arm sets it, not the command line
     tiny = [a for a in TINY if not (sets_preconditioner and a == "preconditioner=sgd")]
-    argv = [*tiny, "lr=0.5", *arms, *extra, f"hydra.sweep.dir={tmp_path}/s"]
+    lr = [] if "grid:{lr:" in extra[0] else ["lr=0.5"]  # an arm's grid sets it: the command line may not
+    argv = [*tiny, *lr, *arms, *extra, f"hydra.sweep.dir={tmp_path}/s"]
     assert run_in_process(argv) == 2
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err, err
