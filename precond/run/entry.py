@@ -98,6 +98,19 @@ CONF_DIR = config_dir()
 # second never share a directory (cached: one value per process, the same at every resolution)
 if not OmegaConf.has_resolver("run_id"):
     OmegaConf.register_new_resolver("run_id", lambda: f"{os.getpid()}{secrets.token_hex(2)}", use_cache=True)
+def batch_scaled_lr(lr: float, batch_size) -> float:
+    """A default lr tuned at batch 64, scaled by ``√(batch/64)`` below it (unchanged above). BNP's step divides
+    gradients by running input variances; at batch 1 its gradient noise is 8× larger in norm, and the batch-64
+    default diverges (``model=mlp preconditioner=bnp batch_size=1``); the square-root rule keeps the noise of a
+    step at the level the default was tuned for. A value that is not a positive integer is left to the schema."""
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        return lr
+    return lr * min(1.0, (batch_size / 64) ** 0.5)
+
+
+# ${precond_batch_scaled_lr:lr,batch_size} in conf/preconditioner/bnp.yaml: BNP's default below batch 64
+if not OmegaConf.has_resolver("precond_batch_scaled_lr"):
+    OmegaConf.register_new_resolver("precond_batch_scaled_lr", batch_scaled_lr)
 # ${precond_default_data_root:} in conf/paths/default.yaml: used when PRECOND_DATA_ROOT is not set
 if not OmegaConf.has_resolver("precond_default_data_root"):
     OmegaConf.register_new_resolver("precond_default_data_root", default_data_root)
