@@ -50,7 +50,7 @@ def test_the_table_shows_the_learning_rate_each_arm_used(tmp_path):
     defaults = yaml.safe_load((report.Path(__file__).parents[1] / "conf/model/linear.yaml").read_text())["default_lr"]
     for arm in ("sgd", "adam", "adagrad"):
         assert f"| preconditioner={arm} | {defaults[arm]:.4g} |" in table
-    assert table.splitlines()[2].startswith("| run | lr |")
+    assert table.splitlines()[4].startswith("| run | lr |")  # after the title and what was swept
 
 
 def test_a_hyperparameter_that_varies_gets_its_own_column(tmp_path):
@@ -141,3 +141,15 @@ def test_a_damaged_selection_file_is_one_line_naming_its_key(tmp_path, capsys, c
     err = capsys.readouterr().err
     assert stop.value.code == 2 and message in err and "Traceback" not in err, err
     assert len(err.strip().splitlines()) == 1
+
+
+def test_a_plain_sweep_report_says_what_was_swept(tmp_path):
+    """The title names the sweep and the first paragraph what varied, on what model and data, for how long."""
+    assert run_in_process(["-m", "preconditioner=sgd,adam", "seed=0,1", "steps=10", "name=demo",
+                           f"hydra.sweep.dir={tmp_path}/s"]) == 0
+    text = (tmp_path / "s" / "comparison.md").read_text()
+    assert text.startswith("# Sweep demo (s)\n")
+    assert ("**What was swept.** 4 runs over preconditioner ∈ {adam, sgd}; seed ∈ {0, 1}, on model `linear` "
+            "(33 parameters) and dataset `synthetic`; 10 steps per completed run.") in text
+    compare(tmp_path / "s", quiet=True)  # rewriting it gives the same text
+    assert (tmp_path / "s" / "comparison.md").read_text() == text
