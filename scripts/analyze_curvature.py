@@ -21,19 +21,42 @@ from precond.run.config import build_data, build_model, build_optimizer_from_set
 from precond.run.loop import loss_function
 
 
+class DamagedRun(Exception):
+    """A run dir file that cannot be read back into the run it came from."""
+
+
+def _read(path: Path, what: str, load):
+    """``load()``, or one line naming the file when it is missing or damaged. Any exception counts: a damaged
+    file fails in many ways (YAML, pickle, zip, shapes, types), and nothing in it is executed."""
+    try:
+        return load()
+    except ConfigError:
+        raise
+    except Exception as err:  # noqa: BLE001 (see docstring)
+        detail = str(err).strip().splitlines()[0] if str(err).strip() else ""
+        raise DamagedRun(f"{path.name}: expected {what}, got {type(err).__name__}: {detail[:200]}") from None
+
+
 def load_run(run_dir: Path, device: str):
     """Rebuild a finished run. Its config.yaml is read as data and checked by the schema, which builds
-    only precond's own settings classes (a ``_target_`` naming anything else is refused), and the
+    only the registered settings classes (a ``_target_`` naming anything else is refused), and the
     weights are read with ``weights_only=True``: nothing in a run dir can run code here."""
-    plain = OmegaConf.to_container(OmegaConf.load(run_dir / "config.yaml"), resolve=False)
+    config = run_dir / "config.yaml"
+    plain = _read(config, "the run's resolved config (a YAML mapping)",
+                  lambda: OmegaConf.to_container(OmegaConf.load(config), resolve=False))
+    if not isinstance(plain, dict):
+        raise DamagedRun(f"config.yaml: expected a YAML mapping, got {type(plain).__name__}")
     plain["device"] = device
     settings = settings_from_plain(plain)
     dev = settings.device
     data = build_data(settings)
     model = build_model(settings, data)
-    model.load_state_dict(torch.load(run_dir / "model.pt", map_location=dev, weights_only=True))
+    _read(run_dir / "model.pt", "the model's weights (torch.save of its state_dict)",
+          lambda: model.load_state_dict(torch.load(run_dir / "model.pt", map_location=dev, weights_only=True)))
     optimizer = build_optimizer_from_settings(settings, model)
-    optimizer.load_state_dict(torch.load(run_dir / "optimizer.pt", map_location=dev, weights_only=True))
+    _read(run_dir / "optimizer.pt", "the optimizer's state (torch.save of its state_dict)",
+          lambda: optimizer.load_state_dict(torch.load(run_dir / "optimizer.pt", map_location=dev,
+                                                       weights_only=True)))
     return settings, data, model, optimizer
 
 
@@ -70,14 +93,18 @@ def main() -> None:
     args = parser.parse_args()
     try:
         settings, data, model, optimizer = load_run(args.run_dir, args.device)
-    except (ConfigError, OSError) as err:
+    except (ConfigError, DamagedRun, OSError) as err:
         raise SystemExit(f"error: {args.run_dir}: {err}") from None
     size = settings.loop.batch_size
     n = min(data.n_train, size * args.batches)
     batches = [(data.x_train[i:i + size], data.y_train[i:i + size]) for i in range(0, n, size)]
+    # z needs P: a black-box optimizer exposes none, and BNP's block P is not exposed
+    z = optimizer.preconditioner.exposes_P and settings.preconditioner.NAME != "bnp"
+    if not z:
+        print(f"κ in z is not measured: preconditioner {settings.preconditioner.name} exposes no P")
     results = [measure_curvature(model, loss_function(data.task), batches, optimizer=optimizer, space=space,
                                  method=args.method, bn_mode=args.bn_mode, max_matvecs=args.max_matvecs)
-               for space in ("p", "z")]
+               for space in (("p", "z") if z else ("p",))]
     print(f"{args.run_dir}  ({results[0].n_params} parameters, {len(batches)} batches of {size}, "
           f"bn_mode={args.bn_mode})")
     print(f"{'space':6s} {'lam_max':>12s} {'lam_min':>12s} {'kappa':>12s} {'method':>8s} {'matvecs':>8s} "

@@ -304,7 +304,10 @@ def main() -> None:
              f"σ = {NOISE}. P read after {args.steps} minibatch gradients (batch {BATCH}) accumulated at the minimizer "
              "p* (running sums, ε = 1e-16); κ(PᵀHP) from dense eigenvalues with P taken from the optimizer's own "
              "operator. A diagonal P is measured with every q on the scale problems, a full-matrix P with every q on "
-             "the correlation problems, and every structure at q = ½ on both (— : not measured).")
+             "the correlation problems, and every structure at q = ½ on both (— : not measured). With one output, the "
+             "Kronecker P's right factor is the whole second moment of the weight gradient, so on the weights it is "
+             "the full-matrix P (their points coincide in the plots; they differ on the bias, which the Kronecker "
+             "P treats diagonally).")
     sections = [intro, "## κ(PᵀHP) at stationarity\n\n" + kappa_table,
                 "![exponent law](exponent_law.png)", "![structure](structure.png)",
                 f"## Steps to target (distance to p* down to {TARGET_FRACTION:.0%} of its start; best of lr {LR_GRID}; "

@@ -14,7 +14,7 @@ import torch
 
 from precond.run.checkpoint import CHECKPOINT
 from precond.sweep.runs import load_runs
-from tests.conftest import ROOT, read_summary, run_in_process
+from tests.conftest import ROOT, load_script, read_summary, run_in_process
 
 SHORT = ["steps=20", "eval_every=5"]
 
@@ -213,3 +213,87 @@ def test_a_signal_after_a_jobs_last_step_still_stops_the_sweep(tmp_path, monkeyp
     assert finished and set(finished) == {"completed"}  # the job(s) before the signal, complete
     assert len(finished) == (1 if launcher == "basic" else 2)  # and nothing after it
     assert (sweep / "comparison.md").exists()
+
+
+def _damage(run_dir, kind):
+    if kind == "yaml":
+        (run_dir / "config.yaml").write_text("{{{ not: yaml")
+    elif kind == "list":
+        (run_dir / "config.yaml").write_text("- a\n- b\n")
+    elif kind == "garbage_model":
+        (run_dir / "model.pt").write_bytes(b"garbage")
+    elif kind == "other_shapes":
+        import torch
+
+        torch.save({"weight": torch.zeros(3, 3)}, run_dir / "model.pt")
+    elif kind == "no_optimizer":
+        (run_dir / "optimizer.pt").unlink()
+
+
+@pytest.mark.parametrize("kind,message", [
+    ("yaml", "config.yaml: expected the run's resolved config (a YAML mapping), got "),
+    ("list", "config.yaml: expected a YAML mapping, got list"),
+    ("garbage_model", "model.pt: expected the model's weights (torch.save of its state_dict), got "),
+    ("other_shapes", "model.pt: expected the model's weights (torch.save of its state_dict), got RuntimeError"),
+    ("no_optimizer", "optimizer.pt: expected the optimizer's state (torch.save of its state_dict), got "),
+])
+def test_the_analysis_script_names_a_damaged_file_in_one_line(tmp_path, monkeypatch, capsys, kind, message):
+    analyze = load_script("analyze_curvature")
+    run_dir = tmp_path / "run"
+    assert run_in_process([*SHORT, f"hydra.run.dir={run_dir}"]) == 0
+    _damage(run_dir, kind)
+    monkeypatch.setattr(sys, "argv", ["analyze_curvature.py", str(run_dir)])
+    with pytest.raises(SystemExit) as stop:
+        analyze.main()
+    assert message in str(stop.value.code) and str(stop.value.code).startswith(f"error: {run_dir}: ")
+    assert "\n" not in str(stop.value.code)
+
+
+def test_the_analysis_script_measures_p_only_for_a_black_box(tmp_path, monkeypatch, capsys):
+    analyze = load_script("analyze_curvature")
+    run_dir = tmp_path / "run"
+    assert run_in_process([*SHORT, "preconditioner=torch_optim", "preconditioner.name=NAdam",
+                           f"hydra.run.dir={run_dir}"]) == 0
+    monkeypatch.setattr(sys, "argv", ["analyze_curvature.py", str(run_dir), "--method", "dense"])
+    analyze.main()
+    out = capsys.readouterr().out
+    assert "κ in z is not measured: preconditioner NAdam exposes no P" in out
+    assert "\np " in out and "\nz " not in out
+
+
+@pytest.mark.parametrize("free,expected", [(0, "the disk is full"), (10**12, "Input/output error")])
+def test_torch_saves_own_write_failure_is_the_same_one_line(tmp_path, capsys, monkeypatch, free, expected):
+    """A full disk inside torch.save surfaces as torch's RuntimeError ('[enforce fail at inline_container.cc…]
+    … file write failed'), not as an OSError: it must end the run in one line like any other write failure."""
+    from collections import namedtuple
+
+    from precond.run import checkpoint
+
+    real = checkpoint.torch.save
+    calls = {"n": 0}
+
+    def fails_inside_torch(obj, f, *args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] > 2:
+            raise RuntimeError("[enforce fail at inline_container.cc:664] . unexpected pos 1728 vs 1616\n"
+                               "PytorchStreamWriter failed writing file data/0: file write failed")
+        return real(obj, f, *args, **kwargs)
+
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(checkpoint.torch, "save", fails_inside_torch)
+    monkeypatch.setattr(checkpoint.shutil, "disk_usage", lambda _: usage(10**12, 10**12 - free, free))
+    run_dir = tmp_path / "run"
+    assert run_in_process([*SHORT, "checkpoint_every=5", f"hydra.run.dir={run_dir}"]) == 1
+    err = capsys.readouterr().err
+    assert len(_error_lines(err)) == 1 and expected in err and "Traceback" not in err, err
+    assert torch.load(run_dir / CHECKPOINT, weights_only=True)["step"] == 10  # the last good one is intact
+    assert not list(run_dir.glob(".*.tmp*"))  # the partial file is removed
+
+
+@pytest.mark.parametrize("arg", ["name=../..", "name=a/b", "+arm=../x"])
+def test_an_unsafe_name_is_refused_before_hydra_makes_any_directory(tmp_path, capsys, arg):
+    out = tmp_path / "out"
+    assert run_in_process([arg, f"paths.output_root={out}", "steps=3"]) == 2
+    err = capsys.readouterr().err
+    assert "expected a name of 1-100 characters" in err and "Traceback" not in err, err
+    assert not out.exists() and sorted(p.name for p in tmp_path.iterdir()) == []

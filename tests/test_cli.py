@@ -200,7 +200,14 @@ def test_analyze_curvature_script_reads_a_finished_run(cli, tmp_path):
 
 
 def test_bnp_at_batch_size_one_trains_the_mlp_on_the_default_data(here, tmp_path):
-    here("preconditioner=bnp", "batch_size=1", "model=mlp", "lr=3e-4", "steps=600", "eval_every=200")
+    here("preconditioner=bnp", "batch_size=1", "model=mlp", "steps=400", "eval_every=200")  # its default lr
     records = read_metrics(tmp_path / "run")
     assert read_summary(tmp_path / "run")["status"] == "completed"
     assert records[-1]["val/loss"] < 0.5 * records[0]["val/loss"]
+
+
+def test_a_sweep_prints_no_line_per_launched_job_unless_asked(cli):
+    quiet = cli("seed=0,1", "steps=5", multirun=True)
+    assert "#0 : " not in quiet.stdout and "[job 0] status=completed" in quiet.stdout
+    loud = cli("seed=0,1", "steps=5", "hydra.verbose=[hydra._internal.core_plugins.basic_launcher]", multirun=True)
+    assert "#0 : " in loud.stdout and "#1 : " in loud.stdout

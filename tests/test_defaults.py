@@ -39,6 +39,14 @@ def test_each_model_family_sets_each_preconditioners_learning_rate(model, precon
     assert settings_from_config(overridden).lr == 0.123
 
 
+@pytest.mark.parametrize("batch,factor", [(1, 1 / 8), (16, 0.5), (64, 1.0), (256, 1.0)])
+def test_bnps_default_lr_scales_with_the_square_root_of_the_batch_below_64(batch, factor):
+    settings = settings_from_config(_compose("model=mlp", "preconditioner=bnp", f"batch_size={batch}"))
+    assert settings.lr == pytest.approx(settings.model.default_lr.bnp * factor, rel=1e-12)
+    explicit = settings_from_config(_compose("model=mlp", "preconditioner=bnp", f"batch_size={batch}", "lr=0.002"))
+    assert explicit.lr == 0.002  # an lr the user gives is never scaled
+
+
 def test_a_black_box_starts_from_its_own_lr_on_every_model():
     """torch_optim names any optimizer, so no model family can know its lr: the option's own value is used."""
     for model in _options("model"):

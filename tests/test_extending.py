@@ -95,3 +95,56 @@ def test_a_broken_installed_extension_fails_in_one_line_naming_its_entry_point(t
     assert proc.returncode != 0 and "Traceback" not in proc.stderr
     assert ("entry point precond.preconditioners:bad: expected an importable 'bad_ext_missing.module' — "
             "ModuleNotFoundError") in proc.stderr
+
+
+MODEL_MODULE = '''
+import math
+from dataclasses import dataclass
+
+from torch import nn
+
+from precond.models import ModelSpec
+from precond.settings import Int, setting
+
+
+@dataclass(frozen=True)
+class TinyModel(ModelSpec):
+    width: int = setting(Int(lo=1, hi=64), 4)
+
+    def normalizations(self):
+        return ("none",)
+
+    def build(self, in_shape, num_outputs, normalization="none"):
+        return nn.Sequential(nn.Flatten(), nn.Linear(math.prod(in_shape), self.width), nn.Tanh(),
+                             nn.Linear(self.width, num_outputs))
+'''
+
+
+def test_an_installed_model_and_its_config_group_train_and_its_keys_are_checked(tmp_path):
+    """The same route for models: a module under ``precond.models`` and a config package under ``precond.configs``
+    (written here as an installed distribution would be)."""
+    site = tmp_path / "site"
+    package = site / "tiny_ext"
+    (package / "conf" / "model").mkdir(parents=True)
+    (package / "__init__.py").write_text(MODEL_MODULE)
+    (package / "conf" / "__init__.py").write_text("")
+    (package / "conf" / "model" / "tiny.yaml").write_text(
+        "_target_: tiny_ext.TinyModel\nwidth: 4\n"
+        "default_lr: {sgd: 0.1, adagrad: 0.1, rmsprop: 0.01, adam: 0.01, bnp: 0.01, full_matrix: 0.01, "
+        "kronecker: 0.01}\n")
+    dist = site / "tiny_ext-0.1.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: tiny-ext\nVersion: 0.1\n")
+    (dist / "entry_points.txt").write_text("[precond.models]\ntiny = tiny_ext\n\n[precond.configs]\n"
+                                           "tiny_ext = tiny_ext.conf\n")
+    run = subprocess.run([sys.executable, "-m", "precond.run.entry", "model=tiny", "preconditioner=kronecker",
+                          "steps=20", f"hydra.run.dir={tmp_path}/run", "progress=false"], cwd=tmp_path,
+                         env=_env(site), capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr[-2000:]
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["status"] == "completed" and summary["choices"]["model"] == "tiny"
+    assert summary["parameters"] == 32 * 4 + 4 + 4 * 1 + 1  # synthetic: 32 features (linear: 33 parameters), 1 output
+    bad = subprocess.run([sys.executable, "-m", "precond.run.entry", "model=tiny", "model.width=0", "steps=5",
+                          f"hydra.run.dir={tmp_path}/bad"], cwd=tmp_path, env=_env(site), capture_output=True,
+                         text=True)
+    assert bad.returncode == 2 and "model.width: expected an integer in [1, 64], got 0" in bad.stderr

@@ -7,6 +7,9 @@ from pathlib import Path
 import precond
 
 ROOT = Path(precond.__file__).parent
+#: precond's own Hydra plugins import the package and are imported by it (lazily): one graph for both
+PLUGINS = ROOT.parent / "hydra_plugins"
+OURS = ("precond", "hydra_plugins.precond_")
 
 
 def _module_name(path: Path) -> str:
@@ -15,17 +18,18 @@ def _module_name(path: Path) -> str:
 
 
 def _imports() -> dict[str, set[str]]:
-    """Module → the precond modules it imports (at any depth: a lazy import is still a dependency)."""
+    """Module → the precond modules (and precond plugin modules) it imports (at any depth: a lazy import is still
+    a dependency)."""
     graph = {}
-    for path in ROOT.rglob("*.py"):
+    for path in [*ROOT.rglob("*.py"), *PLUGINS.glob("precond_*/*.py")]:
         name = _module_name(path)
         found = set()
         for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
-            if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("precond"):
+            if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith(OURS):
                 found.add(node.module)
                 found.update(f"{node.module}.{a.name}" for a in node.names)
             elif isinstance(node, ast.Import):
-                found.update(a.name for a in node.names if a.name.startswith("precond"))
+                found.update(a.name for a in node.names if a.name.startswith(OURS))
         graph[name] = {m for m in found if m != name}
     modules = set(graph)
     return {name: {m for m in deps if m in modules} for name, deps in graph.items()}
@@ -59,9 +63,15 @@ def test_no_module_imports_in_a_circle():
     assert _cycle(graph) == []
 
 
+def test_the_plugins_are_in_the_graph_the_circle_test_reads():
+    graph = _imports()
+    assert "hydra_plugins.precond_optuna.guarded_optuna" in graph
+    assert "precond.run.entry" in graph["hydra_plugins.precond_optuna.guarded_optuna"]
+
+
 def test_the_maths_imports_neither_wing_and_one_run_knows_sweeps_only_for_an_interrupted_sweep():
     graph = _imports()
-    maths = [m for m in graph if m.count(".") == 1 and m != "precond.train"]
+    maths = [m for m in graph if m.startswith("precond.") and m.count(".") == 1 and m != "precond.train"]
     assert maths and all(not d.startswith(("precond.run", "precond.sweep")) for m in maths for d in graph[m])
     run_to_sweep = {(m, d) for m in graph if m.startswith("precond.run.") for d in graph[m]
                     if d.startswith("precond.sweep")}

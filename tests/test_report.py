@@ -50,7 +50,7 @@ def test_the_table_shows_the_learning_rate_each_arm_used(tmp_path):
     defaults = yaml.safe_load((report.Path(__file__).parents[1] / "conf/model/linear.yaml").read_text())["default_lr"]
     for arm in ("sgd", "adam", "adagrad"):
         assert f"| preconditioner={arm} | {defaults[arm]:.4g} |" in table
-    assert table.splitlines()[2].startswith("| run | lr |")
+    assert table.splitlines()[4].startswith("| run | lr |")  # after the title and what was swept
 
 
 def test_a_hyperparameter_that_varies_gets_its_own_column(tmp_path):
@@ -122,3 +122,34 @@ def test_another_metric_on_a_tuned_sweep_goes_beside_its_tuned_report(tmp_path):
     assert (sweep / "comparison.md").read_bytes() == tuned
     table = (sweep / "comparison_val-loss.md").read_text()
     assert "final val/loss" in table and "stage=tuning" in table and "stage=confirmation" in table
+
+
+@pytest.mark.parametrize("content,message", [
+    ('["not", "a", "mapping"]', "selection.json: expected a mapping, got list"),
+    ('{"arms": ["x"]}', "selection.json: arms: expected a mapping of arm → its selection, got list"),
+    ('{"arms": {"adam": 3}}', "selection.json: arms.adam: expected a mapping, got int"),
+    ('{"arms": {}, "claims": "adam beats sgd"}', "selection.json: claims: expected a list of claims, got str"),
+    ('{"arms": {}, "target": 0.5}', "selection.json: target: expected a mapping or null, got float"),
+    ('{"arms": {', "selection.json is unreadable"),
+])
+def test_a_damaged_selection_file_is_one_line_naming_its_key(tmp_path, capsys, content, message):
+    from precond.sweep.report import main
+
+    (tmp_path / "selection.json").write_text(content)
+    with pytest.raises(SystemExit) as stop:
+        main([str(tmp_path)])
+    err = capsys.readouterr().err
+    assert stop.value.code == 2 and message in err and "Traceback" not in err, err
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_a_plain_sweep_report_says_what_was_swept(tmp_path):
+    """The title names the sweep and the first paragraph what varied, on what model and data, for how long."""
+    assert run_in_process(["-m", "preconditioner=sgd,adam", "seed=0,1", "steps=10", "name=demo",
+                           f"hydra.sweep.dir={tmp_path}/s"]) == 0
+    text = (tmp_path / "s" / "comparison.md").read_text()
+    assert text.startswith("# Sweep demo (s)\n")
+    assert ("**What was swept.** 4 runs over preconditioner ∈ {adam, sgd}; seed ∈ {0, 1}, on model `linear` "
+            "(33 parameters) and dataset `synthetic`; 10 steps per completed run.") in text
+    compare(tmp_path / "s", quiet=True)  # rewriting it gives the same text
+    assert (tmp_path / "s" / "comparison.md").read_text() == text

@@ -214,7 +214,8 @@ def test_the_optuna_example_tunes_on_the_value_the_entry_point_returns(tmp_path)
     ("hydra.sweeper.arms={a:{},b:{grid:{preconditioner.momentum:[0.5,-1.0]}}}", "preconditioner.momentum"),
 ])
 def test_a_bad_arm_is_refused_before_any_run(tmp_path, capsys, arms, message):
-    assert run_in_process([*TINY, arms, f"hydra.sweep.dir={tmp_path}/s"]) == 2
+    tiny = [a for a in TINY if a != "preconditioner=sgd"]  # the arm sets it
+    assert run_in_process([*tiny, arms, f"hydra.sweep.dir={tmp_path}/s"]) == 2
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
     assert not (tmp_path / "s" / "0").exists()  # not even the good arm ran
@@ -253,7 +254,10 @@ def test_a_bad_arm_is_refused_before_any_run(tmp_path, capsys, arms, message):
 ])
 def test_a_tuned_sweep_checks_seeds_claims_and_every_run_before_the_first_run(tmp_path, capsys, extra, message):
     arms = [] if extra[0].startswith("hydra.sweeper.arms") else ["hydra.sweeper.arms={a:{},b:{}}"]
-    argv = [*TINY, "lr=0.5", *arms, *extra, f"hydra.sweep.dir={tmp_path}/s"]
+    sets_preconditioner = "overrides:{preconditioner:" in extra[0]  # then the arm sets it, not the command line
+    tiny = [a for a in TINY if not (sets_preconditioner and a == "preconditioner=sgd")]
+    lr = [] if "grid:{lr:" in extra[0] else ["lr=0.5"]  # an arm's grid sets it: the command line may not
+    argv = [*tiny, *lr, *arms, *extra, f"hydra.sweep.dir={tmp_path}/s"]
     assert run_in_process(argv) == 2
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err, err
@@ -418,3 +422,36 @@ def test_a_bad_grid_claim_or_sensitivity_curve_is_refused_before_any_run(tmp_pat
     assert run_in_process([*TINY, six, arms, f"hydra.sweeper.{declaration}", f"hydra.sweep.dir={sweep}"]) == 2
     assert message in capsys.readouterr().err
     assert not list(sweep.rglob("summary.json"))
+
+
+@pytest.mark.parametrize("extra,message", [
+    (["hydra.sweeper.arms={a:{},b:{}}", "seed=5"],
+     "seed: expected no value on the command line of a tuned sweep, got 'seed=5' — the tuned sweep sets each run's "
+     "seed: change hydra.sweeper.tuning_seeds or confirmation_seeds"),
+    (["hydra.sweeper.arms={a:{grid:{lr:[0.1,0.3]}},b:{}}", "lr=0.2"],
+     "lr: expected no value on the command line of a tuned sweep, got 'lr=0.2' — arm a searches it in its grid"),
+    (["hydra.sweeper.arms={a:{overrides:{preconditioner:adam}},b:{}}"],  # TINY says preconditioner=sgd
+     "preconditioner: expected no value on the command line of a tuned sweep, got 'preconditioner=sgd' — arm "
+     "a's overrides set it"),
+])
+def test_a_value_the_tuned_sweep_would_replace_is_refused_before_the_sweep_dir_exists(tmp_path, capsys, extra,
+                                                                                       message):
+    argv = [*TINY, *extra, f"hydra.sweep.dir={tmp_path}/s"]
+    assert run_in_process(argv) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err, err
+    assert not (tmp_path / "s").exists()
+
+
+@pytest.mark.parametrize("extra,message", [
+    (["hydra.sweeper.n_trials=0"], "hydra.sweeper.n_trials: expected an integer ≥ 1, got 0"),
+    (['hydra.sweeper.params.lr="tag(log, interval(1.0, 0.001))"'],
+     "hydra.sweeper.params: expected a search space Optuna can sample, got an error before any trial ran: The "
+     "`low` value must be smaller than or equal to the `high` value"),
+])
+def test_a_bad_optuna_search_is_one_line_before_any_trial(tmp_path, capsys, extra, message):
+    pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")
+    assert run_in_process(["experiment=optuna_lr", "steps=5", *extra, f"hydra.sweep.dir={tmp_path}/s"]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err, err
+    assert not (tmp_path / "s").exists()

@@ -22,10 +22,9 @@ from hydra.core.utils import JobReturn, JobStatus
 from hydra_plugins.hydra_optuna_sweeper.optuna_sweeper import OptunaSweeper
 from omegaconf import OmegaConf
 
-log = logging.getLogger("precond")
+from precond.sweep.callbacks import OPTIMIZATION_RESULTS as RESULTS
 
-#: written by Hydra's Optuna sweeper into the sweep dir (and by this one when there is no best trial)
-RESULTS = "optimization_results.yaml"
+log = logging.getLogger("precond")
 
 
 class TrialNotCompleted(ValueError):
@@ -81,9 +80,18 @@ class GuardedOptunaSweeper(OptunaSweeper):
         self._sweep_dir = Path(str(config.hydra.sweep.dir))
 
     def sweep(self, arguments: list[str]) -> None:
+        n_trials = getattr(self.sweeper, "n_trials", 1)
+        if isinstance(n_trials, bool) or not isinstance(n_trials, int) or n_trials < 1:
+            _refuse(f"hydra.sweeper.n_trials: expected an integer ≥ 1, got {n_trials!r} — the number of runs Optuna "
+                    "may start")
         try:
             return super().sweep(arguments)
         except (ValueError, TrialNotCompleted) as err:
+            if not isinstance(err, TrialNotCompleted) and not _any_run(self._sweep_dir):
+                # refused by Optuna before any trial ran: a search space it cannot sample (low > high, ...)
+                first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+                _refuse(f"hydra.sweeper.params: expected a search space Optuna can sample, got an error before "
+                        f"any trial ran: {first} — e.g. interval(low, high) with low < high")
             if completed_trials(self._sweep_dir):
                 if not isinstance(err, TrialNotCompleted):
                     raise
@@ -94,6 +102,17 @@ class GuardedOptunaSweeper(OptunaSweeper):
             OmegaConf.save(OmegaConf.create({"name": "optuna", "best_params": None, "best_value": None,
                                              "problem": problem}), self._sweep_dir / RESULTS)
             return None
+
+
+def _refuse(message: str) -> None:
+    import sys
+
+    print(f"error: {message}", file=sys.stderr)
+    raise SystemExit(2)
+
+
+def _any_run(sweep_dir: Path) -> bool:
+    return sweep_dir.is_dir() and any(sweep_dir.rglob("summary.json"))
 
 
 def completed_trials(sweep_dir: Path) -> int:
@@ -107,16 +126,3 @@ def completed_trials(sweep_dir: Path) -> int:
         except (OSError, ValueError, AttributeError):
             continue
     return count
-
-
-def no_best_value(sweep_dir: Path) -> str | None:
-    """The problem an Optuna sweep recorded when it ended without a best value, else None."""
-    import yaml
-
-    try:
-        results = yaml.safe_load((Path(sweep_dir) / RESULTS).read_text(encoding="utf-8"))
-    except (OSError, yaml.YAMLError):
-        return None
-    if isinstance(results, dict) and "best_value" in results and results["best_value"] is None:
-        return str(results.get("problem") or "no best value")
-    return None

@@ -250,7 +250,7 @@ class PackedLauncher(Launcher):
         return returns
 
     def _run_alone(self, cfg: DictConfig, idx: int) -> JobReturn:
-        log.info("\t#%d : %s", idx, " ".join(filter_overrides(cfg.hydra.overrides.task)))
+        log.debug("\t#%d : %s", idx, " ".join(filter_overrides(cfg.hydra.overrides.task)))  # hydra.verbose shows it
         with open_dict(cfg):
             cfg.hydra.job.id = idx
             cfg.hydra.job.num = idx
@@ -266,7 +266,7 @@ class PackedLauncher(Launcher):
         jobs, logs = [], []
         launcher_hydra_config = HydraConfig.instance().cfg  # restored after the pack, as run_job does
         for cfg, task, idx in zip(cfgs, tasks, indices):
-            log.info("\t#%d : %s (packed)", idx, " ".join(filter_overrides(cfg.hydra.overrides.task)))
+            log.debug("\t#%d : %s (packed)", idx, " ".join(filter_overrides(cfg.hydra.overrides.task)))
             output_dir = _place(cfg, idx)
             if cfg is cfgs[0]:
                 # HydraConfig holds the pack's first job while it trains (``run_job`` sets each job's: a copy

@@ -124,11 +124,12 @@ class TuningSweeper(Sweeper):
         from precond.sweep.verdicts import FINAL
 
         fixed = self._fixed_overrides(arguments)
+        arms = self.spec.arm_list
+        self._refuse_replaced(arguments, arms)
+        self._check_arms(arms, fixed)  # every refusal before the sweep dir exists: nothing is left behind
         sweep_dir = Path(self.config.hydra.sweep.dir)
         sweep_dir.mkdir(parents=True, exist_ok=True)
         OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
-        arms = self.spec.arm_list
-        self._check_arms(arms, fixed)
         baseline = (self.spec.target or {}).get("relative_to")
         # an arm with one grid point has nothing to choose: it is confirmed without tuning runs (unless a relative
         # target is read from its tuning runs)
@@ -325,6 +326,34 @@ class TuningSweeper(Sweeper):
                 reason = why_not_recorded(side.metric, settings)
                 if reason is not None:
                     _refuse(f"hydra.sweeper.claims[{i}].metric: {side.metric!r} for arm {arm}: {reason}")
+
+    def _set_by_the_sweep(self, arms) -> dict[str, str]:
+        """Every key the sweep sets in its runs' overrides (they come after the command line's, so they win), with
+        where to set it instead."""
+        seeds = "the tuned sweep sets each run's seed: change hydra.sweeper.tuning_seeds or confirmation_seeds"
+        out = {"seed": seeds, "stage": "the sweep's own tag of each run", "arm": "the sweep's own tag of each run"}
+        for key in self.spec.tuning_overrides:
+            out[key] = "hydra.sweeper.tuning_overrides sets it for the tuning runs: change it there"
+        if self.spec.data_draws > 1:
+            out["dataset.data_seed"] = "hydra.sweeper.data_draws alternates it over the confirmation seeds"
+        for arm in arms:
+            for key in arm.overrides:
+                out.setdefault(key, f"arm {arm.name}'s overrides set it: change hydra.sweeper.arms.{arm.name}."
+                                    f"overrides")
+            for key in {k for point in arm.points() for k in point}:
+                out.setdefault(key, f"arm {arm.name} searches it in its grid: set hydra.sweeper.grid.{key}=[value] "
+                                    f"(or the arm's grid) to fix it")
+        return out
+
+    def _refuse_replaced(self, arguments: list[str], arms) -> None:
+        """A command-line value the sweep would replace in every run is refused, not silently dropped."""
+        parser = OverridesParser.create(config_loader=self.hydra_context.config_loader)
+        replaced = self._set_by_the_sweep(arms)
+        for override in parser.parse_overrides(arguments):
+            key = override.key_or_group
+            if key in replaced and not override.is_delete():
+                _refuse(f"{key}: expected no value on the command line of a tuned sweep, got "
+                        f"{override.input_line!r} — {replaced[key]}")
 
     def _fixed_overrides(self, arguments: list[str]) -> list[str]:
         """The command line's overrides, applied to every run; a sweep list there is refused."""

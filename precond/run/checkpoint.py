@@ -20,8 +20,10 @@ the interruption (same sampler order, same optimizer state, same RNG streams).
 """
 from __future__ import annotations
 
+import errno
 import os
 import random
+import shutil
 from pathlib import Path
 from typing import Any, Optional
 
@@ -66,7 +68,10 @@ def atomic_save(obj: Any, path: str | Path) -> None:
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     try:
         with open(tmp, "wb") as f:
-            torch.save(obj, f)
+            try:
+                torch.save(obj, f)
+            except RuntimeError as err:
+                raise _as_os_error(err, tmp) from None
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -74,6 +79,21 @@ def atomic_save(obj: Any, path: str | Path) -> None:
         tmp.unlink(missing_ok=True)
         raise
     _fsync_dir(path.parent)
+
+
+def _as_os_error(err: RuntimeError, path: Path) -> Exception:
+    """torch.save reports a failed write as ``RuntimeError: [enforce fail at inline_container.cc…] … file write
+    failed``: give it back as the OSError it is (ENOSPC when the disk has no space left, else EIO), so the run ends
+    with the one line every other write failure gets. Other RuntimeErrors are returned unchanged."""
+    text = str(err)
+    if "file write failed" not in text and "inline_container" not in text:
+        return err
+    try:
+        full = shutil.disk_usage(path.parent).free < 1024 * 1024
+    except OSError:
+        full = False
+    code = errno.ENOSPC if full else errno.EIO
+    return OSError(code, os.strerror(code) + " (torch.save: " + text.strip().splitlines()[-1][:120] + ")", str(path))
 
 
 def _fsync_dir(directory: Path) -> None:

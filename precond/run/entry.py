@@ -51,6 +51,7 @@ from precond.provenance import environment
 from precond.run.advice import advice, null_choices_as_deletions, refuse_null_groups
 from precond.run.checkpoint import CHECKPOINT, CHECKPOINT_FORMAT, atomic_save, rng_state, set_rng_state
 from precond.run.config import (
+    RunOptions,
     RunSettings,
     build_data,
     build_model,
@@ -73,6 +74,7 @@ from precond.run.files import (
 from precond.run.interrupts import StoppedBetweenRuns, StopRequest, stop_between_runs
 from precond.run.loop import LoopSettings, train
 from precond.run.paths import default_data_root, settle_output_root
+from precond.settings import rule_of
 from precond.sweep.callbacks import write_sweep_report
 from precond.threads import apply_threads, choose_threads, forward_flops
 
@@ -96,6 +98,19 @@ CONF_DIR = config_dir()
 # second never share a directory (cached: one value per process, the same at every resolution)
 if not OmegaConf.has_resolver("run_id"):
     OmegaConf.register_new_resolver("run_id", lambda: f"{os.getpid()}{secrets.token_hex(2)}", use_cache=True)
+def batch_scaled_lr(lr: float, batch_size) -> float:
+    """A default lr tuned at batch 64, scaled by ``√(batch/64)`` below it (unchanged above). BNP's step divides
+    gradients by running input variances; at batch 1 its gradient noise is 8× larger in norm, and the batch-64
+    default diverges (``model=mlp preconditioner=bnp batch_size=1``); the square-root rule keeps the noise of a
+    step at the level the default was tuned for. A value that is not a positive integer is left to the schema."""
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        return lr
+    return lr * min(1.0, (batch_size / 64) ** 0.5)
+
+
+# ${precond_batch_scaled_lr:lr,batch_size} in conf/preconditioner/bnp.yaml: BNP's default below batch 64
+if not OmegaConf.has_resolver("precond_batch_scaled_lr"):
+    OmegaConf.register_new_resolver("precond_batch_scaled_lr", batch_scaled_lr)
 # ${precond_default_data_root:} in conf/paths/default.yaml: used when PRECOND_DATA_ROOT is not set
 if not OmegaConf.has_resolver("precond_default_data_root"):
     OmegaConf.register_new_resolver("precond_default_data_root", default_data_root)
@@ -472,6 +487,17 @@ def refuse_group_paths(argv: list[str]) -> None:
                                   "config-group choices load only from the config search path, not from paths")
 
 
+def refuse_unsafe_names(argv: list[str]) -> None:
+    """``name`` (and ``arm``) become part of the run dir, which Hydra creates before the run's own checks: a
+    value that is not a safe file-name component (``../..``, ``a/b``) is refused here, before any directory
+    exists, with the rule the full check applies later."""
+    for arg in argv:
+        key, sep, value = arg.partition("=")
+        key = key.lstrip("+~")
+        if sep and key in ("name", "arm") and "," not in value:  # a sweep list is checked per job by the sweeper
+            rule_of(RunOptions, key).check(key, value.strip().strip("'\""))
+
+
 def with_checked_sweeper(argv: list[str]) -> list[str]:
     """A plain multirun (``-m``, no experiment file and no sweeper named) gets ``hydra/sweeper=checked``:
     Hydra's basic sweeper with every job's config checked before the first job runs. Experiment files pick
@@ -486,6 +512,7 @@ def main() -> None:
     os.environ.setdefault("HYDRA_FULL_ERROR", "1")  # Hydra re-raises instead of printing a block: see below
     try:
         refuse_group_paths(sys.argv[1:])
+        refuse_unsafe_names(sys.argv[1:])
         refuse_null_groups(sys.argv[1:], CONF_DIR)
         sys.argv[1:] = with_checked_sweeper(settle_output_root(null_choices_as_deletions(sys.argv[1:])))
         with stop_between_runs():

@@ -46,13 +46,23 @@ class ReportOnMultirunEnd(Callback):
             raise SystemExit(1)
 
 
+#: written by Hydra's Optuna sweeper into the sweep dir (and by precond's guarded sweeper when there is no best trial)
+OPTIMIZATION_RESULTS = "optimization_results.yaml"
+
+
 def _optimizer_problem(sweep_dir: Path):
-    """Why an optimizing sweep (precond's Optuna sweeper) ended without a best value, else None."""
+    """Why an optimizing sweep (precond's Optuna sweeper) ended without a best value, else None: read from the
+    ``optimization_results.yaml`` it wrote (``best_value: null`` and ``problem``), so this module needs nothing
+    from the plugin (which imports the entry point, which imports this)."""
+    import yaml
+
     try:
-        from hydra_plugins.precond_optuna.guarded_optuna import no_best_value
-    except ImportError:  # hydra-optuna-sweeper not installed: no Optuna sweep ran
+        results = yaml.safe_load((Path(sweep_dir) / OPTIMIZATION_RESULTS).read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError):
         return None
-    return no_best_value(sweep_dir)
+    if isinstance(results, dict) and "best_value" in results and results["best_value"] is None:
+        return str(results.get("problem") or "no best value")
+    return None
 
 
 #: files of a sweep's report, logged together as one W&B artifact (those present)

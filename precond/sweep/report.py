@@ -285,6 +285,39 @@ def default_metric(runs: list[RunRecord]) -> str:
     return "train/loss"
 
 
+def sweep_title(runs: list[RunRecord], sweep_dir: Path) -> str:
+    """``Sweep <name>: <dir>``: the runs' experiment name (when they share one other than the default) and the dir."""
+    names = {r.summary.get("name") for r in runs if isinstance(r.summary.get("name"), str)}
+    name = next(iter(names)) if len(names) == 1 and names != {"default"} else None
+    return f"Sweep {name} ({sweep_dir.name})" if name else f"Sweep {sweep_dir.name}"
+
+
+def _values(runs: list[RunRecord], key: str) -> list[str]:
+    return sorted({str(r.summary.get("choices", {}).get(key)) for r in runs if isinstance(r.summary.get("choices"),
+                                                                                        dict)} - {"None"})
+
+
+def sweep_text(runs: list[RunRecord], metric: str) -> str:
+    """One paragraph that says what was swept and on what: the values that differ between runs, the model, data,
+    parameter count and steps, and what the table compares."""
+    swept: dict[str, set] = {}
+    for run in runs:
+        for override in run.summary.get("overrides") or []:
+            if isinstance(override, str) and "=" in override:
+                key, _, value = override.lstrip("+~").partition("=")
+                swept.setdefault(key, set()).add(value)
+    varying = {k: sorted(v) for k, v in swept.items() if len(v) > 1}
+    what = "; ".join(f"{k} ∈ {{{', '.join(v)}}}" for k, v in varying.items()) or "one setting"
+    sizes = sorted({r.summary["parameters"] for r in runs if isinstance(r.summary.get("parameters"), int)})
+    steps = sorted({r.summary["steps"] for r in runs if isinstance(r.summary.get("steps"), int)
+                    and r.summary.get("status") == "completed"})
+    model, data = _values(runs, "model") or ["?"], _values(runs, "dataset") or ["?"]
+    size = f" ({', '.join(f'{n:,}' for n in sizes)} parameters)" if sizes else ""
+    budget = f"; {', '.join(map(str, steps))} steps per completed run" if steps else ""
+    return (f"**What was swept.** {len(runs)} runs over {what}, on model `{'`, `'.join(model)}`{size} and dataset "
+            f"`{'`, `'.join(data)}`{budget}. The table groups them by setting and compares their final `{metric}`.")
+
+
 def compare(sweep_dir: str | Path, metric: Optional[str] = None, quiet: bool = False, beside: bool = False) -> str:
     """Write ``comparison.md`` and ``comparison.png`` in ``sweep_dir`` (``comparison_<metric>.*`` for a
     metric other than the runs' target metric, or always with ``beside``); print and return the table."""
@@ -302,7 +335,8 @@ def compare(sweep_dir: str | Path, metric: Optional[str] = None, quiet: bool = F
     table = format_table(summarize(runs, metric, extra, tuple(varying_hyperparameters(runs))), metric)
     missing = not_plotted(runs, metric)
     notes = "".join(f"\n- {p}" for p in problems)
-    text = (f"# {sweep_dir.name}\n\n{table}\n" + (f"\nNot in the table:{notes}\n" if problems else "")
+    text = (f"# {sweep_title(runs, sweep_dir)}\n\n{sweep_text(runs, metric)}\n\n{table}\n"
+            + (f"\nNot in the table:{notes}\n" if problems else "")
             + ("\nNot shown (or cut short) in the plot:\n" + "".join(f"\n- {m}" for m in missing) + "\n"
                if missing else ""))
     md_path, png_path = report_paths(sweep_dir, metric, default=metric == default and not beside)

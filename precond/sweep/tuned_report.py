@@ -235,11 +235,31 @@ def _families(selection: dict) -> str:
                    if len(stages) > 1 else "")
 
 
+#: the shape of selection.json the report reads: key → (accepted types, what it is)
+SELECTION_SHAPE = {"arms": (dict, "a mapping of arm → its selection"), "claims": (list, "a list of claims"),
+                   "tuning_seeds": (list, "a list of seeds"), "confirmation_seeds": (list, "a list of seeds"),
+                   "stages": ((list, type(None)), "a list of seed counts or null"),
+                   "target": ((dict, type(None)), "a mapping or null")}
+
+
 def _read_selection(directory: Path) -> dict:
+    """``selection.json``, checked against the shape the report reads: a damaged file is one error that names
+    the key, never a traceback from deep in the report."""
+    path = directory / SELECTION
     try:
-        return json.loads((directory / SELECTION).read_text(encoding="utf-8"))
+        selection = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as err:
-        raise ReportError(f"{directory / SELECTION} is unreadable ({err})") from None
+        raise ReportError(f"{path} is unreadable ({err})") from None
+    fix = "the file is damaged: rerun the sweep's command (finished runs are kept) to write it again"
+    if not isinstance(selection, dict):
+        raise ReportError(f"{path}: expected a mapping, got {type(selection).__name__} — {fix}")
+    for key, (types, what) in SELECTION_SHAPE.items():
+        if key in selection and not isinstance(selection[key], types):
+            raise ReportError(f"{path}: {key}: expected {what}, got {type(selection[key]).__name__} — {fix}")
+    for arm, entry in selection.get("arms", {}).items():
+        if not isinstance(entry, dict):
+            raise ReportError(f"{path}: arms.{arm}: expected a mapping, got {type(entry).__name__} — {fix}")
+    return selection
 
 
 def render_tuned_report(sweep_dir: Path, selection: dict, runs: list[RunRecord], problems: list[str],
