@@ -72,6 +72,15 @@ def registered_optimizers() -> dict[str, type]:
     return out
 
 
+def config_dirs() -> list[str]:
+    """The directories of the packages that ship config groups (what :func:`config_search_paths` puts on Hydra's
+    search path), for the advice that reads config files itself."""
+    from pathlib import Path
+
+    config_search_paths()  # imports each package, or fails in one line naming its entry point
+    return [str(Path(import_module(ep.value.split(":")[0]).__file__).parent) for ep in _entries(CONFIGS)]
+
+
 def config_search_paths() -> list[str]:
     """Hydra search-path entries (``pkg://module``) of the packages that ship config groups."""
     out = []

@@ -100,12 +100,10 @@ class FullMatrix(Preconditioner):
         return out
 
     def blocks(self, group, states, params, starts):
-        if not states or self.key("root") not in states[0]:
-            raise RuntimeError("preconditioner 'full_matrix' has no state yet: take at least one optimizer "
-                               "step before reading P")
+        root = self._require(states[0] if states else {}, self.key("root"))
         if any(b != a + p.numel() for a, b, p in zip(starts, starts[1:], params)):
             raise ValueError("full_matrix: its P spans the whole group; pass the group's parameters in order")
-        return [Dense(starts[0], symmetric_sqrt(states[0][self.key("root")]))]
+        return [Dense(starts[0], symmetric_sqrt(root))]
 
 
 class KroneckerFactors(Preconditioner):
@@ -147,9 +145,7 @@ class KroneckerFactors(Preconditioner):
     def blocks(self, group, states, params, starts):
         out = []
         for param, state, start in zip(params, states, starts):
-            if self.key("step") not in state:
-                raise RuntimeError("preconditioner 'kronecker' has no state yet: take at least one optimizer "
-                                   "step before reading P")
+            self._require(state, self.key("step"))
             if param.ndim < 2:
                 v = _corrected(state[self.key("second_moment")], group["beta2"], int(state[self.key("step")]))
                 out.append(Diagonal(start, (v + group["eps"]).pow(-group["power"] / 2).reshape(-1)))

@@ -35,6 +35,7 @@ from precond.preconditioners import (
     Preconditioner,
     PreconditionerSettings,
     diagonal_settings,
+    loaded_settings_classes,
     settings_class,
 )
 from precond.regularizers import BackwardCreatesGraph, Penalty, RegularizationSpec, make_penalty
@@ -398,17 +399,9 @@ def preconditioner_settings(name: str, lr: float, hyper: dict) -> Preconditioner
     load_extensions()
     cls = settings_class(name)
     if cls is None or cls is BNPSettings:
-        known = sorted({c for c in [*ALL_PRECONDITIONERS, "bnp", "torch_optim", *_installed_names()]})
+        loaded = [loaded_cls.NAME for loaded_cls in loaded_settings_classes()]
+        known = sorted({*ALL_PRECONDITIONERS, "bnp", "torch_optim", *loaded})
         raise ConfigError("name", f"one of {known}", name)
     return cls.from_mapping({"name": name, "lr": lr, **hyper})
 
 
-def _installed_names() -> list[str]:
-    """The NAMEs of every loaded preconditioner settings class (precond's and the installed packages')."""
-    out, todo = [], [PreconditionerSettings]
-    while todo:
-        cls = todo.pop()
-        if cls.NAME:
-            out.append(cls.NAME)
-        todo += cls.__subclasses__()
-    return out

@@ -38,7 +38,7 @@ from torch import Tensor
 from precond.chain import Hyper, Link, StepContext, add_scaled, add_scaled_, addcmul_, hmap, is_zero, pick
 from precond.errors import ConfigError
 from precond.preconditioner_operator import Diagonal
-from precond.settings import LEARNING_RATE, Flag, Num, Seq, Settings, Text, setting
+from precond.settings import LEARNING_RATE, Flag, Num, Seq, Settings, Text, is_number, setting
 
 
 def _zeros_state(state: dict, key: str, like: Tensor, fill=0.0) -> Tensor:
@@ -58,7 +58,7 @@ def _sqrt(x):
 
 def _power(x, q):
     """``x^q`` for a number or a per-job tensor; ``q = ½`` is :func:`_sqrt` (correctly rounded, as torch.optim)."""
-    if isinstance(q, (int, float)) and q == 0.5:
+    if is_number(q) and q == 0.5:
         return _sqrt(x)
     return x**q
 
@@ -383,16 +383,21 @@ PRECONDITIONERS: dict[str, tuple[type[Preconditioner], type[PreconditionerSettin
 }
 
 
-def settings_class(name: str) -> Optional[type[PreconditionerSettings]]:
-    """The settings class whose ``NAME`` is ``name`` among every subclass loaded (precond's and the installed
-    packages', :func:`precond.extensions.load_extensions`), or None."""
-    todo, found = [PreconditionerSettings], None
+def loaded_settings_classes() -> list[type[PreconditionerSettings]]:
+    """Every named preconditioner settings class loaded: precond's and the installed packages'
+    (:func:`precond.extensions.load_extensions`). Subclassing the base is what makes a class an option."""
+    out, todo = [], [PreconditionerSettings]
     while todo:
         cls = todo.pop()
-        if cls.NAME == name and cls.NAME:
-            found = cls
+        if cls.NAME:
+            out.append(cls)
         todo += cls.__subclasses__()
-    return found
+    return out
+
+
+def settings_class(name: str) -> Optional[type[PreconditionerSettings]]:
+    """The loaded settings class whose ``NAME`` is ``name``, or None."""
+    return next((cls for cls in reversed(loaded_settings_classes()) if cls.NAME == name), None)
 
 
 def diagonal_settings(name: str, **values) -> PreconditionerSettings:

@@ -22,8 +22,14 @@ from typing import Any, ClassVar, Optional
 from precond.errors import ConfigError
 
 
-def _is_number(value: Any) -> bool:
+def is_number(value: Any) -> bool:
+    """An int or float that is not a bool: the one test of "a number" for configs and the files runs write."""
     return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def is_finite_number(value: Any) -> bool:
+    """A number (:func:`is_number`) that is neither NaN nor ±inf."""
+    return is_number(value) and math.isfinite(value)
 
 
 def is_int(value: Any) -> bool:
@@ -81,7 +87,7 @@ class Num(Rule):
         return f"a {finite}number"
 
     def accepts(self, value: Any) -> bool:
-        if not _is_number(value) or math.isnan(value) or (math.isinf(value) and not self.allow_inf):
+        if not is_number(value) or math.isnan(value) or (math.isinf(value) and not self.allow_inf):
             return False
         if self.lo is not None and (value < self.lo or (self.lo_open and value == self.lo)):
             return False

@@ -35,7 +35,7 @@ import os
 import time
 from typing import Any, Optional
 
-from precond.settings import Rule
+from precond.settings import Rule, is_int
 
 #: the environment variable that sets the default of the ``threads`` key
 THREADS_ENV = "PRECOND_THREADS"
@@ -105,9 +105,7 @@ class ThreadCount(Rule):
 
 
 def _as_count(value: Any) -> Optional[int]:
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, int):
+    if is_int(value):
         return value
     if isinstance(value, str) and value.strip().lstrip("-").isdigit():
         return int(value.strip())

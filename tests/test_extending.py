@@ -55,8 +55,10 @@ def test_an_unknown_option_lists_the_installed_ones(site, tmp_path):
                           text=True)
     assert proc.returncode != 0 and "Traceback" not in proc.stderr
     # Hydra's list of the group's options holds the installed one ('adamaxx', the typo, would match a bare
-    # "adamax"); precond's own did-you-mean line does not list it yet (see the closing note)
+    # "adamax"), and so does precond's own did-you-mean line, which reads the installed config packages too
     assert "Available options in 'preconditioner':; adagrad; adam; adamax; bnp;" in proc.stderr
+    assert "did you mean preconditioner=adamax or adam? preconditioner options: adagrad, adam, adamax, bnp" \
+        in proc.stderr
 
 
 PARITY = """

@@ -6,6 +6,7 @@ import sys
 
 import pytest
 
+from precond.run.paths import MAX_LABEL, run_label
 from tests.conftest import ROOT, run_in_process
 
 
@@ -77,3 +78,25 @@ def test_paths_on_the_command_line_beat_the_environment(tmp_path, monkeypatch):
     monkeypatch.setenv("PRECOND_OUTPUT_ROOT", str(tmp_path / "env"))
     assert run_in_process(["steps=5", "eval_every=5", "name=cli", f"paths.output_root={tmp_path / 'cli'}"]) == 0
     assert list((tmp_path / "cli" / "runs").glob("*/*_cli_*")) and not (tmp_path / "env").exists()
+
+
+def test_a_single_run_dir_is_named_by_its_overrides_unless_a_name_is_given(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    root = f"paths.output_root={tmp_path / 'out'}"
+    assert run_in_process(["model=mlp", "lr=0.01", "steps=2", "eval_every=2", root, "progress=false"]) == 0
+    assert run_in_process(["steps=3", "eval_every=3", root, f"paths.data_root={tmp_path / 'data'}"]) == 0
+    assert run_in_process(["steps=2", "eval_every=2", root, "name=mine"]) == 0
+    names = sorted(p.name.split("_", 1)[1].rsplit("_", 1)[0] for p in (tmp_path / "out" / "runs").glob("*/*"))
+    # sorted overrides, the path and progress keys left out; an explicit name wins
+    assert names == ["eval_every=2,lr=0.01,model=mlp,steps=2", "eval_every=3,steps=3", "mine"]
+
+
+@pytest.mark.parametrize("name, overrides, label", [
+    ("default", "", "default"),
+    ("compare", "lr=0.1", "compare"),
+    ("default", "dataset.root=/a/../b,lr=0.1", "dataset.root=_a_.._b,lr=0.1"),
+    ("default", "..lr=1", "lr=1"),
+    ("default", "x=" + "9" * 200, "x=" + "9" * 77 + "+"),
+])
+def test_the_run_label_is_a_safe_file_name_component(name, overrides, label):
+    assert run_label(name, overrides) == label and "/" not in label and len(label) <= MAX_LABEL

@@ -80,3 +80,23 @@ def test_the_maths_imports_neither_wing_and_one_run_knows_sweeps_only_for_an_int
 
 def test_the_cycle_finder_finds_a_cycle():
     assert _cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
+
+
+def _hand_written_number_checks() -> list[str]:
+    """``isinstance(x, int)`` / ``isinstance(x, (int, float))`` outside the schema: each is a number check that
+    must also exclude bools (``True`` is an int to Python), which is what ``precond.settings.is_int`` /
+    ``is_number`` / ``is_finite_number`` do once."""
+    found = []
+    for path in [*ROOT.rglob("*.py"), *PLUGINS.glob("precond_*/*.py")]:
+        if path == ROOT / "settings.py":
+            continue
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Call) and getattr(node.func, "id", None) == "isinstance" and len(node.args) == 2:
+                types = node.args[1].elts if isinstance(node.args[1], ast.Tuple) else [node.args[1]]
+                if any(getattr(t, "id", None) == "int" for t in types):
+                    found.append(f"{path.relative_to(ROOT.parent)}:{node.lineno}")
+    return found
+
+
+def test_number_checks_use_the_schemas_helpers():
+    assert _hand_written_number_checks() == []

@@ -444,7 +444,7 @@ def test_a_value_the_tuned_sweep_would_replace_is_refused_before_the_sweep_dir_e
 
 
 @pytest.mark.parametrize("extra,message", [
-    (["hydra.sweeper.n_trials=0"], "hydra.sweeper.n_trials: expected an integer ≥ 1, got 0"),
+    (["hydra.sweeper.n_trials=0"], "hydra.sweeper.n_trials: expected a positive integer, got 0"),
     (['hydra.sweeper.params.lr="tag(log, interval(1.0, 0.001))"'],
      "hydra.sweeper.params: expected a search space Optuna can sample, got an error before any trial ran: The "
      "`low` value must be smaller than or equal to the `high` value"),
@@ -454,4 +454,17 @@ def test_a_bad_optuna_search_is_one_line_before_any_trial(tmp_path, capsys, extr
     assert run_in_process(["experiment=optuna_lr", "steps=5", *extra, f"hydra.sweep.dir={tmp_path}/s"]) == 2
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err, err
+    assert not (tmp_path / "s").exists()
+
+
+@pytest.mark.parametrize("override, kept", [("hydra.sweeper.arms={}", "adagrad, adam, adam_beta1_0"),
+                                            ("hydra.sweeper.arms={sgd:{}}", "adagrad, adam, adam_beta1_0"),
+                                            ("hydra.sweeper.grid={}", "(still holding lr)")])
+def test_a_mapping_that_hydra_would_merge_into_the_experiments_is_refused(tmp_path, capsys, override, kept):
+    """`arms={}` on an experiment merged into its arms and ran all of them; it is refused before the sweep dir."""
+    argv = ["experiment=compare_preconditioners", override, f"hydra.sweep.dir={tmp_path}/s"]
+    assert run_in_process(argv) == 2
+    err = capsys.readouterr().err
+    key = override.split("=")[0]
+    assert f"error: {key}: expected the whole mapping" in err and kept in err and f"~{key}.NAME" in err
     assert not (tmp_path / "s").exists()

@@ -22,6 +22,8 @@ from hydra.core.utils import JobReturn, JobStatus
 from hydra_plugins.hydra_optuna_sweeper.optuna_sweeper import OptunaSweeper
 from omegaconf import OmegaConf
 
+from precond.errors import ConfigError
+from precond.settings import Int
 from precond.sweep.callbacks import OPTIMIZATION_RESULTS as RESULTS
 
 log = logging.getLogger("precond")
@@ -81,9 +83,10 @@ class GuardedOptunaSweeper(OptunaSweeper):
 
     def sweep(self, arguments: list[str]) -> None:
         n_trials = getattr(self.sweeper, "n_trials", 1)
-        if isinstance(n_trials, bool) or not isinstance(n_trials, int) or n_trials < 1:
-            _refuse(f"hydra.sweeper.n_trials: expected an integer ≥ 1, got {n_trials!r} — the number of runs Optuna "
-                    "may start")
+        try:
+            Int(lo=1).check("hydra.sweeper.n_trials", n_trials, "the number of runs Optuna may start")
+        except ConfigError as err:
+            _refuse(str(err))
         try:
             return super().sweep(arguments)
         except (ValueError, TrialNotCompleted) as err:

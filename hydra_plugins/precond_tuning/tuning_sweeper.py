@@ -123,6 +123,7 @@ class TuningSweeper(Sweeper):
         )
         from precond.sweep.verdicts import FINAL
 
+        self._refuse_merged_mappings()
         fixed = self._fixed_overrides(arguments)
         arms = self.spec.arm_list
         self._refuse_replaced(arguments, arms)
@@ -354,6 +355,26 @@ class TuningSweeper(Sweeper):
             if key in replaced and not override.is_delete():
                 _refuse(f"{key}: expected no value on the command line of a tuned sweep, got "
                         f"{override.input_line!r} — {replaced[key]}")
+
+    def _refuse_merged_mappings(self) -> None:
+        """A mapping given on the command line for a sweeper key is *merged* into the experiment's mapping (Hydra's
+        rule for dict values), so ``hydra.sweeper.arms={}`` or ``{a: …}`` leaves every declared arm in place. When
+        the composed mapping holds entries the command line did not give, the value did not do what it says:
+        refused, with the per-entry overrides that do."""
+        parser = OverridesParser.create(config_loader=self.hydra_context.config_loader)
+        for override in parser.parse_overrides(list(self.config.hydra.overrides.hydra)):
+            key = override.key_or_group
+            if not key.startswith("hydra.sweeper.") or override.is_delete() or override.is_sweep_override():
+                continue
+            given = override.value()
+            composed = OmegaConf.select(self.config, key)
+            if not isinstance(given, dict) or not isinstance(composed, DictConfig):
+                continue
+            kept = sorted(str(k) for k in composed if k not in given)
+            if kept:
+                _refuse(f"{key}: expected the whole mapping, got {override.input_line!r}, which Hydra merged into "
+                        f"the experiment's {key} (still holding {', '.join(kept)}) — set {key}.NAME=… to change or "
+                        f"add one entry, ~{key}.NAME to drop one")
 
     def _fixed_overrides(self, arguments: list[str]) -> list[str]:
         """The command line's overrides, applied to every run; a sweep list there is refused."""

@@ -39,9 +39,13 @@ KNOWN_ELSEWHERE = {
 
 @lru_cache(maxsize=4)
 def group_options(conf_dir: str) -> dict[str, dict[str, set]]:
-    """``{group: {option: its top-level keys}}`` of the config groups under ``conf_dir`` (Hydra's own excluded)."""
+    """``{group: {option: its top-level keys}}`` of the config groups under ``conf_dir`` and in the installed
+    packages that ship config groups (Hydra's own excluded): the options Hydra itself will offer."""
+    from precond.extensions import config_dirs
+
     groups: dict[str, dict[str, set]] = {}
-    for directory in sorted(Path(conf_dir).iterdir()):
+    roots = [Path(conf_dir), *(Path(d) for d in config_dirs())]
+    for directory in sorted((d for root in roots for d in root.iterdir()), key=lambda d: d.name):
         if not directory.is_dir() or directory.name == "hydra":
             continue
         for path in sorted(directory.glob("*.yaml")):

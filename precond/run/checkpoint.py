@@ -29,6 +29,8 @@ from typing import Any, Optional
 
 import torch
 
+from precond.settings import is_int
+
 CHECKPOINT = "checkpoint.pt"
 CHECKPOINT_FORMAT = 1
 #: what a checkpoint must hold to resume from it (one that lacks any is set aside like a damaged one)
@@ -134,8 +136,8 @@ def load_checkpoint(run_dir: str | Path, steps: Optional[int] = None) -> Optiona
     if missing or not isinstance(loop, dict) or sorted(LOOP_KEYS - set(loop)):
         what = missing if missing else (sorted(LOOP_KEYS - set(loop)) if isinstance(loop, dict) else ["loop"])
         raise CheckpointError(f"{path} lacks {what}")
-    if not isinstance(checkpoint["step"], int) or checkpoint["step"] != loop["step"]:
+    if not is_int(checkpoint["step"]) or checkpoint["step"] != loop["step"]:
         raise CheckpointError(f"{path} has an inconsistent step ({checkpoint['step']!r} vs loop {loop['step']!r})")
-    if isinstance(steps, int) and checkpoint["step"] > steps:
+    if is_int(steps) and checkpoint["step"] > steps:
         raise CheckpointError(f"{path} is at step {checkpoint['step']}, beyond the run's steps={steps}: damaged")
     return checkpoint

@@ -73,8 +73,8 @@ from precond.run.files import (
 )
 from precond.run.interrupts import StoppedBetweenRuns, StopRequest, stop_between_runs
 from precond.run.loop import LoopSettings, train
-from precond.run.paths import default_data_root, settle_output_root
-from precond.settings import rule_of
+from precond.run.paths import default_data_root, run_label, settle_output_root
+from precond.settings import is_int, is_number, rule_of
 from precond.sweep.callbacks import write_sweep_report
 from precond.threads import apply_threads, choose_threads, forward_flops
 
@@ -103,7 +103,7 @@ def batch_scaled_lr(lr: float, batch_size) -> float:
     gradients by running input variances; at batch 1 its gradient noise is 8× larger in norm, and the batch-64
     default diverges (``model=mlp preconditioner=bnp batch_size=1``); the square-root rule keeps the noise of a
     step at the level the default was tuned for. A value that is not a positive integer is left to the schema."""
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+    if not is_int(batch_size) or batch_size < 1:
         return lr
     return lr * min(1.0, (batch_size / 64) ** 0.5)
 
@@ -111,6 +111,9 @@ def batch_scaled_lr(lr: float, batch_size) -> float:
 # ${precond_batch_scaled_lr:lr,batch_size} in conf/preconditioner/bnp.yaml: BNP's default below batch 64
 if not OmegaConf.has_resolver("precond_batch_scaled_lr"):
     OmegaConf.register_new_resolver("precond_batch_scaled_lr", batch_scaled_lr)
+# ${precond_run_label:${name},${hydra.job.override_dirname}} in conf/train.yaml's default run dir
+if not OmegaConf.has_resolver("precond_run_label"):
+    OmegaConf.register_new_resolver("precond_run_label", run_label)
 # ${precond_default_data_root:} in conf/paths/default.yaml: used when PRECOND_DATA_ROOT is not set
 if not OmegaConf.has_resolver("precond_default_data_root"):
     OmegaConf.register_new_resolver("precond_default_data_root", default_data_root)
@@ -341,10 +344,10 @@ def log_result(summary: dict, label: Optional[str] = None) -> None:
     target 150`` (or "target not reached")."""
     parts = [f"status={summary['status']}"]
     for key in ("train/loss", "val/loss", "val/acc", "test/loss", "test/acc"):
-        if isinstance(summary.get(key), (int, float)):
+        if is_number(summary.get(key)):
             parts.append(f"{key}={summary[key]:.4g}")
     steps = summary.get("steps_to_target")
-    parts.append(f"steps to target {steps:.4g}" if isinstance(steps, (int, float)) else "target not reached")
+    parts.append(f"steps to target {steps:.4g}" if is_number(steps) else "target not reached")
     log.info("%s%s", f"[{label}] " if label else "", " ".join(parts))
 
 
@@ -558,7 +561,7 @@ def cli() -> None:
         code = 0
     except SystemExit as stop:
         code = stop.code
-    if any(name in sys.modules for name in _NEEDS_NORMAL_EXIT) or not isinstance(code, (int, type(None))):
+    if any(name in sys.modules for name in _NEEDS_NORMAL_EXIT) or not (code is None or is_int(code)):
         raise SystemExit(code)
     logging.shutdown()
     sys.stdout.flush()

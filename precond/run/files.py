@@ -30,7 +30,7 @@ from typing import Any, Optional
 
 from precond.errors import ConfigError
 from precond.metrics import higher_is_better
-from precond.settings import Choice, Flag, Seq, Settings, Text, setting
+from precond.settings import Choice, Flag, Seq, Settings, Text, is_int, is_number, setting
 
 log = logging.getLogger(__name__)
 
@@ -182,7 +182,7 @@ class RunLog:
         self._summary_written = True
         if self._wandb_run is not None:
             for k, v in clean.items():  # the BEST_TRACKED metrics keep W&B's {best, last}: not overwritten
-                if k not in BEST_TRACKED and (isinstance(v, (int, float, str, bool)) or v is None):
+                if k not in BEST_TRACKED and (isinstance(v, (str, bool)) or is_number(v) or v is None):
                     self._wandb_run.summary[k] = v
 
     def log_model(self, path: Path, metadata: dict[str, Any]) -> None:
@@ -332,7 +332,7 @@ def _say_lost_history(metrics: Path, checkpoint: dict) -> None:
                 logged.append(int(json.loads(line)["step"]))
             except (ValueError, KeyError, TypeError):
                 continue
-    if isinstance(last_eval, int) and (not logged or max(logged) < last_eval):
+    if is_int(last_eval) and (not logged or max(logged) < last_eval):
         since = f"after step {max(logged)}" if logged else "(metrics.jsonl is missing or empty)"
         log.warning("%s ends before the checkpoint's last evaluation at step %d: the records %s up to step %d "
                     "are lost; the run resumes from step %d and logs what follows", metrics, last_eval, since,

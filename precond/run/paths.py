@@ -14,6 +14,7 @@ Both roots come from environment variables when they are set, so one line in a s
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,6 +23,21 @@ from precond.settings import Settings, Text, setting
 
 DATA_ROOT_VARIABLE = "PRECOND_DATA_ROOT"
 OUTPUT_ROOT_VARIABLE = "PRECOND_OUTPUT_ROOT"
+
+
+#: the longest run-dir label made from a command line's overrides (a file name stays well under 255 bytes)
+MAX_LABEL = 80
+
+
+def run_label(name: str, overrides: str) -> str:
+    """The middle of a single run's dir name: ``name`` when set (an experiment sets it), else the command line's
+    overrides as Hydra joins them (``lr=0.01,model=mlp``, the path keys excluded in conf/train.yaml), made a safe
+    file-name component (``/`` and other unsafe characters become ``_``; at most :data:`MAX_LABEL` characters),
+    and ``default`` for a run with no overrides. So ``ls outputs/runs/<date>`` says which run is which."""
+    if name != "default" or not overrides:
+        return name
+    safe = re.sub(r"[^A-Za-z0-9._=,+\-\[\]]", "_", overrides).lstrip(".")
+    return (safe[:MAX_LABEL - 1] + "+" if len(safe) > MAX_LABEL else safe) or "default"
 
 
 def default_data_root() -> str:

@@ -17,10 +17,12 @@ import time
 from collections.abc import Callable
 from typing import Optional
 
+from precond.settings import is_number
+
 log = logging.getLogger("precond")
 
 def _fmt(values: dict) -> str:
-    return " | ".join(f"{k} {v:.4g}" if isinstance(v, (int, float)) else f"{k} {v}" for k, v in values.items())
+    return " | ".join(f"{k} {v:.4g}" if is_number(v) else f"{k} {v}" for k, v in values.items())
 
 
 class BarProgress:
@@ -34,7 +36,7 @@ class BarProgress:
 
     def advance(self, step: int, evaluated: bool, values: Callable[[], dict]) -> None:
         if evaluated:
-            self.bar.set_postfix({k: f"{v:.4g}" for k, v in values().items() if isinstance(v, (int, float))})
+            self.bar.set_postfix({k: f"{v:.4g}" for k, v in values().items() if is_number(v)})
         self.bar.update(1)
 
     def close(self) -> None:

@@ -26,6 +26,7 @@ import math
 from typing import Optional
 
 from precond.metrics import higher_is_better
+from precond.settings import is_finite_number, is_number
 
 #: how close to the best a grid point must be to count as near-optimal: absolute for accuracies, a ratio for losses
 NEAR_OPTIMAL = {"acc": 0.01, "loss_ratio": 1.1}
@@ -81,7 +82,7 @@ def _same(value, text: str) -> bool:
 def _goodness(summary: dict, metric: str) -> float:
     """``f`` signed so that larger is better; ``-inf`` for a run that did not complete with a finite value."""
     value = summary.get(metric)
-    if summary.get("status") != "completed" or not isinstance(value, (int, float)) or not math.isfinite(value):
+    if summary.get("status") != "completed" or not is_finite_number(value):
         return -math.inf
     return float(value) if higher_is_better(metric) else -math.log(max(float(value), 1e-300))
 
@@ -101,7 +102,7 @@ def best_value_slope(goodness: dict, grid: dict) -> Optional[float]:
     keys = list(grid)
     if len(keys) != 2 or any(len(grid[k]) < 2 for k in keys):
         return None
-    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0 for k in keys for v in grid[k]):
+    if not all(is_number(v) and v > 0 for k in keys for v in grid[k]):
         return None
     xs, ys = [], []
     for a in grid[keys[0]]:
@@ -131,8 +132,7 @@ def grid_values(summaries: list[dict], grid: dict, metric: str, pareto_levels: t
             held.setdefault(summary.get("seed"), {})[point] = (summary.get("status") == "completed"
                                                                and summary.get("steps_to_target") is not None)
             value, sparsity = summary.get(metric), summary.get(SPARSITY)
-            if summary.get("status") == "completed" and isinstance(value, (int, float)) and \
-                    isinstance(sparsity, (int, float)):
+            if summary.get("status") == "completed" and is_number(value) and is_number(sparsity):
                 fronts.setdefault(summary.get("seed"), []).append((float(sparsity), float(value)))
     size = math.prod(len(v) for v in grid.values())
     out = {}

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Optional
 
 from precond.metrics import higher_is_better
+from precond.settings import is_finite_number, is_number
 from precond.sweep.grid_metrics import NEAR_OPTIMAL, SPARSITY, grid_values, pareto_level, point_of
 from precond.sweep.labels import log_scale, metric_label
 from precond.sweep.runs import palette, pyplot, save_figure
@@ -62,7 +63,7 @@ def plot_grid_heatmaps(tuning: dict, selection: dict, metric: str, path: Path) -
         for run in tuning[arm]:
             point = point_of(run.summary, entry["grid"])
             value = run.summary.get(metric) if run.summary.get("status") == "completed" else None
-            if point is not None and isinstance(value, (int, float)) and math.isfinite(value):
+            if point is not None and is_finite_number(value):
                 cells.setdefault(point, []).append(value)
         grid = np.full((len(cols), len(rows)), np.nan)
         for (a, b), values in cells.items():
@@ -149,8 +150,7 @@ def plot_pareto(tuning: dict, selection: dict, metric: str, path: Path) -> Optio
         for run in runs:
             sp, value = run.summary.get(SPARSITY), run.summary.get(metric)
             point = point_of(run.summary, selection["arms"].get(arm, {}).get("grid", {}))
-            if run.summary.get("status") == "completed" and isinstance(sp, (int, float)) and \
-                    isinstance(value, (int, float)) and point is not None:
+            if run.summary.get("status") == "completed" and is_number(sp) and is_number(value) and point is not None:
                 cells.setdefault(point, []).append((sp, value))
                 ax.scatter([sp], [value], color=color, s=6, alpha=0.15)
         medians = sorted((statistics.median(p[0] for p in v), statistics.median(p[1] for p in v))
@@ -192,7 +192,7 @@ def sensitivity_curves(confirmation: dict, selection: dict, metric: str) -> list
                     x = selection["arms"].get(arm, {}).get("overrides", {}).get(key)
                     values = [r.summary.get(shown) for r in confirmation.get(arm, [])
                               if r.summary.get("status") == "completed"]
-                    values = [v for v in values if isinstance(v, (int, float)) and math.isfinite(v)]
+                    values = [v for v in values if is_finite_number(v)]
                     if x is not None:
                         points.append((x, statistics.median(values) if values else None, values))
                 if any(p[1] for p in points):  # a curve that is missing or zero everywhere says nothing

@@ -23,6 +23,7 @@ from torch import Tensor
 
 from precond.chain import PackLayout
 from precond.optim import ComposedOptimizer
+from precond.settings import is_number
 
 _SCALARS = (str, bool, int, float, type(None))
 
@@ -50,7 +51,7 @@ def _per_job(values: list, device, dtype):
     """One hyperparameter over the jobs: the common number, or a per-job tensor where they differ."""
     if all(v == values[0] for v in values):
         return values[0]
-    if any(isinstance(v, bool) or not isinstance(v, (int, float)) for v in values):
+    if not all(is_number(v) for v in values):
         raise ValueError(f"jobs differ in a setting that cannot be stacked: {values}")
     host = torch.tensor(values, dtype=dtype, pin_memory=torch.device(device).type == "cuda")
     return host.to(device, non_blocking=True)  # no wait for the device's queue

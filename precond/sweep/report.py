@@ -21,6 +21,7 @@ from typing import Optional
 
 from precond.metrics import target_text
 from precond.run.files import write_text_atomically
+from precond.settings import is_int, is_number
 from precond.sweep.labels import log_scale, metric_label
 from precond.sweep.runs import ReportError, RunRecord, load_runs, save_figure
 from precond.sweep.tuned_report import tuned_report
@@ -308,8 +309,8 @@ def sweep_text(runs: list[RunRecord], metric: str) -> str:
                 swept.setdefault(key, set()).add(value)
     varying = {k: sorted(v) for k, v in swept.items() if len(v) > 1}
     what = "; ".join(f"{k} ∈ {{{', '.join(v)}}}" for k, v in varying.items()) or "one setting"
-    sizes = sorted({r.summary["parameters"] for r in runs if isinstance(r.summary.get("parameters"), int)})
-    steps = sorted({r.summary["steps"] for r in runs if isinstance(r.summary.get("steps"), int)
+    sizes = sorted({r.summary["parameters"] for r in runs if is_int(r.summary.get("parameters"))})
+    steps = sorted({r.summary["steps"] for r in runs if is_int(r.summary.get("steps"))
                     and r.summary.get("status") == "completed"})
     model, data = _values(runs, "model") or ["?"], _values(runs, "dataset") or ["?"]
     size = f" ({', '.join(f'{n:,}' for n in sizes)} parameters)" if sizes else ""
@@ -328,7 +329,7 @@ def compare(sweep_dir: str | Path, metric: Optional[str] = None, quiet: bool = F
         raise ReportError(f"no readable run directories (with summary.json) under {sweep_dir}")
     default = default_metric(runs)
     metric = metric or default
-    known = sorted({k for r in runs for k, v in r.summary.items() if "/" in k and isinstance(v, (int, float))})
+    known = sorted({k for r in runs for k, v in r.summary.items() if "/" in k and is_number(v)})
     if metric not in known:
         raise ReportError(f"--metric {metric!r} is not in these runs' summaries; expected one of {known}")
     extra = tuple(k for k in EXTRA_COLUMNS if k != metric and any(r.summary.get(k) is not None for r in runs))

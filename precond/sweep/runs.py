@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Optional
 
 from precond.run.files import identifying_overrides
-from precond.settings import is_int
+from precond.settings import is_int, is_number
 
 
 class ReportError(ValueError):
@@ -94,7 +94,7 @@ def _label(runs: list[RunRecord]) -> None:
 
 def _is_number_or_none(value) -> bool:
     """A metric value as runs record it: a number, a flag (``curvature/p/converged``) or null."""
-    return value is None or isinstance(value, (int, float))
+    return value is None or isinstance(value, bool) or is_number(value)
 
 
 def summary_problem(summary: dict) -> Optional[str]:

@@ -26,6 +26,7 @@ from typing import Optional
 
 from precond.metrics import TIME_TO_TARGET_RULE, target_text
 from precond.run.files import write_text_atomically
+from precond.settings import is_finite_number, is_int, is_number
 from precond.sweep.evidence import EVIDENCE, collect_sweep, read_evidence, runs_of, write_evidence
 from precond.sweep.grid_metrics import grid_values, pareto_level, point_of
 from precond.sweep.grid_report import (
@@ -153,7 +154,7 @@ def too_easy(confirmation: dict) -> Optional[str]:
     fastest = None
     for arm, runs in confirmation.items():
         steps = [r.summary.get("steps_to_target") for r in runs if r.summary.get("status") == "completed"]
-        if steps and all(isinstance(x, (int, float)) for x in steps):
+        if steps and all(is_number(x) for x in steps):
             median = statistics.median(steps)
             interval = next((r.metrics[1]["step"] - r.metrics[0]["step"] for r in runs if len(r.metrics) > 1), None)
             if interval and (fastest is None or median / interval < fastest[1]):
@@ -329,10 +330,10 @@ def problem_text(runs: list[RunRecord], selection: dict, target: str) -> str:
     choices = next((s.get("choices") for s in summaries if s.get("choices")), {}) or {}
     models = sorted({str(s.get("choices", {}).get("model")) for s in summaries if s.get("choices")}) or ["?"]
     data = sorted({str(s.get("choices", {}).get("dataset")) for s in summaries if s.get("choices")}) or ["?"]
-    sizes = sorted({s["parameters"] for s in summaries if isinstance(s.get("parameters"), int)})
+    sizes = sorted({s["parameters"] for s in summaries if is_int(s.get("parameters"))})
     # the budget: the steps of the runs that completed (a diverged run stops where it diverged)
     steps = sorted({s["steps"] for s in summaries
-                    if isinstance(s.get("steps"), int) and s.get("status") == "completed"})
+                    if is_int(s.get("steps")) and s.get("status") == "completed"})
     arms = list(selection.get("arms", {}))
     size_text = f" ({', '.join(f'{n:,}' for n in sizes)} parameters)" if sizes else ""
     steps_text = ", ".join(str(n) for n in steps) if steps else "?"
@@ -358,7 +359,7 @@ def sensitivity_slice(runs: list[RunRecord], entry: dict, metric: str) -> tuple[
         lr = at.get("lr", _lr_of(run))
         if lr is not None:
             value = run.summary.get(metric) if run.summary.get("status") == "completed" else None
-            points.setdefault(lr, []).append(value if isinstance(value, (int, float)) and math.isfinite(value)
+            points.setdefault(lr, []).append(value if is_finite_number(value)
                                              else None)
     return points, others
 
@@ -448,7 +449,7 @@ def median_curve(runs: list[RunRecord], x_key: str, metric: str) -> Optional[tup
     for run in runs:
         for row in run.metrics:
             value = row.get(metric)
-            if x_key in row and isinstance(value, (int, float)) and math.isfinite(value):
+            if x_key in row and is_finite_number(value):
                 by_x.setdefault(row[x_key] if x_key == "step" else round(row[x_key], 3), []).append(value)
     xs = [x for x in sorted(by_x) if 2 * len(by_x[x]) >= len(runs)]
     if not xs:

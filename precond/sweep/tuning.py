@@ -28,7 +28,7 @@ from typing import Optional
 
 from precond.errors import ConfigError
 from precond.metrics import higher_is_better
-from precond.settings import LEARNING_RATE, SEED, Int, Num, Seq
+from precond.settings import LEARNING_RATE, SEED, Int, Num, Seq, is_finite_number, is_number
 from precond.settings import Choice as OneOf
 
 SELECTION_RULE = ("a grid point is eligible when every tuning run completed and reached and held the target; the "
@@ -146,7 +146,7 @@ class TuningSpec:
                 for arm in members:
                     OneOf(tuple(arms)).check(f"sensitivity.{key}.{name}", arm)
                     value = arms[arm].overrides.get(key)
-                    if not isinstance(value, (int, float)) or isinstance(value, bool):
+                    if not is_number(value):
                         raise ConfigError(f"arms.{arm}.overrides.{key}", f"a number (the arm is on the {key} "
                                           "sensitivity curve)", value)
 
@@ -189,7 +189,7 @@ class PointResult:
         if not self._completed():
             statuses = sorted({s.get("status", "missing") for s in self.summaries} - {"completed"})
             return "ineligible", f"a tuning run ended {', '.join(statuses) or 'missing'}"
-        if not all(isinstance(v, (int, float)) and math.isfinite(v) for v in self._final()):
+        if not all(is_finite_number(v) for v in self._final()):
             return "ineligible", "a tuning run has no finite final target metric"
         held = [s.get("steps_to_target") is not None for s in self.summaries]
         if all(held):
@@ -235,7 +235,7 @@ def at_edge(point: dict, grid: dict) -> list[str]:
     edges = []
     for key, value in point.items():
         values = grid[key]
-        if len(values) >= 3 and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
+        if len(values) >= 3 and all(is_number(v) for v in values):
             if value in (min(values), max(values)):
                 edges.append(key)
     return edges
@@ -336,6 +336,6 @@ def relative_target(baseline: list[dict], factor: float) -> float:
         raise NoEligiblePoint("the baseline arm of the relative target has no completed tuning run")
     metric = done[0].get("target_metric", "val/loss")
     pick = max if higher_is_better(metric) else min
-    best = [pick(s[metric] for s in done if s.get("seed") == seed and isinstance(s.get(metric), (int, float)))
+    best = [pick(s[metric] for s in done if s.get("seed") == seed and is_number(s.get(metric)))
             for seed in sorted({s.get("seed") for s in done})]
     return statistics.median(best) * factor

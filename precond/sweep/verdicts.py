@@ -51,7 +51,7 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 from precond.errors import ConfigError
-from precond.settings import Choice, Flag, Num
+from precond.settings import Choice, Flag, Num, is_number
 from precond.sweep.stats import holm, median_interval, sign_test, signed_rank_test, smallest_p, walsh_interval
 
 ALPHA = 0.05
@@ -153,7 +153,7 @@ class Claim:
             "margin", self.margin, "a ratio >= 1 on the ratio scale, a difference >= 0 otherwise")
 
     def _side(self, key: str, value):
-        if key == "than" and isinstance(value, (int, float)) and not isinstance(value, bool):
+        if key == "than" and is_number(value):
             return float(value)  # a threshold
         if isinstance(value, str):
             if not self.metric:
@@ -242,9 +242,9 @@ def _budget(summary: dict, metric: str) -> float:
         value = summary.get("time/train_s")
     else:
         value = summary.get("steps")
-        if metric.endswith("_after_warmup") and isinstance(value, (int, float)):
+        if metric.endswith("_after_warmup") and is_number(value):
             value = value - (summary.get("warmup_steps") or 0)
-    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0 else 0.0
+    return float(value) if is_number(value) and value > 0 else 0.0
 
 
 def _value(summary: Optional[dict], metric: str):
@@ -256,7 +256,7 @@ def _value(summary: Optional[dict], metric: str):
         return Measured(_budget(summary, metric), math.inf)
     if summary.get("status") == "diverged" and metric not in _TO_TARGET:
         return None  # a diverged run has no final value to compare
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
+    if is_number(value):
         return Measured(float(value), float(value))
     return None
 
