@@ -258,7 +258,7 @@ def section(results: list[dict], total: float) -> str:
         for r, v in rows:
             effect = effect_text(v["effect"]) if v.get("effect") else "—"
             p = "—" if v.get("p_value") is None else f"{v['p_value']:.3g} ({v['p_adjusted']:.3g})"
-            lines.append(f"| [{r['name']}](#{r['name'].replace('_', '-')}) | {v['claim']} | **{v['verdict']}** | "
+            lines.append(f"| [{r['name']}](#{r['name']}) | {v['claim']} | **{v['verdict']}** | "
                          f"{effect} | {p} |")
         lines.append("")
     lines += ["## The experiments", ""]

@@ -70,11 +70,11 @@ def test_conv_nets_train_on_digits_at_their_defaults(tmp_path, model, steps):
     assert read_summary(tmp_path)["val/acc"] >= 0.7  # chance is 0.1
 
 
-def test_the_manuals_default_lr_table_is_the_configs():
-    """docs/manual.md's table of each model family's default learning rates says what conf/model/*.yaml says."""
+def test_the_usage_pages_default_lr_table_is_the_configs():
+    """docs/usage.md's table of each model family's default learning rates says what conf/model/*.yaml says."""
     import yaml
 
-    text = (Path(CONF_DIR).parent / "docs" / "manual.md").read_text(encoding="utf-8")
+    text = (Path(CONF_DIR).parent / "docs" / "usage.md").read_text(encoding="utf-8")
     lines = text[text.index("| model | sgd | adagrad"):].splitlines()
     header = [c.strip().split(" ")[0] for c in lines[0].strip("|").split("|")][1:]
     rows = {}

@@ -1,4 +1,4 @@
-"""Every command in the README and the manual runs as written and exits 0: the cheap ones here, the longer ones
+"""Every command in the README and the docs pages runs as written and exits 0: the cheap ones here, the longer ones
 under the slow marker; the rest need what a test machine lacks, and each says what."""
 import re
 import shlex
@@ -24,7 +24,8 @@ SLOW = ("hydra/launcher=local_parallel", "normalization_arm=", "preconditioner=s
 def readme_commands() -> list[str]:
     """``precond-train``/``precond-report`` command lines of the README's bash blocks (continuations joined,
     comments dropped)."""
-    text = "".join((ROOT / name).read_text(encoding="utf-8") for name in ("README.md", "docs/manual.md"))
+    pages = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+    text = "".join(page.read_text(encoding="utf-8") for page in pages)
     commands = []
     for block in re.findall(r"```bash\n(.*?)```", text, flags=re.S):
         joined = re.sub(r"\\\n\s*", " ", block)
