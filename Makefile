@@ -24,9 +24,12 @@ $(BIN)/precond-train: pyproject.toml
 run: install  ## main job: tuned SGD (± momentum) vs AdaGrad vs RMSProp vs Adam (β₁ = 0.9, 0) on the embedded ill-conditioned problem
 	$(BIN)/precond-train experiment=compare_preconditioners
 
-test: install  ## fast tests (slow and GPU tests excluded; one CPU thread per run, their fastest setting)
-	@echo "tests run with PRECOND_THREADS=1 OMP_WAIT_POLICY=PASSIVE (tests/conftest.py): one thread is fastest for their small models"
-	$(BIN)/python -m pytest -q --durations=15
+# one pytest worker per core the process may use, at most 4 (each worker imports torch: ~0.5 GB)
+TEST_WORKERS ?= $(shell $(PY) -c "import os; print(min(4, len(os.sched_getaffinity(0))))" 2>/dev/null || echo 2)
+
+test: install  ## fast tests (slow and GPU tests excluded), one worker per core; each run uses one CPU thread
+	@echo "tests run in $(TEST_WORKERS) workers with PRECOND_THREADS=1 OMP_WAIT_POLICY=PASSIVE (tests/conftest.py): one thread per run is fastest for their small models, and the workers use the cores"
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --durations=15
 
 test-slow: install  ## every experiment end to end (marker slow)
 	$(BIN)/python -m pytest -q -m slow

@@ -116,3 +116,16 @@ def test_the_installed_optimizers_are_torch_optims_minus_the_unsupported():
     names = torch_optimizers()
     assert {"SGD", "Adam", "NAdam", "Adadelta"} <= set(names) and not set(UNSUPPORTED) & set(names)
     assert all(issubclass(cls, torch.optim.Optimizer) for cls in names.values())
+
+
+def test_options_given_as_a_mapping_on_the_command_line_reach_the_optimizer(tmp_path):
+    """`preconditioner.options={...}` replaces the default (it merged into a struct {} before and was refused)."""
+    import yaml
+
+    from tests.conftest import run_in_process
+
+    argv = ["preconditioner=torch_optim", "preconditioner.name=RAdam", "steps=3", "eval_every=3",
+            "preconditioner.options={betas: [0.8, 0.99], decoupled_weight_decay: true}", f"hydra.run.dir={tmp_path}"]
+    assert run_in_process(argv) == 0
+    options = yaml.safe_load((tmp_path / "config.yaml").read_text())["preconditioner"]["options"]
+    assert options == {"betas": [0.8, 0.99], "decoupled_weight_decay": True}

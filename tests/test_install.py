@@ -96,6 +96,7 @@ def test_a_single_run_dir_is_named_by_its_overrides_unless_a_name_is_given(tmp_p
     ("compare", "lr=0.1", "compare"),
     ("default", "dataset.root=/a/../b,lr=0.1", "dataset.root=_a_.._b,lr=0.1"),
     ("default", "..lr=1", "lr=1"),
+    ("default", "++a.options={b: [1, 2]},+c=1", "a.options=_b_[1,_2]_,c=1"),
     ("default", "x=" + "9" * 200, "x=" + "9" * 77 + "+"),
 ])
 def test_the_run_label_is_a_safe_file_name_component(name, overrides, label):

@@ -16,6 +16,7 @@ NOT_RUN_HERE = {
     "...": "a placeholder",
     "steps=100000": "the interrupt-and-resume demonstration, stopped by hand",
     "experiment=": "a tuned experiment: make run and make results run them",
+    "preconditioner=adamax": "needs the example extension installed: tests/test_extending.py installs it and runs it",
 }
 #: commands that take more than a few seconds on 2 CPU cores (make test-slow runs them)
 SLOW = ("hydra/launcher=local_parallel", "normalization_arm=", "preconditioner=sgd,adagrad,rmsprop,adam")

@@ -468,3 +468,15 @@ def test_a_mapping_that_hydra_would_merge_into_the_experiments_is_refused(tmp_pa
     key = override.split("=")[0]
     assert f"error: {key}: expected the whole mapping" in err and kept in err and f"~{key}.NAME" in err
     assert not (tmp_path / "s").exists()
+
+
+@pytest.mark.parametrize("value", [{"betas": [0.8, 0.99], "decoupled_weight_decay": True, "eps": 1e-08},
+                                   [0.5, 2], 0.1, True, "adam"])
+def test_an_arms_override_value_is_written_as_hydra_reads_it_back(value):
+    """An arm's override (a mapping too: a torch_optim arm's preconditioner.options) goes to Hydra as text."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    from precond.sweep.tuning import format_value
+
+    (override,) = OverridesParser.create().parse_overrides([f"key={format_value(value)}"])
+    assert override.value() == value

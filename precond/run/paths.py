@@ -36,7 +36,8 @@ def run_label(name: str, overrides: str) -> str:
     and ``default`` for a run with no overrides. So ``ls outputs/runs/<date>`` says which run is which."""
     if name != "default" or not overrides:
         return name
-    safe = re.sub(r"[^A-Za-z0-9._=,+\-\[\]]", "_", overrides).lstrip(".")
+    bare = re.sub(r"(^|,)[+~]+", r"\1", overrides)  # ++key=… and +key=… name the same setting as key=…
+    safe = re.sub(r"_+", "_", re.sub(r"[^A-Za-z0-9._=,+\-\[\]]", "_", bare)).lstrip(".")
     return (safe[:MAX_LABEL - 1] + "+" if len(safe) > MAX_LABEL else safe) or "default"
 
 

@@ -285,6 +285,8 @@ def format_value(value) -> str:
         return repr(value)
     if isinstance(value, (list, tuple)):
         return "[" + ",".join(format_value(v) for v in value) + "]"
+    if isinstance(value, dict):  # e.g. preconditioner.options of a torch_optim arm: Hydra's {key:value} syntax
+        return "{" + ",".join(f"{k}:{format_value(v)}" for k, v in value.items()) + "}"
     return str(value)
 
 
