@@ -36,15 +36,19 @@ from pathlib import Path
 
 import torch
 
+from precond.metrics import TIME_TO_TARGET_RULE
 from precond.sweep.check_report import rejudge_check_report
 from precond.sweep.evidence import EVIDENCE, EvidenceError
 from precond.sweep.tuned_report import effect_text, rejudge_tuned_report
+from precond.sweep.tuning import FINAL_SELECTION_RULE, SELECTION_RULE
 from precond.sweep.verdicts import RULE, STATES
 
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "outputs" / "results"
 DOCS = ROOT / "docs" / "results"
 RESULTS_PAGE = ROOT / "docs" / "results.md"  # the generated Results page (the README links to it)
+#: where the experiment pages under docs/results/<name>/ link for the selection and verdict rules (stated once)
+RULES_AT = "../../results.md"
 START, END = "<!-- results:start -->", "<!-- results:end -->"
 PY = sys.executable
 
@@ -222,7 +226,7 @@ def rejudge(name: str, command: list[str], recorded: dict) -> dict:
     docs = DOCS / name
     t0 = time.perf_counter()
     if name in TUNED:
-        rejudge_tuned_report(docs, experiment_claims(name))
+        rejudge_tuned_report(docs, experiment_claims(name), rules_at=RULES_AT)
     else:
         rejudge_check_report(docs)
     fresh = provenance(OUT / name, name, recorded.get("seconds", 0.0))
@@ -265,9 +269,14 @@ def section(results: list[dict], total: float, jobs: int = 1) -> str:
               f"{counts['fails']} fail, {counts['equivalent']} equivalent, {counts['inconclusive']} inconclusive, "
               f"{counts['invalid']} invalid; {counts['identity']} identities (true by construction, verified, not "
               f"counted as support).** {_roles_line(every)}", "",
-              f"**The verdict rule** (every paired claim): {RULE}. Role `check`: a verdict a check script decides by "
+              "### The selection rule", "",
+              f"Each arm of a tuned experiment: {SELECTION_RULE}. Claims with `selection: final` read their arms at "
+              f"another point: {FINAL_SELECTION_RULE}. Time to target: {TIME_TO_TARGET_RULE}.", "",
+              "### The verdict rule", "",
+              f"Every paired claim: {RULE}. Role `check`: a verdict a check script decides by "
               "its own stated rule (a fitted slope's interval against its prediction, a closed form), outside the "
-              "paired rule's families. The statistics are set out in [theory.md §7](theory.md).", "",
+              "paired rule's families. The statistics are set out in [theory.md §7](theory.md); how experiments "
+              "declare claims, roles and stages in [experiments.md](experiments.md).", "",
               "## By experiment", "", experiment_table(results, link="results/{name}/comparison.md"), ""]
     for role, heading in ROLE_HEADINGS:
         rows = [(r, v) for r in results for v in _verdicts(r["name"]) if role_of(v) == role]
@@ -365,6 +374,9 @@ def main() -> None:
     with ThreadPoolExecutor(max_workers=args.jobs) as pool:
         for result in pool.map(lambda item: run(*item, args.keep, env), to_train):
             done[result["name"]] = result
+    for name, _ in to_train:  # the docs copy links to the rules (one thread: matplotlib draws the plots again)
+        if name in TUNED and done[name]["exit"] == 0:
+            rejudge_tuned_report(DOCS / name, experiment_claims(name), rules_at=RULES_AT)
     results = [done[name] for name, _ in EXPERIMENTS if name in done]
     total = time.perf_counter() - t0
     timings.write_text(json.dumps({r["name"]: r for r in results}, indent=2) + "\n")

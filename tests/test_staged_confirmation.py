@@ -139,6 +139,17 @@ def test_a_staged_sweep_runs_the_second_look_only_for_the_open_claims_arms_and_r
     claims = json.loads((copy / "selection.json").read_text())["claims"][:1]
     assert [v.verdict for v in rejudge_tuned_report(copy, claims)] == ["holds"]
     assert len(json.loads((copy / "verdicts.json").read_text())) == 1
+    # a set of pages that states the rules once: the report links to them instead of repeating them
+    from precond.sweep.tuning import SELECTION_RULE
+    from precond.sweep.verdicts import RULE
+
+    own = (sweep / "comparison.md").read_text()
+    assert RULE in own and SELECTION_RULE in own  # a sweep's own report stands alone
+    rejudge_tuned_report(copy, claims, rules_at="../../results.md")
+    linked = (copy / "comparison.md").read_text()
+    assert RULE not in linked and SELECTION_RULE not in linked
+    assert "[the verdict rule](../../results.md#the-verdict-rule)" in linked
+    assert "[the selection rule](../../results.md#the-selection-rule)" in linked
 
 
 FINAL_ARGS = ["hydra/sweeper=tuned", "hydra.mode=MULTIRUN", "steps=40", "eval_every=10", "target.value=0.45",

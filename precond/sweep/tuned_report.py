@@ -216,16 +216,20 @@ def tuned_report(sweep_dir: str | Path, quiet: bool = False) -> list[Verdict]:
     return render_tuned_report(sweep_dir, selection, runs_of(evidence, sweep_dir), evidence["problems"], quiet)
 
 
-def rejudge_tuned_report(report_dir: str | Path, claims: Optional[list] = None, quiet: bool = True) -> list[Verdict]:
+def rejudge_tuned_report(report_dir: str | Path, claims: Optional[list] = None, quiet: bool = True,
+                         rules_at: Optional[str] = None) -> list[Verdict]:
     """Judge and render a tuned experiment again from the evidence and selection stored in ``report_dir`` (no run
-    is read or trained), with ``claims`` (dicts, e.g. today's config) in place of those stored in the selection."""
+    is read or trained), with ``claims`` (dicts, e.g. today's config) in place of those stored in the selection.
+    ``rules_at``: a page whose headings state the selection and verdict rules (``#the-selection-rule``,
+    ``#the-verdict-rule``); the report links there instead of stating them (a set of pages states them once)."""
     report_dir = Path(report_dir)
     selection = _read_selection(report_dir)
     if claims is not None:
         selection["claims"] = [Claim(**c).as_dict() for c in claims]
         write_text_atomically(report_dir / SELECTION, json.dumps(selection, indent=2, default=str) + "\n")
     evidence = read_evidence(report_dir / EVIDENCE)
-    return render_tuned_report(report_dir, selection, runs_of(evidence, report_dir), evidence["problems"], quiet)
+    return render_tuned_report(report_dir, selection, runs_of(evidence, report_dir), evidence["problems"], quiet,
+                               rules_at)
 
 
 def _families(selection: dict) -> str:
@@ -264,7 +268,7 @@ def _read_selection(directory: Path) -> dict:
 
 
 def render_tuned_report(sweep_dir: Path, selection: dict, runs: list[RunRecord], problems: list[str],
-                        quiet: bool = False) -> list[Verdict]:
+                        quiet: bool = False, rules_at: Optional[str] = None) -> list[Verdict]:
     """Judge the claims of ``selection`` on ``runs`` and write verdicts.json, comparison.md and the plots."""
     confirmation = _runs_by_stage(runs, "confirmation")
     tuning = _runs_by_stage(runs, "tuning")
@@ -279,12 +283,14 @@ def render_tuned_report(sweep_dir: Path, selection: dict, runs: list[RunRecord],
     warning = too_easy(confirmation)
     title = f"# {first.get('name') or sweep_dir.name}: a tuned comparison"
     text = (f"{title}\n\n{problem_text(runs, selection, target)}\n\n"
-            f"## Selection\n\nRule: {selection['rule']}. Tuning seeds "
+            f"## Selection\n\nRule: "
+            + (f"[the selection rule]({rules_at}#the-selection-rule)" if rules_at else selection['rule'])
+            + ". Tuning seeds "
             f"{selection['tuning_seeds']}, confirmation seeds {selection['confirmation_seeds']}. "
             + (f"Claims with selection: final read their arms at another point: {selection['final_rule']}. "
-               if selection.get("final_rule") else "")
-            + f"Time to target: {TIME_TO_TARGET_RULE}.\n\n"
-            f"{_selection_table(selection)}\n\n## Confirmation (chosen setting, fresh seeds)\n\n"
+               if selection.get("final_rule") and not rules_at else "")
+            + (f"Time to target: {TIME_TO_TARGET_RULE}.\n\n" if not rules_at else "\n\n")
+            + f"{_selection_table(selection)}\n\n## Confirmation (chosen setting, fresh seeds)\n\n"
             f"{_confirmation_table(confirmation, metric, target)}\n\n"
             + (f"⚠ {warning}\n\n" if warning else "")
             + (f"## Sensitivity\n\n{sensitivity_text(confirmation, selection, metric)}\n\n"
@@ -292,7 +298,7 @@ def render_tuned_report(sweep_dir: Path, selection: dict, runs: list[RunRecord],
             + f"## Verdicts\n\n{headline(verdicts)}. {_families(selection)}.\n\n"
             + (_verdict_table(verdicts) + "\n\n" if verdicts else "")
             + ("".join(f"- {v.line()}\n" for v in verdicts) or "- (no claims declared)\n")
-            + f"\nRule: {RULE}.\n"
+            + (f"\nRule: [the verdict rule]({rules_at}#the-verdict-rule).\n" if rules_at else f"\nRule: {RULE}.\n")
             + "\n![lr sensitivity](lr_sensitivity.png)\n![confirmation](confirmation.png)\n"
             + (f"![grid heat map]({HEATMAP})\n" if heatmap_arms(selection) else "")
             + (f"![pareto]({PARETO_PLOT})\n" if pareto_levels(selection) else "")
