@@ -12,7 +12,10 @@ the verdict on each draw, and writes the same as ``docs/stability.md``:
   every draw — the figure the README states;
 * **flips**: any ``holds``/``noninferior`` ↔ ``fails`` change between draws (the rule must never allow one).
 
-    python scripts/stability.py [--only NAME ...] [--draws 200 300]
+    python scripts/stability.py [--only NAME ...] [--draws 200 300] [--jobs N]
+
+Experiments run side by side as in ``make results`` (``--jobs``, default one per core, each with ``cores // jobs``
+threads); an experiment's draws run one after the other, in its one sweep dir.
 """
 from __future__ import annotations
 
@@ -22,6 +25,7 @@ import shutil
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -67,14 +71,14 @@ def _link(src: str, dst: str) -> None:
     Path(dst).hardlink_to(src)
 
 
-def confirm(name: str, seeds: list[int]) -> tuple[list[dict], float, int]:
+def confirm(name: str, seeds: list[int], env: dict | None = None) -> tuple[list[dict], float, int]:
     """Run ``name``'s sweep on the confirmation ``seeds`` in its stability dir; return its verdicts on them."""
     sweep = OUT / name
     t0 = time.perf_counter()
     seeds_text = "[" + ",".join(str(s) for s in seeds) + "]"
     proc = subprocess.run([sys.executable, "-m", "precond.run.entry", f"experiment={name}",
                            f"hydra.sweep.dir={sweep}", f"hydra.sweeper.confirmation_seeds={seeds_text}",
-                           "progress=false"], cwd=ROOT, capture_output=True, text=True)
+                           "progress=false"], cwd=ROOT, capture_output=True, text=True, env=env)
     seconds = time.perf_counter() - t0
     (OUT / f"{name}_{seeds[0]}.log").write_text(proc.stdout + proc.stderr, encoding="utf-8")
     verdicts_path = sweep / "verdicts.json"
@@ -116,30 +120,52 @@ def write_report(rows: list[dict], draws: list[list[int]], seconds: float, comma
     return text
 
 
+def _seconds(name: str) -> float:
+    path = DOCS / name / "provenance.json"
+    return float(json.loads(path.read_text(encoding="utf-8")).get("seconds", 0)) if path.exists() else 0.0
+
+
+def experiment_rows(name: str, firsts: list[int], env: dict) -> tuple[list[dict], list[list[int]]]:
+    """Every draw of ``name`` (one after the other: they share its sweep dir), as one row per committed claim."""
+    committed = json.loads((DOCS / name / "verdicts.json").read_text(encoding="utf-8"))
+    print(f"{name}: tuning {reuse_tuning(name)}", flush=True)
+    count = len(committed_seeds(name))
+    draws = [list(range(first, first + count)) for first in firsts]
+    per_draw = []
+    for seeds in draws:
+        verdicts, seconds, code = confirm(name, seeds, env)
+        print(f"{name} seeds {seeds[0]}–{seeds[-1]}: exit {code} in {seconds:.0f} s", flush=True)
+        per_draw.append({v["claim"]: v["verdict"] for v in verdicts})
+    rows = []
+    for v in committed:
+        role = (v.get("effect") or {}).get("role", "identity" if v["verdict"] == "identity" else "—")
+        rows.append({"experiment": name, "claim": v["claim"], "role": role, "committed": v["verdict"],
+                     "draws": [d.get(v["claim"], "missing") for d in per_draw]})
+    return rows, draws
+
+
 def main() -> None:
+    from results import available_cores, experiment_env
+
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--only", nargs="*", help="these experiments only")
     parser.add_argument("--draws", nargs="*", type=int, default=[200, 300], help="first seed of each draw")
+    parser.add_argument("--jobs", type=int, default=available_cores(), help="experiments run at once (default: "
+                        "the cores this process may use); each gets cores // jobs threads")
     args = parser.parse_args()
+    if args.jobs < 1:
+        parser.error(f"--jobs: expected a positive integer, got {args.jobs}")
     OUT.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    rows, draws = [], []
-    for name in tuned_experiments():
-        if args.only and name not in args.only:
-            continue
-        committed = json.loads((DOCS / name / "verdicts.json").read_text(encoding="utf-8"))
-        print(f"{name}: tuning {reuse_tuning(name)}", flush=True)
-        count = len(committed_seeds(name))
-        draws = [list(range(first, first + count)) for first in args.draws]
-        per_draw = []
-        for seeds in draws:
-            verdicts, seconds, code = confirm(name, seeds)
-            print(f"{name} seeds {seeds[0]}–{seeds[-1]}: exit {code} in {seconds:.0f} s", flush=True)
-            per_draw.append({v["claim"]: v["verdict"] for v in verdicts})
-        for v in committed:
-            role = (v.get("effect") or {}).get("role", "identity" if v["verdict"] == "identity" else "—")
-            rows.append({"experiment": name, "claim": v["claim"], "role": role, "committed": v["verdict"],
-                         "draws": [d.get(v["claim"], "missing") for d in per_draw]})
+    names = [name for name in tuned_experiments() if not args.only or name in args.only]
+    env = experiment_env(args.jobs)
+    # the longest first (by the committed result's wall time), so that no long experiment starts last
+    longest_first = sorted(names, key=lambda name: -_seconds(name))
+    with ThreadPoolExecutor(max_workers=args.jobs) as pool:
+        done = dict(zip(longest_first, pool.map(lambda name: experiment_rows(name, args.draws, env),
+                                                longest_first)))
+    rows = [row for name in names for row in done[name][0]]
+    draws = done[names[-1]][1] if names else []
     command = "python scripts/stability.py" + "".join(f" {a}" for a in sys.argv[1:])
     print(write_report(rows, draws, time.perf_counter() - t0, command))
 
