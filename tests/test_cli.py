@@ -211,3 +211,16 @@ def test_a_sweep_prints_no_line_per_launched_job_unless_asked(cli):
     assert "#0 : " not in quiet.stdout and "[job 0] status=completed" in quiet.stdout
     loud = cli("seed=0,1", "steps=5", "hydra.verbose=[hydra._internal.core_plugins.basic_launcher]", multirun=True)
     assert "#0 : " in loud.stdout and "#1 : " in loud.stdout
+
+
+def test_a_tuned_sweep_prints_one_line_per_batch_and_its_runs_lines_go_to_their_train_log(cli, tmp_path):
+    tuned = ["hydra/sweeper=tuned", "steps=20", "eval_every=10", "preconditioner=sgd",
+             "hydra.sweeper.arms={a:{grid:{lr:[0.1,0.3]}}}", "hydra.sweeper.tuning_seeds=[0,1]",
+             "hydra.sweeper.confirmation_seeds=[5,6,7]"]
+    quiet = cli(*tuned, multirun=True).stdout
+    assert "status=" not in quiet and "params on" not in quiet
+    assert "tuning done: 4 runs: 4 completed;" in quiet and "confirmation done: 3 runs: 3 completed;" in quiet
+    logs = sorted((tmp_path / "sweep").rglob("train.log"))
+    assert len(logs) == 7 and all("status=completed" in p.read_text() for p in logs)
+    loud = cli(*tuned, "hydra.verbose=precond", f"hydra.sweep.dir={tmp_path}/loud", multirun=True).stdout
+    assert loud.count("status=completed") == 7

@@ -142,6 +142,7 @@ class TuningSweeper(Sweeper):
                                         + [subdir_override(a, p, s, "tuning")] for a, p, s in tuning],
                                        initial_job_idx=0)
         summaries = [_summary_of(r) for r in returns]
+        log.info("tuning done: %s", batch_outcome(summaries))
         target = self._relative_target(tuning, returns, summaries)
         final_arms = {side.arm for c in self.claims if c.selection == "final" for side in c.sides
                       if not isinstance(side, float)}
@@ -215,8 +216,10 @@ class TuningSweeper(Sweeper):
                                          + [subdir_override(a, p, s, "confirmation")] for a, p, s, _ in confirm],
                                         initial_job_idx=first_job)
             first_job += len(confirm)
-            for (arm, _, seed, point), ret in zip(confirm, rets):
-                summary = _summary_of(ret)
+            look_summaries = [_summary_of(ret) for ret in rets]
+            log.info("confirmation%s done: %s", f" look {look + 1}" if len(stages) > 1 else "",
+                     batch_outcome(look_summaries))
+            for (arm, _, seed, point), summary in zip(confirm, look_summaries):
                 confirmed += [(key, seed, summary) for key, (a, p) in chosen.items() if a is arm and p == point]
             returns_by_look.append(list(rets))
         return [list(returns), *returns_by_look]
@@ -417,6 +420,15 @@ def _records_of(ret: JobReturn) -> list:
         return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
     except (AttributeError, OSError, ValueError):
         return []
+
+
+def batch_outcome(summaries: list[dict]) -> str:
+    """One line for a batch of runs (their own lines stay in their train.log): ``170 runs: 160 completed,
+    10 diverged; 120 reached the target``."""
+    statuses = [s.get("status", "failed") for s in summaries]
+    counts = ", ".join(f"{statuses.count(s)} {s}" for s in dict.fromkeys(sorted(statuses)))
+    reached = sum(s.get("steps_to_target") is not None for s in summaries)
+    return f"{len(summaries)} runs: {counts}; {reached} reached the target"
 
 
 def _summary_of(ret: JobReturn) -> dict:

@@ -74,6 +74,7 @@ from precond.run.files import (
 from precond.run.interrupts import StoppedBetweenRuns, StopRequest, stop_between_runs
 from precond.run.loop import LoopSettings, train
 from precond.run.paths import default_data_root, run_label, settle_output_root
+from precond.run.progress import TUNED_RUN
 from precond.settings import is_int, is_number, rule_of
 from precond.sweep.callbacks import write_sweep_report
 from precond.threads import apply_threads, choose_threads, forward_flops
@@ -271,7 +272,7 @@ def prepare(settings: RunSettings, job: JobInfo, base: dict, runlog: RunLog, dat
         parts.restore(resume)
         log.info("resuming %s from its checkpoint at step %d", job.run_dir, resume["step"])
     log.info("%s | %s params on %s | %s", ",".join(base["overrides"]) or "defaults",
-             base["parameters"], settings.device, job.run_dir)
+             base["parameters"], settings.device, job.run_dir, extra={TUNED_RUN: settings.options.stage is not None})
     return PreparedRun(parts, loop, job.run_dir, base, resume["loop"] if resume is not None else None)
 
 
@@ -341,14 +342,15 @@ class RunParts:
 
 def log_result(summary: dict, label: Optional[str] = None) -> None:
     """One line per finished run, rounded, naming its job in a sweep: ``[job 3] status=completed … steps to
-    target 150`` (or "target not reached")."""
+    target 150`` (or "target not reached"). A tuned sweep's runs' lines stay off the console
+    (:class:`precond.run.progress.HideTunedRunLines`)."""
     parts = [f"status={summary['status']}"]
     for key in ("train/loss", "val/loss", "val/acc", "test/loss", "test/acc"):
         if is_number(summary.get(key)):
             parts.append(f"{key}={summary[key]:.4g}")
     steps = summary.get("steps_to_target")
     parts.append(f"steps to target {steps:.4g}" if is_number(steps) else "target not reached")
-    log.info("%s%s", f"[{label}] " if label else "", " ".join(parts))
+    log.info("%s%s", f"[{label}] " if label else "", " ".join(parts), extra={TUNED_RUN: "stage" in summary})
 
 
 #: the sweep dir of the job running or last run in this process (None for a single run)

@@ -19,6 +19,18 @@ from typing import Optional
 
 from precond.settings import is_number
 
+#: the attribute a run's start and end lines carry when the run belongs to a tuned sweep
+TUNED_RUN = "tuned_run"
+
+
+class HideTunedRunLines(logging.Filter):
+    """Console filter: a tuned sweep's runs come by the hundred, and their start and end lines (records carrying
+    :data:`TUNED_RUN`) would bury the sweep's own lines; the sweeper reports each batch in one line instead. The
+    lines still reach every ``train.log``; ``hydra.verbose=precond`` shows them on the console too."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not getattr(record, TUNED_RUN, False) or logging.getLogger("precond").isEnabledFor(logging.DEBUG)
+
 log = logging.getLogger("precond")
 
 def _fmt(values: dict) -> str:
