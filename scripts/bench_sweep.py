@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import re
 import subprocess
 import sys
 import tempfile
@@ -80,6 +81,10 @@ def run_sweep(launcher: str, overrides: list[str], sweep_dir: Path) -> float:
     return wall
 
 
+#: a job's end line (``[job 3] status=…``, named since jobs print their label) or a tuned sweep's batch line
+RESULT_LINE = re.compile(r"(\[[^\]]*\] )?status=|(tuning|confirmation)[^:]* done: ")
+
+
 def timeline(sweep_dir: Path) -> list[tuple[str, float]]:
     """Where a packed sweep's wall time went, from its own log's timestamps (ms resolution): up to
     each "Launching" line (start-up, or the previous batch's results and the next batch's
@@ -97,7 +102,7 @@ def timeline(sweep_dir: Path) -> list[tuple[str, float]]:
             events.append(("launch", stamp))
         elif text.startswith("training") and "as one pack" in text:
             events.append(("pack", stamp))
-        elif text.startswith("status=") and (not events or events[-1][0] != "result"):
+        elif RESULT_LINE.match(text) and (not events or events[-1][0] != "result"):
             events.append(("result", stamp))
     phases, last = [], start
     names = {"launch": "start-up, composing and checking the batch", "pack": "placing the jobs, building the members",
