@@ -42,6 +42,7 @@ from precond.sweep.evidence import EVIDENCE, EvidenceError
 from precond.sweep.tuned_report import effect_text, rejudge_tuned_report
 from precond.sweep.tuning import FINAL_SELECTION_RULE, SELECTION_RULE
 from precond.sweep.verdicts import RULE, STATES
+from precond.threads import available_cores
 
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "outputs" / "results"
@@ -175,10 +176,6 @@ def _data_of(config: Path) -> dict | str:
 
     dataset = (yaml.safe_load(config.read_text(encoding="utf-8")) or {}).get("dataset")
     return dataset if isinstance(dataset, dict) else "unknown"
-
-
-def available_cores() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
 def experiment_env(jobs: int) -> dict:
@@ -369,7 +366,7 @@ def main() -> None:
             print(f"{name}: {err}; rerunning it", flush=True)
         to_train.append((name, command))
     # the longest first (by the last recorded wall time), so that no long experiment starts last
-    to_train.sort(key=lambda item: -float((_recorded(item[0]) or previous.get(item[0]) or {}).get("seconds", 0)))
+    to_train.sort(key=lambda item: -(recorded_seconds(item[0]) or float(previous.get(item[0], {}).get("seconds", 0))))
     env = experiment_env(args.jobs)
     with ThreadPoolExecutor(max_workers=args.jobs) as pool:
         for result in pool.map(lambda item: run(*item, args.keep, env), to_train):
@@ -392,6 +389,11 @@ def main() -> None:
     print(f"docs/results.md, docs/findings.md and the README's summary regenerated ({total / 60:.1f} min)")
     if any(r["exit"] != 0 for r in results):
         raise SystemExit(1)
+
+
+def recorded_seconds(name: str) -> float:
+    """The wall time ``name`` took when its committed result was trained (0 when there is none)."""
+    return float((_recorded(name) or {}).get("seconds", 0.0))
 
 
 def _recorded(name: str) -> dict | None:

@@ -120,11 +120,6 @@ def write_report(rows: list[dict], draws: list[list[int]], seconds: float, comma
     return text
 
 
-def _seconds(name: str) -> float:
-    path = DOCS / name / "provenance.json"
-    return float(json.loads(path.read_text(encoding="utf-8")).get("seconds", 0)) if path.exists() else 0.0
-
-
 def experiment_rows(name: str, firsts: list[int], env: dict) -> tuple[list[dict], list[list[int]]]:
     """Every draw of ``name`` (one after the other: they share its sweep dir), as one row per committed claim."""
     committed = json.loads((DOCS / name / "verdicts.json").read_text(encoding="utf-8"))
@@ -145,7 +140,9 @@ def experiment_rows(name: str, firsts: list[int], env: dict) -> tuple[list[dict]
 
 
 def main() -> None:
-    from results import available_cores, experiment_env
+    from results import experiment_env, recorded_seconds
+
+    from precond.threads import available_cores
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--only", nargs="*", help="these experiments only")
@@ -160,7 +157,7 @@ def main() -> None:
     names = [name for name in tuned_experiments() if not args.only or name in args.only]
     env = experiment_env(args.jobs)
     # the longest first (by the committed result's wall time), so that no long experiment starts last
-    longest_first = sorted(names, key=lambda name: -_seconds(name))
+    longest_first = sorted(names, key=lambda name: -recorded_seconds(name))
     with ThreadPoolExecutor(max_workers=args.jobs) as pool:
         done = dict(zip(longest_first, pool.map(lambda name: experiment_rows(name, args.draws, env),
                                                 longest_first)))
