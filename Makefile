@@ -14,7 +14,15 @@ help:  ## list the targets
 
 install: $(BIN)/precond-train  ## create .venv with torch and precond (editable) and its dev/cluster/tune extras
 
+# torch's CUDA build needs ~6 GiB on this disk (5.5 GiB in .venv, plus pip's unpacking): say so before pip fails
+# half-way with "No space left on device".
+NEED_GIB ?= 7
+DISK_CHECK = import shutil, sys; free = shutil.disk_usage('.').free / 2**30; sys.exit(0 if free >= $(NEED_GIB) else \
+	f'error: installing torch needs about $(NEED_GIB) GiB free on the disk of {sys.argv[1]} ({free:.1f} GiB free): free some '\
+	'space (old clones with their .venv are 6 GiB each), or install a CPU build of torch into .venv first (see docs/usage.md)')
+
 $(BIN)/precond-train: pyproject.toml
+	@$(BIN)/python -c "import torch" 2>/dev/null || $(PY) -c "$(DISK_CHECK)" "$(CURDIR)"
 	test -d $(VENV) || $(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --no-cache-dir --upgrade pip
 	$(BIN)/pip install -q --no-cache-dir $(TORCH)
