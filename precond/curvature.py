@@ -96,6 +96,18 @@ def dense_bytes(n_params: int) -> int:
     return 2 * 8 * n_params * n_params
 
 
+def uses_dense(method: str, n_params: int, dense_threshold: int = 1500) -> bool:
+    """Whether ``method`` measures densely: ``dense``, or ``auto`` at most ``dense_threshold`` parameters."""
+    return method == "dense" or (method == "auto" and n_params <= dense_threshold)
+
+
+def lanczos_dtype(n_params: int, max_matvecs: int, runs: int = 1):
+    """float64 Lanczos bases, float32 when ``runs`` bases of ``min(max_matvecs, n) × n`` would pass
+    ``LANCZOS_FLOAT64_MAX_BYTES``."""
+    big = runs * n_params * min(max_matvecs, n_params) * 8 > LANCZOS_FLOAT64_MAX_BYTES
+    return torch.float32 if big else torch.float64
+
+
 def require_dense_fits(n_params: int) -> None:
     """Refuse the dense Hessian of a model whose ``H`` would exceed ``DENSE_MAX_BYTES``."""
     if dense_bytes(n_params) > DENSE_MAX_BYTES:
@@ -138,7 +150,7 @@ def measure_curvature(
     params = [p for p in model.parameters() if p.requires_grad]
     n = sum(p.numel() for p in params)
     scale = preconditioner_of(optimizer, params) if space == "z" else None
-    use_dense = method == "dense" or (method == "auto" and n <= dense_threshold)
+    use_dense = uses_dense(method, n, dense_threshold)
     if use_dense:
         require_dense_fits(n)
     with measurement_mode(model, bn_mode):
@@ -159,10 +171,9 @@ def measure_curvature(
             op.check_against_double_backward()
             if check_determinism:
                 op.check_determinism()
-            big = n * min(max_matvecs, n) * 8 > LANCZOS_FLOAT64_MAX_BYTES
             lam_max, lam_min, matvecs, converged, ritz = lanczos_extremes(
                 op.matvec, n, params[0].device, tol=tol, max_matvecs=max_matvecs,
-                dtype=torch.float32 if big else torch.float64)
+                dtype=lanczos_dtype(n, max_matvecs))
             matvecs = op.matvecs
     kappa, flag = kappa_of(lam_max, lam_min)
     kappa_plus, null_dim = kappa_plus_of(ritz) if use_dense else (None, None)

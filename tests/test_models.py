@@ -26,6 +26,25 @@ def test_mlp_places_norm_between_linear_and_activation():
     assert kinds == ["Flatten", "Linear", "BatchNorm1d", "ReLU", "Linear", "BatchNorm1d", "ReLU", "Linear"]
 
 
+@pytest.mark.parametrize("head,linear_inputs", [("avgpool", 16), ("flatten", 16 * 7 * 7)])
+def test_cnn_heads_feed_the_linear_the_pooled_or_the_whole_last_map(head, linear_inputs):
+    """28×28 inputs, channels 8 and 16, two MaxPool2: the last map is 16×7×7. Parameters by hand:
+    conv 1·8·9+8, conv 8·16·9+16, Linear (inputs+1)·10 (the 8/16-channel flatten net of bn_vs_bnp_cnn: 9,098)."""
+    model = models.cnn((1, 28, 28), 10, "none", channels=(8, 16), head=head)
+    assert isinstance(model[-1], nn.Linear) and model[-1].in_features == linear_inputs
+    assert sum(p.numel() for p in model.parameters()) == (8 * 9 + 8) + (8 * 16 * 9 + 16) + (linear_inputs + 1) * 10
+    x = torch.randn(2, 1, 28, 28)
+    assert model(x).shape == (2, 10)
+    if head == "flatten":  # the logits see where a feature is: moving the image changes them, pooled or not
+        features = model[:-2](x)
+        assert torch.equal(model[-1](features.flatten(1)), model(x))
+
+
+def test_cnn_flatten_head_on_non_square_images():
+    model = models.cnn((3, 12, 20), 4, "batchnorm", channels=(2,), head="flatten")
+    assert model[-1].in_features == 2 * 6 * 10 and model(torch.randn(3, 3, 12, 20)).shape == (3, 4)
+
+
 def test_resnet_sizes():
     assert sum(p.numel() for p in models.resnet((3, 32, 32), 10, "batchnorm", arch="resnet18").parameters()) \
         == 11_173_962

@@ -263,12 +263,15 @@ def test_batchnorm_bnp_and_layernorm_mlps_packed_equal_alone(tmp_path):
 
 def test_cnns_with_batchnorm_groupnorm_and_bnp_packed_equal_alone(tmp_path):
     """The CNN: convolutions with the job axis folded into the channels, BatchNorm2d and GroupNorm on
-    that layout, BNP's moments per input channel: packed = alone (float64)."""
+    that layout, BNP's moments per input channel, the flatten head (folded maps unfolded per job into the
+    Linear): packed = alone (float64)."""
     common = ["model=cnn", "model.channels=[3,4]", "dataset=mnist5k", "steps=12", "eval_every=6", "batch_size=8",
               "seed=0,1", "lr=0.01", "eval_train_samples=64"]
     arms = "normalization_arm=batchnorm,layernorm"
     _packed_equal_alone(tmp_path, "norms", *common, arms)
     _packed_equal_alone(tmp_path, "bnp", *common, "normalization_arm=bnp", "preconditioner.bnp_warmup=3")
+    _packed_equal_alone(tmp_path, "flatten", *common, "model.head=flatten", "normalization_arm=bnp",
+                        "preconditioner.bnp_warmup=3")
 
 
 def test_gradient_norm_penalty_packed_equals_alone(tmp_path):
@@ -531,6 +534,29 @@ def test_other_models_schedules_and_monitors_packed_equal_alone(tmp_path, name, 
     job's own model and optimizer state: every packed job equals its solo run."""
     assert_same_runs(_sweep(tmp_path, f"{name}_alone", "basic", *overrides),
                      _sweep(tmp_path, f"{name}_packed", "packed", *overrides))
+
+
+def test_a_packs_curvature_is_measured_together_and_equals_each_member_alone(tmp_path, monkeypatch):
+    """LayerNorm MLPs under Adam with κ in p and z every 20 steps: the pack measures its members' Lanczos κ with
+    stacked products (precond.sweep.pack_curvature), once per space and measurement, and every packed
+    job's records (κ, λ, matvecs) equal the job run alone."""
+    from precond.sweep import pack_curvature
+    calls = []
+    real = pack_curvature.measure_together
+    monkeypatch.setattr(pack_curvature, "measure_together",
+                        lambda monitors, space, task: calls.append((len(monitors), space))
+                        or real(monitors, space, task))
+    # (not BatchNorm under Adam: the bias of a Linear before BatchNorm has a zero gradient up to round-off, which
+    # Adam's g/√v scales up to ±lr steps; packed and alone then differ in that bias, at 4e-9, whatever is measured)
+    overrides = ["model=mlp", "model.widths=[8]", "normalization=layernorm", "preconditioner=adam", "curvature=lanczos",
+                 "curvature.every=20", "curvature.layers=false", "lr=0.003,0.01", "seed=0,1", *SMALL]
+    alone = _sweep(tmp_path, "alone", "basic", *overrides)
+    assert calls == []
+    packed = _sweep(tmp_path, "packed", "packed", *overrides)
+    # steps 0, 20, 40, 60: p at each, z from step 20 (P exists after the first step)
+    assert calls == [(4, "p"), (4, "p"), (4, "z"), (4, "p"), (4, "z"), (4, "p"), (4, "z")], calls
+    assert_same_runs(alone, packed)
+    assert "curvature/z/kappa" in read_metrics(_jobs(packed)[0])[-1]
 
 
 def test_a_bad_value_fails_its_own_job_and_the_pack_goes_on(tmp_path):

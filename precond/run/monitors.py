@@ -15,7 +15,7 @@ from typing import Protocol
 import torch
 from torch import Tensor, nn
 
-from precond.curvature import CurvatureSettings, measure_curvature, require_dense_fits
+from precond.curvature import CurvatureResult, CurvatureSettings, measure_curvature, require_dense_fits
 from precond.normalization import hidden_matrix_kappas
 
 log = logging.getLogger(__name__)
@@ -67,6 +67,10 @@ class CurvatureMonitor:
     ``curvature/<space>/{lam_max, lam_min, kappa, matvecs, converged}``,
     ``curvature/layer/<name>/kappa_hidden[_plus]`` and the cumulative ``time/curvature_s``.
     ``z`` is skipped until the optimizer has state (``P`` undefined before step 1).
+
+    :attr:`prepared` holds results measured for this monitor from outside, keyed by space (a pack
+    measures its members' Lanczos κ together, :mod:`precond.sweep.pack_curvature`); the next call
+    reports them instead of measuring, with their ``seconds`` (the member's share) in ``time/curvature_s``.
     """
 
     def __init__(self, model: nn.Module, loss_fn, x_train: Tensor, y_train: Tensor, optimizer,
@@ -82,29 +86,44 @@ class CurvatureMonitor:
         # κ(ĤᵀĤ) needs more samples than features, whatever the training batch size
         self.layer_inputs = x_train[perm[:min(x_train.shape[0], LAYER_SAMPLES)]]
         self.seconds = 0.0
+        self.prepared: dict[str, CurvatureResult] = {}
         if "z" in settings.spaces and not optimizer.preconditioner.exposes_P:
             log.warning("curvature in z is not measured: this preconditioner is a black box and exposes no P "
                         "(κ in p is measured as asked)")
 
-    def __call__(self, step: int, final: bool) -> dict:
+    def due(self, step: int, final: bool) -> bool:
+        """Whether a call at this step measures."""
         skip_start = step == 0 and not final and not self.settings.at_start
-        if (step % self.settings.every != 0 and not final) or skip_start:
+        return (step % self.settings.every == 0 or final) and not skip_start
+
+    def spaces_now(self) -> tuple[str, ...]:
+        """The spaces a measurement now covers: ``z`` only once ``P`` exists and is exposed."""
+        z_ready = bool(self.optimizer.state) and self.optimizer.preconditioner.exposes_P
+        return tuple(space for space in self.settings.spaces if space != "z" or z_ready)
+
+    def __call__(self, step: int, final: bool) -> dict:
+        if not self.due(step, final):
+            self.prepared.clear()
             return {}
         t0 = time.perf_counter()
         metrics: dict = {}
         s = self.settings
-        for space in s.spaces:
-            if space == "z" and (not self.optimizer.state or not self.optimizer.preconditioner.exposes_P):
-                continue  # P undefined before step 1; a black-box optimizer exposes none
-            res = measure_curvature(self.model, self.loss_fn, self.batches, optimizer=self.optimizer, space=space,
-                                    tol=s.tol, max_matvecs=s.max_matvecs, method=s.method, bn_mode=s.bn_mode,
-                                    hvp_mode=s.hvp_mode)
+        shared_s = 0.0
+        for space in self.spaces_now():
+            res = self.prepared.pop(space, None)
+            if res is not None:
+                shared_s += res.seconds
+            else:
+                res = measure_curvature(self.model, self.loss_fn, self.batches, optimizer=self.optimizer,
+                                        space=space, tol=s.tol, max_matvecs=s.max_matvecs, method=s.method,
+                                        bn_mode=s.bn_mode, hvp_mode=s.hvp_mode)
             metrics.update(res.as_metrics())
+        self.prepared.clear()
         if s.layers:
             for name, values in hidden_matrix_kappas(self.model, self.layer_inputs, bn_mode=s.bn_mode).items():
                 for key, value in values.items():
                     metrics[f"curvature/layer/{name}/{key}"] = value
-        self.seconds += time.perf_counter() - t0
+        self.seconds += time.perf_counter() - t0 + shared_s
         metrics["time/curvature_s"] = self.seconds
         return metrics
 

@@ -142,7 +142,7 @@ class PackOptimizer:
     """
 
     def __init__(self, optimizers: list[ComposedOptimizer], params: list[Tensor], stacked=None):
-        """``stacked``: the :class:`~precond.sweep.pack_training.StackedModel` whose ``params`` these are
+        """``stacked``: the :class:`~precond.sweep.stacked_model.StackedModel` whose ``params`` these are
         (links tied to a model's layers, BNP, need its names, architecture and recorded moments)."""
         self.params = params
         device, dtype = params[0].device, params[0].dtype

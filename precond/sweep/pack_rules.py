@@ -30,7 +30,7 @@ NON_DIAGONAL = ("full_matrix", "kronecker")
 #: any other preconditioner that is not one of precond's own diagonal ones: its state has no job axis
 PACKABLE = ("sgd", "adagrad", "rmsprop", "adam", "bnp")
 
-#: models the stacked model batches explicitly (:class:`~precond.sweep.pack_training.StackedModel`):
+#: models the stacked model batches explicitly (:class:`~precond.sweep.stacked_model.StackedModel`):
 #: Sequentials of dense, convolutional, normalization, pooling and activation layers
 EXPLICITLY_BATCHED = ("precond.models.LinearModel", "precond.models.MLPModel", "precond.models.CNNModel")
 
