@@ -5,7 +5,9 @@ Same run, same batches, interleaved rounds, medians:
   - HVP by double backward, HVP by forward-over-reverse (torch.func)
 on the MLP (digits, 64-64-64-10) and on ResNet-20 (CIFAR-shaped batch); then the
 wall time of a full κ measurement (p and z, Lanczos, tol 1e-3, ≤100 matvecs,
-4 fixed batches of 64) on the MLP after 200 Adam steps.
+4 fixed batches of 64) on the MLP after 200 Adam steps; then a pack's κ: J such MLPs (own seeds,
+own lr) measured one by one (measure_curvature) against all at once (stacked products,
+precond.sweep.pack_curvature), p and z, with the largest relative difference in κ between the two.
 
     python scripts/bench_curvature.py [--device cpu|cuda] [--rounds 10]
 """
@@ -71,6 +73,51 @@ def kappa_timing(device):
               f"{r.lam_min:11.4g} {kappa:>8s}" + (f" ({r.flag})" if r.flag else ""))
 
 
+def _trained_members(data, jobs: int, device, steps: int = 200):
+    """CurvatureMonitors of ``jobs`` MLPs after ``steps`` Adam steps each (own seed, own lr)."""
+    from precond.curvature import CurvatureSettings
+    from precond.run.monitors import CurvatureMonitor
+
+    settings = CurvatureSettings(method="lanczos", max_matvecs=100, batches=4, batch_size=64, layers=False)
+    monitors = []
+    for j in range(jobs):
+        torch.manual_seed(j)
+        model = mlp(data.in_shape, 10, "none").to(device)
+        opt = build_optimizer(model.parameters(), "adam", lr=1e-3 * (1 + j % 4))
+        for k in range(steps):
+            idx = torch.arange(k * 64 % 1200, k * 64 % 1200 + 64, device=device)
+            opt.zero_grad()
+            F.cross_entropy(model(data.x_train[idx]), data.y_train[idx]).backward()
+            opt.step()
+        monitors.append(CurvatureMonitor(model, F.cross_entropy, data.x_train, data.y_train, opt, settings, 64,
+                                         seed=j))
+    return monitors
+
+
+def pack_kappa_timing(device, jobs: int = 8):
+    import time
+
+    from precond.sweep.pack_curvature import measure_together
+
+    data = digits().to(device)
+    monitors = _trained_members(data, jobs, device)
+    print(f"\nκ of a pack of {jobs} MLPs (64-64, digits, Adam, own seed and lr), Lanczos as above")
+    print(f"{'space':6s} {'one by one s':>13s} {'together s':>11s} {'ratio':>7s} {'max rel. diff in κ':>19s}")
+    for space in ("p", "z"):
+        t0 = time.perf_counter()
+        alone = [measure_curvature(m.model, F.cross_entropy, m.batches, optimizer=m.optimizer, space=space,
+                                   method="lanczos", max_matvecs=100) for m in monitors]
+        t_alone = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        together = measure_together(monitors, space, "classification")
+        t_together = time.perf_counter() - t0
+        diff = max(abs(a.lam_max - b.lam_max) / abs(a.lam_max) for a, b in zip(alone, together))
+        kappas = [(a.kappa, b.kappa) for a, b in zip(alone, together) if a.kappa is not None and b.kappa is not None]
+        if kappas:
+            diff = max(diff, max(abs(a - b) / a for a, b in kappas))
+        print(f"{space:6s} {t_alone:13.2f} {t_together:11.2f} {t_alone / t_together:6.2f}× {diff:19.1e}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--device", default="cpu")
@@ -87,6 +134,7 @@ def main() -> None:
     hvp_costs("ResNet-20 (batchnorm, train mode)", resnet((3, 32, 32), 10, "batchnorm").to(device), xi, y[:32],
               device, args.rounds)
     kappa_timing(device)
+    pack_kappa_timing(device)
 
 
 if __name__ == "__main__":

@@ -65,7 +65,7 @@ EXPERIMENTS = [
     *((name, [PY, "-m", "precond.run.entry", f"experiment={name}", "hydra.sweep.dir={out}", "progress=false"])
       for name in ("compare_preconditioners", "momentum_vs_preconditioning", "standardization_vs_preconditioning",
                    "normalization_conditioning", "scale_invariance", "adam_l2_vs_adamw", "l1_sparsity",
-                   "gradnorm_p_vs_z", "adam_eps_sensitivity", "bn_vs_bnp_mlp", "bnp_sensitivity",
+                   "gradnorm_p_vs_z", "adam_eps_sensitivity", "bn_vs_bnp_mlp", "bn_vs_bnp_cnn", "bnp_sensitivity",
                    "nondiagonal_mlp")),
 ]
 #: experiment → the check script that produces it (the tuned experiments run the entry point)

