@@ -365,8 +365,10 @@ def main() -> None:
         except EvidenceError as err:
             print(f"{name}: {err}; rerunning it", flush=True)
         to_train.append((name, command))
-    # the longest first (by the last recorded wall time), so that no long experiment starts last
-    to_train.sort(key=lambda item: -(recorded_seconds(item[0]) or float(previous.get(item[0], {}).get("seconds", 0))))
+    # the longest first (by the last recorded wall time), so that no long experiment starts last; one never
+    # recorded (new) goes first of all: it may be the longest, and a long one started last leaves a core idle
+    to_train.sort(key=lambda item: -(recorded_seconds(item[0]) or float(previous.get(item[0], {}).get("seconds", 0))
+                                     or float("inf")))
     env = experiment_env(args.jobs)
     with ThreadPoolExecutor(max_workers=args.jobs) as pool:
         for result in pool.map(lambda item: run(*item, args.keep, env), to_train):
