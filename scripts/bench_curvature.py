@@ -50,16 +50,22 @@ def hvp_costs(name, model, x, y, device, rounds):
         print(f"{k:32s} {t * 1e3:10.2f} {t / base:11.2f}")
 
 
-def kappa_timing(device):
-    data = digits().to(device)
-    torch.manual_seed(0)
+def adam_trained_mlp(data, seed: int, lr: float, device, steps: int = 200):
+    """The digits MLP after ``steps`` Adam steps on consecutive batches of 64, and its optimizer."""
+    torch.manual_seed(seed)
     model = mlp(data.in_shape, 10, "none").to(device)
-    opt = build_optimizer(model.parameters(), "adam", lr=3e-3)
-    for k in range(200):
+    opt = build_optimizer(model.parameters(), "adam", lr=lr)
+    for k in range(steps):
         idx = torch.arange(k * 64 % 1200, k * 64 % 1200 + 64, device=device)
         opt.zero_grad()
         F.cross_entropy(model(data.x_train[idx]), data.y_train[idx]).backward()
         opt.step()
+    return model, opt
+
+
+def kappa_timing(device):
+    data = digits().to(device)
+    model, opt = adam_trained_mlp(data, seed=0, lr=3e-3, device=device)
     batches = [(data.x_train[i:i + 64], data.y_train[i:i + 64]) for i in range(0, 256, 64)]
     print(f"\nκ measurement on the MLP ({sum(p.numel() for p in model.parameters()):,} params), "
           "Lanczos, tol 1e-3, max 100 matvecs, 4 batches of 64")
@@ -81,14 +87,7 @@ def _trained_members(data, jobs: int, device, steps: int = 200):
     settings = CurvatureSettings(method="lanczos", max_matvecs=100, batches=4, batch_size=64, layers=False)
     monitors = []
     for j in range(jobs):
-        torch.manual_seed(j)
-        model = mlp(data.in_shape, 10, "none").to(device)
-        opt = build_optimizer(model.parameters(), "adam", lr=1e-3 * (1 + j % 4))
-        for k in range(steps):
-            idx = torch.arange(k * 64 % 1200, k * 64 % 1200 + 64, device=device)
-            opt.zero_grad()
-            F.cross_entropy(model(data.x_train[idx]), data.y_train[idx]).backward()
-            opt.step()
+        model, opt = adam_trained_mlp(data, seed=j, lr=1e-3 * (1 + j % 4), device=device, steps=steps)
         monitors.append(CurvatureMonitor(model, F.cross_entropy, data.x_train, data.y_train, opt, settings, 64,
                                          seed=j))
     return monitors
