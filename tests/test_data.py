@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from precond.data import BatchSampler, digits, mnist5k, synthetic, torchvision_dataset
+from precond.data import BatchSampler, StackedBatches, digits, rows_at, mnist5k, synthetic, torchvision_dataset
 from precond.errors import ConfigError
 from precond.normalization import standardize_inputs
 
@@ -192,6 +192,37 @@ def test_batch_sampler_covers_each_epoch_once_and_is_seeded():
     assert torch.equal(torch.cat([s2.next(), s2.next()]), epoch)
     with pytest.raises(ConfigError, match="batch_size"):
         BatchSampler(10, 11, seed=0, device="cpu")
+
+
+def test_stacked_batches_are_each_samplers_own_stream_across_epochs_and_a_resume():
+    """Row j of every stacked batch is what sampler j alone gives, through epoch ends (n=23 is not a
+    multiple of 5: the last 3 indices are dropped, as alone) and after a resume mid-epoch."""
+    alone = [BatchSampler(23, 5, seed=s, device="cpu") for s in (0, 1, 7)]
+    together = [BatchSampler(23, 5, seed=s, device="cpu") for s in (0, 1, 7)]
+    stacked = StackedBatches(together)
+    for _ in range(11):  # 2¾ epochs of 4 batches
+        assert torch.equal(stacked.next(), torch.stack([s.next() for s in alone]))
+    assert [s.state_dict()["pos"] for s in together] == [s.state_dict()["pos"] for s in alone]
+    assert [s.epoch for s in together] == [s.epoch for s in alone] == [3, 3, 3]
+    resumed = []
+    for s in together:  # a checkpoint of each sampler mid-epoch, read into new samplers
+        r = BatchSampler(23, 5, seed=99, device="cpu")
+        r.load_state_dict(s.state_dict())
+        resumed.append(r)
+    stacked = StackedBatches(resumed)
+    for _ in range(6):
+        assert torch.equal(stacked.next(), torch.stack([s.next() for s in alone]))
+    with pytest.raises(ValueError, match="position"):
+        StackedBatches([BatchSampler(23, 5, seed=0, device="cpu"), alone[0]])
+
+
+def test_rows_at_gathers_as_advanced_indexing_does():
+    x = torch.randn(30, 4, 3, dtype=torch.float64)
+    idx = torch.randint(0, 30, (6, 5))
+    assert torch.equal(rows_at(x, idx), x[idx])
+    assert torch.equal(rows_at(x, idx[:, 1:3]), x[idx[:, 1:3]])  # a non-contiguous slice of the index
+    labels = torch.randint(0, 9, (30,))
+    assert torch.equal(rows_at(labels, idx), labels[idx])
 
 
 @pytest.mark.parametrize("task", ["regression", "classification"])

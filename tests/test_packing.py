@@ -8,6 +8,7 @@ import math
 
 import pytest
 import torch
+import yaml
 
 from precond import build_optimizer
 from precond.sweep.pack_optimizer import PackOptimizer, chain_order, stack_optimizer
@@ -71,6 +72,11 @@ def assert_same_runs(alone, packed, expect_packed=True):
                     assert ob["state"][i][k] == v
         assert (a / "config.yaml").read_text() == (b / "config.yaml").read_text()
         assert (b / ".hydra" / "overrides.yaml").read_text() == (a / ".hydra" / "overrides.yaml").read_text()
+        assert (b / ".hydra" / "config.yaml").read_text() == (a / ".hydra" / "config.yaml").read_text()
+        hydra_a, hydra_b = (yaml.safe_load((d / ".hydra" / "hydra.yaml").read_text()) for d in (a, b))
+        assert list(hydra_b) == list(hydra_a) == ["hydra"]  # the hydra node only, as Hydra's run_job writes it
+        assert hydra_b["hydra"]["job"]["override_dirname"] == hydra_a["hydra"]["job"]["override_dirname"]
+        assert hydra_b["hydra"]["job"]["num"] == hydra_a["hydra"]["job"]["num"]
 
 
 CASES = {

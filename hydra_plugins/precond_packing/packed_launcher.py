@@ -210,18 +210,23 @@ class PackedLauncher(Launcher):
         hydra_context.config_loader.load_sweep_config = self.composer.load_sweep_config
 
     def launch(self, job_overrides, initial_job_idx: int):
+        from precond.run.config import resolve
         from precond.sweep.pack_rules import pack_key
 
         setup_globals()
         configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
         Path(str(self.config.hydra.sweep.dir)).mkdir(parents=True, exist_ok=True)
         configs = [self.composer.take(list(o)) for o in job_overrides]
+        for pos, cfg in enumerate(configs):  # numbered and placed first: the task may interpolate its run dir
+            _place(cfg, initial_job_idx + pos)
         tasks = [_task_config(cfg) for cfg in configs]
+        resolved: list = [None] * len(configs)  # each job resolved once: to group it, then to run it
         units: dict = {}  # pack key (or a job's own key) → job positions, in order of first appearance
         reasons: dict = {}
-        for pos, (cfg, task) in enumerate(zip(configs, tasks)):
+        for pos, cfg in enumerate(configs):
             try:
-                key, reason = pack_key(OmegaConf.to_container(task, resolve=True))
+                resolved[pos] = resolve(cfg)
+                key, reason = pack_key(resolved[pos])
             except Exception as err:  # the job fails alone, with the entry point's message
                 key, reason = None, f"its config does not resolve ({type(err).__name__})"
             if cfg.hydra.job.chdir:
@@ -244,7 +249,7 @@ class PackedLauncher(Launcher):
                 returns[chunk[0]] = self._run_alone(configs[chunk[0]], initial_job_idx + chunk[0])
             else:
                 for pos, ret in zip(chunk, self._run_pack([configs[p] for p in chunk], [tasks[p] for p in chunk],
-                                                          [initial_job_idx + p for p in chunk])):
+                                                          [resolved[p] for p in chunk])):
                     returns[pos] = ret
             configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
         return returns
@@ -257,7 +262,9 @@ class PackedLauncher(Launcher):
         return run_job(hydra_context=self.hydra_context, task_function=self.task_function, config=cfg,
                        job_dir_key="hydra.sweep.dir", job_subdir_key="hydra.sweep.subdir")
 
-    def _run_pack(self, cfgs: list, tasks: list, indices: list) -> list:
+    def _run_pack(self, cfgs: list, tasks: list, resolved: list) -> list:
+        """The jobs (placed by :meth:`launch`: numbered, run dirs set; ``resolved``: their task configs
+        resolved) trained as one pack, with the files, callbacks and returns of :func:`run_job`."""
         from precond.run.entry import JobInfo
         from precond.run.files import yaml_text
         from precond.sweep.pack_jobs import launch_pack
@@ -265,9 +272,9 @@ class PackedLauncher(Launcher):
         callbacks = self.hydra_context.callbacks
         jobs, logs = [], []
         launcher_hydra_config = HydraConfig.instance().cfg  # restored after the pack, as run_job does
-        for cfg, task, idx in zip(cfgs, tasks, indices):
-            log.debug("\t#%d : %s (packed)", idx, " ".join(filter_overrides(cfg.hydra.overrides.task)))
-            output_dir = _place(cfg, idx)
+        for cfg, task, plain in zip(cfgs, tasks, resolved):
+            log.debug("\t#%d : %s (packed)", cfg.hydra.job.num, " ".join(filter_overrides(cfg.hydra.overrides.task)))
+            output_dir = Path(cfg.hydra.runtime.output_dir)
             if cfg is cfgs[0]:
                 # HydraConfig holds the pack's first job while it trains (``run_job`` sets each job's: a copy
                 # of the hydra node per job was a third of a large pack's setup, and nothing in a pack reads
@@ -279,14 +286,16 @@ class PackedLauncher(Launcher):
                 hydra_output.mkdir(parents=True, exist_ok=True)
                 # config.yaml and hydra.yaml (unresolved) through OmegaConf's pure-Python dump were most of
                 # a job's setup: the same YAML through libyaml
-                for name, node in (("config.yaml", task), ("hydra.yaml", cfg)):
-                    plain = OmegaConf.to_container(node, resolve=False, enum_to_str=True)
-                    (hydra_output / name).write_text(yaml_text(plain), encoding="utf-8")
+                # (one conversion of the whole config, split: config.yaml is the task, hydra.yaml the hydra node)
+                unresolved = OmegaConf.to_container(cfg, resolve=False, enum_to_str=True)
+                hydra_node = {"hydra": unresolved.pop("hydra")}
+                for name, node in (("config.yaml", unresolved), ("hydra.yaml", hydra_node)):
+                    (hydra_output / name).write_text(yaml_text(node), encoding="utf-8")
                 _save_config(cfg.hydra.overrides.task, "overrides.yaml", hydra_output)
             logs.append(output_dir / "train.log")
             logs[-1].touch()
             callbacks.on_job_start(config=cfg, task_function=self.task_function)
-            jobs.append((task, JobInfo.of(cfg.hydra)))
+            jobs.append((task if plain is None else plain, JobInfo.of(cfg.hydra)))
         handler = PackLogFiles(logs)
         logging.getLogger().addHandler(handler)
         try:
@@ -296,7 +305,7 @@ class PackedLauncher(Launcher):
             handler.close()
             HydraConfig.instance().cfg = launcher_hydra_config
         returns = []
-        for cfg, (task, _), value in zip(cfgs, jobs, values):
+        for cfg, task, value in zip(cfgs, tasks, values):
             ret = JobReturn(overrides=list(cfg.hydra.overrides.task), cfg=task, hydra_cfg=cfg,
                             working_dir=os.getcwd(), task_name=str(cfg.hydra.job.name))
             ret.return_value, ret.status = value, JobStatus.COMPLETED

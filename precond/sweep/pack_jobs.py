@@ -41,9 +41,11 @@ from precond.sweep.pack_training import PackMember, train_pack
 log = logging.getLogger("precond")
 
 
-def run_pack(jobs: list[tuple[DictConfig, JobInfo]], should_stop=None) -> list:
+def run_pack(jobs: list[tuple[DictConfig | dict, JobInfo]], should_stop=None) -> list:
     """Train jobs that differ only in stackable values (:mod:`precond.sweep.pack_rules`) as packs
     (:func:`precond.sweep.pack_training.train_pack`); each job's run dir ends as it would alone.
+    A job's config is its DictConfig, or that config already resolved (:func:`precond.run.config.resolve`:
+    the launcher resolves every job once to group them, and hands that on).
 
     Returns one entry per job: its summary, or the exception that failed it (a failure while
     building one job fails that job only). Finished jobs are reported, not redone; jobs resumed
@@ -54,7 +56,7 @@ def run_pack(jobs: list[tuple[DictConfig, JobInfo]], should_stop=None) -> list:
         by_step: dict[Optional[int], list] = {}
         for i, (cfg, job) in enumerate(jobs):
             try:  # the whole config is checked before anything is written into the job's dir
-                plain = resolve(cfg)
+                plain = cfg if isinstance(cfg, dict) else resolve(cfg)
                 settings = settings_from_plain(plain)
                 directory = stack.enter_context(RunDirectory(job.run_dir, plain))
             except ConfigError as err:  # RunDirInUse included
@@ -114,7 +116,7 @@ def _train_one_pack(stack: contextlib.ExitStack, members: list, results: list, s
 
 
 
-def launch_pack(jobs: list[tuple[DictConfig, JobInfo]]) -> list[Optional[float]]:
+def launch_pack(jobs: list[tuple[DictConfig | dict, JobInfo]]) -> list[Optional[float]]:
     """``hydra/launcher=packed``'s task for one pack: :func:`run_pack` with the entry point's rules
     for a sweep (a failed job fails alone; an interrupt writes every member's files and the sweep
     report, then ends the sweep with 128 + signal)."""

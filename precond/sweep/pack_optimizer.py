@@ -168,10 +168,11 @@ class PackOptimizer:
         for segment in self.segments:  # every segment's gradient first: a re-evaluation replaces P.grad
             for view, p in zip(segment.views, self.params):
                 view.grad = None if p.grad is None else p.grad[segment.start:segment.stop]
-        for segment in self.segments:
-            segment.optimizer.param_groups[0]["lr"] = segment.rates(lrs[segment.start:segment.stop])
-            reevaluate = self._reevaluation(segment, closure) if segment.optimizer.needs_closure else None
-            segment.optimizer.step(reevaluate=reevaluate)
+        with torch.no_grad():
+            for segment in self.segments:
+                segment.optimizer.param_groups[0]["lr"] = segment.rates(lrs[segment.start:segment.stop])
+                reevaluate = self._reevaluation(segment, closure) if segment.optimizer.needs_closure else None
+                segment.optimizer.unhooked_step(reevaluate=reevaluate)
         return losses
 
     def _reevaluation(self, segment: Segment, closure: Callable[[], Tensor]) -> Callable[[], Tensor]:

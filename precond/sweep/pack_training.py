@@ -35,7 +35,7 @@ import torch
 from torch import Tensor, nn
 
 from precond.bnp import BNPTransform
-from precond.data import BatchSampler, Dataset
+from precond.data import BatchSampler, Dataset, StackedBatches, rows_at
 from precond.optim import ComposedOptimizer
 from precond.run.files import RunLog
 from precond.run.loop import (
@@ -185,6 +185,7 @@ def _train_in_chain_order(members: list[PackMember], data: Dataset, should_stop)
     else:
         states = [LoopState.from_state_dict(m.resume, samplers[j], device) for j, m in enumerate(members)]
     loss_sums = torch.stack([s.loss_sum for s in states])
+    batches = StackedBatches(samplers)
     statuses = ["completed" for _ in jobs]
     active = [True for _ in jobs]
     progress = make_progress(settings.progress, settings.progress_every_s, settings.steps, states[0].step,
@@ -200,8 +201,8 @@ def _train_in_chain_order(members: list[PackMember], data: Dataset, should_stop)
                 save(j)
             break
         t0 = time.perf_counter()
-        idx = torch.stack([s.next() for s in samplers])
-        xb, yb = data.x_train[idx], data.y_train[idx]
+        idx = batches.next()
+        xb, yb = rows_at(data.x_train, idx), rows_at(data.y_train, idx)
         lrs = [m.optimizer.param_groups[0]["lr"] if active[j] else 0.0 for j, m in enumerate(members)]
 
         def closure():
