@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from precond.data import BatchSampler, StackedBatches, digits, rows_at, mnist5k, synthetic, torchvision_dataset
+from precond.data import BatchSampler, StackedBatches, digits, mnist5k, rows_at, synthetic, torchvision_dataset
 from precond.errors import ConfigError
 from precond.normalization import standardize_inputs
 
