@@ -234,12 +234,36 @@ class DigitsData(DataSpec):
         return _integral_split(DIGITS_SIZE, self.val_fraction, self.test_fraction)[0]
 
     def build(self) -> Dataset:
+        images, target = digits_arrays()
+        x = torch.as_tensor(images, dtype=torch.float32).unsqueeze(1) / 16.0
+        y = torch.as_tensor(target, dtype=torch.long)
+        return _split("digits", x, y, self.val_fraction, self.test_fraction, self.data_seed)
+
+
+def digits_arrays():
+    """scikit-learn's digits as ``(images N×8×8 float64, target N int)``, what ``load_digits()`` gives.
+
+    Read from the file scikit-learn ships, as ``load_digits`` reads it (gzipped CSV: 64 pixel columns,
+    then the label), without importing ``sklearn``: that import (SciPy and the rest) takes about 1 s,
+    longer than a small digits sweep trains. Falls back to ``load_digits`` where the file is not there.
+    """
+    import gzip
+    import importlib.util
+
+    import numpy as np
+
+    spec = importlib.util.find_spec("sklearn")
+    path = None
+    if spec is not None and spec.submodule_search_locations:
+        path = Path(list(spec.submodule_search_locations)[0]) / "datasets" / "data" / "digits.csv.gz"
+    if path is None or not path.is_file():
         from sklearn.datasets import load_digits
 
         bunch = load_digits()
-        x = torch.as_tensor(bunch.images, dtype=torch.float32).unsqueeze(1) / 16.0
-        y = torch.as_tensor(bunch.target, dtype=torch.long)
-        return _split("digits", x, y, self.val_fraction, self.test_fraction, self.data_seed)
+        return bunch.images, bunch.target
+    with gzip.open(path, mode="rt", encoding="utf-8") as f:
+        data = np.loadtxt(f, delimiter=",")
+    return data[:, :-1].reshape(-1, 8, 8), data[:, -1].astype(int)
 
 
 def digits(**values) -> Dataset:

@@ -7,7 +7,16 @@ import numpy as np
 import pytest
 import torch
 
-from precond.data import BatchSampler, StackedBatches, digits, mnist5k, rows_at, synthetic, torchvision_dataset
+from precond.data import (
+    BatchSampler,
+    StackedBatches,
+    digits,
+    digits_arrays,
+    mnist5k,
+    rows_at,
+    synthetic,
+    torchvision_dataset,
+)
 from precond.errors import ConfigError
 from precond.normalization import standardize_inputs
 
@@ -237,3 +246,38 @@ def test_synthetic_data_do_not_depend_on_the_global_default_dtype(task):
     for name in ("x_train", "y_train", "x_val", "y_val", "x_test", "y_test"):
         a, b = getattr(reference, name), getattr(under_float64, name)
         assert a.dtype == b.dtype and torch.equal(a, b), name
+
+
+def test_digits_are_read_as_scikit_learns_loader_gives_them_without_importing_it():
+    """The digits file read directly equals ``sklearn.datasets.load_digits()`` (the reference), and reading
+    it does not import scikit-learn (a fresh interpreter: the import is what the direct read avoids)."""
+    import subprocess
+    import sys
+
+    from sklearn.datasets import load_digits
+
+    images, target = digits_arrays()
+    reference = load_digits()
+    assert images.dtype == reference.images.dtype and np.array_equal(images, reference.images)
+    assert target.dtype == reference.target.dtype and np.array_equal(target, reference.target)
+    code = "import sys; from precond.data import digits_arrays; digits_arrays(); print('sklearn' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False"
+
+
+def test_digits_fall_back_to_scikit_learns_loader_where_its_file_is_not_found(monkeypatch):
+    import importlib.util
+
+    from sklearn.datasets import load_digits
+
+    calls = []
+    real = load_digits
+
+    def counted():
+        calls.append(1)
+        return real()
+
+    monkeypatch.setattr("sklearn.datasets.load_digits", counted)
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None)
+    images, target = digits_arrays()
+    assert calls == [1] and images.shape == (1797, 8, 8) and np.array_equal(target, real().target)
