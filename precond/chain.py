@@ -63,17 +63,19 @@ def is_zero(h: Hyper) -> bool:
 
 
 def add_scaled_(xs: list[Tensor], ys: list[Tensor], alpha: Hyper) -> None:
-    """``x ← x + α y`` in place."""
+    """``x ← x + α y`` in place. A per-job ``α`` (a pack's tensors) goes through ``addcmul``: one pass
+    and no temporary, and in float32 the same rounding as a scalar ``α`` alone (``mul`` then ``add``
+    rounds the product first: one ulp apart)."""
     if isinstance(alpha, list):
-        torch._foreach_add_(xs, torch._foreach_mul(ys, alpha))
+        torch._foreach_addcmul_(xs, ys, alpha)
     else:
         torch._foreach_add_(xs, ys, alpha=alpha)
 
 
 def add_scaled(xs: list[Tensor], ys: list[Tensor], alpha: Hyper) -> list[Tensor]:
-    """``x + α y`` (new tensors)."""
+    """``x + α y`` (new tensors); a per-job ``α`` as in :func:`add_scaled_`."""
     if isinstance(alpha, list):
-        return torch._foreach_add(xs, torch._foreach_mul(ys, alpha))
+        return torch._foreach_addcmul(xs, ys, alpha)
     return torch._foreach_add(xs, ys, alpha=alpha)
 
 

@@ -583,3 +583,24 @@ def test_jobs_that_change_directory_train_alone(tmp_path, capsys):
                            f"hydra.sweep.dir={sweep}"]) == 0
     assert "2 job(s) train one at a time: hydra.job.chdir=true" in capsys.readouterr().out
     assert [read_summary(p).get("packed") for p in _jobs(sweep)] == [None, None]
+
+
+def test_a_per_job_step_size_rounds_as_each_job_alone_does_in_float32():
+    """``x + α_j y`` with a per-job α (a pack) is bit-identical, in float32, to each job's own update with
+    its scalar α (the update alone); a product rounded before the sum is one ulp off in most entries."""
+    from precond.chain import add_scaled, add_scaled_
+
+    g = torch.Generator().manual_seed(0)
+    jobs = 6
+    xs = [torch.randn(jobs, 50, 7, generator=g), torch.randn(jobs, 7, generator=g)]
+    ys = [torch.randn(x.shape, generator=g) for x in xs]
+    alphas = torch.rand(jobs, generator=g) * 0.1
+    per_job = [alphas.view(jobs, *([1] * (x.ndim - 1))) for x in xs]
+    packed = [x.clone() for x in xs]
+    add_scaled_(packed, ys, per_job)
+    new = add_scaled(xs, ys, per_job)
+    for j in range(jobs):
+        alone = [x[j].clone() for x in xs]
+        add_scaled_(alone, [y[j] for y in ys], float(alphas[j]))
+        for a, p, n in zip(alone, packed, new):
+            assert torch.equal(p[j], a) and torch.equal(n[j], a)
