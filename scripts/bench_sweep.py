@@ -53,7 +53,8 @@ CASES = {
                    "0.05,0.1", "seed=0,1,2,3,4,5,6,7,8,9", "target.metric=val/acc", "target.value=0.9"],
                   "MNIST-shaped MLP 784-256-256-10, Adam, 10 lr × 10 seeds"),
     "bn_bnp": (["model=mlp", "dataset=mnist5k", "normalization.standardize_inputs=true",
-                "normalization_arm=batchnorm,bnp", "batch_size=32", "eval_every=50", "lr=0.003,0.01,0.03,0.1",
+                "normalization_arm=batchnorm,bnp", "batch_size=32", "eval_every=50", "eval_train_samples=500",
+                "lr=0.003,0.01,0.03,0.1",
                 "seed=0,1,2,3,4,5", "target.metric=val/acc", "target.value=0.9"],
                "MLP 64-64 on the MNIST subset, BatchNorm and BNP (SGD momentum), 2 arms × 4 lr × 6 seeds"),
 }

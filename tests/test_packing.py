@@ -256,7 +256,8 @@ def _packed_equal_alone(tmp_path, name: str, *overrides: str):
 def test_batchnorm_bnp_and_layernorm_mlps_packed_equal_alone(tmp_path):
     """BatchNorm (each job's own batch statistics and running statistics), BNP (each job's own running
     moments, per-job rates, the transform past its warm-up) and LayerNorm on an MLP: packed = alone."""
-    common = ["model=mlp", "model.widths=[8,6]", "dataset=digits", "steps=40", "eval_every=20", "batch_size=16",
+    # batch 4: the first layer (64 → 8) takes the transposed product, the second (8 → 6) the plain one
+    common = ["model=mlp", "model.widths=[8,6]", "dataset=digits", "steps=40", "eval_every=20", "batch_size=4",
               "target.metric=val/acc", "target.value=0.5", "seed=0,1"]
     for name, arm in (("bn_ln", ["normalization_arm=batchnorm,layernorm", "lr=0.01,0.05"]),
                       ("bnp", ["normalization_arm=bnp", "preconditioner.bnp_warmup=5", "lr=0.01",
@@ -604,3 +605,30 @@ def test_a_per_job_step_size_rounds_as_each_job_alone_does_in_float32():
         add_scaled_(alone, [y[j] for y in ys], float(alphas[j]))
         for a, p, n in zip(alone, packed, new):
             assert torch.equal(p[j], a) and torch.equal(n[j], a)
+
+
+@pytest.mark.parametrize("batch, fan_in, fan_out", [(4, 64, 8), (16, 8, 6), (3, 40, 1)])
+def test_a_stacked_linear_layer_is_each_jobs_own_linear_layer_with_its_gradients(batch, fan_in, fan_out):
+    """``stacked_linear`` in both of its forms (transposed where the batch is small against the layer) equals
+    every job's ``F.linear``, and so do the gradients of x, W and b (float64, a random upstream gradient)."""
+    from torch.nn import functional as F
+
+    from precond.sweep.stacked_model import stacked_linear
+
+    g = torch.Generator().manual_seed(1)
+    jobs = 3
+    x = torch.randn(jobs, batch, fan_in, dtype=torch.float64, generator=g, requires_grad=True)
+    w = torch.randn(jobs, fan_out, fan_in, dtype=torch.float64, generator=g, requires_grad=True)
+    b = torch.randn(jobs, fan_out, dtype=torch.float64, generator=g, requires_grad=True)
+    upstream = torch.randn(jobs, batch, fan_out, dtype=torch.float64, generator=g)
+    out = stacked_linear(x, w, b)
+    transposed = batch * (fan_in + fan_out) < fan_out * fan_in
+    assert out.is_contiguous() != transposed or fan_out == 1  # the form the rule picks (size-1 dims: both)
+    grads = torch.autograd.grad(out, (x, w, b), upstream)
+    for j in range(jobs):
+        xj, wj, bj = (t.detach()[j].requires_grad_() for t in (x, w, b))
+        alone = F.linear(xj, wj, bj)
+        torch.testing.assert_close(out[j], alone, rtol=1e-13, atol=1e-13)
+        for got, want in zip(grads, torch.autograd.grad(alone, (xj, wj, bj), upstream[j])):
+            torch.testing.assert_close(got[j], want, rtol=1e-13, atol=1e-13)
+    assert torch.equal(stacked_linear(x, w, None), stacked_linear(x, w, torch.zeros_like(b)))

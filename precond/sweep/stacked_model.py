@@ -46,6 +46,24 @@ def packable(model: nn.Module) -> Optional[str]:
     return None
 
 
+
+def stacked_linear(x: Tensor, weight: Tensor, bias: Optional[Tensor]) -> Tensor:
+    """``x_j W_jᵀ + b_j`` for every job ``j``: ``x`` ``[J, B, I]``, ``weight`` ``[J, O, I]``, ``bias`` ``[J, O]``.
+
+    Two forms of one product, chosen by what their backward copies. ``bmm(x, Wᵀ)`` gives ``∂W`` as the
+    transpose of a ``[J, I, O]`` product, which autograd copies into ``W``'s layout: ``J·O·I`` numbers every
+    step. ``(W xᵀ)ᵀ`` gives ``∂W`` in ``W``'s layout and leaves the output (and the gradient of ``x``)
+    strided, which costs about ``J·B·(I + O)`` numbers copied downstream. The second wins when the batch is
+    small against the layer (the first layer of an MNIST MLP at batch 32: forward and backward of 48 jobs
+    7.9 → 3.2 ms on one thread), the first otherwise (hidden 64 → 64 at batch 128: 2.2 against 3.9 ms).
+    """
+    batch, fan_in = x.shape[1], x.shape[2]
+    fan_out = weight.shape[1]
+    if batch * (fan_in + fan_out) < fan_out * fan_in:
+        product = torch.bmm(weight, x.mT) if bias is None else torch.baddbmm(bias.unsqueeze(2), weight, x.mT)
+        return product.mT
+    return torch.bmm(x, weight.mT) if bias is None else torch.baddbmm(bias.unsqueeze(1), x, weight.mT)
+
 class StackedModel:
     """J models of one architecture as stacked parameters ``[J, …]`` (leaves the optimizer steps).
 
@@ -141,7 +159,7 @@ class StackedModel:
                     x = torch.matmul(x, weight.mT) if bias is None else torch.matmul(x, weight.mT) + bias.unsqueeze(1)
                     shared = False
                 else:
-                    x = torch.bmm(x, weight.mT) if bias is None else torch.baddbmm(bias.unsqueeze(1), x, weight.mT)
+                    x = stacked_linear(x, weight, bias)
             elif isinstance(layer, nn.LayerNorm):
                 if folded:
                     raise ValueError("packed training batches LayerNorm of dense activations only")
