@@ -108,10 +108,13 @@ def timeline(sweep_dir: Path) -> list[tuple[str, float]]:
     phases, last = [], start
     names = {"launch": "start-up, composing and checking the batch", "pack": "placing the jobs, building the members",
              "result": "training the pack (steps, evaluations, monitors, final files)"}
+    previous = None
     for kind, stamp in events:
         label = names[kind] if not phases or kind != "launch" else "results, selection, composing the next batch"
+        if kind == "pack" and previous == "pack":  # a tuned batch logs no per-job results: the next pack's line
+            label = names["result"] + ", then building the next pack"  # ends the previous pack's training
         phases.append((label, stamp - last))
-        last = stamp
+        last, previous = stamp, kind
     phases.append(("report(s) and exit", end - last))
     return phases
 
