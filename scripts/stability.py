@@ -6,7 +6,10 @@ disjoint from the committed 100–139), with the tuning
 reused: the tuning runs of ``outputs/results/<name>`` (left by ``make results``) are hard-linked into
 ``outputs/stability/<name>``, so the selection, and therefore the chosen settings, are those of the committed
 result. Each draw is judged by today's rule and claims. The script prints per claim the committed verdict and
-the verdict on each draw, and writes the same as ``docs/stability.md``:
+the verdict on each draw, and writes the same as ``docs/stability.md`` (with ``--only``, as
+``outputs/stability/stability_only.md``: the page covers every experiment). A stability sweep dir made from an
+earlier result (``make results`` ran since) is removed first, so its draws run again on today's code; one made
+from today's result is kept, so an interrupted run resumes:
 
 * **kept**: the share of decisive committed verdicts (holds, noninferior, fails) whose state is the same on
   every draw — the figure the README states;
@@ -51,6 +54,38 @@ def committed_seeds(name: str) -> list:
 
     config = yaml.safe_load((ROOT / "conf" / "experiment" / f"{name}.yaml").read_text(encoding="utf-8"))
     return config["hydra"]["sweeper"].get("confirmation_seeds") or list(range(100, 110))
+
+
+#: in a stability sweep dir: which result of ``make results`` its tuning runs and draws were made from
+DERIVED_FROM = "derived_from.json"
+
+
+def result_identity(name: str) -> dict:
+    """What identifies the result a stability run starts from: its ``selection.json`` (written once per run of
+    the experiment in ``make results``), by size and modification time; ``{}`` where there is none."""
+    selection = RESULTS / name / "selection.json"
+    if not selection.exists():
+        return {}
+    stat = selection.stat()
+    return {"selection_bytes": stat.st_size, "selection_mtime_ns": stat.st_mtime_ns}
+
+
+def drop_stale(name: str) -> bool:
+    """Remove ``name``'s stability sweep dir when it was made from another result than today's (``make results``
+    ran since: the old draws would be reported as finished, not run again on today's code); returns whether
+    it did. A dir from the same result is kept, so an interrupted stability run resumes."""
+    sweep = OUT / name
+    marker = sweep / DERIVED_FROM
+    current = result_identity(name)
+    recorded = json.loads(marker.read_text(encoding="utf-8")) if marker.exists() else None
+    stale = sweep.exists() and recorded != current
+    if stale:
+        shutil.rmtree(sweep)
+        for log in OUT.glob(f"{name}_*.log"):
+            log.unlink()
+    sweep.mkdir(parents=True, exist_ok=True)
+    marker.write_text(json.dumps(current), encoding="utf-8")
+    return stale
 
 
 def reuse_tuning(name: str) -> str:
@@ -99,7 +134,8 @@ def summarize(rows: list[dict]) -> dict:
             "share": len(kept) / len(decisive) if decisive else float("nan")}
 
 
-def write_report(rows: list[dict], draws: list[list[int]], seconds: float, command: str) -> str:
+def write_report(rows: list[dict], draws: list[list[int]], seconds: float, command: str,
+                 path: Path = REPORT) -> str:
     s = summarize(rows)
     heads = " | ".join(f"draw from seed {d[0]}" for d in draws)
     lines = ["# Stability of the verdicts on fresh seed draws", "",
@@ -116,13 +152,15 @@ def write_report(rows: list[dict], draws: list[list[int]], seconds: float, comma
         lines.append(f"| {r['experiment']} | {r['claim']} | {r['role']} | {r['committed']} | "
                      + " | ".join(r["draws"]) + f" | {kept} |")
     text = "\n".join(lines) + "\n"
-    REPORT.write_text(text, encoding="utf-8")
+    path.write_text(text, encoding="utf-8")
     return text
 
 
 def experiment_rows(name: str, firsts: list[int], env: dict) -> tuple[list[dict], list[list[int]]]:
     """Every draw of ``name`` (one after the other: they share its sweep dir), as one row per committed claim."""
     committed = json.loads((DOCS / name / "verdicts.json").read_text(encoding="utf-8"))
+    if drop_stale(name):
+        print(f"{name}: the stability runs of an earlier result removed (make results ran since)", flush=True)
     print(f"{name}: tuning {reuse_tuning(name)}", flush=True)
     count = len(committed_seeds(name))
     draws = [list(range(first, first + count)) for first in firsts]
@@ -164,7 +202,12 @@ def main() -> None:
     rows = [row for name in names for row in done[name][0]]
     draws = done[names[-1]][1] if names else []
     command = "python scripts/stability.py" + "".join(f" {a}" for a in sys.argv[1:])
-    print(write_report(rows, draws, time.perf_counter() - t0, command))
+    # docs/stability.md states every experiment's stability: a run of some of them writes beside its runs
+    path = REPORT if not args.only else OUT / "stability_only.md"
+    print(write_report(rows, draws, time.perf_counter() - t0, command, path))
+    if args.only:
+        print(f"wrote {path.relative_to(ROOT)} (--only: docs/stability.md, which covers every experiment, is left "
+              "as it was)")
 
 
 if __name__ == "__main__":

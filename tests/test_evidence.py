@@ -145,3 +145,24 @@ def test_the_identity_check_verifies_both_identities_and_its_control_on_fresh_se
     values = verdicts[0]["evidence"]["better"]["values"] + verdicts[2]["evidence"]["better"]["values"]
     assert max(values) < 1e-12 and min(verdicts[1]["evidence"]["better"]["values"]) > 0.1
     assert read_evidence(tmp_path / "evidence.json.gz")["claims"][0]["identity"] is True
+
+
+def test_stability_runs_made_from_an_earlier_result_are_removed_and_todays_are_kept(tmp_path, monkeypatch):
+    """After `make results` re-ran an experiment, its old stability draws must run again (they would be
+    reported as finished); an interrupted stability run of the same result resumes."""
+    stability = _script("stability")
+    monkeypatch.setattr(stability, "RESULTS", tmp_path / "results")
+    monkeypatch.setattr(stability, "OUT", tmp_path / "stability")
+    result = tmp_path / "results" / "exp"
+    result.mkdir(parents=True)
+    (result / "selection.json").write_text("{}")
+    draw = tmp_path / "stability" / "exp" / "confirmation" / "seed=200"
+    draw.mkdir(parents=True)  # a draw from a stability run that predates any marker
+    (tmp_path / "stability" / "exp_200.log").write_text("old")
+    assert stability.drop_stale("exp") is True and not draw.exists()
+    assert not (tmp_path / "stability" / "exp_200.log").exists()
+    draw.mkdir(parents=True)  # a draw of today's result, interrupted
+    assert stability.drop_stale("exp") is False and draw.exists()
+    import os
+    os.utime(result / "selection.json", ns=(1, 1))  # make results wrote a new selection
+    assert stability.drop_stale("exp") is True and not draw.exists()
