@@ -255,10 +255,8 @@ class PackedLauncher(Launcher):
         return returns
 
     def _run_alone(self, cfg: DictConfig, idx: int) -> JobReturn:
+        """One job as the basic launcher runs it (already numbered by :meth:`launch`)."""
         log.debug("\t#%d : %s", idx, " ".join(filter_overrides(cfg.hydra.overrides.task)))  # hydra.verbose shows it
-        with open_dict(cfg):
-            cfg.hydra.job.id = idx
-            cfg.hydra.job.num = idx
         return run_job(hydra_context=self.hydra_context, task_function=self.task_function, config=cfg,
                        job_dir_key="hydra.sweep.dir", job_subdir_key="hydra.sweep.subdir")
 
@@ -272,7 +270,7 @@ class PackedLauncher(Launcher):
         callbacks = self.hydra_context.callbacks
         jobs, logs = [], []
         launcher_hydra_config = HydraConfig.instance().cfg  # restored after the pack, as run_job does
-        for cfg, task, plain in zip(cfgs, tasks, resolved):
+        for cfg, plain in zip(cfgs, resolved):
             log.debug("\t#%d : %s (packed)", cfg.hydra.job.num, " ".join(filter_overrides(cfg.hydra.overrides.task)))
             output_dir = Path(cfg.hydra.runtime.output_dir)
             if cfg is cfgs[0]:
@@ -295,7 +293,7 @@ class PackedLauncher(Launcher):
             logs.append(output_dir / "train.log")
             logs[-1].touch()
             callbacks.on_job_start(config=cfg, task_function=self.task_function)
-            jobs.append((task if plain is None else plain, JobInfo.of(cfg.hydra)))
+            jobs.append((plain, JobInfo.of(cfg.hydra)))  # a job that does not resolve never joins a pack
         handler = PackLogFiles(logs)
         logging.getLogger().addHandler(handler)
         try:

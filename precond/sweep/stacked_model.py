@@ -46,7 +46,6 @@ def packable(model: nn.Module) -> Optional[str]:
     return None
 
 
-
 def stacked_linear(x: Tensor, weight: Tensor, bias: Optional[Tensor]) -> Tensor:
     """``x_j W_jᵀ + b_j`` for every job ``j``: ``x`` ``[J, B, I]``, ``weight`` ``[J, O, I]``, ``bias`` ``[J, O]``.
 
@@ -63,6 +62,7 @@ def stacked_linear(x: Tensor, weight: Tensor, bias: Optional[Tensor]) -> Tensor:
         product = torch.bmm(weight, x.mT) if bias is None else torch.baddbmm(bias.unsqueeze(2), weight, x.mT)
         return product.mT
     return torch.bmm(x, weight.mT) if bias is None else torch.baddbmm(bias.unsqueeze(1), x, weight.mT)
+
 
 class StackedModel:
     """J models of one architecture as stacked parameters ``[J, …]`` (leaves the optimizer steps).
